@@ -3,6 +3,9 @@
 fn main() {
     #[allow(clippy::print_stdout)]
     {
-        println!("lendmesh {} (node not yet implemented; see README)", env!("CARGO_PKG_VERSION"));
+        println!(
+            "lendmesh {} (node not yet implemented; see README)",
+            env!("CARGO_PKG_VERSION")
+        );
     }
 }

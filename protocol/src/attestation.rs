@@ -35,7 +35,8 @@ pub const MAX_KEY_CONFIG_LEN: usize = 512;
 /// HMAC-SHA256 of `data` under `key` (RFC 2104 / RFC 4231).
 pub fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
     // HMAC accepts keys of any length.
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!("any key length"));
+    let mut mac =
+        <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!("any key length"));
     mac.update(data);
     mac.finalize().into_bytes().into()
 }
@@ -273,7 +274,10 @@ pub struct AcceptorConfig {
 
 impl Default for AcceptorConfig {
     fn default() -> Self {
-        AcceptorConfig { window_ms: DEFAULT_WINDOW_MS, replay_cache: DEFAULT_REPLAY_CACHE }
+        AcceptorConfig {
+            window_ms: DEFAULT_WINDOW_MS,
+            replay_cache: DEFAULT_REPLAY_CACHE,
+        }
     }
 }
 
@@ -317,10 +321,14 @@ impl AttestationAcceptor {
             return Err(AttestationRejection::Malformed);
         }
         if body.issued_at_ms + self.config.window_ms < now_ms {
-            return Err(AttestationRejection::TooOld { age_ms: now_ms - body.issued_at_ms });
+            return Err(AttestationRejection::TooOld {
+                age_ms: now_ms - body.issued_at_ms,
+            });
         }
         if body.issued_at_ms > now_ms + self.config.window_ms {
-            return Err(AttestationRejection::FromFuture { ahead_ms: body.issued_at_ms - now_ms });
+            return Err(AttestationRejection::FromFuture {
+                ahead_ms: body.issued_at_ms - now_ms,
+            });
         }
         let encoded = encode_body(body);
         let expected = self.key.tag(&encoded);
@@ -329,16 +337,19 @@ impl AttestationAcceptor {
         }
         body.peer_id
             .public_key()
-            .verify(&sig_message(&encoded, &att.tag), &Signature::from_bytes(&att.signature))
+            .verify(
+                &sig_message(&encoded, &att.tag),
+                &Signature::from_bytes(&att.signature),
+            )
             .map_err(|_| AttestationRejection::BadSignature)?;
         self.replay.expire(now_ms.saturating_sub(self.config.window_ms));
         if self.replay.contains(&body.peer_id, body.seq) {
             return Err(AttestationRejection::Replayed);
         }
-        if let Some(&last) = self.last_seq.get(&body.peer_id) {
-            if body.seq <= last {
-                return Err(AttestationRejection::StaleSeq { seq: body.seq, last });
-            }
+        if let Some(&last) = self.last_seq.get(&body.peer_id)
+            && body.seq <= last
+        {
+            return Err(AttestationRejection::StaleSeq { seq: body.seq, last });
         }
         self.last_seq.insert(body.peer_id, body.seq);
         self.replay.insert(body.peer_id, body.seq, body.issued_at_ms);
@@ -366,7 +377,11 @@ struct ReplayCache {
 
 impl ReplayCache {
     fn new(capacity: usize) -> Self {
-        ReplayCache { capacity: capacity.max(1), order: VecDeque::new(), set: HashSet::new() }
+        ReplayCache {
+            capacity: capacity.max(1),
+            order: VecDeque::new(),
+            set: HashSet::new(),
+        }
     }
 
     fn contains(&self, peer: &PeerId, seq: u64) -> bool {
@@ -419,7 +434,13 @@ mod tests {
             group_id: G,
             version: 1,
             admin: pid(1),
-            members: (1..=3).map(|s| RosterEntry { peer: pid(s), quota_per_epoch: 10, expires_at_ms: u64::MAX }).collect(),
+            members: (1..=3)
+                .map(|s| RosterEntry {
+                    peer: pid(s),
+                    quota_per_epoch: 10,
+                    expires_at_ms: u64::MAX,
+                })
+                .collect(),
             removed: vec![],
         }
     }
@@ -462,7 +483,10 @@ mod tests {
         let akey = AttestationKey::from_bytes([7; 32]);
         let mut acc = acceptor(&akey);
         assert_eq!(acc.accept(&att(2, 1, NOW, &akey), &roster(), NOW), Ok(()));
-        assert_eq!(acc.accept(&att(2, 2, NOW + 10, &akey), &roster(), NOW + 10), Ok(()));
+        assert_eq!(
+            acc.accept(&att(2, 2, NOW + 10, &akey), &roster(), NOW + 10),
+            Ok(())
+        );
         assert_eq!(acc.accept(&att(3, 1, NOW, &akey), &roster(), NOW), Ok(()));
     }
 
@@ -473,7 +497,10 @@ mod tests {
         let mut acc = acceptor(&akey);
         let w = DEFAULT_WINDOW_MS;
         // Too old, too far in the future.
-        assert!(matches!(acc.accept(&att(2, 1, NOW - w - 1, &akey), &r, NOW), Err(AttestationRejection::TooOld { .. })));
+        assert!(matches!(
+            acc.accept(&att(2, 1, NOW - w - 1, &akey), &r, NOW),
+            Err(AttestationRejection::TooOld { .. })
+        ));
         assert!(matches!(
             acc.accept(&att(2, 1, NOW + w + 1, &akey), &r, NOW),
             Err(AttestationRejection::FromFuture { .. })
@@ -490,40 +517,66 @@ mod tests {
         );
         // Wrong HMAC key.
         let other = AttestationKey::from_bytes([8; 32]);
-        assert_eq!(acc.accept(&att(2, 10, NOW, &other), &r, NOW), Err(AttestationRejection::BadTag));
+        assert_eq!(
+            acc.accept(&att(2, 10, NOW, &other), &r, NOW),
+            Err(AttestationRejection::BadTag)
+        );
         // Signed by another peer: peer 3 signs a body naming peer 2 (re-tagged correctly by a member).
         let mut forged = att(3, 11, NOW, &akey);
         forged.body.peer_id = pid(2);
         forged.tag = akey.tag(&encode_body(&forged.body));
-        assert_eq!(acc.accept(&forged, &r, NOW), Err(AttestationRejection::BadSignature));
+        assert_eq!(
+            acc.accept(&forged, &r, NOW),
+            Err(AttestationRejection::BadSignature)
+        );
         // A flipped bit in the body breaks the tag.
         let mut flipped = att(2, 12, NOW, &akey);
         flipped.body.headroom = HeadroomBucket::None;
         assert_eq!(acc.accept(&flipped, &r, NOW), Err(AttestationRejection::BadTag));
         // From a non-roster peer (valid tag and signature).
-        assert_eq!(acc.accept(&att(9, 1, NOW, &akey), &r, NOW), Err(AttestationRejection::NotOnRoster));
+        assert_eq!(
+            acc.accept(&att(9, 1, NOW, &akey), &r, NOW),
+            Err(AttestationRejection::NotOnRoster)
+        );
         // A removed member.
         let mut r2 = r.clone();
         r2.removed.push(pid(3));
-        assert_eq!(acc.accept(&att(3, 1, NOW, &akey), &r2, NOW), Err(AttestationRejection::NotOnRoster));
+        assert_eq!(
+            acc.accept(&att(3, 1, NOW, &akey), &r2, NOW),
+            Err(AttestationRejection::NotOnRoster)
+        );
         // Another group.
-        let mut wrong_group = AttestationAcceptor::new(GroupId([2; 16]), akey.clone(), AcceptorConfig::default());
-        assert_eq!(wrong_group.accept(&att(2, 1, NOW, &akey), &r, NOW), Err(AttestationRejection::WrongGroup));
+        let mut wrong_group =
+            AttestationAcceptor::new(GroupId([2; 16]), akey.clone(), AcceptorConfig::default());
+        assert_eq!(
+            wrong_group.accept(&att(2, 1, NOW, &akey), &r, NOW),
+            Err(AttestationRejection::WrongGroup)
+        );
     }
 
     #[test]
     fn replay_cache_is_bounded_and_expires() {
         let akey = AttestationKey::from_bytes([7; 32]);
         let r = roster();
-        let mut acc =
-            AttestationAcceptor::new(G, akey.clone(), AcceptorConfig { window_ms: 1000, replay_cache: 4 });
+        let mut acc = AttestationAcceptor::new(
+            G,
+            akey.clone(),
+            AcceptorConfig {
+                window_ms: 1000,
+                replay_cache: 4,
+            },
+        );
         for seq in 1..=10 {
             acc.accept(&att(2, seq, NOW + seq, &akey), &r, NOW + seq).unwrap();
             assert!(acc.replay_cache_len() <= 4);
         }
         // Evicted from the cache, the per-peer seq still refuses it.
-        assert!(matches!(acc.accept(&att(2, 1, NOW + 1, &akey), &r, NOW + 20), Err(AttestationRejection::StaleSeq { .. })));
-        acc.accept(&att(2, 11, NOW + 5000, &akey), &r, NOW + 5000).unwrap();
+        assert!(matches!(
+            acc.accept(&att(2, 1, NOW + 1, &akey), &r, NOW + 20),
+            Err(AttestationRejection::StaleSeq { .. })
+        ));
+        acc.accept(&att(2, 11, NOW + 5000, &akey), &r, NOW + 5000)
+            .unwrap();
         assert_eq!(acc.replay_cache_len(), 1, "entries older than the window expire");
     }
 

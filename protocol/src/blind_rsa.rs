@@ -86,13 +86,25 @@ pub struct Variant {
 
 impl Variant {
     /// RSABSSA-SHA384-PSS-Randomized.
-    pub const PSS_RANDOMIZED: Variant = Variant { salt_len: HASH_LEN, randomized: true };
+    pub const PSS_RANDOMIZED: Variant = Variant {
+        salt_len: HASH_LEN,
+        randomized: true,
+    };
     /// RSABSSA-SHA384-PSSZERO-Randomized.
-    pub const PSSZERO_RANDOMIZED: Variant = Variant { salt_len: 0, randomized: true };
+    pub const PSSZERO_RANDOMIZED: Variant = Variant {
+        salt_len: 0,
+        randomized: true,
+    };
     /// RSABSSA-SHA384-PSS-Deterministic: lendmesh's tokens.
-    pub const PSS_DETERMINISTIC: Variant = Variant { salt_len: HASH_LEN, randomized: false };
+    pub const PSS_DETERMINISTIC: Variant = Variant {
+        salt_len: HASH_LEN,
+        randomized: false,
+    };
     /// RSABSSA-SHA384-PSSZERO-Deterministic.
-    pub const PSSZERO_DETERMINISTIC: Variant = Variant { salt_len: 0, randomized: false };
+    pub const PSSZERO_DETERMINISTIC: Variant = Variant {
+        salt_len: 0,
+        randomized: false,
+    };
 
     /// The RFC's name for the variant.
     pub fn name(&self) -> &'static str {
@@ -107,9 +119,14 @@ impl Variant {
 
     /// Looks a variant up by its RFC name.
     pub fn from_name(name: &str) -> Option<Variant> {
-        [Self::PSS_RANDOMIZED, Self::PSSZERO_RANDOMIZED, Self::PSS_DETERMINISTIC, Self::PSSZERO_DETERMINISTIC]
-            .into_iter()
-            .find(|v| v.name() == name)
+        [
+            Self::PSS_RANDOMIZED,
+            Self::PSSZERO_RANDOMIZED,
+            Self::PSS_DETERMINISTIC,
+            Self::PSSZERO_DETERMINISTIC,
+        ]
+        .into_iter()
+        .find(|v| v.name() == name)
     }
 }
 
@@ -161,7 +178,12 @@ pub struct PublicKey {
 
 impl std::fmt::Debug for PublicKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PublicKey({} bits, key id {})", self.modulus_bits, hex::encode(&self.key_id[..8]))
+        write!(
+            f,
+            "PublicKey({} bits, key id {})",
+            self.modulus_bits,
+            hex::encode(&self.key_id[..8])
+        )
     }
 }
 
@@ -178,8 +200,11 @@ impl PublicKey {
         if !(2048..=4096).contains(&modulus_bits) {
             return Err(BlindRsaError::UnsupportedKeySize { bits: modulus_bits });
         }
-        let spki_der =
-            rsa.to_public_key_der().map_err(|e| BlindRsaError::KeyEncoding(e.to_string()))?.as_bytes().to_vec();
+        let spki_der = rsa
+            .to_public_key_der()
+            .map_err(|e| BlindRsaError::KeyEncoding(e.to_string()))?
+            .as_bytes()
+            .to_vec();
         let key_id: [u8; 32] = Sha256::digest(&spki_der).into();
         let n_bytes = rsa.n().to_bytes_be();
         let e_bytes = rsa.e().to_bytes_be();
@@ -197,15 +222,15 @@ impl PublicKey {
 
     /// Reads a SubjectPublicKeyInfo DER encoding.
     pub fn from_spki_der(der: &[u8]) -> Result<Self, BlindRsaError> {
-        let rsa =
-            rsa::RsaPublicKey::from_public_key_der(der).map_err(|e| BlindRsaError::KeyEncoding(e.to_string()))?;
+        let rsa = rsa::RsaPublicKey::from_public_key_der(der)
+            .map_err(|e| BlindRsaError::KeyEncoding(e.to_string()))?;
         Self::from_rsa(rsa)
     }
 
     /// Reads a PEM `PUBLIC KEY` (SPKI) block.
     pub fn from_pem(pem: &str) -> Result<Self, BlindRsaError> {
-        let rsa =
-            rsa::RsaPublicKey::from_public_key_pem(pem).map_err(|e| BlindRsaError::KeyEncoding(e.to_string()))?;
+        let rsa = rsa::RsaPublicKey::from_public_key_pem(pem)
+            .map_err(|e| BlindRsaError::KeyEncoding(e.to_string()))?;
         Self::from_rsa(rsa)
     }
 
@@ -216,7 +241,9 @@ impl PublicKey {
 
     /// The PEM `PUBLIC KEY` (SPKI) encoding.
     pub fn to_pem(&self) -> Result<String, BlindRsaError> {
-        self.rsa.to_public_key_pem(LineEnding::LF).map_err(|e| BlindRsaError::KeyEncoding(e.to_string()))
+        self.rsa
+            .to_public_key_pem(LineEnding::LF)
+            .map_err(|e| BlindRsaError::KeyEncoding(e.to_string()))
     }
 
     /// The key id: SHA-256 of the SPKI DER encoding (DESIGN §4).
@@ -279,7 +306,10 @@ impl PublicKey {
     ) -> Result<Vec<u8>, BlindRsaError> {
         let encoded = emsa_pss_encode(prepared_msg, self.modulus_bits - 1, salt)?;
         let m = BigUint::from_bytes_be(&encoded);
-        let r = inv.to_biguint().modinv(&self.n).ok_or(BlindRsaError::BadInverse)?;
+        let r = inv
+            .to_biguint()
+            .modinv(&self.n)
+            .ok_or(BlindRsaError::BadInverse)?;
         Ok(self.blind_encoded(&m, &r))
     }
 
@@ -287,7 +317,11 @@ impl PublicKey {
     fn random_below_n(&self, rng: &mut impl CryptoRngCore) -> BigUint {
         let len = self.modulus_len();
         let top_bits = self.modulus_bits - 8 * (len - 1);
-        let mask = if top_bits == 8 { 0xff } else { (1u8 << top_bits) - 1 };
+        let mask = if top_bits == 8 {
+            0xff
+        } else {
+            (1u8 << top_bits) - 1
+        };
         let mut buf = Zeroizing::new(vec![0u8; len]);
         loop {
             rng.fill_bytes(&mut buf);
@@ -335,7 +369,10 @@ impl PublicKey {
     /// RSASSA-PSS (SHA-384, MGF1-SHA-384, 48-byte salt) verification with ring: the lender's hot path.
     pub fn verify_ring(&self, msg: &[u8], sig: &[u8]) -> Result<(), BlindRsaError> {
         self.check_len(sig.len())?;
-        let key = ring::signature::RsaPublicKeyComponents { n: &self.n_bytes, e: &self.e_bytes };
+        let key = ring::signature::RsaPublicKeyComponents {
+            n: &self.n_bytes,
+            e: &self.e_bytes,
+        };
         key.verify(&ring::signature::RSA_PSS_2048_8192_SHA384, msg, sig)
             .map_err(|_| BlindRsaError::VerificationFailed)
     }
@@ -345,7 +382,9 @@ impl PublicKey {
         self.check_len(sig.len())?;
         let hashed = Sha384::digest(msg);
         let scheme = rsa::Pss::new_with_salt::<Sha384>(variant.salt_len);
-        self.rsa.verify(scheme, &hashed, sig).map_err(|_| BlindRsaError::VerificationFailed)
+        self.rsa
+            .verify(scheme, &hashed, sig)
+            .map_err(|_| BlindRsaError::VerificationFailed)
     }
 
     fn check_len(&self, got: usize) -> Result<(), BlindRsaError> {
@@ -379,8 +418,10 @@ impl SecretKey {
     }
 
     fn from_rsa(mut rsa: rsa::RsaPrivateKey) -> Result<Self, BlindRsaError> {
-        rsa.validate().map_err(|e| BlindRsaError::KeyEncoding(e.to_string()))?;
-        rsa.precompute().map_err(|e| BlindRsaError::KeyEncoding(e.to_string()))?;
+        rsa.validate()
+            .map_err(|e| BlindRsaError::KeyEncoding(e.to_string()))?;
+        rsa.precompute()
+            .map_err(|e| BlindRsaError::KeyEncoding(e.to_string()))?;
         let public = PublicKey::from_rsa(rsa.to_public_key())?;
         Ok(SecretKey { rsa, public })
     }
@@ -395,25 +436,32 @@ impl SecretKey {
 
     /// Reads PKCS#8 DER.
     pub fn from_pkcs8_der(der: &[u8]) -> Result<Self, BlindRsaError> {
-        let rsa = rsa::RsaPrivateKey::from_pkcs8_der(der).map_err(|e| BlindRsaError::KeyEncoding(e.to_string()))?;
+        let rsa =
+            rsa::RsaPrivateKey::from_pkcs8_der(der).map_err(|e| BlindRsaError::KeyEncoding(e.to_string()))?;
         Self::from_rsa(rsa)
     }
 
     /// Reads a PEM `PRIVATE KEY` (PKCS#8) block.
     pub fn from_pkcs8_pem(pem: &str) -> Result<Self, BlindRsaError> {
-        let rsa = rsa::RsaPrivateKey::from_pkcs8_pem(pem).map_err(|e| BlindRsaError::KeyEncoding(e.to_string()))?;
+        let rsa =
+            rsa::RsaPrivateKey::from_pkcs8_pem(pem).map_err(|e| BlindRsaError::KeyEncoding(e.to_string()))?;
         Self::from_rsa(rsa)
     }
 
     /// PKCS#8 DER; zeroized when dropped.
     pub fn to_pkcs8_der(&self) -> Result<Zeroizing<Vec<u8>>, BlindRsaError> {
-        let doc = self.rsa.to_pkcs8_der().map_err(|e| BlindRsaError::KeyEncoding(e.to_string()))?;
+        let doc = self
+            .rsa
+            .to_pkcs8_der()
+            .map_err(|e| BlindRsaError::KeyEncoding(e.to_string()))?;
         Ok(Zeroizing::new(doc.as_bytes().to_vec()))
     }
 
     /// PEM `PRIVATE KEY` (PKCS#8); zeroized when dropped.
     pub fn to_pkcs8_pem(&self) -> Result<Zeroizing<String>, BlindRsaError> {
-        self.rsa.to_pkcs8_pem(LineEnding::LF).map_err(|e| BlindRsaError::KeyEncoding(e.to_string()))
+        self.rsa
+            .to_pkcs8_pem(LineEnding::LF)
+            .map_err(|e| BlindRsaError::KeyEncoding(e.to_string()))
     }
 
     /// The public half.
@@ -423,7 +471,11 @@ impl SecretKey {
 
     /// Signs a blinded message (RFC 9474 `BlindSign`): `s = mᵈ mod n` through the `rsa` crate's private operation
     /// with its own base blinding (`rng`) and CRT fault check (`sᵉ = m`).
-    pub fn blind_sign(&self, blinded_msg: &[u8], rng: &mut impl CryptoRngCore) -> Result<Vec<u8>, BlindRsaError> {
+    pub fn blind_sign(
+        &self,
+        blinded_msg: &[u8],
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<Vec<u8>, BlindRsaError> {
         self.public.check_len(blinded_msg.len())?;
         let m = rsa::BigUint::from_bytes_be(blinded_msg);
         if &m >= self.rsa.n() {
@@ -561,16 +613,25 @@ mod tests {
         let mut rng = ChaCha20Rng::seed_from_u64(2);
         assert_eq!(
             sk.blind_sign(&[1u8; 10], &mut rng),
-            Err(BlindRsaError::WrongLength { expected: 256, got: 10 })
+            Err(BlindRsaError::WrongLength {
+                expected: 256,
+                got: 10
+            })
         );
-        assert_eq!(sk.blind_sign(&[0xffu8; 256], &mut rng), Err(BlindRsaError::OutOfRange));
+        assert_eq!(
+            sk.blind_sign(&[0xffu8; 256], &mut rng),
+            Err(BlindRsaError::OutOfRange)
+        );
     }
 
     #[test]
     fn key_sizes() {
         assert_eq!(KeySize::from_bits(3072).unwrap().bits(), 3072);
         assert_eq!(KeySize::default(), KeySize::Rsa3072);
-        assert!(matches!(KeySize::from_bits(1024), Err(BlindRsaError::UnsupportedKeySize { bits: 1024 })));
+        assert!(matches!(
+            KeySize::from_bits(1024),
+            Err(BlindRsaError::UnsupportedKeySize { bits: 1024 })
+        ));
     }
 
     #[test]
@@ -580,6 +641,9 @@ mod tests {
         assert_eq!(em.len(), 256);
         assert_eq!(em[0] & 0x80, 0);
         assert_eq!(*em.last().unwrap(), 0xbc);
-        assert_eq!(emsa_pss_encode(b"x", 100, &[0u8; 48]), Err(BlindRsaError::Encoding));
+        assert_eq!(
+            emsa_pss_encode(b"x", 100, &[0u8; 48]),
+            Err(BlindRsaError::Encoding)
+        );
     }
 }

@@ -32,7 +32,9 @@ pub const MAX_INVITE_BYTES: usize = 256 * 1024;
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum GroupError {
     /// The swarm.key text is malformed.
-    #[error("group key is not in swarm.key format ({0}); expected '/key/swarm/psk/1.0.0/', '/base16/', 64 hex digits")]
+    #[error(
+        "group key is not in swarm.key format ({0}); expected '/key/swarm/psk/1.0.0/', '/base16/', 64 hex digits"
+    )]
     BadSwarmKey(&'static str),
     /// A signature by the admin does not verify.
     #[error("{what} is not signed by the group admin {admin}")]
@@ -127,8 +129,10 @@ impl PreSharedKey {
         }
         let hex_line = lines.next().ok_or(GroupError::BadSwarmKey("missing key"))?;
         let mut bytes = hex::decode(hex_line).map_err(|_| GroupError::BadSwarmKey("key is not hex"))?;
-        let key: [u8; 32] =
-            bytes.as_slice().try_into().map_err(|_| GroupError::BadSwarmKey("key is not 32 bytes"))?;
+        let key: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| GroupError::BadSwarmKey("key is not 32 bytes"))?;
         bytes.zeroize();
         if lines.any(|l| !l.is_empty()) {
             return Err(GroupError::BadSwarmKey("unexpected text after the key"));
@@ -184,7 +188,10 @@ impl Roster {
 
     /// Current members' ids.
     pub fn member_ids(&self) -> impl Iterator<Item = &PeerId> {
-        self.members.iter().map(|e| &e.peer).filter(|p| !self.removed.contains(p))
+        self.members
+            .iter()
+            .map(|e| &e.peer)
+            .filter(|p| !self.removed.contains(p))
     }
 
     /// Signs this roster with the admin's node key.
@@ -196,7 +203,10 @@ impl Roster {
             return Err(GroupError::TooLarge("roster"));
         }
         let signature = admin_key.sign(&signed_bytes(ROSTER_DOMAIN, &self)).to_bytes();
-        Ok(SignedRoster { roster: self, signature })
+        Ok(SignedRoster {
+            roster: self,
+            signature,
+        })
     }
 }
 
@@ -215,15 +225,24 @@ impl SignedRoster {
     pub fn verify(&self, group_id: &GroupId, admin: &PeerId) -> Result<&Roster, GroupError> {
         check_group(group_id, &self.roster.group_id)?;
         if &self.roster.admin != admin {
-            return Err(GroupError::BadAdminSignature { what: "roster", admin: admin.short() });
+            return Err(GroupError::BadAdminSignature {
+                what: "roster",
+                admin: admin.short(),
+            });
         }
         if self.roster.members.len() > MAX_ROSTER_MEMBERS || self.roster.removed.len() > MAX_ROSTER_MEMBERS {
             return Err(GroupError::TooLarge("roster"));
         }
         admin
             .public_key()
-            .verify(&signed_bytes(ROSTER_DOMAIN, &self.roster), &Signature::from_bytes(&self.signature))
-            .map_err(|_| GroupError::BadAdminSignature { what: "roster", admin: admin.short() })?;
+            .verify(
+                &signed_bytes(ROSTER_DOMAIN, &self.roster),
+                &Signature::from_bytes(&self.signature),
+            )
+            .map_err(|_| GroupError::BadAdminSignature {
+                what: "roster",
+                admin: admin.short(),
+            })?;
         Ok(&self.roster)
     }
 }
@@ -253,7 +272,10 @@ impl EpochAnnouncement {
             return Err(GroupError::NotAdmin);
         }
         let signature = admin_key.sign(&signed_bytes(EPOCH_DOMAIN, &self)).to_bytes();
-        Ok(SignedEpochAnnouncement { announcement: self, signature })
+        Ok(SignedEpochAnnouncement {
+            announcement: self,
+            signature,
+        })
     }
 
     /// The issuer's public key.
@@ -279,8 +301,14 @@ impl SignedEpochAnnouncement {
         check_group(group_id, &a.group_id)?;
         admin
             .public_key()
-            .verify(&signed_bytes(EPOCH_DOMAIN, a), &Signature::from_bytes(&self.signature))
-            .map_err(|_| GroupError::BadAdminSignature { what: "epoch announcement", admin: admin.short() })?;
+            .verify(
+                &signed_bytes(EPOCH_DOMAIN, a),
+                &Signature::from_bytes(&self.signature),
+            )
+            .map_err(|_| GroupError::BadAdminSignature {
+                what: "epoch announcement",
+                admin: admin.short(),
+            })?;
         a.roster.verify(group_id, admin)?;
         a.issuer_key()
     }
@@ -324,11 +352,15 @@ impl Invite {
         if self.group_name.len() > MAX_GROUP_NAME {
             return Err(GroupError::TooLarge("group name"));
         }
-        if self.bootstrap.len() > MAX_BOOTSTRAP || self.bootstrap.iter().any(|b| b.len() > MAX_BOOTSTRAP_LEN) {
+        if self.bootstrap.len() > MAX_BOOTSTRAP || self.bootstrap.iter().any(|b| b.len() > MAX_BOOTSTRAP_LEN)
+        {
             return Err(GroupError::TooLarge("bootstrap list"));
         }
         if &self.member != me {
-            return Err(GroupError::InviteForAnotherNode { expected: self.member.short(), got: me.short() });
+            return Err(GroupError::InviteForAnotherNode {
+                expected: self.member.short(),
+                got: me.short(),
+            });
         }
         self.epoch.verify(&self.group_id, &self.admin)
     }
@@ -356,9 +388,14 @@ impl Invite {
         if text.len() > MAX_INVITE_BYTES {
             return Err(GroupError::TooLarge("invite file"));
         }
-        let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'));
+        let mut lines = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'));
         if lines.next() != Some(INVITE_HEADER) {
-            return Err(GroupError::MalformedInvite(format!("first line is not '{INVITE_HEADER}'")));
+            return Err(GroupError::MalformedInvite(format!(
+                "first line is not '{INVITE_HEADER}'"
+            )));
         }
         let mut b64 = String::new();
         let mut checksum = None;
@@ -369,7 +406,8 @@ impl Invite {
             }
             b64.push_str(line);
         }
-        let checksum = checksum.ok_or_else(|| GroupError::MalformedInvite("no checksum line (truncated?)".into()))?;
+        let checksum =
+            checksum.ok_or_else(|| GroupError::MalformedInvite("no checksum line (truncated?)".into()))?;
         let payload = base64::engine::general_purpose::STANDARD
             .decode(b64.as_bytes())
             .map_err(|e| GroupError::MalformedInvite(format!("not base64: {e}")))?;
@@ -383,7 +421,10 @@ impl Invite {
 
 fn check_group(expected: &GroupId, got: &GroupId) -> Result<(), GroupError> {
     if expected != got {
-        return Err(GroupError::WrongGroup { expected: expected.short(), got: got.short() });
+        return Err(GroupError::WrongGroup {
+            expected: expected.short(),
+            got: got.short(),
+        });
     }
     Ok(())
 }

@@ -100,14 +100,20 @@ impl fmt::Debug for PeerId {
 impl FromStr for PeerId {
     type Err = IdError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bytes = bs58::decode(s.trim()).into_vec().map_err(|e| IdError::NotBase58(e.to_string()))?;
+        let bytes = bs58::decode(s.trim())
+            .into_vec()
+            .map_err(|e| IdError::NotBase58(e.to_string()))?;
         PeerId::from_bytes(&bytes)
     }
 }
 
 impl Serialize for PeerId {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if s.is_human_readable() { s.serialize_str(&self.to_string()) } else { s.serialize_bytes(&self.0) }
+        if s.is_human_readable() {
+            s.serialize_str(&self.to_string())
+        } else {
+            s.serialize_bytes(&self.0)
+        }
     }
 }
 
@@ -228,7 +234,10 @@ pub(crate) mod serde_bytes_compat {
             seq.end()
         }
         pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
-            Ok(Vec::<super::Bytes>::deserialize(d)?.into_iter().map(|b| b.0).collect())
+            Ok(Vec::<super::Bytes>::deserialize(d)?
+                .into_iter()
+                .map(|b| b.0)
+                .collect())
         }
     }
 
@@ -242,7 +251,8 @@ pub(crate) mod serde_bytes_compat {
         pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
             let b = super::Bytes::deserialize(d)?.0;
             let len = b.len();
-            b.try_into().map_err(|_| D::Error::invalid_length(len, &"64 bytes"))
+            b.try_into()
+                .map_err(|_| D::Error::invalid_length(len, &"64 bytes"))
         }
     }
 }
@@ -269,8 +279,14 @@ mod tests {
 
     #[test]
     fn rejects_non_ed25519_and_garbage() {
-        assert!(matches!("not-base58-0OIl".parse::<PeerId>(), Err(IdError::NotBase58(_))));
-        assert!(matches!(PeerId::from_bytes(&[0u8; 10]), Err(IdError::NotEd25519 { len: 10 })));
+        assert!(matches!(
+            "not-base58-0OIl".parse::<PeerId>(),
+            Err(IdError::NotBase58(_))
+        ));
+        assert!(matches!(
+            PeerId::from_bytes(&[0u8; 10]),
+            Err(IdError::NotEd25519 { len: 10 })
+        ));
         let mut bytes = [0u8; PEER_ID_LEN];
         bytes[..6].copy_from_slice(&ED25519_PEER_ID_PREFIX);
         // Find a 32-byte string that is not a point on the curve; a peer id holding it must be refused.

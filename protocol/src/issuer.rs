@@ -119,7 +119,13 @@ pub struct Issuer {
 impl Issuer {
     /// An issuer for `epoch` with its secret key and roster.
     pub fn new(epoch: u32, key: SecretKey, roster: Roster) -> Self {
-        Issuer { epoch, key, roster, max_batch: DEFAULT_MAX_BATCH, records: HashMap::new() }
+        Issuer {
+            epoch,
+            key,
+            roster,
+            max_batch: DEFAULT_MAX_BATCH,
+            records: HashMap::new(),
+        }
     }
 
     /// Sets the batch limit.
@@ -165,11 +171,16 @@ impl Issuer {
     ) -> Result<IssueGrant, IssueError> {
         let entry = self.roster.entry(peer).ok_or(IssueError::UnknownMember)?;
         if now_ms >= entry.expires_at_ms {
-            return Err(IssueError::MemberExpired { expired_at_ms: entry.expires_at_ms });
+            return Err(IssueError::MemberExpired {
+                expired_at_ms: entry.expires_at_ms,
+            });
         }
         let quota = entry.quota_per_epoch;
         if req.epoch != self.epoch {
-            return Err(IssueError::WrongEpoch { requested: req.epoch, current: self.epoch });
+            return Err(IssueError::WrongEpoch {
+                requested: req.epoch,
+                current: self.epoch,
+            });
         }
         let public = self.key.public_key();
         if req.key_id != public.key_id() {
@@ -180,25 +191,34 @@ impl Issuer {
             return Err(IssueError::EmptyBatch);
         }
         if count > self.max_batch {
-            return Err(IssueError::BatchTooLarge { requested: count, max: self.max_batch });
+            return Err(IssueError::BatchTooLarge {
+                requested: count,
+                max: self.max_batch,
+            });
         }
         if let Some(index) = req.blinded.iter().position(|b| b.len() != public.modulus_len()) {
             return Err(IssueError::MalformedBlindedMessage { index: index as u32 });
         }
         let digest = batch_digest(&req.blinded);
         let previous = self.records.get(peer).cloned();
-        let retry = previous.as_ref().is_some_and(|r| r.last_request_id == req.request_id);
+        let retry = previous
+            .as_ref()
+            .is_some_and(|r| r.last_request_id == req.request_id);
         if retry && previous.as_ref().is_some_and(|r| r.last_digest != digest) {
             return Err(IssueError::RequestIdReused);
         }
         let used = previous.as_ref().map_or(0, |r| r.used);
         if !retry && used.saturating_add(count) > quota {
-            return Err(IssueError::OverQuota { requested: count, remaining: quota.saturating_sub(used) });
+            return Err(IssueError::OverQuota {
+                requested: count,
+                remaining: quota.saturating_sub(used),
+            });
         }
         let mut blind_signatures = Vec::with_capacity(req.blinded.len());
         for (index, blinded) in req.blinded.iter().enumerate() {
             let sig = self.key.blind_sign(blinded, rng).map_err(|e| match e {
-                crate::blind_rsa::BlindRsaError::OutOfRange | crate::blind_rsa::BlindRsaError::WrongLength { .. } => {
+                crate::blind_rsa::BlindRsaError::OutOfRange
+                | crate::blind_rsa::BlindRsaError::WrongLength { .. } => {
                     IssueError::MalformedBlindedMessage { index: index as u32 }
                 }
                 _ => IssueError::SigningFailed,
@@ -217,7 +237,11 @@ impl Issuer {
             }
         };
         self.records.insert(*peer, record.clone());
-        Ok(IssueGrant { record, charged: !retry, blind_signatures })
+        Ok(IssueGrant {
+            record,
+            charged: !retry,
+            blind_signatures,
+        })
     }
 }
 

@@ -76,7 +76,11 @@ impl SpentSet for MemorySpentSet {
 
     fn try_claim(&self, epoch: u32, hash: &TokenHash) -> Result<ClaimOutcome, Self::Error> {
         let fresh = self.lock().entry(epoch).or_default().insert(*hash);
-        Ok(if fresh { ClaimOutcome::Claimed } else { ClaimOutcome::AlreadySpent })
+        Ok(if fresh {
+            ClaimOutcome::Claimed
+        } else {
+            ClaimOutcome::AlreadySpent
+        })
     }
 
     fn release(&self, epoch: u32, hash: &TokenHash) -> Result<(), Self::Error> {
@@ -157,7 +161,11 @@ pub struct Redeemer {
 impl Redeemer {
     /// A redeemer for lender `me`, accepting no epoch yet.
     pub fn new(me: PeerId) -> Self {
-        Redeemer { me, keys: BTreeMap::new(), max_skew_ms: DEFAULT_SPEND_SKEW_MS }
+        Redeemer {
+            me,
+            keys: BTreeMap::new(),
+            max_skew_ms: DEFAULT_SPEND_SKEW_MS,
+        }
     }
 
     /// Sets the allowed spend-time skew.
@@ -182,16 +190,27 @@ impl Redeemer {
     }
 
     /// All checks but the claim.
-    pub fn check(&self, spend: &TokenSpend, request_digest: &[u8; 32], now_ms: u64) -> Result<(), RedeemError> {
+    pub fn check(
+        &self,
+        spend: &TokenSpend,
+        request_digest: &[u8; 32],
+        now_ms: u64,
+    ) -> Result<(), RedeemError> {
         let input = &spend.token.input;
         if input.token_type != TOKEN_TYPE {
-            return Err(RedeemError::WrongTokenType { got: input.token_type });
+            return Err(RedeemError::WrongTokenType {
+                got: input.token_type,
+            });
         }
-        let key = self.keys.get(&input.epoch).ok_or(RedeemError::UnknownEpoch { epoch: input.epoch })?;
+        let key = self
+            .keys
+            .get(&input.epoch)
+            .ok_or(RedeemError::UnknownEpoch { epoch: input.epoch })?;
         if input.key_id != key.key_id() {
             return Err(RedeemError::WrongKeyId);
         }
-        key.verify_ring(&input.to_bytes(), &spend.token.signature).map_err(|_| RedeemError::BadSignature)?;
+        key.verify_ring(&input.to_bytes(), &spend.token.signature)
+            .map_err(|_| RedeemError::BadSignature)?;
         spend.verify_binding(&self.me, request_digest, now_ms, self.max_skew_ms)?;
         Ok(())
     }
@@ -207,7 +226,10 @@ impl Redeemer {
         self.check(spend, request_digest, now_ms)?;
         let token_hash = spend.token.hash();
         let epoch = spend.token.input.epoch;
-        match spent.try_claim(epoch, &token_hash).map_err(|e| RedeemError::Store(e.to_string()))? {
+        match spent
+            .try_claim(epoch, &token_hash)
+            .map_err(|e| RedeemError::Store(e.to_string()))?
+        {
             ClaimOutcome::Claimed => Ok(Redemption { epoch, token_hash }),
             ClaimOutcome::AlreadySpent => Err(RedeemError::DoubleSpend),
         }
@@ -215,6 +237,8 @@ impl Redeemer {
 
     /// Releases a claim (the upstream refused before doing any work), so the token can be spent again.
     pub fn release<S: SpentSet>(&self, redemption: &Redemption, spent: &S) -> Result<(), RedeemError> {
-        spent.release(redemption.epoch, &redemption.token_hash).map_err(|e| RedeemError::Store(e.to_string()))
+        spent
+            .release(redemption.epoch, &redemption.token_hash)
+            .map_err(|e| RedeemError::Store(e.to_string()))
     }
 }

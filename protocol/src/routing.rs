@@ -42,7 +42,12 @@ pub enum Policy {
 
 impl Policy {
     /// All policies, for comparisons.
-    pub const ALL: [Policy; 4] = [Policy::PowerOfTwo, Policy::Greedy, Policy::Uniform, Policy::Weighted];
+    pub const ALL: [Policy; 4] = [
+        Policy::PowerOfTwo,
+        Policy::Greedy,
+        Policy::Uniform,
+        Policy::Weighted,
+    ];
 
     /// The short name (`p2c`, `greedy`, `uniform`, `weighted`).
     pub fn name(self) -> &'static str {
@@ -89,7 +94,10 @@ pub struct RoutingParams {
 
 impl Default for RoutingParams {
     fn default() -> Self {
-        RoutingParams { max_age_ms: DEFAULT_WINDOW_MS, half_life_ms: 30_000 }
+        RoutingParams {
+            max_age_ms: DEFAULT_WINDOW_MS,
+            half_life_ms: 30_000,
+        }
     }
 }
 
@@ -130,11 +138,15 @@ pub fn choose_lender(
     params: &RoutingParams,
     rng: &mut impl RngCore,
 ) -> Option<PeerId> {
-    let eligible: Vec<&Candidate> = q.candidates.iter().filter(|c| is_eligible(c, q, params)).collect();
-    if let Some(sticky) = q.sticky {
-        if eligible.iter().any(|c| &c.peer == sticky) {
-            return Some(*sticky);
-        }
+    let eligible: Vec<&Candidate> = q
+        .candidates
+        .iter()
+        .filter(|c| is_eligible(c, q, params))
+        .collect();
+    if let Some(sticky) = q.sticky
+        && eligible.iter().any(|c| &c.peer == sticky)
+    {
+        return Some(*sticky);
     }
     if eligible.is_empty() {
         return None;
@@ -151,12 +163,20 @@ pub fn choose_lender(
                     b += 1;
                 }
                 let (ca, cb) = (eligible[a], eligible[b]);
-                if score(cb, params) > score(ca, params) { cb } else { ca }
+                if score(cb, params) > score(ca, params) {
+                    cb
+                } else {
+                    ca
+                }
             }
         }
         Policy::Greedy => {
             let best = eligible.iter().map(|c| score(c, params)).fold(f64::MIN, f64::max);
-            let top: Vec<&Candidate> = eligible.iter().copied().filter(|c| score(c, params) >= best).collect();
+            let top: Vec<&Candidate> = eligible
+                .iter()
+                .copied()
+                .filter(|c| score(c, params) >= best)
+                .collect();
             top[uniform_index(rng, top.len())]
         }
         Policy::Weighted => {
@@ -181,7 +201,12 @@ pub fn choose_lender(
 }
 
 /// Chooses a relay uniformly among `connected`, never `me` nor `lender`.
-pub fn choose_relay(me: &PeerId, lender: &PeerId, connected: &[PeerId], rng: &mut impl RngCore) -> Option<PeerId> {
+pub fn choose_relay(
+    me: &PeerId,
+    lender: &PeerId,
+    connected: &[PeerId],
+    rng: &mut impl RngCore,
+) -> Option<PeerId> {
     let options: Vec<&PeerId> = connected.iter().filter(|p| *p != me && *p != lender).collect();
     if options.is_empty() {
         return None;
@@ -191,7 +216,12 @@ pub fn choose_relay(me: &PeerId, lender: &PeerId, connected: &[PeerId], rng: &mu
 
 /// When a refused lender may be tried again: its `Retry-After` if given, else `default_ms`, plus up to 25 % jitter
 /// so borrowers refused together do not return together.
-pub fn cooldown_until(now_ms: u64, retry_after_ms: Option<u64>, default_ms: u64, rng: &mut impl RngCore) -> u64 {
+pub fn cooldown_until(
+    now_ms: u64,
+    retry_after_ms: Option<u64>,
+    default_ms: u64,
+    rng: &mut impl RngCore,
+) -> u64 {
     let base = retry_after_ms.unwrap_or(default_ms);
     let jitter = (base as f64 * 0.25 * unit_f64(rng)) as u64;
     now_ms.saturating_add(base).saturating_add(jitter)
@@ -226,7 +256,12 @@ mod tests {
     }
 
     fn cand(seed: u8, headroom: HeadroomBucket, age: u64) -> Candidate {
-        Candidate { peer: pid(seed), headroom, attestation_age_ms: age, cooling_until_ms: None }
+        Candidate {
+            peer: pid(seed),
+            headroom,
+            attestation_age_ms: age,
+            cooling_until_ms: None,
+        }
     }
 
     #[test]
@@ -243,35 +278,70 @@ mod tests {
             cand(6, HeadroomBucket::Low, 0),
         ];
         let tried = [pid(2)];
-        let q = LenderQuery { me: &me, candidates: &cands, tried: &tried, now_ms: 1_000, sticky: None };
+        let q = LenderQuery {
+            me: &me,
+            candidates: &cands,
+            tried: &tried,
+            now_ms: 1_000,
+            sticky: None,
+        };
         let mut rng = ChaCha20Rng::seed_from_u64(5);
         for policy in Policy::ALL {
             for _ in 0..200 {
-                assert_eq!(choose_lender(policy, &q, &RoutingParams::default(), &mut rng), Some(pid(6)), "{policy:?}");
+                assert_eq!(
+                    choose_lender(policy, &q, &RoutingParams::default(), &mut rng),
+                    Some(pid(6)),
+                    "{policy:?}"
+                );
             }
         }
         // Once the cooldown passes, peer 4 is back.
         let q2 = LenderQuery { now_ms: 2_000, ..q };
-        let picks: Vec<_> =
-            (0..100).filter_map(|_| choose_lender(Policy::Greedy, &q2, &RoutingParams::default(), &mut rng)).collect();
+        let picks: Vec<_> = (0..100)
+            .filter_map(|_| choose_lender(Policy::Greedy, &q2, &RoutingParams::default(), &mut rng))
+            .collect();
         assert!(picks.iter().all(|p| *p == pid(4)));
         // Nothing eligible.
         let all_tried = [pid(2), pid(4), pid(6)];
-        let q3 = LenderQuery { tried: &all_tried, ..q2 };
-        assert_eq!(choose_lender(Policy::PowerOfTwo, &q3, &RoutingParams::default(), &mut rng), None);
+        let q3 = LenderQuery {
+            tried: &all_tried,
+            ..q2
+        };
+        assert_eq!(
+            choose_lender(Policy::PowerOfTwo, &q3, &RoutingParams::default(), &mut rng),
+            None
+        );
     }
 
     #[test]
     fn power_of_two_prefers_headroom_but_spreads() {
         let me = pid(1);
         let cands: Vec<_> = (2..=9)
-            .map(|s| cand(s, if s == 2 { HeadroomBucket::High } else { HeadroomBucket::Medium }, 0))
+            .map(|s| {
+                cand(
+                    s,
+                    if s == 2 {
+                        HeadroomBucket::High
+                    } else {
+                        HeadroomBucket::Medium
+                    },
+                    0,
+                )
+            })
             .collect();
-        let q = LenderQuery { me: &me, candidates: &cands, tried: &[], now_ms: 0, sticky: None };
+        let q = LenderQuery {
+            me: &me,
+            candidates: &cands,
+            tried: &[],
+            now_ms: 0,
+            sticky: None,
+        };
         let mut rng = ChaCha20Rng::seed_from_u64(6);
         let mut counts = std::collections::HashMap::new();
         for _ in 0..8000 {
-            *counts.entry(choose_lender(Policy::PowerOfTwo, &q, &RoutingParams::default(), &mut rng).unwrap()).or_insert(0) += 1;
+            *counts
+                .entry(choose_lender(Policy::PowerOfTwo, &q, &RoutingParams::default(), &mut rng).unwrap())
+                .or_insert(0) += 1;
         }
         // The High peer wins whenever drawn (2/8 of draws ≈ 2000); others share the rest.
         let top = counts[&pid(2)];
@@ -279,18 +349,30 @@ mod tests {
         assert_eq!(counts.len(), 8, "every candidate gets load");
         // Greedy herds onto the one High peer.
         for _ in 0..100 {
-            assert_eq!(choose_lender(Policy::Greedy, &q, &RoutingParams::default(), &mut rng), Some(pid(2)));
+            assert_eq!(
+                choose_lender(Policy::Greedy, &q, &RoutingParams::default(), &mut rng),
+                Some(pid(2))
+            );
         }
     }
 
     #[test]
     fn age_discounts_score_and_sticky_wins_when_eligible() {
         let p = RoutingParams::default();
-        assert!(score(&cand(2, HeadroomBucket::High, 60_000), &p) < score(&cand(3, HeadroomBucket::Medium, 0), &p));
+        assert!(
+            score(&cand(2, HeadroomBucket::High, 60_000), &p)
+                < score(&cand(3, HeadroomBucket::Medium, 0), &p)
+        );
         let me = pid(1);
         let cands = vec![cand(2, HeadroomBucket::High, 0), cand(3, HeadroomBucket::Low, 0)];
         let sticky = pid(3);
-        let q = LenderQuery { me: &me, candidates: &cands, tried: &[], now_ms: 0, sticky: Some(&sticky) };
+        let q = LenderQuery {
+            me: &me,
+            candidates: &cands,
+            tried: &[],
+            now_ms: 0,
+            sticky: Some(&sticky),
+        };
         let mut rng = ChaCha20Rng::seed_from_u64(7);
         assert_eq!(choose_lender(Policy::Greedy, &q, &p, &mut rng), Some(pid(3)));
         let tried = [pid(3)];

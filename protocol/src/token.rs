@@ -57,7 +57,12 @@ pub struct TokenInput {
 impl TokenInput {
     /// A lendmesh token input.
     pub fn new(epoch: u32, key_id: [u8; 32], spend_key: [u8; 32]) -> Self {
-        TokenInput { token_type: TOKEN_TYPE, epoch, key_id, spend_key }
+        TokenInput {
+            token_type: TOKEN_TYPE,
+            epoch,
+            key_id,
+            spend_key,
+        }
     }
 
     /// The fixed 70-byte layout (see the module doc).
@@ -176,7 +181,13 @@ impl WalletToken {
     pub fn spend(&self, lender: PeerId, request_digest: [u8; 32], time_ms: u64) -> TokenSpend {
         let msg = spend_message(&self.token.hash(), &lender, &request_digest, time_ms);
         let signature = self.spend_secret.signing_key().sign(&msg).to_bytes();
-        TokenSpend { token: self.token.clone(), lender, request_digest, time_ms, signature }
+        TokenSpend {
+            token: self.token.clone(),
+            lender,
+            request_digest,
+            time_ms,
+            signature,
+        }
     }
 }
 
@@ -235,12 +246,21 @@ impl TokenSpend {
         }
         let skew_ms = now_ms.abs_diff(self.time_ms);
         if skew_ms > max_skew_ms {
-            return Err(BindingError::TimeSkew { skew_ms, max_ms: max_skew_ms });
+            return Err(BindingError::TimeSkew {
+                skew_ms,
+                max_ms: max_skew_ms,
+            });
         }
         let key =
             VerifyingKey::from_bytes(&self.token.input.spend_key).map_err(|_| BindingError::BadSignature)?;
-        let msg = spend_message(&self.token.hash(), &self.lender, &self.request_digest, self.time_ms);
-        key.verify(&msg, &Signature::from_bytes(&self.signature)).map_err(|_| BindingError::BadSignature)
+        let msg = spend_message(
+            &self.token.hash(),
+            &self.lender,
+            &self.request_digest,
+            self.time_ms,
+        );
+        key.verify(&msg, &Signature::from_bytes(&self.signature))
+            .map_err(|_| BindingError::BadSignature)
     }
 }
 
@@ -272,7 +292,10 @@ mod tests {
         assert_eq!(&bytes[6..38], &[0xaa; 32]);
         assert_eq!(&bytes[38..], &[0xbb; 32]);
         assert_eq!(TokenInput::from_bytes(&bytes).unwrap(), input);
-        assert_eq!(TokenInput::from_bytes(&bytes[..69]), Err(TokenError::WrongLength(69)));
+        assert_eq!(
+            TokenInput::from_bytes(&bytes[..69]),
+            Err(TokenError::WrongLength(69))
+        );
         assert_eq!(input.hash().0, <[u8; 32]>::from(Sha256::digest(bytes)));
     }
 
@@ -281,14 +304,23 @@ mod tests {
         let mut rng = ChaCha20Rng::seed_from_u64(3);
         let secret = SpendSecret::generate(&mut rng);
         let wt = WalletToken {
-            token: Token { input: TokenInput::new(1, [1; 32], secret.public_key()), signature: vec![0; 256] },
+            token: Token {
+                input: TokenInput::new(1, [1; 32], secret.public_key()),
+                signature: vec![0; 256],
+            },
             spend_secret: secret,
         };
         let (lender, other) = (peer(1), peer(2));
         let spend = wt.spend(lender, [9; 32], 1_000_000);
         assert_eq!(spend.verify_binding(&lender, &[9; 32], 1_000_500, 60_000), Ok(()));
-        assert_eq!(spend.verify_binding(&other, &[9; 32], 1_000_000, 60_000), Err(BindingError::WrongLender));
-        assert_eq!(spend.verify_binding(&lender, &[8; 32], 1_000_000, 60_000), Err(BindingError::WrongRequest));
+        assert_eq!(
+            spend.verify_binding(&other, &[9; 32], 1_000_000, 60_000),
+            Err(BindingError::WrongLender)
+        );
+        assert_eq!(
+            spend.verify_binding(&lender, &[8; 32], 1_000_000, 60_000),
+            Err(BindingError::WrongRequest)
+        );
         assert!(matches!(
             spend.verify_binding(&lender, &[9; 32], 2_000_000, 60_000),
             Err(BindingError::TimeSkew { .. })
@@ -296,7 +328,10 @@ mod tests {
         // The lender rewrites the binding to itself elsewhere: the signature no longer matches.
         let mut moved = spend.clone();
         moved.lender = other;
-        assert_eq!(moved.verify_binding(&other, &[9; 32], 1_000_000, 60_000), Err(BindingError::BadSignature));
+        assert_eq!(
+            moved.verify_binding(&other, &[9; 32], 1_000_000, 60_000),
+            Err(BindingError::BadSignature)
+        );
         // A flipped bit in the spend key.
         let mut flipped = spend.clone();
         flipped.token.input.spend_key[0] ^= 1;

@@ -126,12 +126,29 @@ impl Wallet {
         for _ in 0..count {
             let spend_secret = SpendSecret::generate(rng);
             let input = TokenInput::new(epoch, key.key_id(), spend_secret.public_key());
-            let (msg, inverse) = key.blind(TOKEN_VARIANT, &input.to_bytes(), rng).map_err(WalletError::Blind)?;
+            let (msg, inverse) = key
+                .blind(TOKEN_VARIANT, &input.to_bytes(), rng)
+                .map_err(WalletError::Blind)?;
             blinded.push(msg);
-            tokens.push(PendingToken { input, spend_secret, inverse });
+            tokens.push(PendingToken {
+                input,
+                spend_secret,
+                inverse,
+            });
         }
-        let request = IssueRequest { request_id, epoch, key_id: key.key_id(), blinded };
-        let batch = PendingBatch { request_id, epoch, key_id: key.key_id(), tokens, request: request.clone() };
+        let request = IssueRequest {
+            request_id,
+            epoch,
+            key_id: key.key_id(),
+            blinded,
+        };
+        let batch = PendingBatch {
+            request_id,
+            epoch,
+            key_id: key.key_id(),
+            tokens,
+            request: request.clone(),
+        };
         Ok((request, batch))
     }
 
@@ -147,15 +164,26 @@ impl Wallet {
             return Err(WalletError::WrongKey);
         }
         if blind_signatures.len() != batch.tokens.len() {
-            return Err(WalletError::CountMismatch { expected: batch.tokens.len(), got: blind_signatures.len() });
+            return Err(WalletError::CountMismatch {
+                expected: batch.tokens.len(),
+                got: blind_signatures.len(),
+            });
         }
         let mut finished = Vec::with_capacity(batch.tokens.len());
         for (index, (pending, blind_sig)) in batch.tokens.iter().zip(blind_signatures).enumerate() {
             let signature = key
-                .finalize(TOKEN_VARIANT, &pending.input.to_bytes(), blind_sig, &pending.inverse)
+                .finalize(
+                    TOKEN_VARIANT,
+                    &pending.input.to_bytes(),
+                    blind_sig,
+                    &pending.inverse,
+                )
                 .map_err(|source| WalletError::BadIssuerSignature { index, source })?;
             finished.push(WalletToken {
-                token: Token { input: pending.input, signature },
+                token: Token {
+                    input: pending.input,
+                    signature,
+                },
                 spend_secret: pending.spend_secret.clone(),
             });
         }
@@ -206,7 +234,10 @@ impl Wallet {
 
     /// Tokens held for one epoch.
     pub fn balance_in(&self, epoch: u32) -> usize {
-        self.tokens.iter().filter(|t| t.token.input.epoch == epoch).count()
+        self.tokens
+            .iter()
+            .filter(|t| t.token.input.epoch == epoch)
+            .count()
     }
 
     /// Drops tokens of epochs before `epoch` (retired; no lender accepts them). Returns how many.

@@ -109,9 +109,13 @@ pub trait WireMessage: Serialize + DeserializeOwned {
 /// Encodes a message into a frame; refuses one over its type's limit.
 pub fn encode<T: WireMessage>(msg: &T) -> Result<Vec<u8>, WireError> {
     let mut out = vec![WIRE_VERSION, T::KIND as u8];
-    let out = postcard::to_extend(msg, std::mem::take(&mut out)).map_err(|e| WireError::Malformed(e.to_string()))?;
+    let out = postcard::to_extend(msg, std::mem::take(&mut out))
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
     if out.len() > T::MAX_LEN {
-        return Err(WireError::TooLarge { len: out.len(), limit: T::MAX_LEN });
+        return Err(WireError::TooLarge {
+            len: out.len(),
+            limit: T::MAX_LEN,
+        });
     }
     Ok(out)
 }
@@ -125,7 +129,10 @@ pub fn decode<T: WireMessage>(bytes: &[u8]) -> Result<T, WireError> {
 pub fn decode_with_limit<T: WireMessage>(bytes: &[u8], limit: usize) -> Result<T, WireError> {
     let limit = limit.min(T::MAX_LEN);
     if bytes.len() > limit {
-        return Err(WireError::TooLarge { len: bytes.len(), limit });
+        return Err(WireError::TooLarge {
+            len: bytes.len(),
+            limit,
+        });
     }
     let [version, kind, body @ ..] = bytes else {
         return Err(WireError::Truncated);
@@ -134,7 +141,10 @@ pub fn decode_with_limit<T: WireMessage>(bytes: &[u8], limit: usize) -> Result<T
         return Err(WireError::UnsupportedVersion { got: *version });
     }
     if *kind != T::KIND as u8 {
-        return Err(WireError::WrongKind { expected: T::KIND as u8, got: *kind });
+        return Err(WireError::WrongKind {
+            expected: T::KIND as u8,
+            got: *kind,
+        });
     }
     decode_plain(body, limit)
 }
@@ -142,7 +152,10 @@ pub fn decode_with_limit<T: WireMessage>(bytes: &[u8], limit: usize) -> Result<T
 /// Decodes a headerless postcard value within `limit`, refusing trailing bytes.
 pub(crate) fn decode_plain<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, WireError> {
     if bytes.len() > limit {
-        return Err(WireError::TooLarge { len: bytes.len(), limit });
+        return Err(WireError::TooLarge {
+            len: bytes.len(),
+            limit,
+        });
     }
     let (value, rest) = postcard::take_from_bytes(bytes).map_err(|e| WireError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
@@ -357,36 +370,62 @@ mod tests {
 
     #[test]
     fn frames_carry_version_and_kind() {
-        let msg = ClaimRequest { token_hash: TokenHash([3; 32]), claim_id: [4; 16], epoch: 9 };
+        let msg = ClaimRequest {
+            token_hash: TokenHash([3; 32]),
+            claim_id: [4; 16],
+            epoch: 9,
+        };
         let bytes = encode(&msg).unwrap();
         assert_eq!(&bytes[..2], &[WIRE_VERSION, MessageKind::ClaimRequest as u8]);
         assert_eq!(decode::<ClaimRequest>(&bytes).unwrap(), msg);
 
         let mut v2 = bytes.clone();
         v2[0] = 2;
-        assert_eq!(decode::<ClaimRequest>(&v2), Err(WireError::UnsupportedVersion { got: 2 }));
+        assert_eq!(
+            decode::<ClaimRequest>(&v2),
+            Err(WireError::UnsupportedVersion { got: 2 })
+        );
         assert_eq!(
             decode::<GossipMessage>(&bytes),
-            Err(WireError::WrongKind { expected: MessageKind::Gossip as u8, got: 7 })
+            Err(WireError::WrongKind {
+                expected: MessageKind::Gossip as u8,
+                got: 7
+            })
         );
         let mut trailing = bytes.clone();
         trailing.push(0);
-        assert_eq!(decode::<ClaimRequest>(&trailing), Err(WireError::TrailingBytes(1)));
+        assert_eq!(
+            decode::<ClaimRequest>(&trailing),
+            Err(WireError::TrailingBytes(1))
+        );
         assert_eq!(decode::<ClaimRequest>(&bytes[..1]), Err(WireError::Truncated));
-        assert!(matches!(decode::<ClaimRequest>(&bytes[..10]), Err(WireError::Malformed(_))));
-        assert!(matches!(decode::<ClaimRequest>(&[0u8; 300]), Err(WireError::TooLarge { len: 300, limit: 256 })));
+        assert!(matches!(
+            decode::<ClaimRequest>(&bytes[..10]),
+            Err(WireError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode::<ClaimRequest>(&[0u8; 300]),
+            Err(WireError::TooLarge { len: 300, limit: 256 })
+        ));
     }
 
     #[test]
     fn byte_fields_are_compact() {
         // 1000 bytes must cost ~1000 bytes on the wire, not one varint per element.
-        let msg = BorrowRequest { sealed: vec![0xff; 1000] };
+        let msg = BorrowRequest {
+            sealed: vec![0xff; 1000],
+        };
         assert!(encode(&msg).unwrap().len() < 1010);
     }
 
     #[test]
     fn limit_is_enforced_on_encode_too() {
-        let msg = IssueRequest { request_id: [0; 16], epoch: 1, key_id: [0; 32], blinded: vec![vec![0; 512]; 200] };
+        let msg = IssueRequest {
+            request_id: [0; 16],
+            epoch: 1,
+            key_id: [0; 32],
+            blinded: vec![vec![0; 512]; 200],
+        };
         assert!(matches!(encode(&msg), Err(WireError::TooLarge { .. })));
     }
 }

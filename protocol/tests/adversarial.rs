@@ -23,11 +23,17 @@ fn honest_spend_is_accepted_once() {
     let spend = token.spend(peer(3), DIGEST, NOW);
     let r = redeemer.redeem(&spend, &DIGEST, NOW, &spent).unwrap();
     assert_eq!(r.token_hash, token.token.hash());
-    assert_eq!(redeemer.redeem(&spend, &DIGEST, NOW, &spent), Err(RedeemError::DoubleSpend));
+    assert_eq!(
+        redeemer.redeem(&spend, &DIGEST, NOW, &spent),
+        Err(RedeemError::DoubleSpend)
+    );
     // A release (upstream refused before work) makes it spendable again, once.
     redeemer.release(&r, &spent).unwrap();
     assert!(redeemer.redeem(&spend, &DIGEST, NOW, &spent).is_ok());
-    assert_eq!(redeemer.redeem(&spend, &DIGEST, NOW, &spent), Err(RedeemError::DoubleSpend));
+    assert_eq!(
+        redeemer.redeem(&spend, &DIGEST, NOW, &spent),
+        Err(RedeemError::DoubleSpend)
+    );
 }
 
 #[test]
@@ -39,7 +45,11 @@ fn every_flipped_bit_in_signature_or_input_is_refused() {
     for bit in 0..spend.token.signature.len() * 8 {
         let mut s = spend.clone();
         s.token.signature[bit / 8] ^= 1 << (bit % 8);
-        assert_eq!(redeemer.check(&s, &DIGEST, NOW), Err(RedeemError::BadSignature), "signature bit {bit}");
+        assert_eq!(
+            redeemer.check(&s, &DIGEST, NOW),
+            Err(RedeemError::BadSignature),
+            "signature bit {bit}"
+        );
     }
     let input = spend.token.input.to_bytes();
     for bit in 0..input.len() * 8 {
@@ -65,7 +75,10 @@ fn signature_moved_to_another_token_is_refused() {
     let (a, mut b) = (tokens.remove(0), tokens.remove(0));
     b.token.signature = a.token.signature.clone();
     let spend = b.spend(peer(3), DIGEST, NOW);
-    assert_eq!(f.redeemer(3).check(&spend, &DIGEST, NOW), Err(RedeemError::BadSignature));
+    assert_eq!(
+        f.redeemer(3).check(&spend, &DIGEST, NOW),
+        Err(RedeemError::BadSignature)
+    );
 }
 
 #[test]
@@ -87,12 +100,18 @@ fn wrong_key_key_id_epoch_and_type_are_refused() {
     // An epoch the lender does not accept (retired or unknown).
     let mut retired = f.redeemer(3);
     retired.retire_epoch(EPOCH);
-    assert_eq!(retired.check(&spend, &DIGEST, NOW), Err(RedeemError::UnknownEpoch { epoch: EPOCH }));
+    assert_eq!(
+        retired.check(&spend, &DIGEST, NOW),
+        Err(RedeemError::UnknownEpoch { epoch: EPOCH })
+    );
 
     // Another token type.
     let mut typed = spend.clone();
     typed.token.input.token_type = 0x0002;
-    assert_eq!(f.redeemer(3).check(&typed, &DIGEST, NOW), Err(RedeemError::WrongTokenType { got: 2 }));
+    assert_eq!(
+        f.redeemer(3).check(&typed, &DIGEST, NOW),
+        Err(RedeemError::WrongTokenType { got: 2 })
+    );
 }
 
 #[test]
@@ -142,7 +161,9 @@ fn two_threads_racing_on_one_spent_set_spend_each_token_once() {
                 for spend in &spends {
                     match redeemer.redeem(spend, &DIGEST, NOW, &spent) {
                         Ok(_) => wins.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
-                        Err(RedeemError::DoubleSpend) => double.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+                        Err(RedeemError::DoubleSpend) => {
+                            double.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                        }
                         Err(e) => panic!("unexpected {e}"),
                     };
                 }
@@ -165,22 +186,56 @@ fn issuance_refuses_unknown_expired_over_quota_and_malformed() {
     let mut issuer = Issuer::new(EPOCH, f.key.clone(), roster);
     let (req, _) = Wallet::prepare_batch(&pk, EPOCH, 2, &mut rng).unwrap();
 
-    assert_eq!(issuer.issue(&peer(9), &req, NOW, &mut rng).unwrap_err(), IssueError::UnknownMember);
-    assert_eq!(issuer.issue(&peer(4), &req, NOW, &mut rng).unwrap_err(), IssueError::UnknownMember, "removed");
-    assert!(matches!(issuer.issue(&peer(3), &req, NOW, &mut rng), Err(IssueError::MemberExpired { .. })));
+    assert_eq!(
+        issuer.issue(&peer(9), &req, NOW, &mut rng).unwrap_err(),
+        IssueError::UnknownMember
+    );
+    assert_eq!(
+        issuer.issue(&peer(4), &req, NOW, &mut rng).unwrap_err(),
+        IssueError::UnknownMember,
+        "removed"
+    );
+    assert!(matches!(
+        issuer.issue(&peer(3), &req, NOW, &mut rng),
+        Err(IssueError::MemberExpired { .. })
+    ));
 
-    let wrong_epoch = IssueRequest { epoch: EPOCH + 1, ..req.clone() };
-    assert!(matches!(issuer.issue(&peer(2), &wrong_epoch, NOW, &mut rng), Err(IssueError::WrongEpoch { .. })));
-    let wrong_key = IssueRequest { key_id: [0; 32], ..req.clone() };
-    assert_eq!(issuer.issue(&peer(2), &wrong_key, NOW, &mut rng).unwrap_err(), IssueError::WrongKey);
-    let empty = IssueRequest { blinded: vec![], ..req.clone() };
-    assert_eq!(issuer.issue(&peer(2), &empty, NOW, &mut rng).unwrap_err(), IssueError::EmptyBatch);
-    let short = IssueRequest { blinded: vec![vec![1; 10]], ..req.clone() };
+    let wrong_epoch = IssueRequest {
+        epoch: EPOCH + 1,
+        ..req.clone()
+    };
+    assert!(matches!(
+        issuer.issue(&peer(2), &wrong_epoch, NOW, &mut rng),
+        Err(IssueError::WrongEpoch { .. })
+    ));
+    let wrong_key = IssueRequest {
+        key_id: [0; 32],
+        ..req.clone()
+    };
+    assert_eq!(
+        issuer.issue(&peer(2), &wrong_key, NOW, &mut rng).unwrap_err(),
+        IssueError::WrongKey
+    );
+    let empty = IssueRequest {
+        blinded: vec![],
+        ..req.clone()
+    };
+    assert_eq!(
+        issuer.issue(&peer(2), &empty, NOW, &mut rng).unwrap_err(),
+        IssueError::EmptyBatch
+    );
+    let short = IssueRequest {
+        blinded: vec![vec![1; 10]],
+        ..req.clone()
+    };
     assert_eq!(
         issuer.issue(&peer(2), &short, NOW, &mut rng).unwrap_err(),
         IssueError::MalformedBlindedMessage { index: 0 }
     );
-    let too_big = IssueRequest { blinded: vec![vec![0xff; 256]], ..req.clone() };
+    let too_big = IssueRequest {
+        blinded: vec![vec![0xff; 256]],
+        ..req.clone()
+    };
     assert_eq!(
         issuer.issue(&peer(2), &too_big, NOW, &mut rng).unwrap_err(),
         IssueError::MalformedBlindedMessage { index: 0 }
@@ -192,11 +247,17 @@ fn issuance_refuses_unknown_expired_over_quota_and_malformed() {
     assert!(g.charged);
     assert_eq!(g.record.used, 2);
     let (req18, _) = Wallet::prepare_batch(&pk, EPOCH, 18, &mut rng).unwrap();
-    assert_eq!(issuer.issue(&peer(2), &req18, NOW, &mut rng).unwrap().record.used, 20);
+    assert_eq!(
+        issuer.issue(&peer(2), &req18, NOW, &mut rng).unwrap().record.used,
+        20
+    );
     let (req1, _) = Wallet::prepare_batch(&pk, EPOCH, 1, &mut rng).unwrap();
     assert_eq!(
         issuer.issue(&peer(2), &req1, NOW, &mut rng).unwrap_err(),
-        IssueError::OverQuota { requested: 1, remaining: 0 }
+        IssueError::OverQuota {
+            requested: 1,
+            remaining: 0
+        }
     );
 }
 
@@ -214,11 +275,20 @@ fn issuance_retry_is_idempotent_and_survives_restart() {
     let again = restarted.issue(&peer(2), &req, NOW, &mut rng).unwrap();
     assert!(!again.charged);
     assert_eq!(again.record.used, 5);
-    assert_eq!(again.blind_signatures, first.blind_signatures, "RSA signing is deterministic");
+    assert_eq!(
+        again.blind_signatures, first.blind_signatures,
+        "RSA signing is deterministic"
+    );
     // Reusing the id for other messages is refused.
     let (other, _) = Wallet::prepare_batch(&pk, EPOCH, 5, &mut rng).unwrap();
-    let reused = IssueRequest { request_id: req.request_id, ..other };
-    assert_eq!(restarted.issue(&peer(2), &reused, NOW, &mut rng).unwrap_err(), IssueError::RequestIdReused);
+    let reused = IssueRequest {
+        request_id: req.request_id,
+        ..other
+    };
+    assert_eq!(
+        restarted.issue(&peer(2), &reused, NOW, &mut rng).unwrap_err(),
+        IssueError::RequestIdReused
+    );
     // The member finalizes both answers: no token twice.
     let mut wallet = Wallet::new();
     assert_eq!(wallet.finalize(&pk, &batch, &first.blind_signatures).unwrap(), 5);
@@ -241,14 +311,20 @@ fn wallet_refuses_bad_issuer_answers_all_or_none() {
     let mut wallet = Wallet::new();
     let mut sigs = grant.blind_signatures.clone();
     sigs[2][5] ^= 1;
-    assert!(matches!(wallet.finalize(&pk, &batch, &sigs), Err(WalletError::BadIssuerSignature { index: 2, .. })));
+    assert!(matches!(
+        wallet.finalize(&pk, &batch, &sigs),
+        Err(WalletError::BadIssuerSignature { index: 2, .. })
+    ));
     assert_eq!(wallet.balance(), 0, "nothing added when any signature is bad");
     assert!(matches!(
         wallet.finalize(&pk, &batch, &grant.blind_signatures[..2]),
         Err(WalletError::CountMismatch { expected: 3, got: 2 })
     ));
     let other = test_keys::rsa_3072();
-    assert_eq!(wallet.finalize(other.public_key(), &batch, &grant.blind_signatures), Err(WalletError::WrongKey));
+    assert_eq!(
+        wallet.finalize(other.public_key(), &batch, &grant.blind_signatures),
+        Err(WalletError::WrongKey)
+    );
     assert_eq!(wallet.finalize(&pk, &batch, &grant.blind_signatures).unwrap(), 3);
 }
 
@@ -264,7 +340,11 @@ fn wallet_take_and_put_back() {
     assert_eq!(first, tokens[0]);
     assert_eq!(wallet.balance(), 2);
     wallet.put_back(first.clone());
-    assert_eq!(wallet.take(|_| true).unwrap(), first, "a put-back token is spent first");
+    assert_eq!(
+        wallet.take(|_| true).unwrap(),
+        first,
+        "a put-back token is spent first"
+    );
     assert!(wallet.take(|e| e != EPOCH).is_none(), "epoch filter");
     // Serializable (the node persists it) and Debug hides spend secrets.
     let bytes = postcard::to_allocvec(&wallet).unwrap();
@@ -282,12 +362,16 @@ fn finalized_tokens_verify_under_two_independent_verifiers() {
     for t in f.tokens_for(2, 10) {
         let msg = t.token.input.to_bytes();
         pk.verify_ring(&msg, &t.token.signature).unwrap();
-        pk.verify_rsa_crate(lendmesh_protocol::wallet::TOKEN_VARIANT, &msg, &t.token.signature).unwrap();
+        pk.verify_rsa_crate(lendmesh_protocol::wallet::TOKEN_VARIANT, &msg, &t.token.signature)
+            .unwrap();
         // And they agree on rejection.
         let mut bad = t.token.signature.clone();
         bad[0] ^= 0x80;
         assert!(pk.verify_ring(&msg, &bad).is_err());
-        assert!(pk.verify_rsa_crate(lendmesh_protocol::wallet::TOKEN_VARIANT, &msg, &bad).is_err());
+        assert!(
+            pk.verify_rsa_crate(lendmesh_protocol::wallet::TOKEN_VARIANT, &msg, &bad)
+                .is_err()
+        );
     }
 }
 
@@ -310,7 +394,9 @@ fn keys_export_import_and_still_verify() {
         assert!(!format!("{sk:?}").contains("BEGIN"));
     }
     assert!(PublicKey::from_spki_der(&[0x30, 0x03, 1, 2, 3]).is_err());
-    assert!(SecretKey::from_pkcs8_pem("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").is_err());
+    assert!(
+        SecretKey::from_pkcs8_pem("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").is_err()
+    );
 }
 
 #[test]

@@ -8,7 +8,11 @@ use lendmesh_protocol::blind_rsa::{BlindInverse, HASH_LEN, PREFIX_LEN, SecretKey
 fn h(v: &serde_json::Value, field: &str) -> Vec<u8> {
     let s = v[field].as_str().unwrap_or_else(|| panic!("missing {field}"));
     let s = s.strip_prefix("0x").unwrap_or(s);
-    let s = if s.len() % 2 == 1 { format!("0{s}") } else { s.to_string() };
+    let s = if s.len() % 2 == 1 {
+        format!("0{s}")
+    } else {
+        s.to_string()
+    };
     hex::decode(s).unwrap()
 }
 
@@ -22,7 +26,8 @@ fn rfc9474_all_variants() {
         let name = v["name"].as_str().unwrap();
         let variant = Variant::from_name(name).unwrap_or_else(|| panic!("unknown variant {name}"));
         seen.push(variant);
-        let sk = SecretKey::from_components(&h(v, "n"), &h(v, "e"), &h(v, "d"), &h(v, "p"), &h(v, "q")).unwrap();
+        let sk =
+            SecretKey::from_components(&h(v, "n"), &h(v, "e"), &h(v, "d"), &h(v, "p"), &h(v, "q")).unwrap();
         let pk = sk.public_key();
         assert_eq!(pk.modulus_bits(), 4096);
 
@@ -35,7 +40,11 @@ fn rfc9474_all_variants() {
         if variant.randomized {
             let prefix = h(v, "msg_prefix");
             assert_eq!(prefix.len(), PREFIX_LEN);
-            assert_eq!(input_msg, [prefix, msg.clone()].concat(), "{name}: input_msg = prefix || msg");
+            assert_eq!(
+                input_msg,
+                [prefix, msg.clone()].concat(),
+                "{name}: input_msg = prefix || msg"
+            );
         } else {
             assert_eq!(input_msg, msg, "{name}: deterministic input_msg = msg");
         }
@@ -43,10 +52,18 @@ fn rfc9474_all_variants() {
         let inv = BlindInverse::from_bytes(&h(v, "inv"));
         // Blind: PSS-encode with the published salt, blind with r = inv⁻¹.
         let blinded = pk.blind_with_inverse_for_test(&input_msg, &salt, &inv).unwrap();
-        assert_eq!(hex::encode(&blinded), hex::encode(h(v, "blinded_msg")), "{name}: blinded_msg");
+        assert_eq!(
+            hex::encode(&blinded),
+            hex::encode(h(v, "blinded_msg")),
+            "{name}: blinded_msg"
+        );
         // BlindSign through the rsa crate's private operation (its own blinding must not change the result).
         let blind_sig = sk.blind_sign(&blinded, &mut rand_core::OsRng).unwrap();
-        assert_eq!(hex::encode(&blind_sig), hex::encode(h(v, "blind_sig")), "{name}: blind_sig");
+        assert_eq!(
+            hex::encode(&blind_sig),
+            hex::encode(h(v, "blind_sig")),
+            "{name}: blind_sig"
+        );
         // Finalize (which verifies).
         let sig = pk.finalize(variant, &input_msg, &blind_sig, &inv).unwrap();
         assert_eq!(hex::encode(&sig), hex::encode(h(v, "sig")), "{name}: sig");
@@ -63,5 +80,8 @@ fn rfc9474_all_variants() {
         bad[100] ^= 1;
         assert!(pk.verify(variant, &input_msg, &bad).is_err());
     }
-    assert!(seen.contains(&Variant::PSS_DETERMINISTIC), "the required variant is covered");
+    assert!(
+        seen.contains(&Variant::PSS_DETERMINISTIC),
+        "the required variant is covered"
+    );
 }

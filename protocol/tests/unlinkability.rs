@@ -39,7 +39,10 @@ struct Params {
 fn params(pk: &PublicKey) -> Params {
     use rsa::pkcs8::DecodePublicKey;
     let k = rsa::RsaPublicKey::from_public_key_der(pk.spki_der()).unwrap();
-    Params { n: BigUint::from_bytes_be(&k.n().to_bytes_be()), e: BigUint::from_bytes_be(&k.e().to_bytes_be()) }
+    Params {
+        n: BigUint::from_bytes_be(&k.n().to_bytes_be()),
+        e: BigUint::from_bytes_be(&k.e().to_bytes_be()),
+    }
 }
 
 /// Issues one token to `member`; `blinding` false uses r = 1 (the broken control).
@@ -56,8 +59,18 @@ fn issue_one(
         let mut w = Wallet::new();
         w.finalize(pk, &batch, std::slice::from_ref(&blind_sig)).unwrap();
         let t = w.take(|_| true).unwrap();
-        let record = IssuerRecord { member, blinded: req.blinded[0].clone(), blind_sig };
-        (record, SeenToken { input: t.token.input.to_bytes().to_vec(), signature: t.token.signature })
+        let record = IssuerRecord {
+            member,
+            blinded: req.blinded[0].clone(),
+            blind_sig,
+        };
+        (
+            record,
+            SeenToken {
+                input: t.token.input.to_bytes().to_vec(),
+                signature: t.token.signature,
+            },
+        )
     } else {
         let secret = SpendSecret::generate(rng);
         let input = TokenInput::new(EPOCH, pk.key_id(), secret.public_key()).to_bytes();
@@ -67,7 +80,17 @@ fn issue_one(
         let blinded = pk.blind_with_inverse_for_test(&input, &salt, &one).unwrap();
         let blind_sig = sk.blind_sign(&blinded, rng).unwrap();
         let signature = pk.finalize(TOKEN_VARIANT, &input, &blind_sig, &one).unwrap();
-        (IssuerRecord { member, blinded, blind_sig }, SeenToken { input: input.to_vec(), signature })
+        (
+            IssuerRecord {
+                member,
+                blinded,
+                blind_sig,
+            },
+            SeenToken {
+                input: input.to_vec(),
+                signature,
+            },
+        )
     }
 }
 
@@ -75,15 +98,25 @@ type Strategy = fn(&Params, &[IssuerRecord], &SeenToken) -> PeerId;
 
 /// Names the member whose blind signature equals the token's signature (links perfectly without blinding).
 fn equal_signature(_: &Params, records: &[IssuerRecord], t: &SeenToken) -> PeerId {
-    records.iter().find(|r| r.blind_sig == t.signature).unwrap_or(&records[0]).member
+    records
+        .iter()
+        .find(|r| r.blind_sig == t.signature)
+        .unwrap_or(&records[0])
+        .member
 }
 
 /// Names the member whose blinded message is closest in Hamming distance to the token's encoded message.
 fn hamming(p: &Params, records: &[IssuerRecord], t: &SeenToken) -> PeerId {
-    let em = BigUint::from_bytes_be(&t.signature).modpow(&p.e, &p.n).to_bytes_be();
+    let em = BigUint::from_bytes_be(&t.signature)
+        .modpow(&p.e, &p.n)
+        .to_bytes_be();
     let dist = |r: &IssuerRecord| -> u32 {
         let off = r.blinded.len() - em.len();
-        r.blinded[off..].iter().zip(&em).map(|(a, b)| (a ^ b).count_ones()).sum()
+        r.blinded[off..]
+            .iter()
+            .zip(&em)
+            .map(|(a, b)| (a ^ b).count_ones())
+            .sum()
     };
     records.iter().min_by_key(|r| dist(r)).unwrap().member
 }
@@ -100,11 +133,18 @@ fn consistent(p: &Params, r: &IssuerRecord, t: &SeenToken) -> bool {
 
 /// Names the first member whose record is consistent with the token.
 fn first_consistent(p: &Params, records: &[IssuerRecord], t: &SeenToken) -> PeerId {
-    records.iter().find(|r| consistent(p, r, t)).unwrap_or(&records[0]).member
+    records
+        .iter()
+        .find(|r| consistent(p, r, t))
+        .unwrap_or(&records[0])
+        .member
 }
 
-const STRATEGIES: [(&str, Strategy); 3] =
-    [("equal_signature", equal_signature), ("hamming", hamming), ("first_consistent", first_consistent)];
+const STRATEGIES: [(&str, Strategy); 3] = [
+    ("equal_signature", equal_signature),
+    ("hamming", hamming),
+    ("first_consistent", first_consistent),
+];
 
 /// Runs `trials` trials; returns each strategy's accuracy and whether every pairing was consistent.
 fn run(blinding: bool, trials: usize, seed: u64) -> (Vec<(&'static str, f64)>, bool) {
@@ -121,16 +161,26 @@ fn run(blinding: bool, trials: usize, seed: u64) -> (Vec<(&'static str, f64)>, b
         for r in &records {
             all_consistent &= consistent(&p, r, &ta) && consistent(&p, r, &tb);
         }
-        let (owner, token) = if rng.next_u32() % 2 == 0 { (a, &ta) } else { (b, &tb) };
+        let (owner, token) = if rng.next_u32() & 1 == 0 {
+            (a, &ta)
+        } else {
+            (b, &tb)
+        };
         // What the adversary is shown is a real, valid token.
-        sk.public_key().verify_ring(&token.input, &token.signature).unwrap();
+        sk.public_key()
+            .verify_ring(&token.input, &token.signature)
+            .unwrap();
         for (i, (_, strategy)) in STRATEGIES.iter().enumerate() {
             if strategy(&p, &records, token) == owner {
                 correct[i] += 1;
             }
         }
     }
-    let acc = STRATEGIES.iter().zip(correct).map(|((name, _), c)| (*name, c as f64 / trials as f64)).collect();
+    let acc = STRATEGIES
+        .iter()
+        .zip(correct)
+        .map(|((name, _), c)| (*name, c as f64 / trials as f64))
+        .collect();
     (acc, all_consistent)
 }
 
@@ -140,9 +190,15 @@ fn issuer_view_links_at_chance() {
     let (accuracy, all_consistent) = run(true, TRIALS, 2024);
     // Chance is 1/2; the standard error at 300 trials is 0.029, so ±0.1 is about 3.5 standard errors.
     for (name, acc) in &accuracy {
-        assert!((acc - 0.5).abs() <= 0.1, "{name}: accuracy {acc:.3} is not at chance (0.5)");
+        assert!(
+            (acc - 0.5).abs() <= 0.1,
+            "{name}: accuracy {acc:.3} is not at chance (0.5)"
+        );
     }
-    assert!(all_consistent, "every issuance record is consistent with every token: no information to link");
+    assert!(
+        all_consistent,
+        "every issuance record is consistent with every token: no information to link"
+    );
 }
 
 #[test]
@@ -151,7 +207,10 @@ fn control_without_blinding_links_perfectly() {
     let eq = accuracy.iter().find(|(n, _)| *n == "equal_signature").unwrap().1;
     let ham = accuracy.iter().find(|(n, _)| *n == "hamming").unwrap().1;
     assert_eq!(eq, 1.0, "without blinding the issuer sees the signature itself");
-    assert_eq!(ham, 1.0, "without blinding the blinded message is the encoded message");
+    assert_eq!(
+        ham, 1.0,
+        "without blinding the blinded message is the encoded message"
+    );
 }
 
 #[test]
@@ -160,15 +219,24 @@ fn fresh_blinding_of_one_token_gives_unrelated_messages() {
     let pk = sk.public_key();
     let mut rng = rng(11);
     let input = TokenInput::new(EPOCH, pk.key_id(), [5; 32]).to_bytes();
-    let blinded: Vec<Vec<u8>> = (0..40).map(|_| pk.blind(TOKEN_VARIANT, &input, &mut rng).unwrap().0).collect();
+    let blinded: Vec<Vec<u8>> = (0..40)
+        .map(|_| pk.blind(TOKEN_VARIANT, &input, &mut rng).unwrap().0)
+        .collect();
     let bits = (blinded[0].len() * 8) as f64;
     for i in 0..blinded.len() {
         for j in i + 1..blinded.len() {
             assert_ne!(blinded[i], blinded[j]);
-            let d: u32 = blinded[i].iter().zip(&blinded[j]).map(|(a, b)| (a ^ b).count_ones()).sum();
+            let d: u32 = blinded[i]
+                .iter()
+                .zip(&blinded[j])
+                .map(|(a, b)| (a ^ b).count_ones())
+                .sum();
             let frac = d as f64 / bits;
             // Unrelated uniform values differ in about half their bits (sd ≈ 1.1 % at 2048 bits).
-            assert!((0.44..0.56).contains(&frac), "blindings {i},{j} share structure: {frac:.3}");
+            assert!(
+                (0.44..0.56).contains(&frac),
+                "blindings {i},{j} share structure: {frac:.3}"
+            );
         }
     }
 }

@@ -35,7 +35,11 @@ pub fn roster(members: u8) -> Roster {
         version: 1,
         admin: peer(1),
         members: (1..=members)
-            .map(|s| RosterEntry { peer: peer(s), quota_per_epoch: 20, expires_at_ms: NOW + 86_400_000 })
+            .map(|s| RosterEntry {
+                peer: peer(s),
+                quota_per_epoch: 20,
+                expires_at_ms: NOW + 86_400_000,
+            })
             .collect(),
         removed: vec![],
     }
@@ -51,7 +55,11 @@ impl Fixture {
     pub fn new() -> Self {
         let key = test_keys::rsa_2048();
         let issuer = Issuer::new(EPOCH, key.clone(), roster(4));
-        Fixture { key, issuer, rng: rng(99) }
+        Fixture {
+            key,
+            issuer,
+            rng: rng(99),
+        }
     }
 
     /// Issues `n` tokens to member `seed` through the real blind flow.
@@ -60,7 +68,10 @@ impl Fixture {
         let (req, batch) = Wallet::prepare_batch(&pk, EPOCH, n, &mut self.rng).unwrap();
         let grant = self.issuer.issue(&peer(seed), &req, NOW, &mut self.rng).unwrap();
         let mut wallet = Wallet::new();
-        assert_eq!(wallet.finalize(&pk, &batch, &grant.blind_signatures).unwrap(), n as usize);
+        assert_eq!(
+            wallet.finalize(&pk, &batch, &grant.blind_signatures).unwrap(),
+            n as usize
+        );
         let mut out = Vec::new();
         while let Some(t) = wallet.take(|_| true) {
             out.push(t);
