@@ -1,11 +1,5 @@
-//! The `lendmesh` binary. The node itself is built in the node issue; for now this only reports its version.
+//! The `lendmesh` binary: parses the command line and runs it (the logic lives in the library).
 
-fn main() {
-    #[allow(clippy::print_stdout)]
-    {
-        println!(
-            "lendmesh {} (node not yet implemented; see README)",
-            env!("CARGO_PKG_VERSION")
-        );
-    }
+fn main() -> std::process::ExitCode {
+    lendmesh_node::cli::main()
 }

@@ -1,1 +1,280 @@
-//! lendmesh-tests: integration tests that start real nodes on loopback (built with the node issue).
+//! lendmesh-tests: helpers to drive real `lendmesh` processes on loopback, only through the CLI.
+//!
+//! Every wait is bounded: helpers poll a log line or an HTTP endpoint until a deadline and fail with the
+//! process's log when it passes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
+pub mod rogue;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The CLI under test: the `lendmesh-e2e` binary cargo builds next to this package's test executables
+/// (`target/<profile>/lendmesh-e2e`, the tests being in `target/<profile>/deps/`).
+pub fn bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile directory");
+    let bin = dir.join(format!("lendmesh-e2e{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests through cargo",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs a CLI command to completion (30 s at most); returns (success, stdout, stderr).
+pub fn cli(home: &Path, args: &[&str]) -> (bool, String, String) {
+    let mut child = Command::new(bin())
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .env_remove("LENDMESH_HOME")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn lendmesh");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut out = String::new();
+            let mut err = String::new();
+            child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+            child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            return (status.success(), out, err);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("`lendmesh {}` did not finish within 60 s", args.join(" "));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs a CLI command that must succeed; returns stdout.
+pub fn cli_ok(home: &Path, args: &[&str]) -> String {
+    let (ok, out, err) = cli(home, args);
+    assert!(ok, "`lendmesh {}` failed:\n{out}\n{err}", args.join(" "));
+    out
+}
+
+/// `lendmesh init`; returns the peer id.
+pub fn init(home: &Path) -> String {
+    let out = cli_ok(home, &["init"]);
+    out.lines()
+        .find_map(|l| l.strip_prefix("peer id: "))
+        .expect("peer id line")
+        .trim()
+        .to_string()
+}
+
+/// A running `lendmesh run` process.
+#[derive(Debug)]
+pub struct RunningNode {
+    /// Its home.
+    pub home: PathBuf,
+    child: Child,
+    log: Arc<Mutex<String>>,
+    /// Its p2p address (`/ip4/127.0.0.1/tcp/N/p2p/ID`).
+    pub p2p_addr: String,
+    /// Its API base URL.
+    pub api: String,
+}
+
+impl RunningNode {
+    /// Starts `lendmesh run` on ephemeral loopback ports with `extra` flags and waits until it listens.
+    pub fn start(home: &Path, extra: &[&str]) -> RunningNode {
+        Self::start_on(home, "/ip4/127.0.0.1/tcp/0", extra)
+    }
+
+    /// Like [`RunningNode::start`] with a given listen address.
+    pub fn start_on(home: &Path, listen: &str, extra: &[&str]) -> RunningNode {
+        let mut child = Command::new(bin())
+            .arg("--home")
+            .arg(home)
+            .args(["run", "--listen", listen, "--api", "127.0.0.1:0"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .env_remove("LENDMESH_HOME")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn lendmesh run");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let mut node = RunningNode {
+            home: home.to_path_buf(),
+            child,
+            log,
+            p2p_addr: String::new(),
+            api: String::new(),
+        };
+        let line = node.wait_for_log("listening on /ip4/127.0.0.1/", Duration::from_secs(30));
+        node.p2p_addr = line.split("listening on ").nth(1).unwrap().trim().to_string();
+        let line = node.wait_for_log("api listening on http://", Duration::from_secs(30));
+        node.api = line.split("api listening on ").nth(1).unwrap().trim().to_string();
+        node
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits for a log line containing `needle`; returns that line.
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.log().lines().find(|l| l.contains(needle)) {
+                return strip_ansi(line);
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "node exited ({status}) before logging '{needle}':\n{}",
+                    self.log()
+                );
+            }
+            if Instant::now() > deadline {
+                panic!("no '{needle}' within {timeout:?}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// GET a JSON endpoint of the node's API.
+    pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        http_get(&self.api, path)
+    }
+
+    /// Polls `check` on `/v1/…` JSON until it holds (bounded).
+    pub fn wait_until(&mut self, what: &str, timeout: Duration, mut check: impl FnMut(&RunningNode) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !check(self) {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("node exited ({status}) while waiting for {what}:\n{}", self.log());
+            }
+            if Instant::now() > deadline {
+                panic!("{what} did not happen within {timeout:?}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit (bounded); returns the exit success.
+    pub fn stop(mut self) -> bool {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("node did not stop within 20 s of SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// kill -9.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RunningNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A minimal HTTP/1.1 GET (loopback, 5 s timeout) returning the status and JSON body.
+pub fn http_get(base: &str, path: &str) -> (u16, serde_json::Value) {
+    let hostport = base.trim_start_matches("http://").trim_end_matches('/');
+    let mut s = TcpStream::connect(hostport).expect("connect to API");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status: u16 = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp.split("\r\n\r\n").nth(1).unwrap_or("");
+    let body = if resp.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size_line, after)) = rest.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size_line.trim(), 16) else {
+            break;
+        };
+        if size == 0 || after.len() < size {
+            break;
+        }
+        out.push_str(&after[..size]);
+        rest = after[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// A temporary home directory.
+pub fn temp_home() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("lendmesh-test-")
+        .tempdir()
+        .unwrap()
+}

@@ -1,0 +1,305 @@
+//! The node's settings: `config.toml` in the home directory, overridden by command-line flags.
+//!
+//! Every field has a default, so a node runs with no config file at all (mock upstream with a small capacity,
+//! loopback API and gateway). `lendmesh config show` prints the effective settings; they hold no secrets (the
+//! upstream API key itself is read from the environment variable named here).
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Largest config file accepted.
+pub const MAX_CONFIG_BYTES: u64 = 64 * 1024;
+/// The config file's name in the home directory.
+pub const CONFIG_FILE: &str = "config.toml";
+
+/// All settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// libp2p networking.
+    pub network: NetworkConfig,
+    /// The HTTP API (metrics, status).
+    pub api: ApiConfig,
+    /// The gateway tools call.
+    pub gateway: GatewayConfig,
+    /// The member's own upstream.
+    pub upstream: UpstreamConfig,
+    /// Token wallet.
+    pub wallet: WalletConfig,
+    /// Lending.
+    pub lender: LenderConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// libp2p settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// Multiaddrs to listen on.
+    pub listen: Vec<String>,
+    /// Extra multiaddrs to dial at start (besides the invite's).
+    pub bootstrap: Vec<String>,
+    /// Addresses other members can reach this node at (written into invites).
+    pub external: Vec<String>,
+    /// Discover members on the LAN with mDNS.
+    pub mdns: bool,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            listen: vec!["/ip4/0.0.0.0/tcp/4001".into()],
+            bootstrap: vec![],
+            external: vec![],
+            mdns: false,
+        }
+    }
+}
+
+/// HTTP API settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Where the API listens.
+    pub addr: String,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            addr: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+/// Gateway settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Where the gateway listens.
+    pub addr: String,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            addr: "127.0.0.1:8640".into(),
+        }
+    }
+}
+
+/// Which upstream this member shares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamKind {
+    /// A built-in mock with a fixed capacity per window.
+    Mock,
+    /// A real HTTP upstream.
+    Http,
+}
+
+/// Upstream settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// mock or http.
+    pub kind: UpstreamKind,
+    /// Mock: requests per window.
+    pub mock_capacity: u64,
+    /// Mock: window length.
+    #[serde(with = "duration_str")]
+    pub mock_window: Duration,
+    /// Mock: latency per call.
+    #[serde(with = "duration_str")]
+    pub mock_latency: Duration,
+    /// HTTP: base URL.
+    pub url: String,
+    /// HTTP: environment variable holding the API key.
+    pub key_env: String,
+    /// HTTP: requests per window assumed when the upstream sends no rate-limit headers.
+    pub budget_per_window: u64,
+    /// HTTP: window for that budget.
+    #[serde(with = "duration_str")]
+    pub window: Duration,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            kind: UpstreamKind::Mock,
+            mock_capacity: 10,
+            mock_window: Duration::from_secs(60),
+            mock_latency: Duration::from_millis(0),
+            url: String::new(),
+            key_env: String::new(),
+            budget_per_window: 60,
+            window: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Wallet settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WalletConfig {
+    /// Refill when the wallet holds fewer tokens than this.
+    pub low_water: u32,
+    /// Tokens asked for per refill request.
+    pub batch: u32,
+}
+
+impl Default for WalletConfig {
+    fn default() -> Self {
+        WalletConfig {
+            low_water: 8,
+            batch: 16,
+        }
+    }
+}
+
+/// Lender settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LenderConfig {
+    /// How often to publish a headroom attestation (also on change).
+    #[serde(with = "duration_str")]
+    pub attestation_period: Duration,
+    /// Requests per window kept for this member's own use, never lent.
+    pub reserve: u64,
+}
+
+impl Default for LenderConfig {
+    fn default() -> Self {
+        LenderConfig {
+            attestation_period: Duration::from_secs(10),
+            reserve: 1,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Format.
+    pub format: LogFormat,
+}
+
+impl Config {
+    /// Loads `config.toml` from `home`, or the defaults when there is none.
+    pub fn load(home: &Path) -> anyhow::Result<Config> {
+        let path = home.join(CONFIG_FILE);
+        if !path.exists() {
+            return Ok(Config::default());
+        }
+        let bytes = crate::home::read_limited(&path, MAX_CONFIG_BYTES)?;
+        let text =
+            String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{} is not UTF-8", path.display()))?;
+        toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{} is not a valid lendmesh config: {e}", path.display()))
+    }
+
+    /// The settings as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+/// Parses durations like `250ms`, `10s`, `5m`, `1h`, `7d` (a bare number means seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (e.g. 250ms, 10s, 5m, 1h)"))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86_400.0,
+        other => {
+            return Err(format!(
+                "unknown duration unit '{other}' in '{s}'; use ms, s, m, h or d"
+            ));
+        }
+    };
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
+        return Err(format!("duration '{s}' is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Formats a duration the way [`parse_duration`] reads it.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if !ms.is_multiple_of(1000) {
+        format!("{ms}ms")
+    } else if ms.is_multiple_of(3_600_000) && ms > 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms.is_multiple_of(60_000) && ms > 0 {
+        format!("{}m", ms / 60_000)
+    } else {
+        format!("{}s", ms / 1000)
+    }
+}
+
+mod duration_str {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format_duration(*d))
+    }
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert!(parse_duration("10 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+        for d in ["250ms", "10s", "5m", "1h"] {
+            assert_eq!(format_duration(parse_duration(d).unwrap()), d);
+        }
+    }
+
+    #[test]
+    fn config_round_trips_and_rejects_unknown_keys() {
+        let c = Config::default();
+        let back: Config = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back, c);
+        let partial: Config = toml::from_str("[wallet]\nlow_water = 3\n").unwrap();
+        assert_eq!(partial.wallet.low_water, 3);
+        assert_eq!(partial.wallet.batch, WalletConfig::default().batch);
+        let err = toml::from_str::<Config>("[wallet]\nlow_watr = 3\n").unwrap_err();
+        assert!(err.to_string().contains("low_watr"));
+    }
+}

@@ -1,0 +1,183 @@
+//! The Issuer actor (admin node only): blind-signs token batches for roster members over `/lendmesh/issue/1`.
+//!
+//! The remote is authenticated by the connection (noise), so the stream's PeerId is the member. The protocol's
+//! `Issuer` checks roster, expiry, epoch, key and quota; the actor then **commits the member's quota record to the
+//! store before the signatures leave** — after a crash the counter is never below what was handed out. Signing is
+//! CPU-bound (≈10 ms per token at 3072 bits), so it runs on a blocking thread while the actor waits.
+
+use std::sync::Arc;
+
+use lendmesh_protocol::PeerId;
+use lendmesh_protocol::group::Roster;
+use lendmesh_protocol::issuer::{IssueError, Issuer, QuotaRecord};
+use lendmesh_protocol::wire::{IssueRequest, IssueResponse};
+use libp2p::request_response::ResponseChannel;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::metrics::Counters;
+use crate::network::NetworkHandle;
+use crate::now_ms;
+use crate::store::Store;
+
+/// Issue requests queued: 64 (one batch per member at a time; a 100-member group refilling together waits).
+pub const CAPACITY: usize = 64;
+
+enum Msg {
+    Remote {
+        peer: PeerId,
+        req: IssueRequest,
+        channel: ResponseChannel<IssueResponse>,
+    },
+    Local {
+        peer: PeerId,
+        req: IssueRequest,
+        reply: oneshot::Sender<IssueResponse>,
+    },
+    Used {
+        reply: oneshot::Sender<Vec<QuotaRecord>>,
+    },
+}
+
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IssuerMsg")
+    }
+}
+
+/// Handle to the Issuer.
+#[derive(Clone, Debug)]
+pub struct IssuerHandle {
+    tx: mpsc::Sender<Msg>,
+}
+
+impl IssuerHandle {
+    /// Queues a request from the network; refuses (answering "busy") when the queue is full.
+    pub fn try_remote(
+        &self,
+        peer: PeerId,
+        req: IssueRequest,
+        channel: ResponseChannel<IssueResponse>,
+    ) -> Result<(), ResponseChannel<IssueResponse>> {
+        self.tx
+            .try_send(Msg::Remote { peer, req, channel })
+            .map_err(|e| match e.into_inner() {
+                Msg::Remote { channel, .. } => channel,
+                _ => unreachable!("we sent a Remote"),
+            })
+    }
+
+    /// Issues to this (admin) node's own wallet.
+    pub async fn local(&self, peer: PeerId, req: IssueRequest) -> Option<IssueResponse> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Msg::Local { peer, req, reply }).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Quota records of the current epoch.
+    pub async fn used(&self) -> Vec<QuotaRecord> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Msg::Used { reply }).await.is_err() {
+            return vec![];
+        }
+        rx.await.unwrap_or_default()
+    }
+}
+
+/// Starts the issuer for the store's current epoch.
+pub fn spawn(
+    issuer: Issuer,
+    store: Store,
+    net: NetworkHandle,
+    roster: watch::Receiver<Arc<Roster>>,
+    counters: Arc<Counters>,
+    shutdown: CancellationToken,
+) -> (IssuerHandle, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(CAPACITY);
+    let actor = IssuerActor {
+        issuer: Some(issuer),
+        store,
+        net,
+        roster,
+        counters,
+        rx,
+    };
+    (IssuerHandle { tx }, tokio::spawn(actor.run(shutdown)))
+}
+
+struct IssuerActor {
+    /// Taken while a batch is being signed on a blocking thread.
+    issuer: Option<Issuer>,
+    store: Store,
+    net: NetworkHandle,
+    roster: watch::Receiver<Arc<Roster>>,
+    counters: Arc<Counters>,
+    rx: mpsc::Receiver<Msg>,
+}
+
+impl IssuerActor {
+    async fn run(mut self, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                Ok(()) = self.roster.changed() => {
+                    let roster = (**self.roster.borrow_and_update()).clone();
+                    if let Some(i) = self.issuer.as_mut() { i.set_roster(roster); }
+                }
+                Some(msg) = self.rx.recv() => match msg {
+                    Msg::Remote { peer, req, channel } => {
+                        let resp = self.handle_issue(peer, req).await;
+                        self.net.respond_issue(channel, resp).await;
+                    }
+                    Msg::Local { peer, req, reply } => {
+                        let resp = self.handle_issue(peer, req).await;
+                        let _ = reply.send(resp);
+                    }
+                    Msg::Used { reply } => {
+                        let epoch = self.issuer.as_ref().map_or(0, Issuer::epoch);
+                        let _ = reply.send(self.store.quota_records(epoch).unwrap_or_default());
+                    }
+                },
+            }
+        }
+    }
+
+    async fn handle_issue(&mut self, peer: PeerId, req: IssueRequest) -> IssueResponse {
+        let Some(mut issuer) = self.issuer.take() else {
+            return IssueResponse::Refused(IssueError::SigningFailed);
+        };
+        let request_id = req.request_id;
+        let (issuer, result) = tokio::task::spawn_blocking(move || {
+            let result = issuer.issue(&peer, &req, now_ms(), &mut rand::rngs::OsRng);
+            (issuer, result)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("issuer signing thread panicked: {e}"));
+        self.issuer = Some(issuer);
+        match result {
+            Ok(grant) => {
+                // Durable before the signatures leave: the counter never falls behind what was handed out.
+                if let Err(e) = self.store.put_quota_record(&grant.record) {
+                    warn!(peer = %peer.short(), %e, "could not persist the quota record; refusing the batch");
+                    return IssueResponse::Refused(IssueError::SigningFailed);
+                }
+                let n = grant.blind_signatures.len() as u64;
+                if grant.charged {
+                    self.counters.add(&self.counters.tokens_issued, n);
+                }
+                info!(peer = %peer.short(), tokens = n, used = grant.record.used, retry = !grant.charged, "issued tokens");
+                IssueResponse::Granted {
+                    request_id,
+                    blind_signatures: grant.blind_signatures,
+                }
+            }
+            Err(e) => {
+                self.counters.inc(&self.counters.issue_refused);
+                warn!(peer = %peer.short(), %e, "issue request refused");
+                IssueResponse::Refused(e)
+            }
+        }
+    }
+}

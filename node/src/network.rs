@@ -1,0 +1,693 @@
+//! The Network actor: the only owner of the libp2p `Swarm` (DESIGN §10).
+//!
+//! Transport: TCP → pnet handshake with the group's pre-shared key → noise → yamux, and no other transport (QUIC
+//! and friends cannot carry pnet and would let non-members in around the key). A wrong key is not reported as such
+//! by libp2p (the noise handshake just fails), so connection errors say "check the group key" and the key's
+//! fingerprint (never the key) is logged at start.
+//!
+//! Behaviours: identify, ping, gossipsub (signed messages, strict validation: every message is held until
+//! `protocol` code accepts it), Kademlia (group-specific protocol name, forced server mode, fed identify's listen
+//! addresses), optional mDNS, and request-response for `/lendmesh/{issue,relay,borrow,claim}/1` with the size-limited
+//! postcard [`WireCodec`]. Connections from peers that are not active roster members are closed.
+//!
+//! Other actors talk to it through a [`NetworkHandle`] (bounded channel, oneshot replies); it reports inbound
+//! traffic as [`NetEvent`]s on a bounded channel, dropping (and counting) when the consumer lags.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use lendmesh_protocol::group::Roster;
+use lendmesh_protocol::wire::{self, GossipMessage, IssueRequest, IssueResponse};
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::upgrade::Version;
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageId};
+use libp2p::pnet::PnetConfig;
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, StreamProtocol, Swarm, Transport, identify, kad, mdns, noise, ping, tcp, yamux};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::codec::WireCodec;
+use crate::metrics::Counters;
+use crate::{to_libp2p, to_proto};
+
+/// Commands queued to the network actor. 256: a burst of a few requests per peer in a 100-member group.
+pub const COMMAND_CAPACITY: usize = 256;
+/// Events queued from the network actor. 1024: gossip from 100 peers arriving together, with room to spare.
+pub const EVENT_CAPACITY: usize = 1024;
+/// How long a request may take, responder's work included.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often to dial roster members we are not connected to.
+const REDIAL_PERIOD: Duration = Duration::from_secs(10);
+/// Idle connections are kept this long (a small group stays fully connected).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Largest gossip message (an epoch announcement with a full roster); matches the wire limit.
+const MAX_GOSSIP: usize = 128 * 1024;
+
+/// The `/lendmesh/issue/1` protocol.
+pub const ISSUE_PROTOCOL: StreamProtocol = StreamProtocol::new("/lendmesh/issue/1");
+
+/// Network failures as other actors see them.
+#[derive(Debug, thiserror::Error, Clone)]
+pub enum NetError {
+    /// The request could not be delivered or answered.
+    #[error("request to {peer} failed: {detail}")]
+    Request {
+        /// Short peer id.
+        peer: String,
+        /// What libp2p said.
+        detail: String,
+    },
+    /// Publishing on gossipsub failed (e.g. no peer subscribed yet).
+    #[error("publish failed: {0}")]
+    Publish(String),
+    /// The network actor has stopped.
+    #[error("the network actor has stopped")]
+    Stopped,
+}
+
+/// The combined behaviour. (libp2p behaviours do not implement `Debug`.)
+#[allow(missing_debug_implementations)]
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    gossipsub: gossipsub::Behaviour,
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+    issue: request_response::Behaviour<WireCodec<IssueRequest, IssueResponse>>,
+}
+
+/// What the network actor reports.
+#[derive(Debug)]
+pub enum NetEvent {
+    /// A member asks this node (the issuer) for tokens.
+    InboundIssue {
+        /// The authenticated remote.
+        peer: lendmesh_protocol::PeerId,
+        /// The request.
+        req: IssueRequest,
+        /// Where to answer.
+        channel: ResponseChannel<IssueResponse>,
+    },
+    /// A gossip message awaiting validation (report it with [`NetworkHandle::report`]).
+    Gossip {
+        /// Its id.
+        msg_id: MessageId,
+        /// Who forwarded it.
+        propagation_source: libp2p::PeerId,
+        /// The decoded message.
+        msg: GossipMessage,
+    },
+    /// A peer subscribed to the group topic (a fresh attestation helps it).
+    Subscribed {
+        /// The peer.
+        peer: lendmesh_protocol::PeerId,
+    },
+    /// A connection to an allowed peer was established.
+    Connected {
+        /// The peer.
+        peer: lendmesh_protocol::PeerId,
+        /// Its address.
+        addr: Multiaddr,
+        /// Whether we dialed.
+        outbound: bool,
+    },
+    /// The last connection to a peer closed.
+    Disconnected {
+        /// The peer.
+        peer: lendmesh_protocol::PeerId,
+    },
+    /// A ping round trip.
+    Rtt {
+        /// The peer.
+        peer: lendmesh_protocol::PeerId,
+        /// Round-trip time.
+        rtt: Duration,
+    },
+    /// identify told us about a peer.
+    Identified {
+        /// The peer.
+        peer: lendmesh_protocol::PeerId,
+        /// Its agent string.
+        agent: String,
+        /// Its listen addresses.
+        listen_addrs: Vec<Multiaddr>,
+    },
+}
+
+/// What the node knows about its connections.
+#[derive(Clone, Debug, Default)]
+pub struct NetSnapshot {
+    /// Addresses we listen on.
+    pub listen_addrs: Vec<Multiaddr>,
+    /// Connected peers.
+    pub connected: Vec<lendmesh_protocol::PeerId>,
+}
+
+enum Command {
+    Issue {
+        peer: lendmesh_protocol::PeerId,
+        req: IssueRequest,
+        reply: oneshot::Sender<Result<IssueResponse, NetError>>,
+    },
+    RespondIssue {
+        channel: ResponseChannel<IssueResponse>,
+        resp: IssueResponse,
+    },
+    Publish {
+        msg: GossipMessage,
+        reply: oneshot::Sender<Result<(), NetError>>,
+    },
+    Report {
+        msg_id: MessageId,
+        source: libp2p::PeerId,
+        acceptance: MessageAcceptance,
+    },
+    Snapshot {
+        reply: oneshot::Sender<NetSnapshot>,
+    },
+}
+
+/// A cheap handle to the network actor.
+#[derive(Clone, Debug)]
+pub struct NetworkHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Command::Issue { .. } => "Issue",
+            Command::RespondIssue { .. } => "RespondIssue",
+            Command::Publish { .. } => "Publish",
+            Command::Report { .. } => "Report",
+            Command::Snapshot { .. } => "Snapshot",
+        })
+    }
+}
+
+impl NetworkHandle {
+    /// Asks `peer` (the issuer) to sign a batch.
+    pub async fn issue(
+        &self,
+        peer: lendmesh_protocol::PeerId,
+        req: IssueRequest,
+    ) -> Result<IssueResponse, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Issue { peer, req, reply })
+            .await
+            .map_err(|_| NetError::Stopped)?;
+        rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// Answers an inbound issue request.
+    pub async fn respond_issue(&self, channel: ResponseChannel<IssueResponse>, resp: IssueResponse) {
+        let _ = self.tx.send(Command::RespondIssue { channel, resp }).await;
+    }
+
+    /// Publishes on the group topic.
+    pub async fn publish(&self, msg: GossipMessage) -> Result<(), NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Publish { msg, reply })
+            .await
+            .map_err(|_| NetError::Stopped)?;
+        rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// Reports a gossip message's validation result.
+    pub async fn report(&self, msg_id: MessageId, source: libp2p::PeerId, acceptance: MessageAcceptance) {
+        let _ = self
+            .tx
+            .send(Command::Report {
+                msg_id,
+                source,
+                acceptance,
+            })
+            .await;
+    }
+
+    /// Listen addresses and connected peers.
+    pub async fn snapshot(&self) -> NetSnapshot {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::Snapshot { reply }).await.is_err() {
+            return NetSnapshot::default();
+        }
+        rx.await.unwrap_or_default()
+    }
+}
+
+/// Everything the network actor needs to start.
+#[derive(Debug)]
+pub struct NetworkParams {
+    /// The node key.
+    pub keypair: libp2p::identity::Keypair,
+    /// The group's network key.
+    pub psk: libp2p::pnet::PreSharedKey,
+    /// The group id (names the topic and the Kademlia protocol).
+    pub group_id: lendmesh_protocol::GroupId,
+    /// Where to listen.
+    pub listen: Vec<Multiaddr>,
+    /// Whom to dial first.
+    pub bootstrap: Vec<Multiaddr>,
+    /// mDNS on or off.
+    pub mdns: bool,
+    /// The current roster (connections from others are closed).
+    pub roster: watch::Receiver<Arc<Roster>>,
+}
+
+/// The group's gossip topic.
+pub fn topic(group: &lendmesh_protocol::GroupId) -> IdentTopic {
+    IdentTopic::new(format!("/lendmesh/{group}/v1"))
+}
+
+fn build_swarm(p: &NetworkParams, counters: &Arc<Counters>) -> anyhow::Result<Swarm<Behaviour>> {
+    let psk = p.psk;
+    let kad_protocol = StreamProtocol::try_from_owned(format!("/lendmesh/{}/kad/1", p.group_id))?;
+    let mdns_on = p.mdns;
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(p.keypair.clone())
+        .with_tokio()
+        .with_other_transport(
+            move |key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+                let noise = noise::Config::new(key)?;
+                Ok(tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                    .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+                    .upgrade(Version::V1Lazy)
+                    .authenticate(noise)
+                    .multiplex(yamux::Config::default())
+                    .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer))))
+            },
+        )?
+        .with_behaviour(
+            |key| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+                let peer_id = key.public().to_peer_id();
+                let gossip_config = gossipsub::ConfigBuilder::default()
+                    .validation_mode(gossipsub::ValidationMode::Strict)
+                    .validate_messages()
+                    .max_transmit_size(MAX_GOSSIP)
+                    .heartbeat_interval(Duration::from_millis(700))
+                    .build()?;
+                let gossipsub = gossipsub::Behaviour::new(
+                    gossipsub::MessageAuthenticity::Signed(key.clone()),
+                    gossip_config,
+                )?;
+                let mut kad = kad::Behaviour::with_config(
+                    peer_id,
+                    kad::store::MemoryStore::new(peer_id),
+                    kad::Config::new(kad_protocol),
+                );
+                kad.set_mode(Some(kad::Mode::Server));
+                let mdns = if mdns_on {
+                    Toggle::from(Some(mdns::tokio::Behaviour::new(
+                        mdns::Config::default(),
+                        peer_id,
+                    )?))
+                } else {
+                    Toggle::from(None)
+                };
+                let rr = request_response::Config::default().with_request_timeout(REQUEST_TIMEOUT);
+                Ok(Behaviour {
+                    identify: identify::Behaviour::new(
+                        identify::Config::new("/lendmesh/id/1".into(), key.public())
+                            .with_agent_version(format!("lendmesh/{}", env!("CARGO_PKG_VERSION"))),
+                    ),
+                    ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(5))),
+                    gossipsub,
+                    kad,
+                    mdns,
+                    issue: request_response::Behaviour::with_codec(
+                        WireCodec::new(counters.clone()),
+                        [(ISSUE_PROTOCOL, ProtocolSupport::Full)],
+                        rr,
+                    ),
+                })
+            },
+        )
+        .map_err(|e| anyhow::anyhow!("building the network behaviour failed: {e}"))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_TIMEOUT))
+        .build();
+    Ok(swarm)
+}
+
+/// Starts the network actor; returns its handle, its event stream and its task.
+pub fn spawn(
+    params: NetworkParams,
+    counters: Arc<Counters>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(
+    NetworkHandle,
+    mpsc::Receiver<NetEvent>,
+    tokio::task::JoinHandle<()>,
+)> {
+    let mut swarm = build_swarm(&params, &counters)?;
+    let topic = topic(&params.group_id);
+    swarm.behaviour_mut().gossipsub.subscribe(&topic)?;
+    for addr in &params.listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    }
+    for addr in &params.bootstrap {
+        if let Err(e) = swarm.dial(addr.clone()) {
+            warn!(%addr, %e, "cannot dial bootstrap address");
+        }
+    }
+    info!(
+        peer = %swarm.local_peer_id(),
+        group_key_fingerprint = %params.psk.fingerprint(),
+        "network starting (private network; members must share the group key with this fingerprint)"
+    );
+    let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
+    let (event_tx, event_rx) = mpsc::channel(EVENT_CAPACITY);
+    let actor = Network {
+        swarm,
+        topic,
+        commands: rx,
+        events: event_tx,
+        roster: params.roster,
+        pending_issue: HashMap::new(),
+        counters,
+        fingerprint: params.psk.fingerprint().to_string(),
+    };
+    let task = tokio::spawn(actor.run(shutdown));
+    Ok((NetworkHandle { tx }, event_rx, task))
+}
+
+struct Network {
+    swarm: Swarm<Behaviour>,
+    topic: IdentTopic,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<NetEvent>,
+    roster: watch::Receiver<Arc<Roster>>,
+    pending_issue: HashMap<OutboundRequestId, oneshot::Sender<Result<IssueResponse, NetError>>>,
+    counters: Arc<Counters>,
+    fingerprint: String,
+}
+
+fn now_ms() -> u64 {
+    crate::now_ms()
+}
+
+impl Network {
+    async fn run(mut self, shutdown: CancellationToken) {
+        let mut redial = tokio::time::interval(REDIAL_PERIOD);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                Some(cmd) = self.commands.recv() => self.handle_command(cmd),
+                Ok(()) = self.roster.changed() => self.handle_roster_change(),
+                _ = redial.tick() => self.handle_redial(),
+                event = self.swarm.select_next_some() => self.handle_swarm_event(event),
+            }
+        }
+        for (_, reply) in self.pending_issue.drain() {
+            let _ = reply.send(Err(NetError::Stopped));
+        }
+        info!("network stopped");
+    }
+
+    fn emit(&self, event: NetEvent) {
+        if self.events.try_send(event).is_err() {
+            self.counters.inc(&self.counters.net_events_dropped);
+            warn!("network event dropped: consumer is behind");
+        }
+    }
+
+    fn allowed(&self, peer: &libp2p::PeerId) -> bool {
+        to_proto(peer).is_some_and(|p| self.roster.borrow().is_active(&p, now_ms()))
+    }
+
+    fn handle_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Issue { peer, req, reply } => {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .issue
+                    .send_request(&to_libp2p(&peer), req);
+                self.pending_issue.insert(id, reply);
+            }
+            Command::RespondIssue { channel, resp } => {
+                if self
+                    .swarm
+                    .behaviour_mut()
+                    .issue
+                    .send_response(channel, resp)
+                    .is_err()
+                {
+                    warn!("issue response not sent: the requester went away");
+                }
+            }
+            Command::Publish { msg, reply } => {
+                let result = wire::encode(&msg)
+                    .map_err(|e| NetError::Publish(e.to_string()))
+                    .and_then(|bytes| {
+                        self.swarm
+                            .behaviour_mut()
+                            .gossipsub
+                            .publish(self.topic.clone(), bytes)
+                            .map(|_| ())
+                            .map_err(|e| NetError::Publish(e.to_string()))
+                    });
+                let _ = reply.send(result);
+            }
+            Command::Report {
+                msg_id,
+                source,
+                acceptance,
+            } => {
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&msg_id, &source, acceptance);
+            }
+            Command::Snapshot { reply } => {
+                let snap = NetSnapshot {
+                    listen_addrs: self.swarm.listeners().cloned().collect(),
+                    connected: self.swarm.connected_peers().filter_map(to_proto).collect(),
+                };
+                let _ = reply.send(snap);
+            }
+        }
+    }
+
+    fn handle_roster_change(&mut self) {
+        let banned: Vec<libp2p::PeerId> = self
+            .swarm
+            .connected_peers()
+            .filter(|p| !self.allowed(p))
+            .copied()
+            .collect();
+        for peer in banned {
+            warn!(peer = %peer, "closing connection: no longer an active roster member");
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+        self.handle_redial();
+    }
+
+    /// Dials roster members we are not connected to (Kademlia and identify supply their addresses).
+    fn handle_redial(&mut self) {
+        let me = *self.swarm.local_peer_id();
+        let roster = self.roster.borrow().clone();
+        let connected: Vec<libp2p::PeerId> = self.swarm.connected_peers().copied().collect();
+        for member in roster.member_ids() {
+            let peer = to_libp2p(member);
+            if peer != me && !connected.contains(&peer) && roster.is_active(member, now_ms()) {
+                let _ = self.swarm.dial(peer);
+            }
+        }
+        if !connected.is_empty() {
+            let _ = self.swarm.behaviour_mut().kad.bootstrap();
+        }
+    }
+
+    fn handle_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                info!("listening on {address}/p2p/{}", self.swarm.local_peer_id());
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                if !self.allowed(&peer_id) {
+                    self.counters.inc(&self.counters.connections_refused);
+                    warn!(peer = %peer_id, "closing connection: not an active member of this group's roster");
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    return;
+                }
+                if num_established.get() == 1
+                    && let Some(peer) = to_proto(&peer_id)
+                {
+                    let addr = endpoint.get_remote_address().clone();
+                    if endpoint.is_dialer() {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr.clone());
+                    }
+                    info!(peer = %peer.short(), %addr, "connected");
+                    self.emit(NetEvent::Connected {
+                        peer,
+                        addr,
+                        outbound: endpoint.is_dialer(),
+                    });
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                if let Some(peer) = to_proto(&peer_id) {
+                    debug!(peer = %peer.short(), "disconnected");
+                    self.emit(NetEvent::Disconnected { peer });
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                self.counters.inc(&self.counters.connection_errors);
+                let who = peer_id
+                    .map(|p| p.to_string())
+                    .unwrap_or_else(|| "a bootstrap address".into());
+                warn!(
+                    "could not connect to {who}: {error}; if the address is reachable, check the group key \
+                     (this node's group key fingerprint is {})",
+                    self.fingerprint
+                );
+            }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                ..
+            } => {
+                self.counters.inc(&self.counters.connection_errors);
+                warn!(
+                    "incoming connection from {send_back_addr} failed: {error}; a node with another group key \
+                     fails this way — check the group key (this node's fingerprint is {})",
+                    self.fingerprint
+                );
+            }
+            SwarmEvent::Behaviour(event) => self.handle_behaviour_event(event),
+            _ => {}
+        }
+    }
+
+    fn handle_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Issue(e) => self.handle_issue_event(e),
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            }) => match wire::decode::<GossipMessage>(&message.data) {
+                Ok(msg) => self.emit(NetEvent::Gossip {
+                    msg_id: message_id,
+                    propagation_source,
+                    msg,
+                }),
+                Err(e) => {
+                    self.counters.inc(&self.counters.gossip_malformed);
+                    warn!(source = %propagation_source, %e, "malformed gossip message rejected");
+                    self.swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .report_message_validation_result(
+                            &message_id,
+                            &propagation_source,
+                            MessageAcceptance::Reject,
+                        );
+                }
+            },
+            BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, .. }) => {
+                if let Some(peer) = to_proto(&peer_id) {
+                    self.emit(NetEvent::Subscribed { peer });
+                }
+            }
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                for addr in &info.listen_addrs {
+                    if !is_unspecified(addr) {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr.clone());
+                    }
+                }
+                if let Some(peer) = to_proto(&peer_id) {
+                    self.emit(NetEvent::Identified {
+                        peer,
+                        agent: info.agent_version,
+                        listen_addrs: info.listen_addrs,
+                    });
+                }
+            }
+            BehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Ok(rtt),
+                ..
+            }) => {
+                if let Some(peer) = to_proto(&peer) {
+                    self.emit(NetEvent::Rtt { peer, rtt });
+                }
+            }
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                for (peer, addr) in found {
+                    if self.allowed(&peer) {
+                        self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                        let _ = self.swarm.dial(addr);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn handle_issue_event(&mut self, event: request_response::Event<IssueRequest, IssueResponse>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { request, channel, .. } => match to_proto(&peer) {
+                    Some(p) => self.emit(NetEvent::InboundIssue {
+                        peer: p,
+                        req: request,
+                        channel,
+                    }),
+                    None => warn!(%peer, "issue request from a non-ed25519 peer ignored"),
+                },
+                request_response::Message::Response { request_id, response } => {
+                    if let Some(reply) = self.pending_issue.remove(&request_id) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if let Some(reply) = self.pending_issue.remove(&request_id) {
+                    let _ = reply.send(Err(NetError::Request {
+                        peer: peer.to_string(),
+                        detail: error.to_string(),
+                    }));
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                self.counters.inc(&self.counters.inbound_failures);
+                warn!(%peer, %error, "inbound issue request failed (oversized or malformed frames end up here)");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+}
+
+fn is_unspecified(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| match p {
+        libp2p::multiaddr::Protocol::Ip4(ip) => ip.is_unspecified(),
+        libp2p::multiaddr::Protocol::Ip6(ip) => ip.is_unspecified(),
+        _ => false,
+    })
+}

@@ -1,0 +1,518 @@
+//! The node's durable state: one redb file (`store.redb`) in the home directory.
+//!
+//! Tables: `meta` (schema version, node identity, group material, attestation sequence), `issuer_keys` (the admin's
+//! RSA key per epoch), `quota` (the issuer's per-member counters), `wallet` (finalized tokens with their spend
+//! secrets), `pending` (issue batches sent but not yet finalized), `spent` (token hashes claimed as a lender, per
+//! epoch). Every write that matters is its own committed transaction (redb's default durability: fsync on commit)
+//! before the caller acknowledges it, so a crash at any point loses nothing that was acknowledged.
+//!
+//! The file holds secrets (node key, group keys, tokens): it is created with mode 0600 inside a 0700 home.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ed25519_dalek::SigningKey;
+use lendmesh_protocol::PeerId;
+use lendmesh_protocol::blind_rsa::SecretKey;
+use lendmesh_protocol::issuer::QuotaRecord;
+use lendmesh_protocol::redeemer::{ClaimOutcome, SpentSet};
+use lendmesh_protocol::token::{TokenHash, WalletToken};
+use lendmesh_protocol::wallet::PendingBatch;
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use zeroize::Zeroizing;
+
+use crate::group_state::GroupState;
+
+/// The schema this build reads and writes. Bump it with a migration when a table's layout changes.
+pub const SCHEMA_VERSION: u32 = 1;
+/// The store's file name inside the home directory.
+pub const STORE_FILE: &str = "store.redb";
+
+const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
+const ISSUER_KEYS: TableDefinition<'_, u32, &[u8]> = TableDefinition::new("issuer_keys");
+const QUOTA: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("quota");
+const WALLET: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("wallet");
+const PENDING: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("pending");
+const SPENT: TableDefinition<'_, &[u8], u64> = TableDefinition::new("spent");
+
+const K_SCHEMA: &str = "schema_version";
+const K_IDENTITY: &str = "identity";
+const K_GROUP: &str = "group";
+const K_ATT_SEQ: &str = "attestation_seq";
+
+/// Store errors; messages say what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another process has the store open.
+    #[error(
+        "the store {path} is in use by another lendmesh process (is `lendmesh run` running with this home?); stop it and retry"
+    )]
+    InUse {
+        /// The store file.
+        path: PathBuf,
+    },
+    /// The file could not be opened as a store.
+    #[error(
+        "the store {path} is damaged or not a lendmesh store ({detail}); move it aside and restore a backup (or `lendmesh init` a fresh home: its tokens would be lost)"
+    )]
+    Damaged {
+        /// The store file.
+        path: PathBuf,
+        /// What redb said.
+        detail: String,
+    },
+    /// Written by another schema version.
+    #[error(
+        "the store {path} has schema version {found}, this lendmesh reads version {SCHEMA_VERSION}; use the lendmesh release that wrote it"
+    )]
+    WrongVersion {
+        /// The store file.
+        path: PathBuf,
+        /// Its version.
+        found: u32,
+    },
+    /// No node identity yet.
+    #[error("no node identity in {home}; run `lendmesh init --home {home}` first")]
+    NotInitialized {
+        /// The home directory.
+        home: PathBuf,
+    },
+    /// A value did not decode.
+    #[error("store value `{what}` is corrupt: {detail}")]
+    Corrupt {
+        /// Which value.
+        what: &'static str,
+        /// Why.
+        detail: String,
+    },
+    /// A redb operation failed.
+    #[error("store I/O failed: {0}")]
+    Io(String),
+}
+
+/// Opens the redb file. redb asserts (panics) on some damaged files, e.g. truncated ones; that is caught here and
+/// reported as a damaged store, never a crash.
+fn open_db(path: &Path) -> Result<Database, StoreError> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Database::create(path)));
+    std::panic::set_hook(hook);
+    match result {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => Err(StoreError::InUse {
+            path: path.to_path_buf(),
+        }),
+        Ok(Err(other)) => Err(StoreError::Damaged {
+            path: path.to_path_buf(),
+            detail: other.to_string(),
+        }),
+        Err(_) => Err(StoreError::Damaged {
+            path: path.to_path_buf(),
+            detail: "the file is truncated or corrupt".into(),
+        }),
+    }
+}
+
+macro_rules! io_err {
+    ($($t:ty),*) => {$(impl From<$t> for StoreError {
+        fn from(e: $t) -> Self { StoreError::Io(e.to_string()) }
+    })*};
+}
+io_err!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    std::io::Error
+);
+
+/// A handle to the store; cheap to clone (redb serialises writers itself).
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    postcard::to_allocvec(v).map_err(|e| StoreError::Io(e.to_string()))
+}
+
+fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt {
+        what,
+        detail: e.to_string(),
+    })
+}
+
+impl Store {
+    /// Opens (or creates) the store in `home`, checking its schema version.
+    pub fn open(home: &Path) -> Result<Store, StoreError> {
+        let path = home.join(STORE_FILE);
+        let existed = path.exists();
+        let db = open_db(&path)?;
+        crate::home::restrict_file(&path)?;
+        let store = Store {
+            db: Arc::new(db),
+            path,
+        };
+        let tx = store.db.begin_write()?;
+        {
+            let mut meta = tx.open_table(META)?;
+            let found = meta.get(K_SCHEMA)?.map(|v| v.value().to_vec());
+            match found {
+                None if existed && meta.len()? > 0 => {
+                    return Err(StoreError::Damaged {
+                        path: store.path.clone(),
+                        detail: "no schema version".into(),
+                    });
+                }
+                None => {
+                    meta.insert(K_SCHEMA, SCHEMA_VERSION.to_le_bytes().as_slice())?;
+                }
+                Some(v) => {
+                    let found = v
+                        .as_slice()
+                        .try_into()
+                        .map(u32::from_le_bytes)
+                        .unwrap_or(u32::MAX);
+                    if found != SCHEMA_VERSION {
+                        return Err(StoreError::WrongVersion {
+                            path: store.path.clone(),
+                            found,
+                        });
+                    }
+                }
+            }
+            // Create every table so readers never meet a missing one.
+            tx.open_table(ISSUER_KEYS)?;
+            tx.open_table(QUOTA)?;
+            tx.open_table(WALLET)?;
+            tx.open_table(PENDING)?;
+            tx.open_table(SPENT)?;
+        }
+        tx.commit()?;
+        Ok(store)
+    }
+
+    /// The store file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(META)?;
+        Ok(t.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    fn meta_put(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(META)?.insert(key, value)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The node's ed25519 identity, if initialised.
+    pub fn identity(&self) -> Result<Option<SigningKey>, StoreError> {
+        let Some(bytes) = self.meta_get(K_IDENTITY)?.map(Zeroizing::new) else {
+            return Ok(None);
+        };
+        let seed: [u8; 32] = bytes.as_slice().try_into().map_err(|_| StoreError::Corrupt {
+            what: "identity",
+            detail: "not 32 bytes".into(),
+        })?;
+        Ok(Some(SigningKey::from_bytes(&seed)))
+    }
+
+    /// Stores the node identity (only if none exists; returns the one in the store).
+    pub fn init_identity(&self, key: &SigningKey) -> Result<SigningKey, StoreError> {
+        if let Some(existing) = self.identity()? {
+            return Ok(existing);
+        }
+        self.meta_put(K_IDENTITY, key.as_bytes())?;
+        Ok(key.clone())
+    }
+
+    /// The group this node belongs to, if any.
+    pub fn group(&self) -> Result<Option<GroupState>, StoreError> {
+        self.meta_get(K_GROUP)?.map(|b| decode("group", &b)).transpose()
+    }
+
+    /// Replaces the group state.
+    pub fn put_group(&self, group: &GroupState) -> Result<(), StoreError> {
+        self.meta_put(K_GROUP, &encode(group)?)
+    }
+
+    /// The last attestation sequence number used.
+    pub fn attestation_seq(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .meta_get(K_ATT_SEQ)?
+            .and_then(|b| b.as_slice().try_into().ok())
+            .map_or(0, u64::from_le_bytes))
+    }
+
+    /// Records an attestation sequence number before the attestation is published.
+    pub fn put_attestation_seq(&self, seq: u64) -> Result<(), StoreError> {
+        self.meta_put(K_ATT_SEQ, &seq.to_le_bytes())
+    }
+
+    /// The issuer's key for an epoch (admin only).
+    pub fn issuer_key(&self, epoch: u32) -> Result<Option<SecretKey>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(ISSUER_KEYS)?;
+        let Some(v) = t.get(epoch)? else { return Ok(None) };
+        let der = Zeroizing::new(v.value().to_vec());
+        SecretKey::from_pkcs8_der(&der)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                what: "issuer key",
+                detail: e.to_string(),
+            })
+    }
+
+    /// Stores the issuer's key for an epoch.
+    pub fn put_issuer_key(&self, epoch: u32, key: &SecretKey) -> Result<(), StoreError> {
+        let der = key.to_pkcs8_der().map_err(|e| StoreError::Io(e.to_string()))?;
+        let tx = self.db.begin_write()?;
+        tx.open_table(ISSUER_KEYS)?.insert(epoch, der.as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every quota record of an epoch.
+    pub fn quota_records(&self, epoch: u32) -> Result<Vec<QuotaRecord>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(QUOTA)?;
+        let prefix = epoch.to_be_bytes();
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            if k.value().starts_with(&prefix) {
+                out.push(decode("quota record", v.value())?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Persists a quota record (before the signatures it covers leave the issuer).
+    pub fn put_quota_record(&self, record: &QuotaRecord) -> Result<(), StoreError> {
+        let mut key = record.epoch.to_be_bytes().to_vec();
+        key.extend_from_slice(record.peer.as_bytes());
+        let tx = self.db.begin_write()?;
+        tx.open_table(QUOTA)?
+            .insert(key.as_slice(), encode(record)?.as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every token in the wallet.
+    pub fn wallet_tokens(&self) -> Result<Vec<WalletToken>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(WALLET)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (_, v) = row?;
+            out.push(decode("wallet token", v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Tokens in the wallet.
+    pub fn wallet_len(&self) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read()?;
+        Ok(tx.open_table(WALLET)?.len()?)
+    }
+
+    /// Stores a pending batch before its request is sent.
+    pub fn put_pending(&self, batch: &PendingBatch) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(PENDING)?
+            .insert(batch.request_id.as_slice(), encode(batch)?.as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Pending batches (sent, not finalized).
+    pub fn pending(&self) -> Result<Vec<PendingBatch>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(PENDING)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (_, v) = row?;
+            out.push(decode("pending batch", v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Drops a pending batch that will never complete (refused by the issuer).
+    pub fn drop_pending(&self, request_id: &[u8; 16]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(PENDING)?.remove(request_id.as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// In one transaction: adds finalized tokens (no token twice) and removes their pending batch.
+    pub fn finish_batch(&self, request_id: &[u8; 16], tokens: &[WalletToken]) -> Result<usize, StoreError> {
+        let tx = self.db.begin_write()?;
+        let mut added = 0;
+        {
+            let mut wallet = tx.open_table(WALLET)?;
+            for t in tokens {
+                let hash = t.token.hash();
+                if wallet.get(hash.0.as_slice())?.is_none() {
+                    wallet.insert(hash.0.as_slice(), encode(t)?.as_slice())?;
+                    added += 1;
+                }
+            }
+            tx.open_table(PENDING)?.remove(request_id.as_slice())?;
+        }
+        tx.commit()?;
+        Ok(added)
+    }
+
+    /// Removes a token from the wallet (it is being spent).
+    pub fn take_token(&self, hash: &TokenHash) -> Result<bool, StoreError> {
+        let tx = self.db.begin_write()?;
+        let removed = tx.open_table(WALLET)?.remove(hash.0.as_slice())?.is_some();
+        tx.commit()?;
+        Ok(removed)
+    }
+
+    /// Returns a token to the wallet (refused before any claim).
+    pub fn put_token(&self, token: &WalletToken) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(WALLET)?
+            .insert(token.token.hash().0.as_slice(), encode(token)?.as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Spent token hashes recorded for an epoch.
+    pub fn spent_len(&self, epoch: u32) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(SPENT)?;
+        let prefix = epoch.to_be_bytes();
+        let mut n = 0;
+        for row in t.iter()? {
+            if row?.0.value().starts_with(&prefix) {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+fn spent_key(epoch: u32, hash: &TokenHash) -> Vec<u8> {
+    let mut key = epoch.to_be_bytes().to_vec();
+    key.extend_from_slice(&hash.0);
+    key
+}
+
+/// The lender's durable spent set: a claim is committed (fsync) before `try_claim` returns.
+impl SpentSet for Store {
+    type Error = StoreError;
+
+    fn try_claim(&self, epoch: u32, hash: &TokenHash) -> Result<ClaimOutcome, StoreError> {
+        let key = spent_key(epoch, hash);
+        let tx = self.db.begin_write()?;
+        let outcome = {
+            let mut t = tx.open_table(SPENT)?;
+            if t.get(key.as_slice())?.is_some() {
+                ClaimOutcome::AlreadySpent
+            } else {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                t.insert(key.as_slice(), now)?;
+                ClaimOutcome::Claimed
+            }
+        };
+        tx.commit()?;
+        Ok(outcome)
+    }
+
+    fn release(&self, epoch: u32, hash: &TokenHash) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(SPENT)?.remove(spent_key(epoch, hash).as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+/// Whether `peer` appears in a quota record list (helper for status output).
+pub fn used_by(records: &[QuotaRecord], peer: &PeerId) -> u32 {
+    records.iter().find(|r| &r.peer == peer).map_or(0, |r| r.used)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_is_kept_and_version_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let k = SigningKey::from_bytes(&[1; 32]);
+        assert_eq!(store.init_identity(&k).unwrap(), k);
+        let other = SigningKey::from_bytes(&[2; 32]);
+        assert_eq!(
+            store.init_identity(&other).unwrap(),
+            k,
+            "init never overwrites an identity"
+        );
+        // A second open while the first is alive is refused clearly.
+        assert!(matches!(Store::open(dir.path()), Err(StoreError::InUse { .. })));
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.identity().unwrap(), Some(k));
+        store.meta_put(K_SCHEMA, &99u32.to_le_bytes()).unwrap();
+        drop(store);
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(StoreError::WrongVersion { found: 99, .. })
+        ));
+    }
+
+    #[test]
+    fn truncated_store_fails_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.init_identity(&SigningKey::from_bytes(&[1; 32])).unwrap();
+        drop(store);
+        let path = dir.path().join(STORE_FILE);
+        let len = std::fs::metadata(&path).unwrap().len();
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(len / 3).unwrap();
+        drop(f);
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(matches!(err, StoreError::Damaged { .. }), "{err}");
+        assert!(err.to_string().contains("move it aside"), "{err}");
+    }
+
+    #[test]
+    fn spent_set_claims_once_durably() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let h = TokenHash([7; 32]);
+        assert_eq!(store.try_claim(1, &h).unwrap(), ClaimOutcome::Claimed);
+        assert_eq!(store.try_claim(1, &h).unwrap(), ClaimOutcome::AlreadySpent);
+        assert_eq!(
+            store.try_claim(2, &h).unwrap(),
+            ClaimOutcome::Claimed,
+            "per epoch"
+        );
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.try_claim(1, &h).unwrap(),
+            ClaimOutcome::AlreadySpent,
+            "survives reopen"
+        );
+        store.release(1, &h).unwrap();
+        assert_eq!(store.try_claim(1, &h).unwrap(), ClaimOutcome::Claimed);
+        assert_eq!(store.spent_len(1).unwrap(), 1);
+    }
+}

@@ -1,0 +1,199 @@
+//! A misbehaving member for robustness tests: a real libp2p node with the group's key that sends raw,
+//! unvalidated bytes — oversized request frames, garbage gossip.
+
+use std::time::Duration;
+
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::upgrade::Version;
+use libp2p::pnet::{PnetConfig, PreSharedKey};
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, Transport, gossipsub, noise, tcp, yamux};
+
+/// Raw bytes in, raw bytes out (at most 64 KiB read back).
+#[derive(Clone, Default, Debug)]
+pub struct RawCodec;
+
+impl request_response::Codec for RawCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T: futures::AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> std::io::Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        io.take(65536).read_to_end(&mut buf).await?;
+        Ok(buf)
+    }
+    async fn read_response<T: futures::AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> std::io::Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        io.take(65536).read_to_end(&mut buf).await?;
+        Ok(buf)
+    }
+    async fn write_request<T: futures::AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> std::io::Result<()> {
+        io.write_all(&req).await
+    }
+    async fn write_response<T: futures::AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        resp: Vec<u8>,
+    ) -> std::io::Result<()> {
+        io.write_all(&resp).await
+    }
+}
+
+/// The rogue's behaviour.
+#[allow(missing_debug_implementations)]
+#[derive(NetworkBehaviour)]
+pub struct RogueBehaviour {
+    /// Gossip without validation.
+    pub gossipsub: gossipsub::Behaviour,
+    /// Raw requests on one protocol.
+    pub raw: request_response::Behaviour<RawCodec>,
+}
+
+/// A rogue member.
+pub struct Rogue {
+    /// Its swarm.
+    pub swarm: Swarm<RogueBehaviour>,
+}
+
+impl std::fmt::Debug for Rogue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Rogue")
+    }
+}
+
+impl Rogue {
+    /// Builds a rogue with `key` and the group's `psk`, speaking raw bytes on `protocol`.
+    pub fn new(key: libp2p::identity::Keypair, psk: [u8; 32], protocol: &'static str) -> Rogue {
+        let psk = PreSharedKey::new(psk);
+        let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+            .with_tokio()
+            .with_other_transport(
+                move |key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+                    let noise = noise::Config::new(key)?;
+                    Ok(tcp::tokio::Transport::new(tcp::Config::default())
+                        .and_then(move |s, _| PnetConfig::new(psk).handshake(s))
+                        .upgrade(Version::V1Lazy)
+                        .authenticate(noise)
+                        .multiplex(yamux::Config::default())
+                        .map(|(p, m), _| (p, StreamMuxerBox::new(m))))
+                },
+            )
+            .unwrap()
+            .with_behaviour(|key| RogueBehaviour {
+                gossipsub: gossipsub::Behaviour::new(
+                    gossipsub::MessageAuthenticity::Signed(key.clone()),
+                    gossipsub::ConfigBuilder::default()
+                        .max_transmit_size(1 << 20)
+                        .build()
+                        .unwrap(),
+                )
+                .unwrap(),
+                raw: request_response::Behaviour::with_codec(
+                    RawCodec,
+                    [(StreamProtocol::new(protocol), ProtocolSupport::Full)],
+                    request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+                ),
+            })
+            .unwrap()
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build();
+        Rogue { swarm }
+    }
+
+    /// Dials `addr` and waits (bounded) for the connection.
+    pub async fn connect(&mut self, addr: Multiaddr) -> PeerId {
+        self.swarm.dial(addr).unwrap();
+        let fut = async {
+            loop {
+                if let SwarmEvent::ConnectionEstablished { peer_id, .. } = self.swarm.select_next_some().await
+                {
+                    return peer_id;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), fut)
+            .await
+            .expect("rogue connects within 20 s")
+    }
+
+    /// Sends raw bytes as a request; returns Ok(response bytes) or Err(failure text). Bounded.
+    pub async fn raw_request(&mut self, peer: PeerId, bytes: Vec<u8>) -> Result<Vec<u8>, String> {
+        let id = self.swarm.behaviour_mut().raw.send_request(&peer, bytes);
+        let fut = async {
+            loop {
+                match self.swarm.select_next_some().await {
+                    SwarmEvent::Behaviour(RogueBehaviourEvent::Raw(request_response::Event::Message {
+                        message: request_response::Message::Response { request_id, response },
+                        ..
+                    })) if request_id == id => return Ok(response),
+                    SwarmEvent::Behaviour(RogueBehaviourEvent::Raw(
+                        request_response::Event::OutboundFailure {
+                            request_id, error, ..
+                        },
+                    )) if request_id == id => return Err(error.to_string()),
+                    SwarmEvent::ConnectionClosed { peer_id, .. } if peer_id == peer => {
+                        return Err("connection closed".into());
+                    }
+                    _ => {}
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), fut)
+            .await
+            .unwrap_or_else(|_| Err("timeout".into()))
+    }
+
+    /// Subscribes to `topic`, waits until `peer` is subscribed too, and publishes `data`. Bounded.
+    pub async fn publish_when_ready(&mut self, topic: &str, peer: PeerId, data: Vec<u8>) {
+        let topic = gossipsub::IdentTopic::new(topic);
+        self.swarm.behaviour_mut().gossipsub.subscribe(&topic).unwrap();
+        let fut = async {
+            loop {
+                let ready = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .all_peers()
+                    .any(|(p, t)| *p == peer && !t.is_empty());
+                if ready
+                    && self
+                        .swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .publish(topic.clone(), data.clone())
+                        .is_ok()
+                {
+                    // Let the message leave.
+                    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                        loop {
+                            self.swarm.select_next_some().await;
+                        }
+                    })
+                    .await;
+                    return;
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(100), self.swarm.select_next_some()).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), fut)
+            .await
+            .expect("published within 30 s");
+    }
+}
