@@ -31,6 +31,10 @@ pub struct ApiState {
     pub peerbook: PeerBookHandle,
     /// Member.
     pub member: MemberHandle,
+    /// Lender.
+    pub lender: crate::lender::LenderHandle,
+    /// Privacy mode.
+    pub privacy: crate::borrow::PrivacyMode,
     /// Counters.
     pub counters: Arc<Counters>,
     /// Upstream kind.
@@ -56,6 +60,7 @@ pub async fn serve(listener: tokio::net::TcpListener, state: ApiState, shutdown:
         .route("/health", get(health))
         .route("/v1/node", get(node))
         .route("/v1/peers", get(peers))
+        .route("/v1/lends", get(lends))
         .with_state(Arc::new(state));
     let _ = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -93,10 +98,15 @@ async fn node(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
         "uptime_s": crate::now_ms().saturating_sub(s.started_ms) / 1000,
         "wallet_balance": balance,
         "upstream": s.upstream,
+        "privacy_mode": s.privacy,
         "tokens_received": Counters::get(&s.counters.tokens_received),
         "tokens_issued": Counters::get(&s.counters.tokens_issued),
         "counters": counters_json(&s.counters),
     }))
+}
+
+async fn lends(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
+    Json(json!({ "lends": s.lender.lends().await }))
 }
 
 async fn peers(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
@@ -114,5 +124,14 @@ fn counters_json(c: &Counters) -> serde_json::Value {
         "attestations_rejected": Counters::get(&c.attestations_rejected),
         "attestations_published": Counters::get(&c.attestations_published),
         "issue_refused": Counters::get(&c.issue_refused),
+        "tokens_spent": Counters::get(&c.tokens_spent),
+        "served_locally": Counters::get(&c.served_locally),
+        "borrows_ok": Counters::get(&c.borrows_ok),
+        "borrows_failed": Counters::get(&c.borrows_failed),
+        "lends_served": Counters::get(&c.lends_served),
+        "lends_refused": Counters::get(&c.lends_refused),
+        "relays_ok": Counters::get(&c.relays_ok),
+        "relays_failed": Counters::get(&c.relays_failed),
+        "claims_answered": Counters::get(&c.claims_answered),
     })
 }

@@ -137,6 +137,18 @@ pub struct RunArgs {
     /// API address (host:port, loopback).
     #[arg(long, value_name = "ADDR")]
     pub api: Option<String>,
+    /// Gateway address (host:port) tools call.
+    #[arg(long, value_name = "ADDR")]
+    pub gateway: Option<String>,
+    /// Privacy mode: strict (never borrow without a relay) or best-effort.
+    #[arg(long, value_enum)]
+    pub privacy: Option<crate::borrow::PrivacyMode>,
+    /// Lender choice: p2c, greedy, uniform or weighted.
+    #[arg(long)]
+    pub policy: Option<lendmesh_protocol::routing::Policy>,
+    /// Units of this member's capacity never lent.
+    #[arg(long)]
+    pub reserve: Option<u64>,
     /// Discover members on the LAN with mDNS.
     #[arg(long)]
     pub mdns: bool,
@@ -178,6 +190,18 @@ impl RunArgs {
         c.network.bootstrap.extend(self.bootstrap.iter().cloned());
         if let Some(a) = &self.api {
             c.api.addr = a.clone();
+        }
+        if let Some(a) = &self.gateway {
+            c.gateway.addr = a.clone();
+        }
+        if let Some(p) = self.privacy {
+            c.borrow.privacy = p;
+        }
+        if let Some(p) = self.policy {
+            c.borrow.policy = p;
+        }
+        if let Some(r) = self.reserve {
+            c.lender.reserve = r;
         }
         c.network.mdns |= self.mdns;
         if let Some(u) = self.upstream {

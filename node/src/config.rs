@@ -30,6 +30,8 @@ pub struct Config {
     pub wallet: WalletConfig,
     /// Lending.
     pub lender: LenderConfig,
+    /// Borrowing.
+    pub borrow: BorrowConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -81,14 +83,27 @@ impl Default for ApiConfig {
 pub struct GatewayConfig {
     /// Where the gateway listens.
     pub addr: String,
+    /// Largest request and response body, in bytes (at most 8 MiB, the wire limit).
+    pub body_limit: usize,
 }
 
 impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
             addr: "127.0.0.1:8640".into(),
+            body_limit: crate::gateway::DEFAULT_BODY_LIMIT,
         }
     }
+}
+
+/// Borrowing settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct BorrowConfig {
+    /// `strict` (never without a relay) or `best-effort`.
+    pub privacy: crate::borrow::PrivacyMode,
+    /// Lender choice: `p2c` (default), `greedy`, `uniform`, `weighted`.
+    pub policy: lendmesh_protocol::routing::Policy,
 }
 
 /// Which upstream this member shares.

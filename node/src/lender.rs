@@ -1,45 +1,162 @@
-//! The Lender actor: tells the group how much this member can lend (DESIGN §5), and later serves borrows.
+//! The Lender actor: announces this member's headroom (DESIGN §5) and serves borrows sealed to it (DESIGN §6).
 //!
-//! It publishes a headroom attestation on a timer (default 10 s), when its bucket changes, and when a peer joins
-//! the topic (debounced), so newcomers need not wait a period. Each attestation's `seq` is **persisted before the
-//! attestation is published**, so a restarted node never reuses a sequence number that peers already accepted.
-//! Headroom is the upstream's remaining capacity minus the reserve kept for this member's own use, published as a
-//! coarse bucket only.
+//! **Attestations.** Published on a timer (default 10 s), when the bucket changes, and when a peer joins the topic
+//! (debounced). Each `seq` is persisted before the attestation is published, so a restart never reuses one peers
+//! accepted. The attestation carries this node's current OHTTP key config (a fresh X25519 key per start).
+//!
+//! **Borrows.** A relay forwards an OHTTP-sealed [`InnerBorrowRequest`]. The lender opens it (a failure means the
+//! borrower used a stale key config: it is told so in the clear and re-seals), then, in order:
+//! 1. answers a retry of a known request id from its idempotency cache (or joins the in-flight original);
+//! 2. takes one unit of its upstream's capacity, keeping `reserve` for its own member — **refusing before any
+//!    claim** when there is none, so the token stays unspent;
+//! 3. redeems the token (type, epoch, key id, signature, spend binding) and **claims its hash durably** in the
+//!    store before doing any work;
+//! 4. calls the upstream; a 429 / 503 means no work was done, so the claim is released and the token can be spent
+//!    again elsewhere;
+//! 5. seals the response to the borrower.
+//!
+//! The lender sees the request and *a* valid token, bound to itself, and the relay's id — never the borrower's. Its
+//! lend records (exposed on the API) hold exactly that.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use lendmesh_protocol::attestation::{Attestation, AttestationBody, AttestationKey, HeadroomBucket};
-use lendmesh_protocol::wire::GossipMessage;
+use lendmesh_protocol::redeemer::Redeemer;
+use lendmesh_protocol::wire::{
+    self, BorrowRefusal, BorrowRequest, BorrowResponse, DeliveryFailure, GossipMessage, HttpRequest,
+    HttpResponse, InnerBorrowRequest, InnerBorrowResponse,
+};
 use lendmesh_protocol::{GroupId, PeerId};
-use tokio::sync::mpsc;
+use libp2p::request_response::ResponseChannel;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::metrics::Counters;
 use crate::network::NetworkHandle;
 use crate::now_ms;
 use crate::store::Store;
-use crate::upstream::Upstream;
+use crate::upstream::{Upstream, UpstreamRequest};
 
-/// Nudges queued to the lender: 16 (they coalesce).
-pub const CAPACITY: usize = 16;
+/// Messages queued to the lender: 256 (borrows from every member at once in a 100-member group, with room).
+pub const CAPACITY: usize = 256;
+/// Borrows served at once; more are refused with `LenderBusy` (the borrower tries another lender).
+pub const MAX_CONCURRENT_LENDS: usize = 64;
+/// How long a finished borrow's answer is kept for idempotent retries.
+const IDEMPOTENCY_TTL_MS: u64 = 5 * 60 * 1000;
+/// Answers kept for retries at most (about 5 minutes of 3 borrows/s).
+const IDEMPOTENCY_CAPACITY: usize = 1024;
+/// Lend records kept for the API.
+const LEND_RECORDS: usize = 1000;
 /// Minimum spacing of extra (non-periodic) attestations.
 const DEBOUNCE: Duration = Duration::from_millis(500);
 /// How often the bucket is checked for a change.
 const CHANGE_CHECK: Duration = Duration::from_secs(1);
 
+/// This node's OHTTP key (RFC 9458): X25519, HKDF-SHA256, AES-128-GCM.
+#[derive(Clone, Debug)]
+pub struct OhttpKeys {
+    server: ohttp::Server,
+    config: Vec<u8>,
+}
+
+impl OhttpKeys {
+    /// A fresh key.
+    pub fn generate() -> anyhow::Result<Self> {
+        use ohttp::hpke::{Aead, Kdf, Kem};
+        let key_id: u8 = rand::random();
+        let config = ohttp::KeyConfig::new(
+            key_id,
+            Kem::X25519Sha256,
+            vec![ohttp::SymmetricSuite::new(Kdf::HkdfSha256, Aead::Aes128Gcm)],
+        )?;
+        let server = ohttp::Server::new(config)?;
+        let config = server.config().encode()?;
+        Ok(OhttpKeys { server, config })
+    }
+
+    /// The encoded key config, as attested.
+    pub fn encoded_config(&self) -> &[u8] {
+        &self.config
+    }
+}
+
+/// One borrow this lender handled, as it saw it.
+#[derive(Clone, Debug, Serialize)]
+pub struct LendRecord {
+    /// When (ms since the Unix epoch).
+    pub at_ms: u64,
+    /// The spent token's hash (hex).
+    pub token_hash: String,
+    /// The relay that forwarded it (the borrower is unknown to the lender).
+    pub relay: String,
+    /// `served`, `no_headroom`, `token_rejected:<reason>`, `upstream_refused:<status>`, `upstream_failed`, …
+    pub outcome: String,
+    /// Method and path of the request.
+    pub request: String,
+}
+
+enum Msg {
+    Nudge,
+    Borrow {
+        peer: PeerId,
+        req: BorrowRequest,
+        channel: ResponseChannel<BorrowResponse>,
+    },
+    Finished {
+        request_id: [u8; 16],
+        response: InnerBorrowResponse,
+        record: LendRecord,
+    },
+    Lends {
+        reply: oneshot::Sender<Vec<LendRecord>>,
+    },
+}
+
 /// Handle to the lender.
 #[derive(Clone, Debug)]
 pub struct LenderHandle {
-    tx: mpsc::Sender<()>,
+    tx: mpsc::Sender<Msg>,
+}
+
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LenderMsg")
+    }
 }
 
 impl LenderHandle {
     /// Asks for an attestation soon (a peer joined).
     pub fn nudge(&self) {
-        let _ = self.tx.try_send(());
+        let _ = self.tx.try_send(Msg::Nudge);
+    }
+
+    /// Queues an inbound borrow; hands the channel back when the queue is full.
+    pub fn try_borrow(
+        &self,
+        peer: PeerId,
+        req: BorrowRequest,
+        channel: ResponseChannel<BorrowResponse>,
+    ) -> Result<(), ResponseChannel<BorrowResponse>> {
+        self.tx
+            .try_send(Msg::Borrow { peer, req, channel })
+            .map_err(|e| match e.into_inner() {
+                Msg::Borrow { channel, .. } => channel,
+                _ => unreachable!("we sent a Borrow"),
+            })
+    }
+
+    /// Recent lend records, newest last.
+    pub async fn lends(&self) -> Vec<LendRecord> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Msg::Lends { reply }).await.is_err() {
+            return vec![];
+        }
+        rx.await.unwrap_or_default()
     }
 }
 
@@ -59,6 +176,10 @@ pub struct LenderParams {
     pub reserve: u64,
     /// Periodic attestation interval.
     pub period: Duration,
+    /// Token checks, accepting the current epoch.
+    pub redeemer: Redeemer,
+    /// The OHTTP key.
+    pub keys: OhttpKeys,
 }
 
 impl std::fmt::Debug for LenderParams {
@@ -96,10 +217,23 @@ pub fn spawn(
         net,
         counters,
         rx,
+        tx: tx.clone(),
         seq,
         last_bucket: None,
+        idem: HashMap::new(),
+        idem_order: VecDeque::new(),
+        in_flight: 0,
+        lends: VecDeque::new(),
     };
     (LenderHandle { tx }, tokio::spawn(actor.run(shutdown)))
+}
+
+enum Idem {
+    InFlight(Vec<(ohttp::ServerResponse, ResponseChannel<BorrowResponse>)>),
+    Done {
+        response: InnerBorrowResponse,
+        expires_ms: u64,
+    },
 }
 
 struct Lender {
@@ -107,9 +241,14 @@ struct Lender {
     store: Store,
     net: NetworkHandle,
     counters: Arc<Counters>,
-    rx: mpsc::Receiver<()>,
+    rx: mpsc::Receiver<Msg>,
+    tx: mpsc::Sender<Msg>,
     seq: u64,
     last_bucket: Option<HeadroomBucket>,
+    idem: HashMap<[u8; 16], Idem>,
+    idem_order: VecDeque<[u8; 16]>,
+    in_flight: usize,
+    lends: VecDeque<LendRecord>,
 }
 
 impl Lender {
@@ -121,12 +260,17 @@ impl Lender {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                Some(()) = self.rx.recv() => {
-                    if last_sent.elapsed() >= DEBOUNCE {
-                        self.handle_publish().await;
-                        last_sent = tokio::time::Instant::now();
+                Some(msg) = self.rx.recv() => match msg {
+                    Msg::Nudge => {
+                        if last_sent.elapsed() >= DEBOUNCE {
+                            self.handle_publish().await;
+                            last_sent = tokio::time::Instant::now();
+                        }
                     }
-                }
+                    Msg::Borrow { peer, req, channel } => self.handle_borrow(peer, req, channel).await,
+                    Msg::Finished { request_id, response, record } => self.handle_finished(request_id, response, record).await,
+                    Msg::Lends { reply } => { let _ = reply.send(self.lends.iter().cloned().collect()); }
+                },
                 _ = periodic.tick() => {
                     self.handle_publish().await;
                     last_sent = tokio::time::Instant::now();
@@ -159,7 +303,7 @@ impl Lender {
             issued_at_ms: now,
             headroom: bucket,
             window_resets_at_ms: resets,
-            ohttp_key_config: Vec::new(),
+            ohttp_key_config: self.p.keys.encoded_config().to_vec(),
         };
         let att = match Attestation::create(body, &self.p.attestation_key, &self.p.node_key) {
             Ok(a) => a,
@@ -177,4 +321,265 @@ impl Lender {
             Err(e) => debug!(%e, "attestation not published (no peers yet?)"),
         }
     }
+
+    async fn handle_borrow(
+        &mut self,
+        relay: PeerId,
+        req: BorrowRequest,
+        channel: ResponseChannel<BorrowResponse>,
+    ) {
+        let Ok((plain, server_response)) = self.p.keys.server.decapsulate(&req.sealed) else {
+            self.counters.inc(&self.counters.lends_refused);
+            debug!(relay = %relay.short(), "could not open a sealed request (stale key config?)");
+            self.net
+                .respond_borrow(channel, BorrowResponse::Failed(DeliveryFailure::StaleKeyConfig))
+                .await;
+            return;
+        };
+        let inner = match wire::decode::<InnerBorrowRequest>(&plain) {
+            Ok(i) => i,
+            Err(e) => {
+                let resp = InnerBorrowResponse::Refused {
+                    reason: BorrowRefusal::BadRequest(e.to_string()),
+                    retry_after_ms: None,
+                };
+                self.respond_sealed(server_response, channel, &resp).await;
+                return;
+            }
+        };
+        self.expire_idem();
+        match self.idem.get_mut(&inner.request_id) {
+            Some(Idem::Done { response, .. }) => {
+                let response = response.clone();
+                self.respond_sealed(server_response, channel, &response).await;
+                return;
+            }
+            Some(Idem::InFlight(waiters)) => {
+                waiters.push((server_response, channel));
+                return;
+            }
+            None => {}
+        }
+        if self.in_flight >= MAX_CONCURRENT_LENDS {
+            self.net
+                .respond_borrow(channel, BorrowResponse::Failed(DeliveryFailure::LenderBusy))
+                .await;
+            return;
+        }
+        self.in_flight += 1;
+        self.idem
+            .insert(inner.request_id, Idem::InFlight(vec![(server_response, channel)]));
+        self.idem_order.push_back(inner.request_id);
+        let ctx = LendContext {
+            upstream: self.p.upstream.clone(),
+            redeemer: self.p.redeemer.clone(),
+            store: self.store.clone(),
+            reserve: self.p.reserve,
+        };
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let request_id = inner.request_id;
+            let (response, mut record) = ctx.serve(inner).await;
+            record.relay = relay.short();
+            let _ = tx
+                .send(Msg::Finished {
+                    request_id,
+                    response,
+                    record,
+                })
+                .await;
+        });
+    }
+
+    async fn handle_finished(
+        &mut self,
+        request_id: [u8; 16],
+        response: InnerBorrowResponse,
+        record: LendRecord,
+    ) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        match &response {
+            InnerBorrowResponse::Served { .. } => self.counters.inc(&self.counters.lends_served),
+            InnerBorrowResponse::Refused { .. } => self.counters.inc(&self.counters.lends_refused),
+        }
+        info!(token = %record.token_hash.get(..16).unwrap_or(""), relay = %record.relay, outcome = %record.outcome, "lend");
+        self.lends.push_back(record);
+        while self.lends.len() > LEND_RECORDS {
+            self.lends.pop_front();
+        }
+        let waiters = match self.idem.insert(
+            request_id,
+            Idem::Done {
+                response: response.clone(),
+                expires_ms: now_ms() + IDEMPOTENCY_TTL_MS,
+            },
+        ) {
+            Some(Idem::InFlight(w)) => w,
+            _ => vec![],
+        };
+        for (server_response, channel) in waiters {
+            self.respond_sealed(server_response, channel, &response).await;
+        }
+    }
+
+    async fn respond_sealed(
+        &self,
+        server_response: ohttp::ServerResponse,
+        channel: ResponseChannel<BorrowResponse>,
+        response: &InnerBorrowResponse,
+    ) {
+        let resp = match wire::encode(response)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| server_response.encapsulate(&bytes).map_err(|e| e.to_string()))
+        {
+            Ok(sealed) => BorrowResponse::Sealed { sealed },
+            Err(e) => {
+                warn!(%e, "cannot seal a borrow response");
+                BorrowResponse::Failed(DeliveryFailure::LenderBusy)
+            }
+        };
+        self.net.respond_borrow(channel, resp).await;
+    }
+
+    /// Drops finished answers past their TTL, and the oldest beyond the capacity.
+    fn expire_idem(&mut self) {
+        let now = now_ms();
+        while let Some(id) = self.idem_order.front().copied() {
+            let expired = match self.idem.get(&id) {
+                Some(Idem::Done { expires_ms, .. }) => {
+                    *expires_ms <= now || self.idem_order.len() > IDEMPOTENCY_CAPACITY
+                }
+                Some(Idem::InFlight(_)) => false,
+                None => true,
+            };
+            if !expired {
+                break;
+            }
+            self.idem_order.pop_front();
+            self.idem.remove(&id);
+        }
+    }
+}
+
+/// What a borrow task needs (cheap clones of shared handles; no domain state).
+struct LendContext {
+    upstream: Arc<dyn Upstream>,
+    redeemer: Redeemer,
+    store: Store,
+    reserve: u64,
+}
+
+impl LendContext {
+    async fn serve(self, inner: InnerBorrowRequest) -> (InnerBorrowResponse, LendRecord) {
+        let now = now_ms();
+        let mut record = LendRecord {
+            at_ms: now,
+            token_hash: inner.spend.token.hash().to_string(),
+            relay: String::new(),
+            outcome: String::new(),
+            request: String::new(),
+        };
+        let refuse = |reason: BorrowRefusal, retry_after_ms: Option<u64>| InnerBorrowResponse::Refused {
+            reason,
+            retry_after_ms,
+        };
+        let http = match wire::decode::<HttpRequest>(&inner.http_request) {
+            Ok(h) => h,
+            Err(e) => {
+                record.outcome = "bad_request".into();
+                return (refuse(BorrowRefusal::BadRequest(e.to_string()), None), record);
+            }
+        };
+        record.request = format!("{} {}", http.method, http.path_and_query);
+        // 1. Headroom, keeping the reserve: refuse before any claim.
+        let Some(permit) = self.upstream.try_acquire(now, self.reserve) else {
+            let h = self.upstream.headroom(now);
+            record.outcome = "no_headroom".into();
+            return (
+                refuse(
+                    BorrowRefusal::NoHeadroom,
+                    Some(h.resets_at_ms.saturating_sub(now)),
+                ),
+                record,
+            );
+        };
+        // 2. Redeem and claim durably before any work.
+        let digest = wire::request_digest(&inner.http_request);
+        let (redeemer, store, spend) = (self.redeemer.clone(), self.store.clone(), inner.spend.clone());
+        let redeemed =
+            tokio::task::spawn_blocking(move || redeemer.redeem(&spend, &digest, now, &store)).await;
+        let redemption = match redeemed {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                self.upstream.release(permit);
+                record.outcome = format!("token_rejected:{}", e.label());
+                return (
+                    refuse(BorrowRefusal::TokenRejected(e.label().into()), None),
+                    record,
+                );
+            }
+            Err(e) => {
+                self.upstream.release(permit);
+                record.outcome = "internal".into();
+                return (refuse(BorrowRefusal::UpstreamFailed(e.to_string()), None), record);
+            }
+        };
+        // 3. The upstream.
+        let result = self
+            .upstream
+            .call(
+                permit,
+                UpstreamRequest {
+                    method: http.method,
+                    path_and_query: http.path_and_query,
+                    headers: http.headers,
+                    body: http.body,
+                },
+            )
+            .await;
+        match result {
+            Ok(resp) if resp.status == 429 || resp.status == 503 => {
+                // No work was done: release the claim so the token can be spent again.
+                if let Err(e) = self.redeemer.release(&redemption, &self.store) {
+                    warn!(%e, "could not release a claim");
+                }
+                let retry = retry_after_ms(&resp.headers);
+                record.outcome = format!("upstream_refused:{}", resp.status);
+                (
+                    refuse(BorrowRefusal::UpstreamRefused { status: resp.status }, retry),
+                    record,
+                )
+            }
+            Ok(resp) => {
+                let http_response = HttpResponse {
+                    status: resp.status,
+                    headers: resp.headers,
+                    body: resp.body,
+                };
+                match wire::encode(&http_response) {
+                    Ok(bytes) => {
+                        record.outcome = "served".into();
+                        (InnerBorrowResponse::Served { http_response: bytes }, record)
+                    }
+                    Err(e) => {
+                        record.outcome = "upstream_failed".into();
+                        (refuse(BorrowRefusal::UpstreamFailed(e.to_string()), None), record)
+                    }
+                }
+            }
+            Err(e) => {
+                record.outcome = "upstream_failed".into();
+                (refuse(BorrowRefusal::UpstreamFailed(e.to_string()), None), record)
+            }
+        }
+    }
+}
+
+/// `Retry-After` in delta-seconds, as milliseconds.
+fn retry_after_ms(headers: &[(String, Vec<u8>)]) -> Option<u64> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("retry-after"))
+        .and_then(|(_, v)| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok())
+        .map(|s| s.saturating_mul(1000))
 }

@@ -9,7 +9,9 @@
 //! - [`peerbook`]: the group state (roster, epoch), verified attestations, peer liveness and RTT;
 //! - [`issuer`]: the admin's token issuer (persists quota counters before signatures leave);
 //! - [`member`]: the wallet and its refills (persists pending batches before sending, tokens before using them);
-//! - [`lender`]: headroom attestations about this member's upstream;
+//! - [`lender`]: headroom attestations about this member's upstream, and serving borrows sealed to it;
+//! - [`gateway`] and [`borrow`]: the HTTP gateway tools call, and borrowing through a relay when own capacity is
+//!   gone;
 //! - [`api`]: the HTTP API on loopback.
 //!
 //! The logic lives in `lendmesh-protocol`'s state machines; actors move messages, time and storage.
@@ -17,9 +19,12 @@
 //! command line; `main.rs` only calls it.
 
 pub mod api;
+pub mod borrow;
 pub mod cli;
 pub mod codec;
 pub mod config;
+pub mod demo;
+pub mod gateway;
 pub mod group_state;
 pub mod home;
 pub mod issuer;

@@ -12,6 +12,7 @@ use std::time::Duration;
 use lendmesh_protocol::PeerId;
 use lendmesh_protocol::blind_rsa::PublicKey;
 use lendmesh_protocol::issuer::IssueError;
+use lendmesh_protocol::token::WalletToken;
 use lendmesh_protocol::wallet::{PendingBatch, Wallet};
 use lendmesh_protocol::wire::IssueResponse;
 use tokio::sync::{mpsc, oneshot};
@@ -49,7 +50,15 @@ pub struct RefillConfig {
 }
 
 enum Msg {
-    Balance { reply: oneshot::Sender<usize> },
+    Balance {
+        reply: oneshot::Sender<usize>,
+    },
+    Take {
+        reply: oneshot::Sender<Option<WalletToken>>,
+    },
+    PutBack {
+        token: WalletToken,
+    },
 }
 
 impl std::fmt::Debug for Msg {
@@ -65,6 +74,18 @@ pub struct MemberHandle {
 }
 
 impl MemberHandle {
+    /// Takes a token to spend; it is removed from the store before it is returned.
+    pub async fn take(&self) -> Option<WalletToken> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Msg::Take { reply }).await.ok()?;
+        rx.await.ok().flatten()
+    }
+
+    /// Returns a token that was refused before any claim.
+    pub async fn put_back(&self, token: WalletToken) {
+        let _ = self.tx.send(Msg::PutBack { token }).await;
+    }
+
     /// Tokens in the wallet.
     pub async fn balance(&self) -> usize {
         let (reply, rx) = oneshot::channel();
@@ -133,6 +154,13 @@ impl Member {
                 _ = shutdown.cancelled() => break,
                 Some(msg) = self.rx.recv() => match msg {
                     Msg::Balance { reply } => { let _ = reply.send(self.wallet.balance()); }
+                    Msg::Take { reply } => {
+                        let token = self.handle_take();
+                        let low = (self.wallet.balance() as u32) < self.refill.low_water;
+                        let _ = reply.send(token);
+                        if low { next_check = tokio::time::Instant::now(); }
+                    }
+                    Msg::PutBack { token } => self.handle_put_back(token),
                 },
                 _ = tokio::time::sleep_until(next_check) => {
                     let ok = self.handle_refill(&shutdown).await;
@@ -141,6 +169,32 @@ impl Member {
                 }
             }
         }
+    }
+
+    /// Takes the next token of the current epoch, durably removed from the store first.
+    fn handle_take(&mut self) -> Option<WalletToken> {
+        let epoch = self.epoch;
+        let token = self.wallet.take(|e| e == epoch)?;
+        match self.store.take_token(&token.token.hash()) {
+            Ok(_) => {
+                self.counters.inc(&self.counters.tokens_spent);
+                Some(token)
+            }
+            Err(e) => {
+                warn!(%e, "cannot remove a token from the store; not spending it");
+                self.wallet.put_back(token);
+                None
+            }
+        }
+    }
+
+    fn handle_put_back(&mut self, token: WalletToken) {
+        if let Err(e) = self.store.put_token(&token) {
+            warn!(%e, "cannot return a token to the store");
+            return;
+        }
+        self.counters.dec(&self.counters.tokens_spent);
+        self.wallet.put_back(token);
     }
 
     /// Resumes pending batches, then refills below the low-water mark. Returns false when it should back off.

@@ -28,12 +28,35 @@ pub struct Counters {
     pub issue_refused: AtomicU64,
     /// Tokens this member received (finalized and stored).
     pub tokens_received: AtomicU64,
+    /// Tokens taken from the wallet for borrows.
+    pub tokens_spent: AtomicU64,
+    /// Requests served from this member's own upstream.
+    pub served_locally: AtomicU64,
+    /// Borrows that got a response.
+    pub borrows_ok: AtomicU64,
+    /// Borrows that failed (every cause).
+    pub borrows_failed: AtomicU64,
+    /// Borrows this lender served.
+    pub lends_served: AtomicU64,
+    /// Borrows this lender refused (no headroom, bad token, stale key, upstream refusal).
+    pub lends_refused: AtomicU64,
+    /// Sealed requests relayed.
+    pub relays_ok: AtomicU64,
+    /// Relays that failed.
+    pub relays_failed: AtomicU64,
+    /// Claims answered as a replica.
+    pub claims_answered: AtomicU64,
 }
 
 impl Counters {
     /// Adds one.
     pub fn inc(&self, c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Subtracts one (a token returned unspent).
+    pub fn dec(&self, c: &AtomicU64) {
+        c.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Adds `n`.

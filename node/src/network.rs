@@ -19,7 +19,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use lendmesh_protocol::group::Roster;
-use lendmesh_protocol::wire::{self, GossipMessage, IssueRequest, IssueResponse};
+use lendmesh_protocol::wire::{
+    self, BorrowRequest, BorrowResponse, ClaimRequest, ClaimResponse, GossipMessage, IssueRequest,
+    IssueResponse, RelayRequest, RelayResponse,
+};
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::upgrade::Version;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageId};
@@ -51,11 +54,25 @@ const MAX_GOSSIP: usize = 128 * 1024;
 
 /// The `/lendmesh/issue/1` protocol.
 pub const ISSUE_PROTOCOL: StreamProtocol = StreamProtocol::new("/lendmesh/issue/1");
+/// The `/lendmesh/relay/1` protocol (borrower → relay).
+pub const RELAY_PROTOCOL: StreamProtocol = StreamProtocol::new("/lendmesh/relay/1");
+/// The `/lendmesh/borrow/1` protocol (relay → lender).
+pub const BORROW_PROTOCOL: StreamProtocol = StreamProtocol::new("/lendmesh/borrow/1");
+/// The `/lendmesh/claim/1` protocol (lender → replica).
+pub const CLAIM_PROTOCOL: StreamProtocol = StreamProtocol::new("/lendmesh/claim/1");
 
 /// Network failures as other actors see them.
 #[derive(Debug, thiserror::Error, Clone)]
 pub enum NetError {
-    /// The request could not be delivered or answered.
+    /// The peer could not be reached at all: the request was never delivered.
+    #[error("cannot reach {peer}: {detail}")]
+    Unreachable {
+        /// Short peer id.
+        peer: String,
+        /// What libp2p said.
+        detail: String,
+    },
+    /// The request may have been delivered but was not answered (timeout, connection lost, stream error).
     #[error("request to {peer} failed: {detail}")]
     Request {
         /// Short peer id.
@@ -81,6 +98,9 @@ pub struct Behaviour {
     kad: kad::Behaviour<kad::store::MemoryStore>,
     mdns: Toggle<mdns::tokio::Behaviour>,
     issue: request_response::Behaviour<WireCodec<IssueRequest, IssueResponse>>,
+    relay: request_response::Behaviour<WireCodec<RelayRequest, RelayResponse>>,
+    borrow: request_response::Behaviour<WireCodec<BorrowRequest, BorrowResponse>>,
+    claim: request_response::Behaviour<WireCodec<ClaimRequest, ClaimResponse>>,
 }
 
 /// What the network actor reports.
@@ -94,6 +114,33 @@ pub enum NetEvent {
         req: IssueRequest,
         /// Where to answer.
         channel: ResponseChannel<IssueResponse>,
+    },
+    /// A member asks this node to relay a sealed request to a lender.
+    InboundRelay {
+        /// The borrower (a roster member).
+        peer: lendmesh_protocol::PeerId,
+        /// The request.
+        req: RelayRequest,
+        /// Where to answer.
+        channel: ResponseChannel<RelayResponse>,
+    },
+    /// A relay forwards a sealed borrow request to this node (the lender).
+    InboundBorrow {
+        /// The relay (or, in best-effort mode, the borrower).
+        peer: lendmesh_protocol::PeerId,
+        /// The request.
+        req: BorrowRequest,
+        /// Where to answer.
+        channel: ResponseChannel<BorrowResponse>,
+    },
+    /// A lender asks this node (a replica) to record a claim.
+    InboundClaim {
+        /// The lender.
+        peer: lendmesh_protocol::PeerId,
+        /// The request.
+        req: ClaimRequest,
+        /// Where to answer.
+        channel: ResponseChannel<ClaimResponse>,
     },
     /// A gossip message awaiting validation (report it with [`NetworkHandle::report`]).
     Gossip {
@@ -160,6 +207,28 @@ enum Command {
         channel: ResponseChannel<IssueResponse>,
         resp: IssueResponse,
     },
+    Relay {
+        peer: lendmesh_protocol::PeerId,
+        req: RelayRequest,
+        reply: oneshot::Sender<Result<RelayResponse, NetError>>,
+    },
+    RespondRelay {
+        channel: ResponseChannel<RelayResponse>,
+        resp: RelayResponse,
+    },
+    Borrow {
+        peer: lendmesh_protocol::PeerId,
+        req: BorrowRequest,
+        reply: oneshot::Sender<Result<BorrowResponse, NetError>>,
+    },
+    RespondBorrow {
+        channel: ResponseChannel<BorrowResponse>,
+        resp: BorrowResponse,
+    },
+    RespondClaim {
+        channel: ResponseChannel<ClaimResponse>,
+        resp: ClaimResponse,
+    },
     Publish {
         msg: GossipMessage,
         reply: oneshot::Sender<Result<(), NetError>>,
@@ -185,6 +254,11 @@ impl std::fmt::Debug for Command {
         f.write_str(match self {
             Command::Issue { .. } => "Issue",
             Command::RespondIssue { .. } => "RespondIssue",
+            Command::Relay { .. } => "Relay",
+            Command::RespondRelay { .. } => "RespondRelay",
+            Command::Borrow { .. } => "Borrow",
+            Command::RespondBorrow { .. } => "RespondBorrow",
+            Command::RespondClaim { .. } => "RespondClaim",
             Command::Publish { .. } => "Publish",
             Command::Report { .. } => "Report",
             Command::Snapshot { .. } => "Snapshot",
@@ -210,6 +284,57 @@ impl NetworkHandle {
     /// Answers an inbound issue request.
     pub async fn respond_issue(&self, channel: ResponseChannel<IssueResponse>, resp: IssueResponse) {
         let _ = self.tx.send(Command::RespondIssue { channel, resp }).await;
+    }
+
+    /// Sends a sealed request to `relay` for `req.lender`.
+    pub async fn relay(
+        &self,
+        relay: lendmesh_protocol::PeerId,
+        req: RelayRequest,
+    ) -> Result<RelayResponse, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Relay {
+                peer: relay,
+                req,
+                reply,
+            })
+            .await
+            .map_err(|_| NetError::Stopped)?;
+        rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// Sends a sealed borrow request to a lender.
+    pub async fn borrow(
+        &self,
+        lender: lendmesh_protocol::PeerId,
+        req: BorrowRequest,
+    ) -> Result<BorrowResponse, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Borrow {
+                peer: lender,
+                req,
+                reply,
+            })
+            .await
+            .map_err(|_| NetError::Stopped)?;
+        rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// Answers an inbound relay request.
+    pub async fn respond_relay(&self, channel: ResponseChannel<RelayResponse>, resp: RelayResponse) {
+        let _ = self.tx.send(Command::RespondRelay { channel, resp }).await;
+    }
+
+    /// Answers an inbound borrow request.
+    pub async fn respond_borrow(&self, channel: ResponseChannel<BorrowResponse>, resp: BorrowResponse) {
+        let _ = self.tx.send(Command::RespondBorrow { channel, resp }).await;
+    }
+
+    /// Answers an inbound claim request.
+    pub async fn respond_claim(&self, channel: ResponseChannel<ClaimResponse>, resp: ClaimResponse) {
+        let _ = self.tx.send(Command::RespondClaim { channel, resp }).await;
     }
 
     /// Publishes on the group topic.
@@ -325,6 +450,21 @@ fn build_swarm(p: &NetworkParams, counters: &Arc<Counters>) -> anyhow::Result<Sw
                     issue: request_response::Behaviour::with_codec(
                         WireCodec::new(counters.clone()),
                         [(ISSUE_PROTOCOL, ProtocolSupport::Full)],
+                        rr.clone(),
+                    ),
+                    relay: request_response::Behaviour::with_codec(
+                        WireCodec::new(counters.clone()),
+                        [(RELAY_PROTOCOL, ProtocolSupport::Full)],
+                        rr.clone(),
+                    ),
+                    borrow: request_response::Behaviour::with_codec(
+                        WireCodec::new(counters.clone()),
+                        [(BORROW_PROTOCOL, ProtocolSupport::Full)],
+                        rr.clone(),
+                    ),
+                    claim: request_response::Behaviour::with_codec(
+                        WireCodec::new(counters.clone()),
+                        [(CLAIM_PROTOCOL, ProtocolSupport::Full)],
                         rr,
                     ),
                 })
@@ -373,6 +513,8 @@ pub fn spawn(
         events: event_tx,
         roster: params.roster,
         pending_issue: HashMap::new(),
+        pending_relay: HashMap::new(),
+        pending_borrow: HashMap::new(),
         counters,
         fingerprint: params.psk.fingerprint().to_string(),
     };
@@ -387,6 +529,8 @@ struct Network {
     events: mpsc::Sender<NetEvent>,
     roster: watch::Receiver<Arc<Roster>>,
     pending_issue: HashMap<OutboundRequestId, oneshot::Sender<Result<IssueResponse, NetError>>>,
+    pending_relay: HashMap<OutboundRequestId, oneshot::Sender<Result<RelayResponse, NetError>>>,
+    pending_borrow: HashMap<OutboundRequestId, oneshot::Sender<Result<BorrowResponse, NetError>>>,
     counters: Arc<Counters>,
     fingerprint: String,
 }
@@ -409,6 +553,12 @@ impl Network {
             }
         }
         for (_, reply) in self.pending_issue.drain() {
+            let _ = reply.send(Err(NetError::Stopped));
+        }
+        for (_, reply) in self.pending_relay.drain() {
+            let _ = reply.send(Err(NetError::Stopped));
+        }
+        for (_, reply) in self.pending_borrow.drain() {
             let _ = reply.send(Err(NetError::Stopped));
         }
         info!("network stopped");
@@ -445,6 +595,47 @@ impl Network {
                 {
                     warn!("issue response not sent: the requester went away");
                 }
+            }
+            Command::Relay { peer, req, reply } => {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .relay
+                    .send_request(&to_libp2p(&peer), req);
+                self.pending_relay.insert(id, reply);
+            }
+            Command::Borrow { peer, req, reply } => {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .borrow
+                    .send_request(&to_libp2p(&peer), req);
+                self.pending_borrow.insert(id, reply);
+            }
+            Command::RespondRelay { channel, resp } => {
+                if self
+                    .swarm
+                    .behaviour_mut()
+                    .relay
+                    .send_response(channel, resp)
+                    .is_err()
+                {
+                    debug!("relay response not sent: the borrower went away");
+                }
+            }
+            Command::RespondBorrow { channel, resp } => {
+                if self
+                    .swarm
+                    .behaviour_mut()
+                    .borrow
+                    .send_response(channel, resp)
+                    .is_err()
+                {
+                    debug!("borrow response not sent: the relay went away");
+                }
+            }
+            Command::RespondClaim { channel, resp } => {
+                let _ = self.swarm.behaviour_mut().claim.send_response(channel, resp);
             }
             Command::Publish { msg, reply } => {
                 let result = wire::encode(&msg)
@@ -582,6 +773,21 @@ impl Network {
     fn handle_behaviour_event(&mut self, event: BehaviourEvent) {
         match event {
             BehaviourEvent::Issue(e) => self.handle_issue_event(e),
+            BehaviourEvent::Relay(e) => {
+                if let Some((peer, req, channel)) = self.request_response_event(e, Pending::Relay) {
+                    self.emit(NetEvent::InboundRelay { peer, req, channel });
+                }
+            }
+            BehaviourEvent::Borrow(e) => {
+                if let Some((peer, req, channel)) = self.request_response_event(e, Pending::Borrow) {
+                    self.emit(NetEvent::InboundBorrow { peer, req, channel });
+                }
+            }
+            BehaviourEvent::Claim(e) => {
+                if let Some((peer, req, channel)) = self.request_response_event(e, Pending::None) {
+                    self.emit(NetEvent::InboundClaim { peer, req, channel });
+                }
+            }
             BehaviourEvent::Gossipsub(gossipsub::Event::Message {
                 propagation_source,
                 message_id,
@@ -680,6 +886,96 @@ impl Network {
                 warn!(%peer, %error, "inbound issue request failed (oversized or malformed frames end up here)");
             }
             request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+}
+
+/// Which pending map an outbound answer goes to.
+enum Pending {
+    Relay,
+    Borrow,
+    None,
+}
+
+/// Sends an answer (or failure) to whoever waits for a request id, if its type matches.
+trait Deliver<T> {
+    fn deliver(&mut self, which: &Pending, id: OutboundRequestId, r: Result<T, NetError>);
+}
+
+impl<T: 'static> Deliver<T> for Network {
+    fn deliver(&mut self, which: &Pending, id: OutboundRequestId, r: Result<T, NetError>) {
+        let any: Box<dyn std::any::Any> = Box::new(r);
+        match which {
+            Pending::Relay => {
+                if let (Some(reply), Ok(r)) = (
+                    self.pending_relay.remove(&id),
+                    any.downcast::<Result<RelayResponse, NetError>>(),
+                ) {
+                    let _ = reply.send(*r);
+                }
+            }
+            Pending::Borrow => {
+                if let (Some(reply), Ok(r)) = (
+                    self.pending_borrow.remove(&id),
+                    any.downcast::<Result<BorrowResponse, NetError>>(),
+                ) {
+                    let _ = reply.send(*r);
+                }
+            }
+            Pending::None => {}
+        }
+    }
+}
+
+impl Network {
+    /// Handles one request-response event: inbound requests from roster members are returned for the caller to
+    /// emit; answers and failures go to the waiting requester.
+    fn request_response_event<Req: 'static, Resp: 'static>(
+        &mut self,
+        event: request_response::Event<Req, Resp>,
+        which: Pending,
+    ) -> Option<(lendmesh_protocol::PeerId, Req, ResponseChannel<Resp>)> {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    if !self.allowed(&peer) {
+                        warn!(%peer, "request from a non-member ignored");
+                        return None;
+                    }
+                    to_proto(&peer).map(|p| (p, request, channel))
+                }
+                request_response::Message::Response { request_id, response } => {
+                    self.deliver(&which, request_id, Ok::<Resp, NetError>(response));
+                    None
+                }
+            },
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                let detail = error.to_string();
+                let err = match error {
+                    request_response::OutboundFailure::DialFailure
+                    | request_response::OutboundFailure::UnsupportedProtocols => NetError::Unreachable {
+                        peer: peer.to_string(),
+                        detail,
+                    },
+                    _ => NetError::Request {
+                        peer: peer.to_string(),
+                        detail,
+                    },
+                };
+                self.deliver(&which, request_id, Err::<Resp, NetError>(err));
+                None
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                self.counters.inc(&self.counters.inbound_failures);
+                warn!(%peer, %error, "inbound request failed");
+                None
+            }
+            request_response::Event::ResponseSent { .. } => None,
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Wires the actors together and runs a node until shutdown (`lendmesh run`).
+//! Wires the actors together and runs a node until shutdown (`lendmesh run`, `lendmesh demo`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,25 +7,31 @@ use std::time::Duration;
 
 use anyhow::Context;
 use lendmesh_protocol::PeerId;
-use lendmesh_protocol::issuer::Issuer;
+use lendmesh_protocol::issuer::{IssueError, Issuer};
+use lendmesh_protocol::redeemer::Redeemer;
+use lendmesh_protocol::routing::RoutingParams;
+use lendmesh_protocol::wire::{ClaimResponse, DeliveryFailure, IssueResponse, RelayResponse};
 use libp2p::Multiaddr;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
+use crate::borrow::Borrower;
 use crate::config::{Config, UpstreamKind};
 use crate::issuer::IssuerHandle;
-use crate::lender::LenderHandle;
+use crate::lender::{LenderHandle, OhttpKeys};
 use crate::member::{IssuerRoute, RefillConfig};
 use crate::metrics::Counters;
-use crate::network::{NetEvent, NetworkParams};
+use crate::network::{NetError, NetEvent, NetworkHandle, NetworkParams};
 use crate::peerbook::PeerBookHandle;
 use crate::store::{Store, StoreError};
 use crate::upstream::{MockUpstream, Upstream};
-use crate::{api, issuer, lender, member, network, now_ms, peerbook};
+use crate::{api, gateway, issuer, lender, member, network, now_ms, peerbook};
 
 /// How long shutdown waits for each task.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Relays forwarded at once; more are refused with `RelayBusy` (the borrower picks another relay or lender).
+pub const MAX_CONCURRENT_RELAYS: usize = 128;
 
 /// What `lendmesh run` resolved.
 #[derive(Debug, Clone)]
@@ -34,6 +40,33 @@ pub struct RunOptions {
     pub home: PathBuf,
     /// Effective settings (config file + flags).
     pub config: Config,
+}
+
+/// A started node: its addresses and its tasks.
+#[derive(Debug)]
+pub struct StartedNode {
+    /// This node.
+    pub peer_id: PeerId,
+    /// p2p addresses with `/p2p/<id>`.
+    pub p2p_addrs: Vec<Multiaddr>,
+    /// The API's address.
+    pub api_addr: SocketAddr,
+    /// The gateway's address.
+    pub gateway_addr: SocketAddr,
+    tasks: Vec<(&'static str, tokio::task::JoinHandle<()>)>,
+}
+
+impl StartedNode {
+    /// Waits for every task after `shutdown` was cancelled.
+    pub async fn join(self) {
+        for (name, task) in self.tasks {
+            match tokio::time::timeout(JOIN_TIMEOUT, task).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(task = name, %e, "task failed"),
+                Err(_) => warn!(task = name, "task did not stop in time"),
+            }
+        }
+    }
 }
 
 fn parse_addrs(list: &[String], what: &str) -> anyhow::Result<Vec<Multiaddr>> {
@@ -61,6 +94,16 @@ pub fn build_upstream(config: &Config, node_name: String) -> anyhow::Result<Arc<
 
 /// Runs a node until `shutdown` is cancelled, then stops every task.
 pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let node = start(opts, shutdown.clone()).await?;
+    shutdown.cancelled().await;
+    info!("shutting down");
+    node.join().await;
+    info!("stopped");
+    Ok(())
+}
+
+/// Starts every actor and server; returns once the node listens.
+pub async fn start(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Result<StartedNode> {
     let store = Store::open(&opts.home)?;
     let key = store.identity()?.ok_or_else(|| StoreError::NotInitialized {
         home: opts.home.clone(),
@@ -73,9 +116,30 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Resul
         )
     })?;
     let config = &opts.config;
+    if config.gateway.body_limit > lendmesh_protocol::wire::MAX_HTTP_MESSAGE - 64 * 1024 {
+        anyhow::bail!(
+            "gateway body_limit must be at most {} bytes",
+            lendmesh_protocol::wire::MAX_HTTP_MESSAGE - 64 * 1024
+        );
+    }
     let is_admin = group.admin == me;
     let counters = Arc::new(Counters::default());
     let (roster_tx, roster_rx) = watch::channel(Arc::new(group.roster().clone()));
+    // Bind the HTTP servers first: a port in use fails the start before anything else runs.
+    let api_addr: SocketAddr = config
+        .api
+        .addr
+        .parse()
+        .with_context(|| format!("API address '{}' is not host:port", config.api.addr))?;
+    let api_listener = api::bind(api_addr).await?;
+    let gateway_addr: SocketAddr = config
+        .gateway
+        .addr
+        .parse()
+        .with_context(|| format!("gateway address '{}' is not host:port", config.gateway.addr))?;
+    let gateway_listener = tokio::net::TcpListener::bind(gateway_addr)
+        .await
+        .with_context(|| format!("cannot bind the gateway on {gateway_addr}"))?;
 
     let mut bootstrap = parse_addrs(&group.bootstrap, "bootstrap")?;
     bootstrap.extend(parse_addrs(&config.network.bootstrap, "bootstrap")?);
@@ -105,8 +169,8 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Resul
     );
     let mut tasks = vec![("network", net_task), ("peerbook", book_task)];
 
+    let epoch = group.epoch_number();
     let issuer_handle = if is_admin {
-        let epoch = group.epoch_number();
         let secret = store.issuer_key(epoch)?.ok_or_else(|| {
             anyhow::anyhow!("this admin node has no issuer key for epoch {epoch}; the store is incomplete")
         })?;
@@ -132,10 +196,11 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Resul
         Some(h) => IssuerRoute::Local(h.clone()),
         None => IssuerRoute::Remote(net.clone(), group.admin),
     };
+    let issuer_key = group.issuer_key()?;
     let (member, member_task) = member::spawn(
         me,
-        group.epoch_number(),
-        group.issuer_key()?,
+        epoch,
+        issuer_key.clone(),
         route,
         RefillConfig {
             low_water: config.wallet.low_water,
@@ -147,6 +212,8 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Resul
     )?;
     tasks.push(("member", member_task));
 
+    let mut redeemer = Redeemer::new(me);
+    redeemer.accept_epoch(epoch, issuer_key);
     let (lender, lender_task) = lender::spawn(
         lender::LenderParams {
             me,
@@ -156,6 +223,8 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Resul
             upstream: upstream.clone(),
             reserve: config.lender.reserve,
             period: config.lender.attestation_period,
+            redeemer,
+            keys: OhttpKeys::generate()?,
         },
         store.clone(),
         net.clone(),
@@ -164,24 +233,46 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Resul
     );
     tasks.push(("lender", lender_task));
 
-    let dispatcher = tokio::spawn(dispatch(
-        net_events,
-        book.clone(),
-        issuer_handle.clone(),
-        lender,
-        net.clone(),
-        counters.clone(),
-    ));
-    tasks.push(("dispatcher", dispatcher));
+    let dispatcher = Dispatcher {
+        me,
+        book: book.clone(),
+        issuer: issuer_handle,
+        lender: lender.clone(),
+        net: net.clone(),
+        store: store.clone(),
+        epoch,
+        counters: counters.clone(),
+        relays: Arc::new(Semaphore::new(MAX_CONCURRENT_RELAYS)),
+        roster: roster_rx,
+    };
+    tasks.push(("dispatcher", tokio::spawn(dispatcher.run(net_events))));
 
-    let api_addr: SocketAddr = config
-        .api
-        .addr
-        .parse()
-        .with_context(|| format!("API address '{}' is not host:port", config.api.addr))?;
-    let listener = api::bind(api_addr).await?;
-    info!("api listening on http://{}", listener.local_addr()?);
-    let mut roles = vec!["member", "lender"];
+    let borrower = Borrower {
+        me,
+        peerbook: book.clone(),
+        member: member.clone(),
+        net: net.clone(),
+        policy: config.borrow.policy,
+        params: RoutingParams::default(),
+        privacy: config.borrow.privacy,
+        counters: counters.clone(),
+    };
+    let gateway_addr = gateway_listener.local_addr()?;
+    info!("gateway listening on http://{gateway_addr}");
+    let gw = gateway::GatewayState {
+        upstream: upstream.clone(),
+        borrower,
+        counters: counters.clone(),
+        body_limit: config.gateway.body_limit,
+    };
+    tasks.push((
+        "gateway",
+        tokio::spawn(gateway::serve(gateway_listener, gw, shutdown.clone())),
+    ));
+
+    let api_addr = api_listener.local_addr()?;
+    info!("api listening on http://{api_addr}");
+    let mut roles = vec!["member", "lender", "relay"];
     if is_admin {
         roles.extend(["admin", "issuer"]);
     }
@@ -192,71 +283,164 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Resul
         net: net.clone(),
         peerbook: book,
         member,
+        lender,
         counters,
         upstream: upstream.kind(),
+        privacy: config.borrow.privacy,
     };
-    tasks.push(("api", tokio::spawn(api::serve(listener, state, shutdown.clone()))));
+    tasks.push((
+        "api",
+        tokio::spawn(api::serve(api_listener, state, shutdown.clone())),
+    ));
 
-    shutdown.cancelled().await;
-    info!("shutting down");
-    for (name, task) in tasks {
-        match tokio::time::timeout(JOIN_TIMEOUT, task).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!(task = name, %e, "task failed"),
-            Err(_) => warn!(task = name, "task did not stop in time"),
+    // Wait (bounded) until the swarm reports its listen addresses.
+    let mut p2p_addrs = Vec::new();
+    for _ in 0..100 {
+        p2p_addrs = net.snapshot().await.listen_addrs;
+        if !p2p_addrs.is_empty() {
+            break;
         }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    drop(store);
-    info!("stopped");
-    Ok(())
+    let p2p_addrs = p2p_addrs
+        .into_iter()
+        .map(|a| a.with(libp2p::multiaddr::Protocol::P2p(crate::to_libp2p(&me))))
+        .collect();
+    Ok(StartedNode {
+        peer_id: me,
+        p2p_addrs,
+        api_addr,
+        gateway_addr,
+        tasks,
+    })
 }
 
-/// Routes network events to the actors that own them.
-async fn dispatch(
-    mut events: mpsc::Receiver<NetEvent>,
+/// Routes network events to the actors that own them, and relays.
+struct Dispatcher {
+    me: PeerId,
     book: PeerBookHandle,
     issuer: Option<IssuerHandle>,
     lender: LenderHandle,
-    net: network::NetworkHandle,
+    net: NetworkHandle,
+    store: Store,
+    epoch: u32,
     counters: Arc<Counters>,
-) {
-    while let Some(ev) = events.recv().await {
+    relays: Arc<Semaphore>,
+    roster: watch::Receiver<Arc<lendmesh_protocol::group::Roster>>,
+}
+
+impl Dispatcher {
+    async fn run(self, mut events: mpsc::Receiver<NetEvent>) {
+        while let Some(ev) = events.recv().await {
+            self.handle(ev).await;
+        }
+    }
+
+    async fn handle(&self, ev: NetEvent) {
         match ev {
-            NetEvent::InboundIssue { peer, req, channel } => match &issuer {
+            NetEvent::InboundIssue { peer, req, channel } => match &self.issuer {
                 Some(h) => {
                     if let Err(channel) = h.try_remote(peer, req, channel) {
                         warn!(peer = %peer.short(), "issuer busy; refusing the request");
-                        net.respond_issue(
-                            channel,
-                            lendmesh_protocol::wire::IssueResponse::Refused(
-                                lendmesh_protocol::issuer::IssueError::SigningFailed,
-                            ),
-                        )
-                        .await;
+                        self.net
+                            .respond_issue(channel, IssueResponse::Refused(IssueError::SigningFailed))
+                            .await;
                     }
                 }
                 None => {
                     warn!(peer = %peer.short(), "issue request sent to a node that is not the issuer");
-                    net.respond_issue(
-                        channel,
-                        lendmesh_protocol::wire::IssueResponse::Refused(
-                            lendmesh_protocol::issuer::IssueError::UnknownMember,
-                        ),
-                    )
-                    .await;
+                    self.net
+                        .respond_issue(channel, IssueResponse::Refused(IssueError::UnknownMember))
+                        .await;
                 }
             },
+            NetEvent::InboundRelay { peer, req, channel } => {
+                let lender = req.lender;
+                let ok_lender =
+                    lender != self.me && lender != peer && self.roster.borrow().is_active(&lender, now_ms());
+                if !ok_lender {
+                    self.counters.inc(&self.counters.relays_failed);
+                    self.net
+                        .respond_relay(channel, RelayResponse::Failed(DeliveryFailure::BadLender))
+                        .await;
+                    return;
+                }
+                let Ok(permit) = self.relays.clone().try_acquire_owned() else {
+                    self.counters.inc(&self.counters.relays_failed);
+                    self.net
+                        .respond_relay(channel, RelayResponse::Failed(DeliveryFailure::RelayBusy))
+                        .await;
+                    return;
+                };
+                let (net, counters) = (self.net.clone(), self.counters.clone());
+                tokio::spawn(async move {
+                    // The relay sees who talks to whom and the sizes; the payload is sealed to the lender.
+                    debug!(borrower = %peer.short(), lender = %lender.short(), bytes = req.sealed.len(), "relaying");
+                    let resp = match net
+                        .borrow(
+                            lender,
+                            lendmesh_protocol::wire::BorrowRequest { sealed: req.sealed },
+                        )
+                        .await
+                    {
+                        Ok(lendmesh_protocol::wire::BorrowResponse::Sealed { sealed }) => {
+                            counters.inc(&counters.relays_ok);
+                            RelayResponse::Delivered { sealed }
+                        }
+                        Ok(lendmesh_protocol::wire::BorrowResponse::Failed(f)) => {
+                            counters.inc(&counters.relays_failed);
+                            RelayResponse::Failed(f)
+                        }
+                        Err(NetError::Unreachable { .. }) => {
+                            counters.inc(&counters.relays_failed);
+                            RelayResponse::Failed(DeliveryFailure::LenderUnreachable)
+                        }
+                        Err(_) => {
+                            counters.inc(&counters.relays_failed);
+                            RelayResponse::Failed(DeliveryFailure::LenderTimeout)
+                        }
+                    };
+                    net.respond_relay(channel, resp).await;
+                    drop(permit);
+                });
+            }
+            NetEvent::InboundBorrow { peer, req, channel } => {
+                if let Err(channel) = self.lender.try_borrow(peer, req, channel) {
+                    self.net
+                        .respond_borrow(
+                            channel,
+                            lendmesh_protocol::wire::BorrowResponse::Failed(DeliveryFailure::LenderBusy),
+                        )
+                        .await;
+                }
+            }
+            NetEvent::InboundClaim { peer, req, channel } => {
+                let resp = if req.epoch != self.epoch {
+                    ClaimResponse::UnknownEpoch
+                } else {
+                    match self.store.record_claim(req.epoch, &req.token_hash, &req.claim_id) {
+                        Ok(true) => ClaimResponse::Granted,
+                        Ok(false) => ClaimResponse::Denied,
+                        Err(e) => {
+                            warn!(peer = %peer.short(), %e, "cannot record a claim");
+                            return;
+                        }
+                    }
+                };
+                self.counters.inc(&self.counters.claims_answered);
+                self.net.respond_claim(channel, resp).await;
+            }
             NetEvent::Subscribed { peer } => {
-                lender.nudge();
-                if !book.try_forward(NetEvent::Subscribed { peer }) {
-                    counters.inc(&counters.net_events_dropped);
-                }
+                self.lender.nudge();
+                self.forward(NetEvent::Subscribed { peer });
             }
-            other => {
-                if !book.try_forward(other) {
-                    counters.inc(&counters.net_events_dropped);
-                }
-            }
+            other => self.forward(other),
+        }
+    }
+
+    fn forward(&self, ev: NetEvent) {
+        if !self.book.try_forward(ev) {
+            self.counters.inc(&self.counters.net_events_dropped);
         }
     }
 }

@@ -50,6 +50,8 @@ pub struct PeerEntry {
     pub attestation: Option<(Attestation, u64)>,
     /// Last time anything was heard from the peer.
     pub last_seen_ms: Option<u64>,
+    /// Cooling down (after a refusal) until then.
+    pub cooling_until_ms: Option<u64>,
 }
 
 /// A peer's public view (no secrets).
@@ -92,8 +94,30 @@ pub struct AttestationView {
     pub seq: u64,
 }
 
+/// A lender candidate: what routing needs, plus its key config to seal to.
+#[derive(Clone, Debug)]
+pub struct LenderCandidate {
+    /// Routing view.
+    pub candidate: lendmesh_protocol::routing::Candidate,
+    /// Its OHTTP key config.
+    pub key_config: Vec<u8>,
+}
+
+/// What the borrower needs to route one request.
+#[derive(Clone, Debug, Default)]
+pub struct RoutingView {
+    /// Peers with a fresh attestation and a key config.
+    pub lenders: Vec<LenderCandidate>,
+    /// Connected active members (relay candidates).
+    pub connected: Vec<PeerId>,
+    /// Roster members other than this node.
+    pub known: usize,
+}
+
 enum Msg {
     Net(Box<NetEvent>),
+    Routing { reply: oneshot::Sender<RoutingView> },
+    CoolDown { peer: PeerId, until_ms: u64 },
     Peers { reply: oneshot::Sender<Vec<PeerView>> },
     Group { reply: oneshot::Sender<GroupState> },
 }
@@ -123,6 +147,20 @@ impl PeerBookHandle {
             return vec![];
         }
         rx.await.unwrap_or_default()
+    }
+
+    /// Lenders, relays and counts for routing one request.
+    pub async fn routing(&self) -> RoutingView {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Msg::Routing { reply }).await.is_err() {
+            return RoutingView::default();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Marks a lender as cooling down after a refusal.
+    pub async fn cool_down(&self, peer: PeerId, until_ms: u64) {
+        let _ = self.tx.send(Msg::CoolDown { peer, until_ms }).await;
     }
 
     /// The current group state.
@@ -186,6 +224,8 @@ impl PeerBook {
                 Some(msg) = self.rx.recv() => match msg {
                     Msg::Peers { reply } => { let _ = reply.send(self.views()); }
                     Msg::Group { reply } => { let _ = reply.send(self.group.clone()); }
+                    Msg::Routing { reply } => { let _ = reply.send(self.routing_view()); }
+                    Msg::CoolDown { peer, until_ms } => self.entry(peer).cooling_until_ms = Some(until_ms),
                     Msg::Net(ev) => self.handle_net(*ev).await,
                 },
             }
@@ -242,7 +282,10 @@ impl PeerBook {
                 let acceptance = self.handle_gossip(msg);
                 self.net.report(msg_id, propagation_source, acceptance).await;
             }
-            NetEvent::InboundIssue { .. } => {}
+            NetEvent::InboundIssue { .. }
+            | NetEvent::InboundRelay { .. }
+            | NetEvent::InboundBorrow { .. }
+            | NetEvent::InboundClaim { .. } => {}
         }
     }
 
@@ -319,6 +362,43 @@ impl PeerBook {
             {
                 e.attestation = None;
             }
+        }
+    }
+
+    fn routing_view(&self) -> RoutingView {
+        let now = now_ms();
+        let roster = self.group.roster();
+        let window = AcceptorConfig::default().window_ms;
+        let active = |p: &PeerId| p != &self.me && roster.is_active(p, now);
+        let lenders = self
+            .peers
+            .iter()
+            .filter(|(p, _)| active(p))
+            .filter_map(|(p, e)| {
+                let (att, _) = e.attestation.as_ref()?;
+                let age = now.saturating_sub(att.body.issued_at_ms);
+                (age <= window && !att.body.ohttp_key_config.is_empty()).then(|| LenderCandidate {
+                    candidate: lendmesh_protocol::routing::Candidate {
+                        peer: *p,
+                        headroom: att.body.headroom,
+                        attestation_age_ms: age,
+                        cooling_until_ms: e.cooling_until_ms,
+                    },
+                    key_config: att.body.ohttp_key_config.clone(),
+                })
+            })
+            .collect();
+        let connected = self
+            .peers
+            .iter()
+            .filter(|(p, e)| e.connected && active(p))
+            .map(|(p, _)| *p)
+            .collect();
+        let known = roster.member_ids().filter(|p| *p != &self.me).count();
+        RoutingView {
+            lenders,
+            connected,
+            known,
         }
     }
 

@@ -36,6 +36,7 @@ const QUOTA: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("quota");
 const WALLET: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("wallet");
 const PENDING: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("pending");
 const SPENT: TableDefinition<'_, &[u8], u64> = TableDefinition::new("spent");
+const CLAIMS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("claims");
 
 const K_SCHEMA: &str = "schema_version";
 const K_IDENTITY: &str = "identity";
@@ -191,6 +192,7 @@ impl Store {
             tx.open_table(WALLET)?;
             tx.open_table(PENDING)?;
             tx.open_table(SPENT)?;
+            tx.open_table(CLAIMS)?;
         }
         tx.commit()?;
         Ok(store)
@@ -402,6 +404,50 @@ impl Store {
             }
         }
         Ok(n)
+    }
+}
+
+impl Store {
+    /// As a replica (DESIGN §7): records the first claim of a token durably; answers whether `claim_id` is it.
+    pub fn record_claim(
+        &self,
+        epoch: u32,
+        hash: &TokenHash,
+        claim_id: &[u8; 16],
+    ) -> Result<bool, StoreError> {
+        let key = spent_key(epoch, hash);
+        let tx = self.db.begin_write()?;
+        let granted = {
+            let mut t = tx.open_table(CLAIMS)?;
+            let existing = t.get(key.as_slice())?.map(|v| v.value().to_vec());
+            match existing {
+                Some(first) => first.as_slice() == claim_id.as_slice(),
+                None => {
+                    t.insert(key.as_slice(), claim_id.as_slice())?;
+                    true
+                }
+            }
+        };
+        tx.commit()?;
+        Ok(granted)
+    }
+
+    /// Every spent token hash of an epoch (for audits and tests).
+    pub fn spent_hashes(&self, epoch: u32) -> Result<Vec<TokenHash>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(SPENT)?;
+        let prefix = epoch.to_be_bytes();
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (k, _) = row?;
+            let k = k.value();
+            if k.starts_with(&prefix) && k.len() == 36 {
+                let mut h = [0u8; 32];
+                h.copy_from_slice(&k[4..]);
+                out.push(TokenHash(h));
+            }
+        }
+        Ok(out)
     }
 }
 

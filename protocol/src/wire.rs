@@ -96,6 +96,10 @@ pub enum MessageKind {
     InnerBorrowRequest = 10,
     /// [`InnerBorrowResponse`].
     InnerBorrowResponse = 11,
+    /// [`HttpRequest`].
+    HttpRequest = 12,
+    /// [`HttpResponse`].
+    HttpResponse = 13,
 }
 
 /// A message with a kind byte and a size limit.
@@ -308,6 +312,32 @@ pub enum InnerBorrowResponse {
     },
 }
 
+/// The HTTP request a borrower asks a lender to make (the `http_request` bytes of [`InnerBorrowRequest`]).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct HttpRequest {
+    /// Method, e.g. `POST`.
+    pub method: String,
+    /// Path and query, e.g. `/v1/chat/completions`.
+    pub path_and_query: String,
+    /// End-to-end headers (hop-by-hop and identifying ones are stripped by the borrower's gateway).
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Body.
+    #[serde(with = "serde_bytes_compat::vec")]
+    pub body: Vec<u8>,
+}
+
+/// The upstream's answer, as the lender returns it (the `http_response` bytes of [`InnerBorrowResponse`]).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct HttpResponse {
+    /// Status code.
+    pub status: u16,
+    /// Headers.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Body.
+    #[serde(with = "serde_bytes_compat::vec")]
+    pub body: Vec<u8>,
+}
+
 /// A lender asks a replica to record its claim of a token (`/lendmesh/claim/1`, DESIGN §7).
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct ClaimRequest {
@@ -362,6 +392,8 @@ wire_message! {
     ClaimRequest => ClaimRequest, 256;
     ClaimResponse => ClaimResponse, 16;
     GossipMessage => Gossip, MAX_GOSSIP_FRAME;
+    HttpRequest => HttpRequest, MAX_HTTP_MESSAGE;
+    HttpResponse => HttpResponse, MAX_HTTP_MESSAGE;
 }
 
 #[cfg(test)]

@@ -1,0 +1,232 @@
+//! The gateway tools call (DESIGN §11): any method and path on `127.0.0.1:8640` by default.
+//!
+//! While this member's own upstream has headroom the request is served from it, with no token; otherwise it is
+//! borrowed (see [`crate::borrow`]). The response keeps its status and headers (hop-by-hop ones removed).
+//!
+//! Before a request leaves the node these request headers are stripped:
+//! - hop-by-hop: `Connection`, `Keep-Alive`, `Proxy-Connection`, `Proxy-Authenticate`, `Proxy-Authorization`, `TE`,
+//!   `Trailer`, `Transfer-Encoding`, `Upgrade`, `Content-Length` (recomputed) and any header `Connection` names;
+//! - identifying: `Host`, `Authorization` (the upstream's key is the lender's), `Cookie`, `Forwarded`,
+//!   `X-Forwarded-*`, `X-Real-IP`, `Via`, `Referer`, `Origin`, `User-Agent`, `From`.
+//!
+//! Bodies are limited (default 1 MiB each way; a clear 413 / 502). Streaming (SSE) responses are buffered and
+//! reach the tool whole; true streaming comes later. Every failure is JSON: `{"error": code, "message": sentence}`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue, Response, StatusCode};
+use lendmesh_protocol::wire::{HttpRequest, HttpResponse};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::borrow::Borrower;
+use crate::metrics::Counters;
+use crate::now_ms;
+use crate::upstream::{Upstream, UpstreamRequest};
+
+/// Default request and response body limit.
+pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+];
+const IDENTIFYING: &[&str] = &[
+    "host",
+    "authorization",
+    "cookie",
+    "forwarded",
+    "x-real-ip",
+    "via",
+    "referer",
+    "origin",
+    "user-agent",
+    "from",
+];
+
+/// The gateway's state.
+#[derive(Clone)]
+pub struct GatewayState {
+    /// This member's upstream.
+    pub upstream: Arc<dyn Upstream>,
+    /// The borrower.
+    pub borrower: Borrower,
+    /// Counters.
+    pub counters: Arc<Counters>,
+    /// Body limit, each way.
+    pub body_limit: usize,
+}
+
+impl std::fmt::Debug for GatewayState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayState")
+            .field("body_limit", &self.body_limit)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Serves the gateway until shutdown.
+pub async fn serve(listener: tokio::net::TcpListener, state: GatewayState, shutdown: CancellationToken) {
+    let app = Router::new().fallback(handle).with_state(Arc::new(state));
+    let _ = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
+}
+
+/// A JSON error for the tool.
+pub fn error_response(status: u16, code: &str, message: &str, retry_after_s: Option<u64>) -> Response<Body> {
+    let body = json!({ "error": code, "message": message }).to_string();
+    let mut resp = Response::new(Body::from(body));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    resp.headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
+    if let Some(s) = retry_after_s
+        && let Ok(v) = HeaderValue::from_str(&s.to_string())
+    {
+        resp.headers_mut().insert("retry-after", v);
+    }
+    resp
+}
+
+/// Headers that may leave the node.
+pub fn outbound_headers(headers: &axum::http::HeaderMap) -> Vec<(String, Vec<u8>)> {
+    let named_by_connection: Vec<String> = headers
+        .get_all("connection")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .collect();
+    headers
+        .iter()
+        .filter(|(k, _)| {
+            let k = k.as_str();
+            !HOP_BY_HOP.contains(&k)
+                && !IDENTIFYING.contains(&k)
+                && !k.starts_with("x-forwarded-")
+                && !named_by_connection.iter().any(|n| n == k)
+        })
+        .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+async fn handle(State(s): State<Arc<GatewayState>>, req: Request) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, s.body_limit).await {
+        Ok(b) => b.to_vec(),
+        Err(_) => {
+            return error_response(
+                413,
+                "body_too_large",
+                &format!("request body exceeds the gateway's {}-byte limit", s.body_limit),
+                None,
+            );
+        }
+    };
+    let http = HttpRequest {
+        method: parts.method.as_str().to_string(),
+        path_and_query: parts
+            .uri
+            .path_and_query()
+            .map_or("/".to_string(), |p| p.as_str().to_string()),
+        headers: outbound_headers(&parts.headers),
+        body,
+    };
+    // Own capacity first: no token needed.
+    if let Some(permit) = s.upstream.try_acquire(now_ms(), 0) {
+        let req = UpstreamRequest {
+            method: http.method,
+            path_and_query: http.path_and_query,
+            headers: http.headers,
+            body: http.body,
+        };
+        return match s.upstream.call(permit, req).await {
+            Ok(r) => {
+                s.counters.inc(&s.counters.served_locally);
+                to_response(
+                    HttpResponse {
+                        status: r.status,
+                        headers: r.headers,
+                        body: r.body,
+                    },
+                    s.body_limit,
+                )
+            }
+            Err(e) => error_response(
+                502,
+                "upstream_error",
+                &format!("this member's upstream failed: {e}"),
+                None,
+            ),
+        };
+    }
+    match s.borrower.borrow(http).await {
+        Ok(resp) => to_response(resp, s.body_limit),
+        Err(e) => {
+            debug!(code = e.code(), %e, "borrow failed");
+            error_response(e.status(), e.code(), &e.to_string(), e.retry_after_s())
+        }
+    }
+}
+
+fn to_response(r: HttpResponse, limit: usize) -> Response<Body> {
+    if r.body.len() > limit {
+        return error_response(
+            502,
+            "response_too_large",
+            &format!("the upstream's response exceeds the gateway's {limit}-byte limit"),
+            None,
+        );
+    }
+    let mut resp = Response::new(Body::from(r.body));
+    *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    for (k, v) in r.headers {
+        let lower = k.to_ascii_lowercase();
+        if HOP_BY_HOP.contains(&lower.as_str()) {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_bytes(&v)) {
+            resp.headers_mut().append(name, value);
+        }
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifying_and_hop_by_hop_headers_are_stripped() {
+        let mut h = axum::http::HeaderMap::new();
+        for (k, v) in [
+            ("host", "x"),
+            ("authorization", "Bearer secret"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("connection", "keep-alive, x-private"),
+            ("x-private", "1"),
+            ("user-agent", "tool/1.0"),
+            ("content-type", "application/json"),
+            ("x-request-kind", "chat"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        let out: Vec<String> = outbound_headers(&h).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            out,
+            vec!["content-type".to_string(), "x-request-kind".to_string()]
+        );
+    }
+}
