@@ -133,5 +133,6 @@ fn counters_json(c: &Counters) -> serde_json::Value {
         "relays_ok": Counters::get(&c.relays_ok),
         "relays_failed": Counters::get(&c.relays_failed),
         "claims_answered": Counters::get(&c.claims_answered),
+        "lends_in_flight": Counters::get(&c.lends_in_flight),
     })
 }

@@ -239,10 +239,15 @@ impl Borrower {
                 http_request: http_bytes.clone(),
             };
             let mut attempt = self.attempt(lender, relay, &key_config, &inner).await;
-            if matches!(attempt, Attempt::Ambiguous(_)) {
+            if let Attempt::Ambiguous(first) = &attempt {
                 // Same request id and spend, same lender, another relay if there is one: answered idempotently.
+                let first = first.clone();
                 let other = routing::choose_relay(&self.me, &lender, &view.connected, &mut rng);
-                attempt = self.attempt(lender, other.or(relay), &key_config, &inner).await;
+                attempt = match self.attempt(lender, other.or(relay), &key_config, &inner).await {
+                    // Only the lender's own answer settles it; a delivery failure leaves it ambiguous.
+                    Attempt::Unspent { why, .. } => Attempt::Ambiguous(format!("{first}; retry: {why}")),
+                    settled => settled,
+                };
             }
             tried.push(lender);
             match attempt {

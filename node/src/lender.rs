@@ -367,6 +367,7 @@ impl Lender {
             return;
         }
         self.in_flight += 1;
+        self.counters.inc(&self.counters.lends_in_flight);
         self.idem
             .insert(inner.request_id, Idem::InFlight(vec![(server_response, channel)]));
         self.idem_order.push_back(inner.request_id);
@@ -398,6 +399,7 @@ impl Lender {
         record: LendRecord,
     ) {
         self.in_flight = self.in_flight.saturating_sub(1);
+        self.counters.dec(&self.counters.lends_in_flight);
         match &response {
             InnerBorrowResponse::Served { .. } => self.counters.inc(&self.counters.lends_served),
             InnerBorrowResponse::Refused { .. } => self.counters.inc(&self.counters.lends_refused),

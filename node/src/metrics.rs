@@ -44,6 +44,8 @@ pub struct Counters {
     pub relays_ok: AtomicU64,
     /// Relays that failed.
     pub relays_failed: AtomicU64,
+    /// Borrows being served right now (a gauge).
+    pub lends_in_flight: AtomicU64,
     /// Claims answered as a replica.
     pub claims_answered: AtomicU64,
 }

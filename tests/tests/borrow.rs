@@ -185,3 +185,71 @@ fn fifty_requests_borrowed_through_relays_never_reveal_the_borrower() {
     }
     assert!(a.stop());
 }
+
+#[test]
+fn killing_the_lender_mid_request_gives_a_response_or_a_clear_504_and_no_double_count() {
+    let g = group(3);
+    let common = ["--attestation-period", "1s", "--gateway", "127.0.0.1:0"];
+    // A borrows everything; R relays (no capacity); B and C lend slowly so the request is in flight for a while.
+    let mut a = RunningNode::start(g.admin.path(), &[&common[..], &["--mock-capacity", "0", "--low-water", "10"]].concat());
+    let boot = a.p2p_addr.clone();
+    let relay_args = [&common[..], &["--mock-capacity", "0", "--bootstrap", &boot]].concat();
+    let lender_args = [&common[..], &["--mock-capacity", "40", "--mock-latency", "3s", "--bootstrap", &boot]].concat();
+    let mut r = RunningNode::start(g.homes[0].path(), &relay_args);
+    let mut b = RunningNode::start(g.homes[1].path(), &lender_args);
+    let mut c = RunningNode::start(g.homes[2].path(), &lender_args);
+    for n in [&mut a, &mut r, &mut b, &mut c] {
+        ready(n, 3);
+    }
+    a.wait_until("tokens", WAIT, |n| n.get("/v1/node").1["wallet_balance"].as_u64().unwrap_or(0) >= 5);
+    let gw = gateway_addr(&a);
+    let request = std::thread::spawn(move || gateway(&gw, "GET", "/slow", ""));
+    // Find the chosen lender and kill it while it works.
+    let deadline = std::time::Instant::now() + WAIT;
+    let chosen_b = loop {
+        if counter(&b, "lends_in_flight") > 0 {
+            break true;
+        }
+        if counter(&c, "lends_in_flight") > 0 {
+            break false;
+        }
+        assert!(std::time::Instant::now() < deadline, "no lender picked the request up");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    eprintln!(
+        "B {} in-flight {}, C {} in-flight {}, chosen_b {chosen_b}",
+        b.get("/v1/node").1["peer_id"],
+        counter(&b, "lends_in_flight"),
+        c.get("/v1/node").1["peer_id"],
+        counter(&c, "lends_in_flight")
+    );
+    let (killed, survivor) = if chosen_b { (b, c) } else { (c, b) };
+    let killed_home = killed.home.clone();
+    killed.kill9();
+    let (status, body) = request.join().unwrap();
+    if status == 200 {
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let survivor_short = survivor.get("/v1/node").1["peer_id"].as_str().unwrap().to_string();
+        assert!(
+            survivor_short.ends_with(v["served_by"].as_str().unwrap()),
+            "retried elsewhere: {body}; survivor {survivor_short}, killed {}\nA's log:\n{}",
+            killed_home.display(),
+            a.log()
+        );
+    } else {
+        assert_eq!(status, 504, "a clear timeout: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"], "lender_timeout");
+    }
+    // No token counted twice: whatever the killed lender claimed is not what the survivor served.
+    let (_, lends) = survivor.get("/v1/lends");
+    let survivor_tokens: HashSet<String> =
+        lends["lends"].as_array().unwrap().iter().map(|r| r["token_hash"].as_str().unwrap().to_string()).collect();
+    let killed_store = lendmesh_node::store::Store::open(&killed_home).unwrap();
+    for h in killed_store.spent_hashes(1).unwrap() {
+        assert!(!survivor_tokens.contains(&h.to_string()), "token {h} counted at two lenders");
+    }
+    assert!(survivor.stop());
+    assert!(r.stop());
+    assert!(a.stop());
+}
