@@ -62,8 +62,30 @@ impl request_response::Codec for RawCodec {
 pub struct RogueBehaviour {
     /// Gossip without validation.
     pub gossipsub: gossipsub::Behaviour,
-    /// Raw requests on one protocol.
-    pub raw: request_response::Behaviour<RawCodec>,
+    /// Raw requests on `/lendmesh/issue/1`.
+    pub issue: request_response::Behaviour<RawCodec>,
+    /// Raw requests on `/lendmesh/relay/1`.
+    pub relay: request_response::Behaviour<RawCodec>,
+    /// Raw requests on `/lendmesh/borrow/1`.
+    pub borrow: request_response::Behaviour<RawCodec>,
+    /// Raw requests on `/lendmesh/claim/1`.
+    pub claim: request_response::Behaviour<RawCodec>,
+}
+
+/// The node's request-response protocols.
+pub const PROTOCOLS: [&str; 4] = [
+    "/lendmesh/issue/1",
+    "/lendmesh/relay/1",
+    "/lendmesh/borrow/1",
+    "/lendmesh/claim/1",
+];
+
+fn raw_behaviour(protocol: &'static str) -> request_response::Behaviour<RawCodec> {
+    request_response::Behaviour::with_codec(
+        RawCodec,
+        [(StreamProtocol::new(protocol), ProtocolSupport::Full)],
+        request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+    )
 }
 
 /// A rogue member.
@@ -79,8 +101,8 @@ impl std::fmt::Debug for Rogue {
 }
 
 impl Rogue {
-    /// Builds a rogue with `key` and the group's `psk`, speaking raw bytes on `protocol`.
-    pub fn new(key: libp2p::identity::Keypair, psk: [u8; 32], protocol: &'static str) -> Rogue {
+    /// Builds a rogue with `key` and the group's `psk`, speaking raw bytes on every lendmesh protocol.
+    pub fn new(key: libp2p::identity::Keypair, psk: [u8; 32]) -> Rogue {
         let psk = PreSharedKey::new(psk);
         let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
             .with_tokio()
@@ -105,11 +127,10 @@ impl Rogue {
                         .unwrap(),
                 )
                 .unwrap(),
-                raw: request_response::Behaviour::with_codec(
-                    RawCodec,
-                    [(StreamProtocol::new(protocol), ProtocolSupport::Full)],
-                    request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
-                ),
+                issue: raw_behaviour(PROTOCOLS[0]),
+                relay: raw_behaviour(PROTOCOLS[1]),
+                borrow: raw_behaviour(PROTOCOLS[2]),
+                claim: raw_behaviour(PROTOCOLS[3]),
             })
             .unwrap()
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
@@ -133,23 +154,44 @@ impl Rogue {
             .expect("rogue connects within 20 s")
     }
 
-    /// Sends raw bytes as a request; returns Ok(response bytes) or Err(failure text). Bounded.
-    pub async fn raw_request(&mut self, peer: PeerId, bytes: Vec<u8>) -> Result<Vec<u8>, String> {
-        let id = self.swarm.behaviour_mut().raw.send_request(&peer, bytes);
+    /// Sends raw bytes as a request on `protocol` (one of [`PROTOCOLS`]); returns Ok(response bytes) or
+    /// Err(failure text). Bounded.
+    pub async fn raw_request(
+        &mut self,
+        protocol: &str,
+        peer: PeerId,
+        bytes: Vec<u8>,
+    ) -> Result<Vec<u8>, String> {
+        let b = self.swarm.behaviour_mut();
+        let id = match protocol {
+            "/lendmesh/issue/1" => b.issue.send_request(&peer, bytes),
+            "/lendmesh/relay/1" => b.relay.send_request(&peer, bytes),
+            "/lendmesh/borrow/1" => b.borrow.send_request(&peer, bytes),
+            _ => b.claim.send_request(&peer, bytes),
+        };
         let fut = async {
             loop {
-                match self.swarm.select_next_some().await {
-                    SwarmEvent::Behaviour(RogueBehaviourEvent::Raw(request_response::Event::Message {
-                        message: request_response::Message::Response { request_id, response },
-                        ..
-                    })) if request_id == id => return Ok(response),
-                    SwarmEvent::Behaviour(RogueBehaviourEvent::Raw(
-                        request_response::Event::OutboundFailure {
-                            request_id, error, ..
-                        },
-                    )) if request_id == id => return Err(error.to_string()),
+                let event = match self.swarm.select_next_some().await {
+                    SwarmEvent::Behaviour(
+                        RogueBehaviourEvent::Issue(e)
+                        | RogueBehaviourEvent::Relay(e)
+                        | RogueBehaviourEvent::Borrow(e)
+                        | RogueBehaviourEvent::Claim(e),
+                    ) => e,
                     SwarmEvent::ConnectionClosed { peer_id, .. } if peer_id == peer => {
                         return Err("connection closed".into());
+                    }
+                    _ => continue,
+                };
+                match event {
+                    request_response::Event::Message {
+                        message: request_response::Message::Response { request_id, response },
+                        ..
+                    } if request_id == id => return Ok(response),
+                    request_response::Event::OutboundFailure {
+                        request_id, error, ..
+                    } if request_id == id => {
+                        return Err(error.to_string());
                     }
                     _ => {}
                 }

@@ -191,17 +191,33 @@ fn killing_the_lender_mid_request_gives_a_response_or_a_clear_504_and_no_double_
     let g = group(3);
     let common = ["--attestation-period", "1s", "--gateway", "127.0.0.1:0"];
     // A borrows everything; R relays (no capacity); B and C lend slowly so the request is in flight for a while.
-    let mut a = RunningNode::start(g.admin.path(), &[&common[..], &["--mock-capacity", "0", "--low-water", "10"]].concat());
+    let mut a = RunningNode::start(
+        g.admin.path(),
+        &[&common[..], &["--mock-capacity", "0", "--low-water", "10"]].concat(),
+    );
     let boot = a.p2p_addr.clone();
     let relay_args = [&common[..], &["--mock-capacity", "0", "--bootstrap", &boot]].concat();
-    let lender_args = [&common[..], &["--mock-capacity", "40", "--mock-latency", "3s", "--bootstrap", &boot]].concat();
+    let lender_args = [
+        &common[..],
+        &[
+            "--mock-capacity",
+            "40",
+            "--mock-latency",
+            "3s",
+            "--bootstrap",
+            &boot,
+        ],
+    ]
+    .concat();
     let mut r = RunningNode::start(g.homes[0].path(), &relay_args);
     let mut b = RunningNode::start(g.homes[1].path(), &lender_args);
     let mut c = RunningNode::start(g.homes[2].path(), &lender_args);
     for n in [&mut a, &mut r, &mut b, &mut c] {
         ready(n, 3);
     }
-    a.wait_until("tokens", WAIT, |n| n.get("/v1/node").1["wallet_balance"].as_u64().unwrap_or(0) >= 5);
+    a.wait_until("tokens", WAIT, |n| {
+        n.get("/v1/node").1["wallet_balance"].as_u64().unwrap_or(0) >= 5
+    });
     let gw = gateway_addr(&a);
     let request = std::thread::spawn(move || gateway(&gw, "GET", "/slow", ""));
     // Find the chosen lender and kill it while it works.
@@ -213,7 +229,10 @@ fn killing_the_lender_mid_request_gives_a_response_or_a_clear_504_and_no_double_
         if counter(&c, "lends_in_flight") > 0 {
             break false;
         }
-        assert!(std::time::Instant::now() < deadline, "no lender picked the request up");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no lender picked the request up"
+        );
         std::thread::sleep(Duration::from_millis(10));
     };
     eprintln!(
@@ -229,7 +248,10 @@ fn killing_the_lender_mid_request_gives_a_response_or_a_clear_504_and_no_double_
     let (status, body) = request.join().unwrap();
     if status == 200 {
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        let survivor_short = survivor.get("/v1/node").1["peer_id"].as_str().unwrap().to_string();
+        let survivor_short = survivor.get("/v1/node").1["peer_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
         assert!(
             survivor_short.ends_with(v["served_by"].as_str().unwrap()),
             "retried elsewhere: {body}; survivor {survivor_short}, killed {}\nA's log:\n{}",
@@ -243,11 +265,18 @@ fn killing_the_lender_mid_request_gives_a_response_or_a_clear_504_and_no_double_
     }
     // No token counted twice: whatever the killed lender claimed is not what the survivor served.
     let (_, lends) = survivor.get("/v1/lends");
-    let survivor_tokens: HashSet<String> =
-        lends["lends"].as_array().unwrap().iter().map(|r| r["token_hash"].as_str().unwrap().to_string()).collect();
+    let survivor_tokens: HashSet<String> = lends["lends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["token_hash"].as_str().unwrap().to_string())
+        .collect();
     let killed_store = lendmesh_node::store::Store::open(&killed_home).unwrap();
     for h in killed_store.spent_hashes(1).unwrap() {
-        assert!(!survivor_tokens.contains(&h.to_string()), "token {h} counted at two lenders");
+        assert!(
+            !survivor_tokens.contains(&h.to_string()),
+            "token {h} counted at two lenders"
+        );
     }
     assert!(survivor.stop());
     assert!(r.stop());

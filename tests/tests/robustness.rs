@@ -94,7 +94,8 @@ fn oversized_frames_and_garbage_gossip_are_counted_and_the_node_keeps_running() 
     );
     assert!(out.contains("created group"));
     // The rogue is a real member: it has the key and is on the roster.
-    let key = libp2p::identity::Keypair::generate_ed25519();
+    let rogue_key_bytes = [0x5a_u8; 32];
+    let key = libp2p::identity::Keypair::ed25519_from_bytes(rogue_key_bytes).unwrap();
     let rogue_id = key.public().to_peer_id().to_string();
     let invite = admin.path().join("rogue.txt");
     cli_ok(
@@ -112,45 +113,72 @@ fn oversized_frames_and_garbage_gossip_are_counted_and_the_node_keeps_running() 
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut rogue = Rogue::new(key, psk, "/lendmesh/issue/1");
+        let mut rogue = Rogue::new(key, psk);
         let peer = rogue.connect(addr).await;
-        // 1 MiB on the issue protocol (limit 64 KiB): the stream fails, nothing is decoded.
-        let result = rogue.raw_request(peer, vec![0xAB; 1 << 20]).await;
-        assert!(
-            result.is_err() || result.as_ref().is_ok_and(|r| r.is_empty()),
-            "oversized frame answered: {result:?}"
-        );
-        // Garbage that fits the limit is refused too.
-        let result = rogue.raw_request(peer, vec![1, 1, 0xff, 0xff, 0xff]).await;
-        assert!(
-            result.is_err() || result.as_ref().is_ok_and(|r| r.is_empty()),
-            "garbage answered: {result:?}"
-        );
+        for protocol in lendmesh_tests::rogue::PROTOCOLS {
+            // Over the protocol's limit (64 KiB for issue, 256 B for claim, 8 MiB + 16 KiB for relay and borrow):
+            // the stream fails, nothing is decoded.
+            let size = if protocol.contains("relay") || protocol.contains("borrow") {
+                9 << 20
+            } else {
+                1 << 20
+            };
+            let result = rogue.raw_request(protocol, peer, vec![0xAB; size]).await;
+            assert!(
+                result.is_err() || result.as_ref().is_ok_and(|r| r.is_empty()),
+                "{protocol}: oversized frame answered: {result:?}"
+            );
+            // Garbage that fits the limit is refused too.
+            let result = rogue
+                .raw_request(protocol, peer, vec![1, 1, 0xff, 0xff, 0xff])
+                .await;
+            assert!(
+                result.is_err() || result.as_ref().is_ok_and(|r| r.is_empty()),
+                "{protocol}: garbage answered: {result:?}"
+            );
+        }
         // Garbage gossip on the group topic.
         rogue
             .publish_when_ready(&topic, peer, b"not a lendmesh message".to_vec())
             .await;
+        // A well-formed attestation tagged with the wrong group key (a forger without the key).
+        let forged = forged_attestation(&rogue_key_bytes, parsed.group_id);
+        rogue.publish_when_ready(&topic, peer, forged).await;
     });
     let mut node = node;
+    let counter = |n: &RunningNode, name: &str| n.get("/v1/node").1["counters"][name].as_u64().unwrap_or(0);
     node.wait_until(
-        "the oversized frames to be counted",
+        "the oversized and garbage frames to be counted",
         Duration::from_secs(20),
-        |n| {
-            n.get("/v1/node").1["counters"]["inbound_failures"]
-                .as_u64()
-                .unwrap_or(0)
-                >= 2
-        },
+        |n| counter(n, "inbound_failures") >= 8,
     );
     node.wait_until("the garbage gossip to be counted", Duration::from_secs(20), |n| {
-        n.get("/v1/node").1["counters"]["gossip_malformed"]
-            .as_u64()
-            .unwrap_or(0)
-            >= 1
+        counter(n, "gossip_malformed") >= 1
     });
+    node.wait_until(
+        "the forged attestation to be rejected",
+        Duration::from_secs(20),
+        |n| counter(n, "attestations_rejected") >= 1,
+    );
     // Still serving.
     let (status, body) = node.get("/v1/node");
     assert_eq!(status, 200);
     assert_eq!(body["group"]["name"], "g");
     assert!(node.stop());
+}
+
+fn forged_attestation(seed: &[u8; 32], group: lendmesh_protocol::GroupId) -> Vec<u8> {
+    use lendmesh_protocol::attestation::{Attestation, AttestationBody, AttestationKey, HeadroomBucket};
+    let key = ed25519_dalek::SigningKey::from_bytes(seed);
+    let body = AttestationBody {
+        group_id: group,
+        peer_id: lendmesh_protocol::PeerId::from_public_key(&key.verifying_key()),
+        seq: 1,
+        issued_at_ms: lendmesh_node::now_ms(),
+        headroom: HeadroomBucket::High,
+        window_resets_at_ms: lendmesh_node::now_ms() + 60_000,
+        ohttp_key_config: vec![],
+    };
+    let att = Attestation::create(body, &AttestationKey::from_bytes([9; 32]), &key).unwrap();
+    lendmesh_protocol::wire::encode(&lendmesh_protocol::wire::GossipMessage::Attestation(att)).unwrap()
 }
