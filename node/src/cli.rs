@@ -64,6 +64,11 @@ pub enum Command {
     /// Show settings.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Run a whole group on loopback with mock upstreams, send a workload, and show who served what.
+    #[command(
+        after_help = "Examples:\n  lendmesh demo\n  lendmesh demo --members 7 --requests 200 --seed 3 --keep-running"
+    )]
+    Demo(crate::demo::DemoArgs),
 }
 
 /// `lendmesh group …`
@@ -285,6 +290,11 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
             out(config.to_toml());
             Ok(())
         }
+        Command::Demo(args) => {
+            init_logging(format, "warn");
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(crate::demo::run(args))
+        }
         Command::Run(args) => {
             init_logging(format, "info,libp2p_gossipsub=warn,libp2p_kad=warn");
             let config = args.apply(config);
@@ -398,44 +408,9 @@ fn cmd_group(home: &Path, config: &Config, cmd: GroupCommand) -> anyhow::Result<
         if epoch_days == 0 || epoch_days > 365 {
             bail!("--epoch-days must be between 1 and 365");
         }
-        let mut rng = rand::rngs::OsRng;
-        let now = now_ms();
-        let group_id = GroupId::random(&mut rng);
         out(format!("generating a {rsa_bits}-bit issuer key…"));
-        let issuer_key = SecretKey::generate(size, &mut rng)?;
-        let roster = Roster {
-            group_id,
-            version: 1,
-            admin: me,
-            members: vec![RosterEntry {
-                peer: me,
-                quota_per_epoch: quota,
-                expires_at_ms: now + 3650 * DAY_MS,
-            }],
-            removed: vec![],
-        };
-        let signed_roster = roster.sign(&key)?;
-        let epoch = EpochAnnouncement {
-            group_id,
-            epoch: 1,
-            starts_at_ms: now,
-            ends_at_ms: now + epoch_days * DAY_MS,
-            issuer_key_spki: issuer_key.public_key().spki_der().to_vec(),
-            roster: signed_roster.clone(),
-        }
-        .sign(&key)?;
-        let group = GroupState {
-            group_id,
-            name: name.clone(),
-            admin: me,
-            psk: PreSharedKey::random(&mut rng),
-            attestation_key: AttestationKey::random(&mut rng),
-            epoch,
-            roster: signed_roster,
-            bootstrap: vec![],
-        };
-        store.put_issuer_key(1, &issuer_key)?;
-        store.put_group(&group)?;
+        let group = create_group(&store, &key, &name, size, epoch_days, quota)?;
+        let group_id = group.group_id;
         out(format!("created group '{name}' ({})", group_id));
         out(format!("admin and issuer: {me}"));
         out(format!(
@@ -470,36 +445,13 @@ fn cmd_group(home: &Path, config: &Config, cmd: GroupCommand) -> anyhow::Result<
             if days == 0 {
                 bail!("--days must be at least 1");
             }
-            let mut roster = group.roster().clone();
-            roster.version += 1;
-            roster.removed.retain(|p| p != &member);
-            roster.members.retain(|e| e.peer != member);
-            roster.members.push(RosterEntry {
-                peer: member,
-                quota_per_epoch: quota,
-                expires_at_ms: now_ms() + days * DAY_MS,
-            });
-            publish_roster(&mut group, &key, roster)?;
             let mut addrs: Vec<String> = bootstrap;
             addrs.extend(config.network.external.iter().cloned());
-            let addrs = addrs
-                .into_iter()
-                .map(|a| with_peer_suffix(&a, &me))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            let invite = Invite {
-                group_id: group.group_id,
-                group_name: group.name.clone(),
-                admin: me,
-                member,
-                psk: group.psk.clone(),
-                attestation_key: group.attestation_key.clone(),
-                epoch: group.epoch.clone(),
-                bootstrap: addrs.clone(),
-            };
+            let invite = invite_member(&store, &key, &mut group, member, quota, days, addrs)?;
+            let addrs = invite.bootstrap.clone();
             let path = out_path.unwrap_or_else(|| PathBuf::from(format!("invite-{}.txt", member.short())));
             home::write_secret(&path, invite.to_file_text().as_bytes())
                 .with_context(|| format!("cannot write {}", path.display()))?;
-            store.put_group(&group)?;
             out(format!(
                 "added {} (quota {quota}/epoch, {days} days); roster version {}",
                 member.short(),
@@ -577,6 +529,102 @@ fn cmd_group(home: &Path, config: &Config, cmd: GroupCommand) -> anyhow::Result<
         }
     }
     Ok(())
+}
+
+/// Creates a group with this node as admin and issuer; stores the issuer key and the group.
+pub fn create_group(
+    store: &Store,
+    key: &SigningKey,
+    name: &str,
+    size: KeySize,
+    epoch_days: u64,
+    quota: u32,
+) -> anyhow::Result<GroupState> {
+    let me = PeerId::from_public_key(&key.verifying_key());
+    let mut rng = rand::rngs::OsRng;
+    let now = now_ms();
+    let group_id = GroupId::random(&mut rng);
+    let issuer_key = SecretKey::generate(size, &mut rng)?;
+    let roster = Roster {
+        group_id,
+        version: 1,
+        admin: me,
+        members: vec![RosterEntry {
+            peer: me,
+            quota_per_epoch: quota,
+            expires_at_ms: now + 3650 * DAY_MS,
+        }],
+        removed: vec![],
+    };
+    let signed_roster = roster.sign(key)?;
+    let epoch = EpochAnnouncement {
+        group_id,
+        epoch: 1,
+        starts_at_ms: now,
+        ends_at_ms: now + epoch_days * DAY_MS,
+        issuer_key_spki: issuer_key.public_key().spki_der().to_vec(),
+        roster: signed_roster.clone(),
+    }
+    .sign(key)?;
+    let group = GroupState {
+        group_id,
+        name: name.to_string(),
+        admin: me,
+        psk: PreSharedKey::random(&mut rng),
+        attestation_key: AttestationKey::random(&mut rng),
+        epoch,
+        roster: signed_roster,
+        bootstrap: vec![],
+    };
+    store.put_issuer_key(1, &issuer_key)?;
+    store.put_group(&group)?;
+    Ok(group)
+}
+
+/// Adds (or renews) `member` in a new signed roster version and returns its invite; stores the group.
+pub fn invite_member(
+    store: &Store,
+    key: &SigningKey,
+    group: &mut GroupState,
+    member: PeerId,
+    quota: u32,
+    days: u64,
+    bootstrap: Vec<String>,
+) -> anyhow::Result<Invite> {
+    let me = PeerId::from_public_key(&key.verifying_key());
+    let mut roster = group.roster().clone();
+    roster.version += 1;
+    roster.removed.retain(|p| p != &member);
+    roster.members.retain(|e| e.peer != member);
+    roster.members.push(RosterEntry {
+        peer: member,
+        quota_per_epoch: quota,
+        expires_at_ms: now_ms() + days * DAY_MS,
+    });
+    publish_roster(group, key, roster)?;
+    let bootstrap = bootstrap
+        .into_iter()
+        .map(|a| with_peer_suffix(&a, &me))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    store.put_group(group)?;
+    Ok(Invite {
+        group_id: group.group_id,
+        group_name: group.name.clone(),
+        admin: me,
+        member,
+        psk: group.psk.clone(),
+        attestation_key: group.attestation_key.clone(),
+        epoch: group.epoch.clone(),
+        bootstrap,
+    })
+}
+
+/// Creates a node identity in `home` (or keeps the existing one); returns the store and key.
+pub fn init_home(home: &Path) -> anyhow::Result<(Store, SigningKey)> {
+    home::ensure_dir(home).with_context(|| format!("cannot create {}", home.display()))?;
+    let store = Store::open(home)?;
+    let key = store.init_identity(&SigningKey::generate(&mut rand::rngs::OsRng))?;
+    Ok((store, key))
 }
 
 fn with_peer_suffix(addr: &str, me: &PeerId) -> anyhow::Result<String> {
