@@ -60,61 +60,21 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     ));
     say(format!("homes in {}", dir.path().display()));
 
-    // Group material: node 0 is the admin and issuer; the others join with invites.
-    let mut stores = Vec::new();
-    for i in 0..args.members {
-        let home = dir.path().join(format!("node{i}"));
-        let (store, key) = init_home(&home)?;
-        stores.push((home, store, key));
-    }
-    let (_, admin_store, admin_key) = &stores[0];
-    let mut group: GroupState = create_group(admin_store, admin_key, "demo", KeySize::Rsa2048, 7, 1000)?;
-    for (_, store, key) in stores.iter().skip(1) {
-        let member = lendmesh_protocol::PeerId::from_public_key(&key.verifying_key());
-        let invite = invite_member(admin_store, admin_key, &mut group, member, 1000, 1, vec![])?;
-        store.put_group(&GroupState::from_invite(&invite, &member)?)?;
-    }
-    let homes: Vec<_> = stores
-        .into_iter()
-        .map(|(home, store, _)| {
-            drop(store);
-            home
-        })
-        .collect();
-
-    // Start every node in this process.
     let shutdown = CancellationToken::new();
-    let mut nodes: Vec<StartedNode> = Vec::new();
-    for (i, home) in homes.iter().enumerate() {
-        let mut config = Config::default();
-        config.network.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
-        if let Some(admin) = nodes.first() {
-            config.network.bootstrap = admin.p2p_addrs.iter().map(|a| a.to_string()).collect();
-        }
-        config.api.addr = "127.0.0.1:0".into();
-        config.gateway.addr = "127.0.0.1:0".into();
-        config.upstream.mock_capacity = args.capacity;
+    let capacity = args.capacity;
+    let nodes = start_group(dir.path(), args.members, 1000, shutdown.clone(), |_, config| {
+        config.upstream.mock_capacity = capacity;
         config.upstream.mock_window = Duration::from_secs(60);
         config.upstream.mock_latency = Duration::from_millis(5);
-        config.lender.attestation_period = Duration::from_secs(1);
         config.wallet.low_water = 10;
         config.wallet.batch = 10;
-        let node = start(
-            RunOptions {
-                home: home.clone(),
-                config,
-            },
-            shutdown.clone(),
-        )
-        .await
-        .with_context(|| format!("starting node {i}"))?;
-        nodes.push(node);
-    }
+    })
+    .await?;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()?;
     say("waiting for the group to connect, fill wallets and exchange attestations…");
-    wait_ready(&client, &nodes).await?;
+    wait_ready(&client, &nodes, 10).await?;
 
     // The workload: member i sends with weight 1/(i+1), so the first members run out and borrow.
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(args.seed);
@@ -190,25 +150,61 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn get_json(client: &reqwest::Client, addr: &std::net::SocketAddr, path: &str) -> serde_json::Value {
-    match client.get(format!("http://{addr}{path}")).send().await {
-        Ok(r) => r.json().await.unwrap_or(serde_json::Value::Null),
-        Err(_) => serde_json::Value::Null,
+/// Creates a group of `members` nodes under `dir` (node 0 is the admin), starts them all in this process on
+/// loopback with ephemeral ports, and returns them. `tune` adjusts each node's config.
+pub async fn start_group(
+    dir: &std::path::Path,
+    members: usize,
+    quota: u32,
+    shutdown: CancellationToken,
+    tune: impl Fn(usize, &mut Config),
+) -> anyhow::Result<Vec<StartedNode>> {
+    let mut stores = Vec::new();
+    for i in 0..members {
+        let home = dir.join(format!("node{i}"));
+        let (store, key) = init_home(&home)?;
+        stores.push((home, store, key));
     }
+    let (_, admin_store, admin_key) = &stores[0];
+    let mut group: GroupState = create_group(admin_store, admin_key, "demo", KeySize::Rsa2048, 7, quota)?;
+    for (_, store, key) in stores.iter().skip(1) {
+        let member = lendmesh_protocol::PeerId::from_public_key(&key.verifying_key());
+        let invite = invite_member(admin_store, admin_key, &mut group, member, quota, 1, vec![])?;
+        store.put_group(&GroupState::from_invite(&invite, &member)?)?;
+    }
+    let homes: Vec<_> = stores.into_iter().map(|(home, _, _)| home).collect();
+    let mut nodes: Vec<StartedNode> = Vec::new();
+    for (i, home) in homes.iter().enumerate() {
+        let mut config = Config::default();
+        config.network.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
+        if let Some(admin) = nodes.first() {
+            config.network.bootstrap = admin.p2p_addrs.iter().map(|a| a.to_string()).collect();
+        }
+        config.api.addr = "127.0.0.1:0".into();
+        config.gateway.addr = "127.0.0.1:0".into();
+        config.lender.attestation_period = Duration::from_secs(1);
+        tune(i, &mut config);
+        let node = start(RunOptions { home: home.clone(), config }, shutdown.clone())
+            .await
+            .with_context(|| format!("starting node {i}"))?;
+        nodes.push(node);
+    }
+    Ok(nodes)
 }
 
-async fn wait_ready(client: &reqwest::Client, nodes: &[StartedNode]) -> anyhow::Result<()> {
+/// Waits (bounded, 60 s) until every node is connected to all others, holds `min_tokens` and has an attestation
+/// from every other node.
+pub async fn wait_ready(client: &reqwest::Client, nodes: &[StartedNode], min_tokens: u64) -> anyhow::Result<()> {
     let others = nodes.len() - 1;
     for _ in 0..600 {
         let mut ready = true;
         for n in nodes {
             let node = get_json(client, &n.api_addr, "/v1/node").await;
             let peers = get_json(client, &n.api_addr, "/v1/peers").await;
-            let attested = peers["peers"]
-                .as_array()
-                .map_or(0, |p| p.iter().filter(|p| !p["attestation"].is_null()).count());
+            let attested =
+                peers["peers"].as_array().map_or(0, |p| p.iter().filter(|p| !p["attestation"].is_null()).count());
             ready &= node["connected_peers"].as_u64().unwrap_or(0) as usize >= others
-                && node["wallet_balance"].as_u64().unwrap_or(0) >= 10
+                && node["wallet_balance"].as_u64().unwrap_or(0) >= min_tokens
                 && attested >= others;
         }
         if ready {
@@ -216,7 +212,15 @@ async fn wait_ready(client: &reqwest::Client, nodes: &[StartedNode]) -> anyhow::
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    anyhow::bail!("the demo group did not become ready within 60 s")
+    anyhow::bail!("the group did not become ready within 60 s")
+}
+
+/// GET a JSON document from a node's API (Null on any failure).
+pub async fn get_json(client: &reqwest::Client, addr: &std::net::SocketAddr, path: &str) -> serde_json::Value {
+    match client.get(format!("http://{addr}{path}")).send().await {
+        Ok(r) => r.json().await.unwrap_or(serde_json::Value::Null),
+        Err(_) => serde_json::Value::Null,
+    }
 }
 
 async fn report(client: &reqwest::Client, nodes: &[StartedNode]) -> anyhow::Result<()> {
