@@ -1,0 +1,1201 @@
+//! The discrete-event loop: a binary heap of events keyed by (virtual time, sequence number), one seeded RNG per
+//! concern, and the protocol's own state machines doing every check.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+
+use ed25519_dalek::SigningKey;
+use lendmesh_protocol::attestation::{Attestation, AttestationBody, AttestationKey, HeadroomBucket};
+use lendmesh_protocol::blind_rsa::PublicKey;
+use lendmesh_protocol::group::{Roster, RosterEntry};
+use lendmesh_protocol::issuer::Issuer;
+use lendmesh_protocol::routing::{self, Candidate, LenderQuery, RoutingParams};
+use lendmesh_protocol::token::{Token, TokenHash, TokenInput, TokenSpend, WalletToken};
+use lendmesh_protocol::wallet::Wallet;
+use lendmesh_protocol::wire::IssueRequest;
+use lendmesh_protocol::{GroupId, PeerId};
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+
+use crate::member::{LenderRecord, Member, Publication, Role};
+use crate::net::{Ms, Network, mix};
+use crate::outcome::{Bin, RunResult};
+use crate::scenario::{PrivacyMode, Scenario};
+use crate::workload::{self, Request};
+
+/// The lender's answer to a spend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Answer {
+    Served,
+    NoHeadroom { retry_after_ms: u64 },
+    Refused(&'static str),
+}
+
+#[derive(Debug)]
+enum Ev {
+    Demand(usize),
+    Publish(usize),
+    Crash(usize),
+    Attack(usize),
+    AtLender {
+        borrow: u64,
+        attempt: u32,
+        lender: usize,
+        relay: Option<usize>,
+        spend: Box<TokenSpend>,
+        /// Ground truth for scoring the linkage attackers; the lender's logic never reads it.
+        truth: usize,
+    },
+    Reply {
+        borrow: u64,
+        attempt: u32,
+        answer: Answer,
+    },
+    Timeout {
+        borrow: u64,
+        attempt: u32,
+    },
+    IssueAtAdmin {
+        member: usize,
+        request: Box<IssueRequest>,
+    },
+    IssueReply {
+        member: usize,
+        sigs: Vec<Vec<u8>>,
+    },
+    AdvSpend {
+        lender: usize,
+        spend: Box<TokenSpend>,
+        kind: &'static str,
+    },
+    AdvAttestation {
+        victim: usize,
+        about: usize,
+        att: Box<Attestation>,
+        kind: &'static str,
+    },
+}
+
+#[derive(Debug)]
+struct Item {
+    t: Ms,
+    seq: u64,
+    ev: Ev,
+}
+impl PartialEq for Item {
+    fn eq(&self, o: &Self) -> bool {
+        (self.t, self.seq) == (o.t, o.seq)
+    }
+}
+impl Eq for Item {}
+impl PartialOrd for Item {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Item {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.t, self.seq).cmp(&(o.t, o.seq))
+    }
+}
+
+#[derive(Debug)]
+struct Borrow {
+    borrower: usize,
+    started: Ms,
+    token: WalletToken,
+    tried: Vec<PeerId>,
+    lender: usize,
+    relay: Option<usize>,
+    digest: [u8; 32],
+    spend: Option<TokenSpend>,
+    attempt: u32,
+    retried: bool,
+    last_cause: &'static str,
+}
+
+/// How far back gossip lookups walk (publications); older ones are outside any useful freshness window.
+const GOSSIP_LOOKBACK: usize = 8;
+
+/// A run in progress.
+#[derive(Debug)]
+pub(crate) struct Sim<'a> {
+    s: &'a Scenario,
+    n: usize,
+    window_ms: Ms,
+    end: Ms,
+    stop: Ms,
+    net: Network,
+    members: Vec<Member>,
+    index: HashMap<PeerId, usize>,
+    roster: Roster,
+    group: GroupId,
+    att_key: AttestationKey,
+    issuer: Issuer,
+    issuer_pk: PublicKey,
+    admin_rng: ChaCha8Rng,
+    adv_rng: ChaCha8Rng,
+    pubs: Vec<Vec<Publication>>,
+    att_memo: Vec<Option<(u64, Attestation)>>,
+    queue: BinaryHeap<Reverse<Item>>,
+    next_seq: u64,
+    borrows: BTreeMap<u64, Borrow>,
+    next_borrow: u64,
+    trace: Vec<Request>,
+    genuine: HashSet<TokenHash>,
+    served_by: Vec<HashSet<TokenHash>>,
+    admin_sigs: HashMap<Vec<u8>, usize>,
+    first_issued: Vec<Option<Ms>>,
+    params: RoutingParams,
+    bin_ms: Ms,
+    fresh_serve: bool,
+    out: RunResult,
+}
+
+impl<'a> Sim<'a> {
+    /// Sets up a run: keys, roster, issuer, members, demand trace.
+    pub(crate) fn new(s: &'a Scenario, seed: u64) -> Self {
+        let n = s.members;
+        let end = (s.duration_hours * 3_600_000.0) as Ms;
+        let stop = end + (s.liveness_bound_s * 1000.0) as Ms;
+        let stream = |k: u64| ChaCha8Rng::seed_from_u64(mix(seed ^ mix(k)));
+        let mut setup = stream(1);
+        let mut group_bytes = [0u8; 16];
+        setup.fill_bytes(&mut group_bytes);
+        let group = GroupId(group_bytes);
+        let att_key = AttestationKey::random(&mut setup);
+        let keys: Vec<SigningKey> = (0..n)
+            .map(|_| {
+                let mut b = [0u8; 32];
+                setup.fill_bytes(&mut b);
+                SigningKey::from_bytes(&b)
+            })
+            .collect();
+        let mut admin_seed = [0u8; 32];
+        setup.fill_bytes(&mut admin_seed);
+        let admin = PeerId::from_public_key(&SigningKey::from_bytes(&admin_seed).verifying_key());
+        let roster = Roster {
+            group_id: group,
+            version: 1,
+            admin,
+            members: keys
+                .iter()
+                .map(|k| RosterEntry {
+                    peer: PeerId::from_public_key(&k.verifying_key()),
+                    quota_per_epoch: u32::MAX / 2,
+                    expires_at_ms: u64::MAX,
+                })
+                .collect(),
+            removed: Vec::new(),
+        };
+        let secret = lendmesh_protocol::test_keys::rsa_2048();
+        let issuer_pk = secret.public_key().clone();
+        let issuer = Issuer::new(0, secret, roster.clone());
+        let caps = workload::capacities(s, seed);
+        let roles = roles(s);
+        let members: Vec<Member> = keys
+            .into_iter()
+            .enumerate()
+            .map(|(i, k)| {
+                Member::new(
+                    k,
+                    roles[i],
+                    caps[i],
+                    n,
+                    group,
+                    att_key.clone(),
+                    issuer_pk.clone(),
+                    stream(1000 + i as u64),
+                )
+            })
+            .collect();
+        let index = members.iter().enumerate().map(|(i, m)| (m.id, i)).collect();
+        let bin_ms = (end / 48).max(1);
+        let out = RunResult {
+            seed,
+            lender_load: vec![0; n],
+            bins: vec![Bin::default(); (end / bin_ms + 1) as usize],
+            bin_minutes: bin_ms as f64 / 60_000.0,
+            ..RunResult::default()
+        };
+        Sim {
+            s,
+            n,
+            window_ms: (s.capacity.window_minutes * 60_000.0) as Ms,
+            end,
+            stop,
+            net: Network::new(s, seed, stream(2), end),
+            members,
+            index,
+            roster,
+            group,
+            att_key,
+            issuer,
+            issuer_pk,
+            admin_rng: stream(3),
+            adv_rng: stream(4),
+            pubs: vec![Vec::new(); n],
+            att_memo: vec![None; n],
+            queue: BinaryHeap::new(),
+            next_seq: 0,
+            borrows: BTreeMap::new(),
+            next_borrow: 0,
+            trace: workload::trace(s, seed, end),
+            genuine: HashSet::new(),
+            served_by: vec![HashSet::new(); n],
+            admin_sigs: HashMap::new(),
+            first_issued: vec![None; n],
+            params: RoutingParams {
+                half_life_ms: (s.routing.half_life_s * 1000.0) as u64,
+                ..RoutingParams::default()
+            },
+            bin_ms,
+            fresh_serve: false,
+            out,
+        }
+    }
+
+    fn at(&mut self, t: Ms, ev: Ev) {
+        self.next_seq += 1;
+        self.queue.push(Reverse(Item {
+            t,
+            seq: self.next_seq,
+            ev,
+        }));
+    }
+
+    fn local(&self, i: usize, t: Ms) -> u64 {
+        self.net.local_ms(i, t)
+    }
+
+    /// Runs to the end of the liveness phase. `progress` gets the fraction of virtual time done.
+    pub(crate) fn run(mut self, progress: &mut dyn FnMut(f64)) -> RunResult {
+        if !self.trace.is_empty() {
+            self.at(self.trace[0].t, Ev::Demand(0));
+        }
+        let period = (self.s.attestation_period_s * 1000.0) as Ms;
+        let attack = (self.s.adversaries.period_s * 1000.0) as Ms;
+        for i in 0..self.n {
+            let phase = mix(self.out.seed ^ i as u64) % period.max(1);
+            self.at(phase, Ev::Publish(i));
+            if self.members[i].role != Role::Honest {
+                self.at(attack / 2 + phase, Ev::Attack(i));
+            }
+            for (down, _) in self.net.crash_spans(i) {
+                self.at(down, Ev::Crash(i));
+            }
+        }
+        let mut last_report = 0;
+        while let Some(Reverse(item)) = self.queue.pop() {
+            if item.t > self.stop {
+                break;
+            }
+            self.out.events += 1;
+            if item.t >= last_report + self.stop / 100 {
+                last_report = item.t;
+                progress(item.t as f64 / self.stop as f64);
+            }
+            self.handle(item.t, item.ev);
+        }
+        progress(1.0);
+        self.finish()
+    }
+
+    fn handle(&mut self, t: Ms, ev: Ev) {
+        match ev {
+            Ev::Demand(k) => self.on_demand(t, k),
+            Ev::Publish(i) => self.on_publish(t, i),
+            Ev::Crash(i) => self.on_crash(t, i),
+            Ev::Attack(i) => self.on_attack(t, i),
+            Ev::AtLender {
+                borrow,
+                attempt,
+                lender,
+                relay,
+                spend,
+                truth,
+            } => self.on_at_lender(t, borrow, attempt, lender, relay, &spend, truth),
+            Ev::Reply {
+                borrow,
+                attempt,
+                answer,
+            } => self.on_reply(t, borrow, attempt, answer),
+            Ev::Timeout { borrow, attempt } => self.on_timeout(t, borrow, attempt),
+            Ev::IssueAtAdmin { member, request } => self.on_issue(t, member, &request),
+            Ev::IssueReply { member, sigs } => self.on_issue_reply(member, &sigs),
+            Ev::AdvSpend { lender, spend, kind } => {
+                if self.net.is_down(lender, t) {
+                    self.out.attacks.outcome(kind, "lost");
+                    return;
+                }
+                let answer = self.lend(t, lender, &spend, None);
+                let label = match answer {
+                    Answer::Served if !self.fresh_serve => "answered_idempotently_no_second_serve".to_owned(),
+                    Answer::Served => "served".to_owned(),
+                    Answer::NoHeadroom { .. } => "refused:no_headroom".to_owned(),
+                    Answer::Refused(r) => format!("refused:{r}"),
+                };
+                self.out.attacks.outcome(kind, &label);
+            }
+            Ev::AdvAttestation {
+                victim,
+                about,
+                att,
+                kind,
+            } => self.on_adv_attestation(t, victim, about, &att, kind),
+        }
+    }
+
+    // ---- demand and own capacity -------------------------------------------------------------------------
+
+    fn on_demand(&mut self, t: Ms, k: usize) {
+        if let Some(next) = self.trace.get(k + 1) {
+            let nt = next.t;
+            self.at(nt, Ev::Demand(k + 1));
+        }
+        let m = self.trace[k].member;
+        if self.net.is_down(m, t) {
+            self.out.offline_requests += 1;
+            return;
+        }
+        self.out.demand += 1;
+        let bin = (t / self.bin_ms) as usize;
+        self.out.bins[bin].demand += 1;
+        let window_ms = self.window_ms;
+        let me = &mut self.members[m];
+        me.roll(t, window_ms);
+        if me.remaining() > 0 {
+            me.used += 1;
+            self.out.served_own += 1;
+            self.out.bins[bin].served += 1;
+            self.maybe_refill(t, m, false);
+            return;
+        }
+        self.maybe_refill(t, m, false);
+        self.start_borrow(t, m);
+    }
+
+    fn maybe_refill(&mut self, t: Ms, m: usize, force: bool) {
+        let me = &mut self.members[m];
+        let low = me.remaining() * 4 <= me.capacity;
+        if me.refill.is_some() || me.wallet.balance() >= self.s.tokens.low_water as usize || !(low || force) {
+            return;
+        }
+        let Ok((request, batch)) =
+            Wallet::prepare_batch(&self.issuer_pk, 0, self.s.tokens.refill_batch, &mut me.rng)
+        else {
+            return;
+        };
+        let admin = self.net.admin();
+        if let Some(d) = self.net.send(m, admin, t) {
+            self.members[m].refill = Some(batch);
+            self.at(
+                t + d,
+                Ev::IssueAtAdmin {
+                    member: m,
+                    request: Box::new(request),
+                },
+            );
+        }
+    }
+
+    fn on_issue(&mut self, t: Ms, m: usize, request: &IssueRequest) {
+        let peer = self.members[m].id;
+        let now = self.local(self.net.admin(), t);
+        let Ok(grant) = self.issuer.issue(&peer, request, now, &mut self.admin_rng) else {
+            self.members[m].refill = None;
+            return;
+        };
+        self.out.tokens_issued += grant.blind_signatures.len() as u64;
+        // The admin's observation: who got how many blind signatures, when.
+        self.first_issued[m].get_or_insert(t);
+        for sig in &grant.blind_signatures {
+            self.admin_sigs.insert(sig.clone(), m);
+        }
+        let admin = self.net.admin();
+        match self.net.send(admin, m, t) {
+            Some(d) => self.at(
+                t + d,
+                Ev::IssueReply {
+                    member: m,
+                    sigs: grant.blind_signatures,
+                },
+            ),
+            None => self.members[m].refill = None,
+        }
+    }
+
+    fn on_issue_reply(&mut self, m: usize, sigs: &[Vec<u8>]) {
+        let Some(batch) = self.members[m].refill.take() else {
+            return;
+        };
+        if self.members[m]
+            .wallet
+            .finalize(&self.issuer_pk, &batch, sigs)
+            .is_ok()
+        {
+            for p in &batch.tokens {
+                self.genuine.insert(p.input.hash());
+            }
+        }
+    }
+
+    // ---- attestations and gossip -------------------------------------------------------------------------
+
+    fn on_publish(&mut self, t: Ms, i: usize) {
+        let period = (self.s.attestation_period_s * 1000.0) as Ms;
+        if t + period <= self.stop {
+            self.at(t + period, Ev::Publish(i));
+        }
+        if self.net.is_down(i, t) {
+            return;
+        }
+        let window_ms = self.window_ms;
+        let local = self.local(i, t);
+        let me = &mut self.members[i];
+        me.roll(t, window_ms);
+        me.seq += 1;
+        let resets = crate::net::EPOCH_START_MS + (me.window + 1) * window_ms;
+        self.pubs[i].push(Publication {
+            t,
+            seq: me.seq,
+            issued_at_ms: local,
+            headroom: HeadroomBucket::from_remaining(u64::from(me.remaining()), u64::from(me.capacity)),
+            exact: me.remaining(),
+            resets_at_ms: resets,
+        });
+    }
+
+    /// The newest publication of `p` that reached `r` by `now`.
+    fn latest_delivered(&self, p: usize, r: usize, now: Ms) -> Option<Publication> {
+        let list = &self.pubs[p];
+        let idx = list.partition_point(|x| x.t <= now);
+        list[idx.saturating_sub(GOSSIP_LOOKBACK)..idx]
+            .iter()
+            .rev()
+            .find(|x| self.net.gossip_delivered(p, r, x.seq, x.t, now))
+            .copied()
+    }
+
+    fn attestation(&mut self, p: usize, pubn: &Publication) -> Option<Attestation> {
+        if let Some((seq, att)) = &self.att_memo[p]
+            && *seq == pubn.seq
+        {
+            return Some(att.clone());
+        }
+        let body = AttestationBody {
+            group_id: self.group,
+            peer_id: self.members[p].id,
+            seq: pubn.seq,
+            issued_at_ms: pubn.issued_at_ms,
+            headroom: pubn.headroom,
+            window_resets_at_ms: pubn.resets_at_ms,
+            ohttp_key_config: vec![0x20; 41],
+        };
+        let att = Attestation::create(body, &self.att_key, &self.members[p].key).ok()?;
+        self.att_memo[p] = Some((pubn.seq, att.clone()));
+        Some(att)
+    }
+
+    /// Feeds `r`'s acceptor the newest attestation of `p` that reached it.
+    fn refresh_one(&mut self, r: usize, p: usize, now: Ms) {
+        let Some(pubn) = self.latest_delivered(p, r, now) else {
+            return;
+        };
+        if pubn.seq <= self.members[r].fed_seq[p] {
+            return;
+        }
+        let Some(att) = self.attestation(p, &pubn) else {
+            return;
+        };
+        let local = self.local(r, now);
+        let me = &mut self.members[r];
+        me.fed_seq[p] = pubn.seq;
+        match me.acceptor.accept(&att, &self.roster, local) {
+            Ok(()) => {
+                me.table[p] = Some(crate::member::PeerView {
+                    headroom: att.body.headroom,
+                    issued_at_ms: att.body.issued_at_ms,
+                });
+            }
+            Err(e) => {
+                *self
+                    .out
+                    .attestation_rejections
+                    .entry(e.label().to_owned())
+                    .or_default() += 1
+            }
+        }
+    }
+
+    // ---- borrowing ---------------------------------------------------------------------------------------
+
+    fn start_borrow(&mut self, t: Ms, m: usize) {
+        let Some(token) = self.members[m].wallet.take(|e| e == 0) else {
+            self.fail_cause("no_token");
+            return;
+        };
+        let mut digest = [0u8; 32];
+        self.members[m].rng.fill_bytes(&mut digest);
+        let id = self.next_borrow;
+        self.next_borrow += 1;
+        self.borrows.insert(
+            id,
+            Borrow {
+                borrower: m,
+                started: t,
+                token,
+                tried: Vec::new(),
+                lender: m,
+                relay: None,
+                digest,
+                spend: None,
+                attempt: 0,
+                retried: false,
+                last_cause: "no_lender_available",
+            },
+        );
+        self.route(t, id);
+    }
+
+    fn fail_cause(&mut self, cause: &str) {
+        *self.out.failures.entry(cause.to_owned()).or_default() += 1;
+    }
+
+    /// Picks a lender and relay for borrow `id` and sends the spend, or gives up.
+    fn route(&mut self, t: Ms, id: u64) {
+        let Some(b) = self.borrows.get(&id) else {
+            return;
+        };
+        let m = b.borrower;
+        if b.tried.len() >= self.s.routing.max_attempts {
+            let cause = b.last_cause;
+            return self.give_up(id, cause, true);
+        }
+        for p in 0..self.n {
+            if p != m {
+                self.refresh_one(m, p, t);
+            }
+        }
+        let local = self.local(m, t);
+        let me = &self.members[m];
+        let candidates: Vec<Candidate> = (0..self.n)
+            .filter(|&p| p != m)
+            .filter_map(|p| {
+                me.table[p].map(|v| Candidate {
+                    peer: self.members[p].id,
+                    headroom: v.headroom,
+                    attestation_age_ms: local.saturating_sub(v.issued_at_ms),
+                    cooling_until_ms: me.cooling[p],
+                })
+            })
+            .collect();
+        let connected: Vec<PeerId> = candidates
+            .iter()
+            .filter(|c| c.attestation_age_ms <= self.params.max_age_ms)
+            .map(|c| c.peer)
+            .collect();
+        let Some(b) = self.borrows.get_mut(&id) else {
+            return;
+        };
+        let my_id = self.members[m].id;
+        let q = LenderQuery {
+            me: &my_id,
+            candidates: &candidates,
+            tried: &b.tried,
+            now_ms: local,
+            sticky: None,
+        };
+        let rng = &mut self.members[m].rng;
+        let Some(lender_id) = routing::choose_lender(self.s.routing.policy, &q, &self.params, rng) else {
+            let cause = if b.tried.is_empty() {
+                "no_lender_available"
+            } else {
+                b.last_cause
+            };
+            return self.give_up(id, cause, true);
+        };
+        let relay = routing::choose_relay(&my_id, &lender_id, &connected, rng)
+            .and_then(|r| self.index.get(&r).copied());
+        if relay.is_none() && self.s.privacy == PrivacyMode::Strict {
+            return self.give_up(id, "no_relay", true);
+        }
+        let lender = self.index.get(&lender_id).copied().unwrap_or(m);
+        b.tried.push(lender_id);
+        b.lender = lender;
+        b.relay = relay;
+        b.retried = false;
+        b.spend = Some(b.token.spend(lender_id, b.digest, local));
+        if relay.is_none() {
+            self.out.direct_borrows += 1;
+        }
+        self.send_spend(t, id);
+    }
+
+    /// Sends the borrow's current spend to its lender via its relay, with a timeout.
+    fn send_spend(&mut self, t: Ms, id: u64) {
+        let timeout = self.s.routing.timeout_ms as Ms;
+        let Some(b) = self.borrows.get_mut(&id) else {
+            return;
+        };
+        b.attempt += 1;
+        let (m, lender, relay, attempt) = (b.borrower, b.lender, b.relay, b.attempt);
+        let Some(spend) = b.spend.clone() else {
+            return;
+        };
+        self.out.borrow_messages += 1;
+        let hop = match relay {
+            Some(r) => self
+                .net
+                .send(m, r, t)
+                .and_then(|d1| self.net.send(r, lender, t + d1).map(|d2| d1 + d2)),
+            None => self.net.send(m, lender, t),
+        };
+        if let Some(d) = hop {
+            self.at(
+                t + d,
+                Ev::AtLender {
+                    borrow: id,
+                    attempt,
+                    lender,
+                    relay,
+                    spend: Box::new(spend),
+                    truth: m,
+                },
+            );
+        }
+        self.at(t + timeout, Ev::Timeout { borrow: id, attempt });
+    }
+
+    /// The lender's side: idempotent retries, headroom, then the protocol's redeemer (checks + claim).
+    fn lend(&mut self, t: Ms, l: usize, spend: &TokenSpend, via: Option<usize>) -> Answer {
+        let window_ms = self.window_ms;
+        let local = self.local(l, t);
+        let via = via.map(|r| self.members[r].id);
+        let lender = &mut self.members[l];
+        lender.roll(t, window_ms);
+        self.fresh_serve = false;
+        if lender.answered.contains(&spend.request_digest) && lender.spent.contains(0, &spend.token.hash()) {
+            return Answer::Served;
+        }
+        if lender.remaining() == 0 {
+            let resets = crate::net::EPOCH_START_MS + (lender.window + 1) * window_ms;
+            return Answer::NoHeadroom {
+                retry_after_ms: resets.saturating_sub(local).max(1000),
+            };
+        }
+        match lender
+            .redeemer
+            .redeem(spend, &spend.request_digest, local, &lender.spent)
+        {
+            Ok(redemption) => {
+                lender.used += 1;
+                lender.answered.insert(spend.request_digest);
+                lender.records.push(LenderRecord {
+                    at: t,
+                    token_hash: redemption.token_hash,
+                    request_digest: spend.request_digest,
+                    via,
+                });
+                self.out.lender_load[l] += 1;
+                self.fresh_serve = true;
+                self.check_serve(l, &redemption.token_hash);
+                Answer::Served
+            }
+            Err(e) => Answer::Refused(e.label()),
+        }
+    }
+
+    /// Safety invariants, checked on every serve.
+    fn check_serve(&mut self, l: usize, hash: &TokenHash) {
+        let lender = &self.members[l];
+        if lender.used > lender.capacity {
+            self.violation(format!(
+                "lender {l} served {} > capacity {}",
+                lender.used, lender.capacity
+            ));
+        }
+        if !self.served_by[l].insert(*hash) {
+            self.violation(format!("lender {l} served token {hash} twice"));
+        }
+        if !self.genuine.contains(hash) {
+            self.violation(format!(
+                "lender {l} served token {hash} that the issuer never signed"
+            ));
+        }
+    }
+
+    fn violation(&mut self, what: String) {
+        let seed = self.out.seed;
+        self.out.violations.push(format!("seed {seed}: {what}"));
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_at_lender(
+        &mut self,
+        t: Ms,
+        id: u64,
+        attempt: u32,
+        l: usize,
+        relay: Option<usize>,
+        spend: &TokenSpend,
+        truth: usize,
+    ) {
+        let answer = self.lend(t, l, spend, relay);
+        // The lender's records must never name the borrower.
+        if let Some(rec) = self.members[l].records.last()
+            && rec.request_digest == spend.request_digest
+            && rec.via == Some(self.members[truth].id)
+        {
+            self.violation(format!("lender {l} recorded borrower {truth}"));
+        }
+        if answer == Answer::Served && self.fresh_serve {
+            self.score_linkage(t, l, relay, spend, truth);
+        }
+        let hop = match relay {
+            Some(r) => self
+                .net
+                .send(l, r, t)
+                .and_then(|d1| self.net.send(r, truth, t + d1).map(|d2| d1 + d2)),
+            None => self.net.send(l, truth, t),
+        };
+        if let Some(d) = hop {
+            self.at(
+                t + d,
+                Ev::Reply {
+                    borrow: id,
+                    attempt,
+                    answer,
+                },
+            );
+        }
+    }
+
+    fn on_reply(&mut self, t: Ms, id: u64, attempt: u32, answer: Answer) {
+        let Some(b) = self.borrows.get_mut(&id) else {
+            return;
+        };
+        if b.attempt != attempt {
+            return;
+        }
+        let (m, l) = (b.borrower, b.lender);
+        match answer {
+            Answer::Served => {
+                let b = self.borrows.remove(&id);
+                if let Some(b) = b {
+                    self.out.served_borrowed += 1;
+                    self.out.borrow_latency_ms.push(t - b.started);
+                    self.out.bins[(b.started / self.bin_ms) as usize].served += 1;
+                }
+            }
+            Answer::NoHeadroom { retry_after_ms } => {
+                b.last_cause = "no_lender_headroom";
+                let local = self.local(m, t);
+                let default_ms = (self.s.routing.cooldown_s * 1000.0) as u64;
+                let me = &mut self.members[m];
+                me.cooling[l] = Some(routing::cooldown_until(
+                    local,
+                    Some(retry_after_ms.min(default_ms.max(1) * 20)),
+                    default_ms,
+                    &mut me.rng,
+                ));
+                self.route(t, id);
+            }
+            Answer::Refused(reason) => {
+                b.last_cause = if reason == "double_spend" {
+                    "token_already_spent"
+                } else {
+                    reason
+                };
+                if reason == "double_spend" {
+                    // The token is spent (an earlier attempt's claim whose answer was lost): a fresh one.
+                    match self.members[m].wallet.take(|e| e == 0) {
+                        Some(tok) => b.token = tok,
+                        None => return self.give_up(id, "no_token", false),
+                    }
+                }
+                self.route(t, id);
+            }
+        }
+    }
+
+    fn on_timeout(&mut self, t: Ms, id: u64, attempt: u32) {
+        let Some(b) = self.borrows.get_mut(&id) else {
+            return;
+        };
+        if b.attempt != attempt {
+            return;
+        }
+        b.last_cause = "timeout";
+        if !b.retried {
+            // Same request id and token at the same lender: it answers idempotently.
+            b.retried = true;
+            return self.send_spend(t, id);
+        }
+        // The token may have been claimed: a fresh token elsewhere.
+        let m = b.borrower;
+        match self.members[m].wallet.take(|e| e == 0) {
+            Some(tok) => {
+                b.token = tok;
+                self.route(t, id);
+            }
+            None => self.give_up(id, "timeout", false),
+        }
+    }
+
+    fn give_up(&mut self, id: u64, cause: &str, put_back: bool) {
+        if let Some(b) = self.borrows.remove(&id) {
+            if put_back {
+                self.members[b.borrower].wallet.put_back(b.token);
+            }
+            self.fail_cause(cause);
+        }
+    }
+
+    fn on_crash(&mut self, t: Ms, i: usize) {
+        let (group, key) = (self.group, self.att_key.clone());
+        self.members[i].crash(group, key);
+        let pending: Vec<u64> = self
+            .borrows
+            .iter()
+            .filter(|(_, b)| b.borrower == i)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in pending {
+            self.give_up(id, "borrower_crashed", true);
+        }
+        let _ = t;
+    }
+
+    // ---- adversaries -------------------------------------------------------------------------------------
+
+    fn other(&mut self, not: &[usize]) -> usize {
+        loop {
+            let k = routing::uniform_index(&mut self.adv_rng, self.n);
+            if !not.contains(&k) {
+                return k;
+            }
+        }
+    }
+
+    fn send_adv_spend(&mut self, t: Ms, from: usize, lender: usize, spend: TokenSpend, kind: &'static str) {
+        self.out.attacks.attempt(kind);
+        match self.net.send(from, lender, t) {
+            Some(d) => self.at(
+                t + d,
+                Ev::AdvSpend {
+                    lender,
+                    spend: Box::new(spend),
+                    kind,
+                },
+            ),
+            None => self.out.attacks.outcome(kind, "lost"),
+        }
+    }
+
+    fn on_attack(&mut self, t: Ms, a: usize) {
+        let period = (self.s.adversaries.period_s * 1000.0) as Ms;
+        if t + period < self.end {
+            self.at(t + period, Ev::Attack(a));
+        }
+        if self.net.is_down(a, t) {
+            return;
+        }
+        let local = self.local(a, t);
+        match self.members[a].role {
+            Role::Honest => {}
+            Role::DoubleSpender => {
+                let Some(tok) = self.members[a].wallet.take(|e| e == 0) else {
+                    return self.maybe_refill(t, a, true);
+                };
+                let l1 = self.other(&[a]);
+                let l2 = self.other(&[a, l1]);
+                let mut digest = [0u8; 32];
+                self.adv_rng.fill_bytes(&mut digest);
+                let s1 = tok.spend(self.members[l1].id, digest, local);
+                self.send_adv_spend(t, a, l1, s1.clone(), "first_spend");
+                self.send_adv_spend(t + 200, a, l1, s1.clone(), "replay_same_lender");
+                self.send_adv_spend(t, a, l2, s1, "spend_at_wrong_lender");
+                let mut d2 = [0u8; 32];
+                self.adv_rng.fill_bytes(&mut d2);
+                let again = tok.spend(self.members[l1].id, d2, local);
+                self.send_adv_spend(t + 300, a, l1, again, "respend_same_lender");
+                let s2 = tok.spend(self.members[l2].id, d2, local);
+                self.send_adv_spend(t + 400, a, l2, s2, "rebound_other_lender");
+            }
+            Role::Forger => {
+                let mut sig = vec![0u8; self.issuer_pk.modulus_len()];
+                self.adv_rng.fill_bytes(&mut sig);
+                let secret = lendmesh_protocol::token::SpendSecret::generate(&mut self.adv_rng);
+                let input = TokenInput::new(0, self.issuer_pk.key_id(), secret.public_key());
+                let fake = WalletToken {
+                    token: Token {
+                        input,
+                        signature: sig,
+                    },
+                    spend_secret: secret,
+                };
+                let l = self.other(&[a]);
+                let mut digest = [0u8; 32];
+                self.adv_rng.fill_bytes(&mut digest);
+                let spend = fake.spend(self.members[l].id, digest, local);
+                self.send_adv_spend(t, a, l, spend, "forged_token");
+            }
+            Role::AttestationReplayer => {
+                let p = self.other(&[a]);
+                let v = self.other(&[a, p]);
+                // Alternate between an expired attestation and a recent one the victim already has.
+                let old = self.adv_rng.next_u32() % 2 == 0;
+                let list = &self.pubs[p];
+                let cutoff = t.saturating_sub(6 * 60_000);
+                let pick = if old {
+                    list.iter().rev().find(|x| x.t <= cutoff).copied()
+                } else {
+                    let idx = list.partition_point(|x| x.t + 5_000 <= t);
+                    idx.checked_sub(1).and_then(|i| list.get(i)).copied()
+                };
+                let Some(pubn) = pick else {
+                    return;
+                };
+                let Some(att) = self.attestation(p, &pubn) else {
+                    return;
+                };
+                self.send_adv_att(t, a, v, p, att, "replayed_attestation");
+            }
+            Role::AttestationForger => {
+                let v = self.other(&[a]);
+                let p = self.other(&[a, v]);
+                let body = AttestationBody {
+                    group_id: self.group,
+                    peer_id: self.members[a].id,
+                    seq: self.members[a].seq + 1_000_000,
+                    issued_at_ms: local,
+                    headroom: HeadroomBucket::High,
+                    window_resets_at_ms: local + 60_000,
+                    ohttp_key_config: vec![0x20; 41],
+                };
+                let (att, about) = if self.adv_rng.next_u32() % 2 == 0 {
+                    // Tagged with a key that is not the group's.
+                    let wrong = AttestationKey::random(&mut self.adv_rng);
+                    (Attestation::create(body, &wrong, &self.members[a].key), a)
+                } else {
+                    // A valid own attestation re-labelled as another member's.
+                    let made = Attestation::create(body, &self.att_key, &self.members[a].key);
+                    (
+                        made.map(|mut x| {
+                            x.body.peer_id = self.members[p].id;
+                            x
+                        }),
+                        p,
+                    )
+                };
+                if let Ok(att) = att {
+                    self.send_adv_att(t, a, v, about, att, "forged_attestation");
+                }
+            }
+        }
+    }
+
+    fn send_adv_att(
+        &mut self,
+        t: Ms,
+        from: usize,
+        v: usize,
+        about: usize,
+        att: Attestation,
+        kind: &'static str,
+    ) {
+        self.out.attacks.attempt(kind);
+        match self.net.send(from, v, t) {
+            Some(d) => self.at(
+                t + d,
+                Ev::AdvAttestation {
+                    victim: v,
+                    about,
+                    att: Box::new(att),
+                    kind,
+                },
+            ),
+            None => self.out.attacks.outcome(kind, "lost"),
+        }
+    }
+
+    fn on_adv_attestation(&mut self, t: Ms, v: usize, about: usize, att: &Attestation, kind: &'static str) {
+        if self.net.is_down(v, t) {
+            return self.out.attacks.outcome(kind, "lost");
+        }
+        // The victim first takes whatever gossip already brought it.
+        self.refresh_one(v, about, t);
+        let local = self.local(v, t);
+        match self.members[v].acceptor.accept(att, &self.roster, local) {
+            Ok(()) => {
+                if kind == "forged_attestation" {
+                    self.violation(format!("member {v} accepted a forged attestation"));
+                }
+                // A replayed genuine attestation the victim had not received yet is just late gossip.
+                self.out.attacks.outcome(kind, "accepted_as_late_gossip");
+            }
+            Err(e) => self.out.attacks.outcome(kind, &format!("refused:{}", e.label())),
+        }
+    }
+
+    // ---- linkage -----------------------------------------------------------------------------------------
+
+    fn score_linkage(&mut self, t: Ms, l: usize, relay: Option<usize>, spend: &TokenSpend, truth: usize) {
+        let n = self.n;
+        // Relay: sees the borrower's connection directly (by design, DESIGN §6), never the token or content.
+        if relay.is_some() {
+            self.out
+                .linkage
+                .entry("relay".into())
+                .or_default()
+                .record(true, n - 2);
+        }
+        // Lender: its own view of everyone's attestations; the lowest headroom is the likely borrower.
+        let views: Vec<(usize, Publication)> = (0..n)
+            .filter(|&p| p != l)
+            .filter_map(|p| self.latest_delivered(p, l, t).map(|x| (p, x)))
+            .collect();
+        // Bucketed: rank members whose bucket is `none`, earliest-exhausted first (a member that ran dry early in
+        // the window is a heavy user, likely still borrowing); then the lowest bucket. Exact: the count of uses in
+        // the window is known, so each member's rate of use r is too; score r · P(at least `left` uses since the
+        // attestation), i.e. how likely it is exhausted now times how much it asks.
+        let window_ms = self.window_ms;
+        let keyed: Vec<(usize, f64, f64)> = views
+            .iter()
+            .map(|&(p, x)| {
+                let start = x
+                    .resets_at_ms
+                    .saturating_sub(crate::net::EPOCH_START_MS + window_ms);
+                let list = &self.pubs[p];
+                let lo = list.partition_point(|q| q.t < start);
+                let hi = list.partition_point(|q| q.t <= x.t);
+                let in_window = &list[lo..hi];
+                let first_zero = in_window
+                    .iter()
+                    .find(|q| q.exact == 0)
+                    .map(|q| q.t.saturating_sub(start));
+                let bucketed = match first_zero {
+                    Some(z) if x.headroom == HeadroomBucket::None => -1.0 / (z.max(1) as f64),
+                    _ => x.headroom as u64 as f64,
+                };
+                let cap = in_window.first().map_or(0, |q| q.exact);
+                let used = f64::from(cap.saturating_sub(x.exact));
+                let rate = match first_zero {
+                    Some(z) => f64::from(cap) / z.max(1) as f64,
+                    None => used / x.t.saturating_sub(start).max(1) as f64,
+                };
+                let exhausted = poisson_at_least(rate * t.saturating_sub(x.t) as f64, x.exact);
+                (p, bucketed, -rate * exhausted)
+            })
+            .collect();
+        let bucketed = self.guess_min(keyed.iter().map(|&(p, b, _)| (p, b)).collect());
+        let exact = self.guess_min(keyed.iter().map(|&(p, _, e)| (p, e)).collect());
+        self.out
+            .linkage
+            .entry("lender".into())
+            .or_default()
+            .record(bucketed == Some(truth), n - 1);
+        self.out
+            .linkage
+            .entry("lender-exact".into())
+            .or_default()
+            .record(exact == Some(truth), n - 1);
+        // Admin: holds every blind signature it made; a token links only if its signature is one of them.
+        let plausible: Vec<usize> = (0..n)
+            .filter(|&i| self.first_issued[i].is_some_and(|f| f <= t))
+            .collect();
+        let guess = match self.admin_sigs.get(&spend.token.signature) {
+            Some(&m) => Some(m),
+            None if plausible.is_empty() => None,
+            None => Some(plausible[routing::uniform_index(&mut self.adv_rng, plausible.len())]),
+        };
+        self.out
+            .linkage
+            .entry("admin".into())
+            .or_default()
+            .record(guess == Some(truth), plausible.len());
+    }
+
+    fn guess_min(&mut self, keyed: Vec<(usize, f64)>) -> Option<usize> {
+        let best = keyed.iter().map(|&(_, k)| k).min_by(f64::total_cmp)?;
+        let tied: Vec<usize> = keyed
+            .iter()
+            .filter(|&&(_, k)| k == best)
+            .map(|&(p, _)| p)
+            .collect();
+        Some(tied[routing::uniform_index(&mut self.adv_rng, tied.len())])
+    }
+
+    // ---- the end -----------------------------------------------------------------------------------------
+
+    fn finish(mut self) -> RunResult {
+        if !self.borrows.is_empty() {
+            let k = self.borrows.len();
+            let bound = self.s.liveness_bound_s;
+            self.violation(format!(
+                "liveness: {k} borrows still pending {bound} s after faults healed"
+            ));
+        }
+        let caps: Vec<u32> = self.members.iter().map(|m| m.capacity).collect();
+        crate::baseline::fill(
+            &mut self.out,
+            &self.trace,
+            &caps,
+            &self.net,
+            self.window_ms,
+            self.bin_ms,
+        );
+        let out = &mut self.out;
+        out.served_fraction =
+            crate::outcome::ratio((out.served_own + out.served_borrowed) as f64, out.demand as f64);
+        out.borrow_latency_ms.sort_unstable();
+        let x: Vec<f64> = out
+            .lender_load
+            .iter()
+            .zip(&caps)
+            .map(|(&l, &c)| l as f64 / f64::from(c))
+            .collect();
+        let (sum, sq) = (x.iter().sum::<f64>(), x.iter().map(|v| v * v).sum::<f64>());
+        out.jain = crate::outcome::ratio(sum * sum, x.len() as f64 * sq);
+        let loads = &out.lender_load;
+        let mean = loads.iter().sum::<u64>() as f64 / loads.len().max(1) as f64;
+        out.herding = crate::outcome::ratio(loads.iter().copied().max().unwrap_or(0) as f64, mean);
+        self.out
+    }
+}
+
+/// P(N ≥ k) for N ~ Poisson(mu).
+fn poisson_at_least(mu: f64, k: u32) -> f64 {
+    if k == 0 {
+        return 1.0;
+    }
+    if k > 60 {
+        return 0.0;
+    }
+    let mut term = (-mu).exp();
+    let mut below = 0.0;
+    for j in 0..k {
+        below += term;
+        term *= mu / f64::from(j + 1);
+    }
+    (1.0 - below).max(0.0)
+}
+
+fn roles(s: &Scenario) -> Vec<Role> {
+    let a = &s.adversaries;
+    let mut roles = vec![Role::Honest; s.members];
+    let mut k = s.members;
+    for (count, role) in [
+        (a.double_spenders, Role::DoubleSpender),
+        (a.forgers, Role::Forger),
+        (a.attestation_replayers, Role::AttestationReplayer),
+        (a.attestation_forgers, Role::AttestationForger),
+    ] {
+        for _ in 0..count {
+            k -= 1;
+            roles[k] = role;
+        }
+    }
+    roles
+}
