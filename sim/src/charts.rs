@@ -39,10 +39,12 @@ fn policy(r: &Report) -> &'static str {
 }
 
 type Drawn = Result<String, String>;
+type Chart = (&'static str, &'static str, fn(&[Report]) -> Drawn);
+type Series = (String, Vec<(f64, f64)>, RGBColor);
 
 /// Writes every chart for `reports` (one per policy, same scenario) into `dir`; returns (title, file) pairs.
 pub fn write_all(dir: &Path, reports: &[Report]) -> Result<Vec<(String, String)>, ChartError> {
-    let charts: [(&str, &str, fn(&[Report]) -> Drawn); 5] = [
+    let charts: [Chart; 5] = [
         ("Served demand over time", "served.svg", served),
         ("Borrow latency CDF", "latency-cdf.svg", latency_cdf),
         ("Load per lender", "lender-load.svg", lender_load),
@@ -95,7 +97,7 @@ fn served(reports: &[Report]) -> Drawn {
                 .map(|(i, b)| ((i as f64 + 0.5) * w, frac(f(b), b.demand)))
                 .collect()
         };
-        let mut series: Vec<(String, Vec<(f64, f64)>, RGBColor)> = vec![
+        let mut series: Vec<Series> = vec![
             ("oracle pool".into(), line(&|b| b.oracle, first), COLORS[6]),
             ("no sharing".into(), line(&|b| b.no_sharing, first), BLACK),
         ];

@@ -945,7 +945,7 @@ impl<'a> Sim<'a> {
                 let p = self.other(&[a]);
                 let v = self.other(&[a, p]);
                 // Alternate between an expired attestation and a recent one the victim already has.
-                let old = self.adv_rng.next_u32() % 2 == 0;
+                let old = self.adv_rng.next_u32().is_multiple_of(2);
                 let list = &self.pubs[p];
                 let cutoff = t.saturating_sub(6 * 60_000);
                 let pick = if old {
@@ -974,7 +974,7 @@ impl<'a> Sim<'a> {
                     window_resets_at_ms: local + 60_000,
                     ohttp_key_config: vec![0x20; 41],
                 };
-                let (att, about) = if self.adv_rng.next_u32() % 2 == 0 {
+                let (att, about) = if self.adv_rng.next_u32().is_multiple_of(2) {
                     // Tagged with a key that is not the group's.
                     let wrong = AttestationKey::random(&mut self.adv_rng);
                     (Attestation::create(body, &wrong, &self.members[a].key), a)

@@ -308,6 +308,11 @@ pub struct Scenario {
     pub adversaries: Adversaries,
 }
 
+/// Both finite, non-negative, and `a <= b`.
+fn ordered(a: f64, b: f64) -> bool {
+    a.is_finite() && b.is_finite() && a >= 0.0 && a <= b
+}
+
 fn liveness() -> f64 {
     60.0
 }
@@ -418,7 +423,7 @@ impl Scenario {
             ));
         }
         for p in &self.faults.partitions {
-            if p.members.iter().any(|&m| m >= self.members) || !(p.start_min <= p.end_min) {
+            if p.members.iter().any(|&m| m >= self.members) || !ordered(p.start_min, p.end_min) {
                 return Err(bad(
                     "faults.partitions",
                     "member index out of range or start after end",
@@ -426,7 +431,7 @@ impl Scenario {
             }
         }
         for c in &self.faults.crashes {
-            if c.member >= self.members || !(c.at_min <= c.restart_min) {
+            if c.member >= self.members || !ordered(c.at_min, c.restart_min) {
                 return Err(bad(
                     "faults.crashes",
                     "member index out of range or restart before crash",

@@ -7,7 +7,7 @@ use lendmesh_sim::{Scenario, run_seed};
 
 fn scenario(name: &str) -> Scenario {
     let path = format!("{}/scenarios/{name}.toml", env!("CARGO_MANIFEST_DIR"));
-    Scenario::from_file(std::path::Path::new(&path)).unwrap()
+    Scenario::from_file(std::path::Path::new(&path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 fn runs(s: &Scenario, seeds: std::ops::Range<u64>) -> Vec<RunResult> {
