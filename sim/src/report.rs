@@ -330,6 +330,8 @@ impl Report {
                 self.attestation_rejections
             );
         }
+        let config = serde_json::to_string_pretty(&self.scenario).unwrap_or_default();
+        let _ = writeln!(md, "## Scenario as run\n\n```json\n{config}\n```\n");
         if !charts.is_empty() {
             let _ = writeln!(md, "## Charts\n");
             for (title, file) in charts {
