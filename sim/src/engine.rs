@@ -1199,3 +1199,48 @@ fn roles(s: &Scenario) -> Vec<Role> {
     }
     roles
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> Scenario {
+        let path = format!("{}/scenarios/test-skew.toml", env!("CARGO_MANIFEST_DIR"));
+        Scenario::from_file(std::path::Path::new(&path)).unwrap()
+    }
+
+    #[test]
+    fn invariant_checks_fire() {
+        let s = small();
+        let mut sim = Sim::new(&s, 1);
+        let fake = TokenHash([7; 32]);
+        sim.check_serve(0, &fake);
+        assert_eq!(sim.out.violations.len(), 1, "a token the issuer never signed");
+        sim.genuine.insert(fake);
+        sim.check_serve(1, &fake);
+        assert_eq!(sim.out.violations.len(), 1);
+        sim.check_serve(1, &fake);
+        assert_eq!(
+            sim.out.violations.len(),
+            2,
+            "the same token served twice by one lender"
+        );
+        sim.members[2].used = sim.members[2].capacity + 1;
+        sim.genuine.insert(TokenHash([8; 32]));
+        sim.check_serve(2, &TokenHash([8; 32]));
+        assert_eq!(sim.out.violations.len(), 3, "over capacity");
+        assert!(sim.out.violations.iter().all(|v| v.starts_with("seed 1:")));
+    }
+
+    #[test]
+    fn events_pop_in_time_then_insertion_order() {
+        let s = small();
+        let mut sim = Sim::new(&s, 1);
+        sim.at(5, Ev::Publish(2));
+        sim.at(3, Ev::Publish(1));
+        sim.at(5, Ev::Publish(0));
+        let order: Vec<(Ms, u64)> =
+            std::iter::from_fn(|| sim.queue.pop().map(|Reverse(i)| (i.t, i.seq))).collect();
+        assert_eq!(order, vec![(3, 2), (5, 1), (5, 3)]);
+    }
+}

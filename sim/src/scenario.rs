@@ -13,6 +13,10 @@ pub const MAX_MEMBERS: usize = 200;
 /// The longest virtual duration a scenario may ask for.
 pub const MAX_DURATION_HOURS: f64 = 24.0 * 7.0;
 
+/// Upper bound on a scenario's expected requests (members × rate × burst factor × (1 + skew) × hours): the trace
+/// is held in memory, about 16 bytes a request, and each request is at least one event.
+pub const MAX_EXPECTED_REQUESTS: f64 = 20_000_000.0;
+
 /// A scenario could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
@@ -409,6 +413,15 @@ impl Scenario {
         if !finite_nonneg(n.clock_skew_ms) || n.clock_skew_ms > 3_600_000.0 {
             return Err(bad("network.clock_skew_ms", "must be in [0, 3600000]"));
         }
+        // Bound the work (and memory) a scenario can ask for: the demand trace is generated up front.
+        let peak =
+            self.members as f64 * d.mean_per_hour * d.burst_factor * (1.0 + d.skew) * self.duration_hours;
+        if peak > MAX_EXPECTED_REQUESTS {
+            return Err(bad(
+                "demand",
+                format!("up to {peak:.0} requests expected; the limit is {MAX_EXPECTED_REQUESTS:.0}"),
+            ));
+        }
         let r = &self.routing;
         if !(1..=16).contains(&r.max_attempts) {
             return Err(bad("routing.max_attempts", "must be in 1..=16"));
@@ -476,6 +489,25 @@ mod tests {
             Scenario::from_toml("name = 3"),
             Err(ScenarioError::Parse(_))
         ));
+        let path = format!("{}/scenarios/small-team.toml", env!("CARGO_MANIFEST_DIR"));
+        let good = std::fs::read_to_string(path).unwrap();
+        for (from, to) in [
+            ("members = 5", "members = 2"),
+            ("members = 5", "members = 100000"),
+            ("duration_hours = 8.0", "duration_hours = nan"),
+            ("duration_hours = 8.0", "duration_hours = -1.0"),
+            ("window_minutes = 60.0", "window_minutes = 0.0"),
+            ("mean_per_hour = 35.0", "mean_per_hour = inf"),
+            ("mean_per_hour = 35.0", "mean_per_hour = 90000.0"),
+            ("loss = 0.005", "loss = 2.0"),
+            ("min = 30", "min = 0"),
+            ("seed = 1", "seed = -1"),
+            ("seed = 1", "unknown_field = 1"),
+        ] {
+            let text = good.replace(from, to);
+            assert_ne!(text, good, "{from}");
+            assert!(Scenario::from_toml(&text).is_err(), "{to} was accepted");
+        }
         let big = "#".repeat(MAX_SCENARIO_BYTES + 1);
         assert!(matches!(
             Scenario::from_toml(&big),
