@@ -150,6 +150,7 @@ pub(crate) struct Sim<'a> {
     served_by: Vec<HashSet<TokenHash>>,
     admin_sigs: HashMap<Vec<u8>, usize>,
     first_issued: Vec<Option<Ms>>,
+    issued: Vec<u64>,
     params: RoutingParams,
     bin_ms: Ms,
     fresh_serve: bool,
@@ -249,6 +250,7 @@ impl<'a> Sim<'a> {
             served_by: vec![HashSet::new(); n],
             admin_sigs: HashMap::new(),
             first_issued: vec![None; n],
+            issued: vec![0; n],
             params: RoutingParams {
                 half_life_ms: (s.routing.half_life_s * 1000.0) as u64,
                 ..RoutingParams::default()
@@ -413,6 +415,7 @@ impl<'a> Sim<'a> {
         self.out.tokens_issued += grant.blind_signatures.len() as u64;
         // The admin's observation: who got how many blind signatures, when.
         self.first_issued[m].get_or_insert(t);
+        self.issued[m] += grant.blind_signatures.len() as u64;
         for sig in &grant.blind_signatures {
             self.admin_sigs.insert(sig.clone(), m);
         }

@@ -308,7 +308,9 @@ impl Report {
              - `relay`: knows the borrower's network identity **by design** (DESIGN §6: sealed sender hides it from the \
              lender, not the relay); it never sees the token or the content.\n\
              - `admin`: sees only issuance (who got how many blind signatures, when) and, worst case, the spent \
-             token; blinding makes the token unlinkable, so it can only guess among members holding tokens.\n"
+             token; blinding makes the token unlinkable, so it can only guess among members holding tokens.\n\
+             - `admin-volume`: the admin's base rate — always the member who drew the most tokens. It links nothing, \
+             but refill volume tracks borrowing volume, so heavy borrowers are exposed as heavy borrowers.\n"
         );
         let _ = writeln!(md, "## Adversary members\n\n| attempt | count |\n|---|---|");
         for (k, v) in &self.attacks.attempts {

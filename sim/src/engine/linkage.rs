@@ -46,15 +46,21 @@ impl Sim<'_> {
                 let list = &self.pubs[p];
                 let lo = list.partition_point(|q| q.t < start);
                 let hi = list.partition_point(|q| q.t <= x.t);
-                let in_window = &list[lo..hi];
-                let first_zero = in_window
+                // Only what gossip brought this lender.
+                let in_window: Vec<&Publication> = list[lo..hi]
                     .iter()
-                    .find(|q| q.exact == 0)
-                    .map(|q| q.t.saturating_sub(start));
-                let bucketed = match first_zero {
+                    .filter(|q| self.net.gossip_delivered(p, l, q.seq, q.t, t))
+                    .collect();
+                let since = |q: &&Publication| q.t.saturating_sub(start);
+                let bucket_zero = in_window
+                    .iter()
+                    .find(|q| q.headroom == HeadroomBucket::None)
+                    .map(since);
+                let bucketed = match bucket_zero {
                     Some(z) if x.headroom == HeadroomBucket::None => -1.0 / (z.max(1) as f64),
                     _ => x.headroom as u64 as f64,
                 };
+                let first_zero = in_window.iter().find(|q| q.exact == 0).map(since);
                 let cap = in_window.first().map_or(0, |q| q.exact);
                 let used = f64::from(cap.saturating_sub(x.exact));
                 let rate = match first_zero {
@@ -91,6 +97,20 @@ impl Sim<'_> {
             .entry("admin".into())
             .or_default()
             .record(guess == Some(truth), plausible.len());
+        // Admin, base rate: no linking at all, just the member who has drawn the most tokens so far. Refill volume
+        // tracks borrowing volume, so this beats 1 / plausible without learning anything about this borrow.
+        let most = plausible.iter().map(|&i| self.issued[i]).max().unwrap_or(0);
+        let heaviest: Vec<(usize, f64)> = plausible
+            .iter()
+            .filter(|&&i| self.issued[i] == most)
+            .map(|&i| (i, 0.0))
+            .collect();
+        let volume = self.guess_min(heaviest);
+        self.out
+            .linkage
+            .entry("admin-volume".into())
+            .or_default()
+            .record(volume == Some(truth), plausible.len());
     }
 
     pub(super) fn guess_min(&mut self, keyed: Vec<(usize, f64)>) -> Option<usize> {
