@@ -268,7 +268,7 @@ impl Report {
         }
         let _ = writeln!(md, "\n## Borrowing\n\n| metric | value |\n|---|---|");
         for (label, key, scale, digits) in [
-            ("served by a lender (share of demand)", "borrowed_share", 100.0, 2),
+            ("served by a lender (% of demand)", "borrowed_share", 100.0, 2),
             ("borrow latency p50 (ms)", "latency_p50_ms", 1.0, 0),
             ("borrow latency p90 (ms)", "latency_p90_ms", 1.0, 0),
             ("borrow latency p99 (ms)", "latency_p99_ms", 1.0, 0),
