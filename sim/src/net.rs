@@ -68,12 +68,17 @@ impl Network {
     /// Builds the network for one run.
     pub fn new(s: &Scenario, seed: u64, rng: ChaCha8Rng, faults_until: Ms) -> Self {
         let minute = 60_000.0;
-        let skew_ms = (0..s.members)
+        let mut skew_ms: Vec<i64> = (0..s.members)
             .map(|i| {
                 let u = hash_unit(seed ^ mix(0x5345_5745 ^ i as u64));
                 ((u * 2.0 - 1.0) * s.network.clock_skew_ms) as i64
             })
             .collect();
+        for c in &s.faults.clock_skews {
+            if let Some(k) = skew_ms.get_mut(c.member) {
+                *k = k.saturating_add(c.skew_ms);
+            }
+        }
         let partitions = s
             .faults
             .partitions

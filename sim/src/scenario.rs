@@ -148,10 +148,24 @@ pub struct Crash {
     pub restart_min: f64,
 }
 
-/// Faults injected during the run (all healed in the liveness phase).
+/// A clock fault: `member`'s clock is off by `skew_ms` for the whole run (on top of the network's random skew).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClockSkew {
+    /// Member index.
+    pub member: usize,
+    /// Offset in ms (negative: behind).
+    pub skew_ms: i64,
+}
+
+/// Faults injected during the run (all healed in the liveness phase, except clock skew, which a restart does not
+/// fix).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Faults {
+    /// Members with a badly set clock.
+    #[serde(default)]
+    pub clock_skews: Vec<ClockSkew>,
     /// Partitions.
     #[serde(default)]
     pub partitions: Vec<Partition>,
@@ -440,6 +454,14 @@ impl Scenario {
                 return Err(bad(
                     "faults.partitions",
                     "member index out of range or start after end",
+                ));
+            }
+        }
+        for c in &self.faults.clock_skews {
+            if c.member >= self.members || c.skew_ms.unsigned_abs() > 86_400_000 {
+                return Err(bad(
+                    "faults.clock_skews",
+                    "member index out of range or skew beyond ±1 day",
                 ));
             }
         }
