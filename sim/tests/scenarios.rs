@@ -135,3 +135,23 @@ fn admin_is_at_chance_and_bucketing_beats_exact_headroom() {
         "the lender does learn something from buckets: {bucketed} vs {lchance}"
     );
 }
+
+#[test]
+fn clocks_beyond_the_window_cut_members_off() {
+    let mut s = scenario("test-skew");
+    // Every clock 7 minutes apart from the next: each member sees all attestations outside its ±5 min window.
+    s.faults.clock_skews = (0..s.members)
+        .map(|member| lendmesh_sim::scenario::ClockSkew {
+            member,
+            skew_ms: member as i64 * 420_000,
+        })
+        .collect();
+    let r = Report::build(&s, &runs(&s, 7..8));
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+    assert!(r.failures.contains_key("no_lender_available"), "{:?}", r.failures);
+    assert!(
+        (r.mean("served") - r.mean("no_sharing")).abs() < 1e-9,
+        "nobody could borrow"
+    );
+    assert!(r.attestation_rejections.values().sum::<u64>() > 0);
+}
