@@ -3,13 +3,15 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use lendmesh_protocol::routing::Policy;
 use lendmesh_sim::report::{Report, compare_markdown};
-use lendmesh_sim::{Scenario, charts, run_seed};
+use lendmesh_sim::{RunResult, Scenario, charts, run_seed};
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Simulate whole lendmesh groups in virtual time")]
@@ -39,6 +41,9 @@ struct Overrides {
     /// Seconds between attestations.
     #[arg(long)]
     attestation_period_s: Option<f64>,
+    /// Seeds run in parallel (results are identical for any value).
+    #[arg(long, default_value_t = 2)]
+    jobs: usize,
     /// No progress line on stderr.
     #[arg(long)]
     quiet: bool,
@@ -86,28 +91,50 @@ fn load(path: &Path, o: &Overrides) -> anyhow::Result<Scenario> {
     Ok(s)
 }
 
+/// Runs the seeds on up to `--jobs` threads (each seed is deterministic on its own, so results do not depend on
+/// the thread count), with one progress line over all seeds.
 fn run_all(s: &Scenario, o: &Overrides, label: &str) -> Report {
     let first = o.seed.unwrap_or(s.seed);
-    let runs: Vec<_> = (0..o.seeds)
-        .map(|k| {
-            let seed = first + k;
-            let mut last = -1i64;
-            let mut progress = |f: f64| {
-                let pct = (f * 100.0) as i64;
-                if !o.quiet && pct != last {
-                    last = pct;
-                    let bar = "#".repeat((pct / 5) as usize);
-                    let mut err = std::io::stderr();
-                    let _ = write!(err, "\r{label} seed {seed} [{bar:<20}] {pct:>3}%");
-                    let _ = err.flush();
+    let seeds: Vec<u64> = (0..o.seeds).map(|k| first + k).collect();
+    let jobs = o.jobs.clamp(1, seeds.len().max(1));
+    let done: Vec<AtomicU64> = seeds.iter().map(|_| AtomicU64::new(0)).collect();
+    let printed = AtomicU64::new(u64::MAX);
+    let next = AtomicUsize::new(0);
+    let mut runs: Vec<Option<RunResult>> = Vec::new();
+    runs.resize_with(seeds.len(), || None);
+    let results = Mutex::new(runs);
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| {
+                loop {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&seed) = seeds.get(k) else { break };
+                    let mut progress = |f: f64| {
+                        done[k].store((f * 1000.0) as u64, Ordering::Relaxed);
+                        let total: u64 = done.iter().map(|d| d.load(Ordering::Relaxed)).sum();
+                        let pct = total / (10 * done.len() as u64);
+                        if !o.quiet && printed.swap(pct, Ordering::Relaxed) != pct {
+                            let bar = "#".repeat((pct / 5) as usize);
+                            let mut err = std::io::stderr();
+                            let _ = write!(err, "\r{label}: {} seed(s) [{bar:<20}] {pct:>3}%", done.len());
+                            let _ = err.flush();
+                        }
+                    };
+                    let r = run_seed(s, seed, &mut progress);
+                    let mut guard = results.lock().unwrap_or_else(|p| p.into_inner());
+                    guard[k] = Some(r);
                 }
-            };
-            let r = run_seed(s, seed, &mut progress);
-            if !o.quiet {
-                let _ = writeln!(std::io::stderr());
-            }
-            r
-        })
+            });
+        }
+    });
+    if !o.quiet {
+        let _ = writeln!(std::io::stderr());
+    }
+    let runs: Vec<RunResult> = results
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner())
+        .into_iter()
+        .flatten()
         .collect();
     Report::build(s, &runs)
 }
