@@ -1,0 +1,637 @@
+//! The discrete-event loop: a binary heap of events keyed by (virtual time, sequence number), one seeded RNG per
+//! concern, and the protocol's own state machines doing every check.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+
+use ed25519_dalek::SigningKey;
+use lendmesh_protocol::attestation::{Attestation, AttestationBody, AttestationKey, HeadroomBucket};
+use lendmesh_protocol::blind_rsa::PublicKey;
+use lendmesh_protocol::group::{Roster, RosterEntry};
+use lendmesh_protocol::issuer::Issuer;
+use lendmesh_protocol::routing::RoutingParams;
+use lendmesh_protocol::token::{TokenHash, TokenSpend, WalletToken};
+use lendmesh_protocol::wallet::Wallet;
+use lendmesh_protocol::wire::IssueRequest;
+use lendmesh_protocol::{GroupId, PeerId};
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+
+use crate::member::{Member, Publication, Role};
+use crate::net::{Ms, Network, mix};
+use crate::outcome::{Bin, RunResult};
+use crate::scenario::Scenario;
+use crate::workload::{self, Request};
+
+mod attacks;
+mod borrow;
+mod linkage;
+
+/// The lender's answer to a spend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Answer {
+    Served,
+    NoHeadroom { retry_after_ms: u64 },
+    Refused(&'static str),
+}
+
+#[derive(Debug)]
+enum Ev {
+    Demand(usize),
+    Publish(usize),
+    Crash(usize),
+    Attack(usize),
+    AtLender {
+        borrow: u64,
+        attempt: u32,
+        lender: usize,
+        relay: Option<usize>,
+        spend: Box<TokenSpend>,
+        /// Ground truth for scoring the linkage attackers; the lender's logic never reads it.
+        truth: usize,
+    },
+    Reply {
+        borrow: u64,
+        attempt: u32,
+        answer: Answer,
+    },
+    Timeout {
+        borrow: u64,
+        attempt: u32,
+    },
+    IssueAtAdmin {
+        member: usize,
+        request: Box<IssueRequest>,
+    },
+    IssueReply {
+        member: usize,
+        sigs: Vec<Vec<u8>>,
+    },
+    AdvSpend {
+        lender: usize,
+        spend: Box<TokenSpend>,
+        kind: &'static str,
+    },
+    AdvAttestation {
+        victim: usize,
+        about: usize,
+        att: Box<Attestation>,
+        kind: &'static str,
+    },
+}
+
+#[derive(Debug)]
+struct Item {
+    t: Ms,
+    seq: u64,
+    ev: Ev,
+}
+impl PartialEq for Item {
+    fn eq(&self, o: &Self) -> bool {
+        (self.t, self.seq) == (o.t, o.seq)
+    }
+}
+impl Eq for Item {}
+impl PartialOrd for Item {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Item {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.t, self.seq).cmp(&(o.t, o.seq))
+    }
+}
+
+#[derive(Debug)]
+struct Borrow {
+    borrower: usize,
+    started: Ms,
+    token: WalletToken,
+    tried: Vec<PeerId>,
+    lender: usize,
+    relay: Option<usize>,
+    digest: [u8; 32],
+    spend: Option<TokenSpend>,
+    attempt: u32,
+    retried: bool,
+    last_cause: &'static str,
+}
+
+/// How far back gossip lookups walk (publications); older ones are outside any useful freshness window.
+const GOSSIP_LOOKBACK: usize = 8;
+
+/// A run in progress.
+#[derive(Debug)]
+pub(crate) struct Sim<'a> {
+    s: &'a Scenario,
+    n: usize,
+    window_ms: Ms,
+    end: Ms,
+    stop: Ms,
+    net: Network,
+    members: Vec<Member>,
+    index: HashMap<PeerId, usize>,
+    roster: Roster,
+    group: GroupId,
+    att_key: AttestationKey,
+    issuer: Issuer,
+    issuer_pk: PublicKey,
+    admin_rng: ChaCha8Rng,
+    adv_rng: ChaCha8Rng,
+    pubs: Vec<Vec<Publication>>,
+    att_memo: Vec<Option<(u64, Attestation)>>,
+    queue: BinaryHeap<Reverse<Item>>,
+    next_seq: u64,
+    borrows: BTreeMap<u64, Borrow>,
+    next_borrow: u64,
+    trace: Vec<Request>,
+    genuine: HashSet<TokenHash>,
+    served_by: Vec<HashSet<TokenHash>>,
+    admin_sigs: HashMap<Vec<u8>, usize>,
+    first_issued: Vec<Option<Ms>>,
+    issued: Vec<u64>,
+    params: RoutingParams,
+    bin_ms: Ms,
+    fresh_serve: bool,
+    out: RunResult,
+}
+
+impl<'a> Sim<'a> {
+    /// Sets up a run: keys, roster, issuer, members, demand trace.
+    pub(crate) fn new(s: &'a Scenario, seed: u64) -> Self {
+        let n = s.members;
+        let end = (s.duration_hours * 3_600_000.0) as Ms;
+        let stop = end + (s.liveness_bound_s * 1000.0) as Ms;
+        let stream = |k: u64| ChaCha8Rng::seed_from_u64(mix(seed ^ mix(k)));
+        let mut setup = stream(1);
+        let mut group_bytes = [0u8; 16];
+        setup.fill_bytes(&mut group_bytes);
+        let group = GroupId(group_bytes);
+        let att_key = AttestationKey::random(&mut setup);
+        let keys: Vec<SigningKey> = (0..n)
+            .map(|_| {
+                let mut b = [0u8; 32];
+                setup.fill_bytes(&mut b);
+                SigningKey::from_bytes(&b)
+            })
+            .collect();
+        let mut admin_seed = [0u8; 32];
+        setup.fill_bytes(&mut admin_seed);
+        let admin = PeerId::from_public_key(&SigningKey::from_bytes(&admin_seed).verifying_key());
+        let roster = Roster {
+            group_id: group,
+            version: 1,
+            admin,
+            members: keys
+                .iter()
+                .map(|k| RosterEntry {
+                    peer: PeerId::from_public_key(&k.verifying_key()),
+                    quota_per_epoch: u32::MAX / 2,
+                    expires_at_ms: u64::MAX,
+                })
+                .collect(),
+            removed: Vec::new(),
+        };
+        let secret = lendmesh_protocol::test_keys::rsa_2048();
+        let issuer_pk = secret.public_key().clone();
+        let issuer = Issuer::new(0, secret, roster.clone());
+        let caps = workload::capacities(s, seed);
+        let roles = roles(s);
+        let members: Vec<Member> = keys
+            .into_iter()
+            .enumerate()
+            .map(|(i, k)| {
+                Member::new(
+                    k,
+                    roles[i],
+                    caps[i],
+                    n,
+                    group,
+                    att_key.clone(),
+                    issuer_pk.clone(),
+                    stream(1000 + i as u64),
+                )
+            })
+            .collect();
+        let index = members.iter().enumerate().map(|(i, m)| (m.id, i)).collect();
+        let bin_ms = (end / 48).max(1);
+        let out = RunResult {
+            seed,
+            lender_load: vec![0; n],
+            bins: vec![Bin::default(); (end / bin_ms + 1) as usize],
+            bin_minutes: bin_ms as f64 / 60_000.0,
+            ..RunResult::default()
+        };
+        Sim {
+            s,
+            n,
+            window_ms: (s.capacity.window_minutes * 60_000.0) as Ms,
+            end,
+            stop,
+            net: Network::new(s, seed, stream(2), end),
+            members,
+            index,
+            roster,
+            group,
+            att_key,
+            issuer,
+            issuer_pk,
+            admin_rng: stream(3),
+            adv_rng: stream(4),
+            pubs: vec![Vec::new(); n],
+            att_memo: vec![None; n],
+            queue: BinaryHeap::new(),
+            next_seq: 0,
+            borrows: BTreeMap::new(),
+            next_borrow: 0,
+            trace: workload::trace(s, seed, end),
+            genuine: HashSet::new(),
+            served_by: vec![HashSet::new(); n],
+            admin_sigs: HashMap::new(),
+            first_issued: vec![None; n],
+            issued: vec![0; n],
+            params: RoutingParams {
+                half_life_ms: (s.routing.half_life_s * 1000.0) as u64,
+                ..RoutingParams::default()
+            },
+            bin_ms,
+            fresh_serve: false,
+            out,
+        }
+    }
+
+    fn at(&mut self, t: Ms, ev: Ev) {
+        self.next_seq += 1;
+        self.queue.push(Reverse(Item {
+            t,
+            seq: self.next_seq,
+            ev,
+        }));
+    }
+
+    fn local(&self, i: usize, t: Ms) -> u64 {
+        self.net.local_ms(i, t)
+    }
+
+    /// Runs to the end of the liveness phase. `progress` gets the fraction of virtual time done.
+    pub(crate) fn run(mut self, progress: &mut dyn FnMut(f64)) -> RunResult {
+        if !self.trace.is_empty() {
+            self.at(self.trace[0].t, Ev::Demand(0));
+        }
+        let period = (self.s.attestation_period_s * 1000.0) as Ms;
+        let attack = (self.s.adversaries.period_s * 1000.0) as Ms;
+        for i in 0..self.n {
+            let phase = mix(self.out.seed ^ i as u64) % period.max(1);
+            self.at(phase, Ev::Publish(i));
+            if self.members[i].role != Role::Honest {
+                self.at(attack / 2 + phase, Ev::Attack(i));
+            }
+            for (down, _) in self.net.crash_spans(i) {
+                self.at(down, Ev::Crash(i));
+            }
+        }
+        let mut last_report = 0;
+        while let Some(Reverse(item)) = self.queue.pop() {
+            if item.t > self.stop {
+                break;
+            }
+            self.out.events += 1;
+            if item.t >= last_report + self.stop / 100 {
+                last_report = item.t;
+                progress(item.t as f64 / self.stop as f64);
+            }
+            self.handle(item.t, item.ev);
+        }
+        progress(1.0);
+        self.finish()
+    }
+
+    fn handle(&mut self, t: Ms, ev: Ev) {
+        match ev {
+            Ev::Demand(k) => self.on_demand(t, k),
+            Ev::Publish(i) => self.on_publish(t, i),
+            Ev::Crash(i) => self.on_crash(t, i),
+            Ev::Attack(i) => self.on_attack(t, i),
+            Ev::AtLender {
+                borrow,
+                attempt,
+                lender,
+                relay,
+                spend,
+                truth,
+            } => self.on_at_lender(t, borrow, attempt, lender, relay, &spend, truth),
+            Ev::Reply {
+                borrow,
+                attempt,
+                answer,
+            } => self.on_reply(t, borrow, attempt, answer),
+            Ev::Timeout { borrow, attempt } => self.on_timeout(t, borrow, attempt),
+            Ev::IssueAtAdmin { member, request } => self.on_issue(t, member, &request),
+            Ev::IssueReply { member, sigs } => self.on_issue_reply(member, &sigs),
+            Ev::AdvSpend { lender, spend, kind } => {
+                if self.net.is_down(lender, t) {
+                    self.out.attacks.outcome(kind, "lost");
+                    return;
+                }
+                let answer = self.lend(t, lender, &spend, None);
+                let label = match answer {
+                    Answer::Served if !self.fresh_serve => "answered_idempotently_no_second_serve".to_owned(),
+                    Answer::Served => "served".to_owned(),
+                    Answer::NoHeadroom { .. } => "refused:no_headroom".to_owned(),
+                    Answer::Refused(r) => format!("refused:{r}"),
+                };
+                self.out.attacks.outcome(kind, &label);
+            }
+            Ev::AdvAttestation {
+                victim,
+                about,
+                att,
+                kind,
+            } => self.on_adv_attestation(t, victim, about, &att, kind),
+        }
+    }
+
+    // ---- demand and own capacity -------------------------------------------------------------------------
+
+    fn on_demand(&mut self, t: Ms, k: usize) {
+        if let Some(next) = self.trace.get(k + 1) {
+            let nt = next.t;
+            self.at(nt, Ev::Demand(k + 1));
+        }
+        let m = self.trace[k].member;
+        if self.net.is_down(m, t) {
+            self.out.offline_requests += 1;
+            return;
+        }
+        self.out.demand += 1;
+        let bin = (t / self.bin_ms) as usize;
+        self.out.bins[bin].demand += 1;
+        let window_ms = self.window_ms;
+        let me = &mut self.members[m];
+        me.roll(t, window_ms);
+        if me.remaining() > 0 {
+            me.used += 1;
+            self.out.served_own += 1;
+            self.out.bins[bin].served += 1;
+            self.maybe_refill(t, m, false);
+            return;
+        }
+        self.maybe_refill(t, m, false);
+        self.start_borrow(t, m);
+    }
+
+    fn maybe_refill(&mut self, t: Ms, m: usize, force: bool) {
+        let me = &mut self.members[m];
+        let low = me.remaining() * 4 <= me.capacity;
+        if me.refill.is_some() || me.wallet.balance() >= self.s.tokens.low_water as usize || !(low || force) {
+            return;
+        }
+        let Ok((request, batch)) =
+            Wallet::prepare_batch(&self.issuer_pk, 0, self.s.tokens.refill_batch, &mut me.rng)
+        else {
+            return;
+        };
+        let admin = self.net.admin();
+        if let Some(d) = self.net.send(m, admin, t) {
+            self.members[m].refill = Some(batch);
+            self.at(
+                t + d,
+                Ev::IssueAtAdmin {
+                    member: m,
+                    request: Box::new(request),
+                },
+            );
+        }
+    }
+
+    fn on_issue(&mut self, t: Ms, m: usize, request: &IssueRequest) {
+        let peer = self.members[m].id;
+        let now = self.local(self.net.admin(), t);
+        let Ok(grant) = self.issuer.issue(&peer, request, now, &mut self.admin_rng) else {
+            self.members[m].refill = None;
+            return;
+        };
+        self.out.tokens_issued += grant.blind_signatures.len() as u64;
+        // The admin's observation: who got how many blind signatures, when.
+        self.first_issued[m].get_or_insert(t);
+        self.issued[m] += grant.blind_signatures.len() as u64;
+        for sig in &grant.blind_signatures {
+            self.admin_sigs.insert(sig.clone(), m);
+        }
+        let admin = self.net.admin();
+        match self.net.send(admin, m, t) {
+            Some(d) => self.at(
+                t + d,
+                Ev::IssueReply {
+                    member: m,
+                    sigs: grant.blind_signatures,
+                },
+            ),
+            None => self.members[m].refill = None,
+        }
+    }
+
+    fn on_issue_reply(&mut self, m: usize, sigs: &[Vec<u8>]) {
+        let Some(batch) = self.members[m].refill.take() else {
+            return;
+        };
+        if self.members[m]
+            .wallet
+            .finalize(&self.issuer_pk, &batch, sigs)
+            .is_ok()
+        {
+            for p in &batch.tokens {
+                self.genuine.insert(p.input.hash());
+            }
+        }
+    }
+
+    // ---- attestations and gossip -------------------------------------------------------------------------
+
+    fn on_publish(&mut self, t: Ms, i: usize) {
+        let period = (self.s.attestation_period_s * 1000.0) as Ms;
+        if t + period <= self.stop {
+            self.at(t + period, Ev::Publish(i));
+        }
+        if self.net.is_down(i, t) {
+            return;
+        }
+        let window_ms = self.window_ms;
+        let local = self.local(i, t);
+        let me = &mut self.members[i];
+        me.roll(t, window_ms);
+        me.seq += 1;
+        let resets = crate::net::EPOCH_START_MS + (me.window + 1) * window_ms;
+        self.pubs[i].push(Publication {
+            t,
+            seq: me.seq,
+            issued_at_ms: local,
+            headroom: HeadroomBucket::from_remaining(u64::from(me.remaining()), u64::from(me.capacity)),
+            exact: me.remaining(),
+            resets_at_ms: resets,
+        });
+    }
+
+    /// The newest publication of `p` that reached `r` by `now`.
+    fn latest_delivered(&self, p: usize, r: usize, now: Ms) -> Option<Publication> {
+        let list = &self.pubs[p];
+        let idx = list.partition_point(|x| x.t <= now);
+        list[idx.saturating_sub(GOSSIP_LOOKBACK)..idx]
+            .iter()
+            .rev()
+            .find(|x| self.net.gossip_delivered(p, r, x.seq, x.t, now))
+            .copied()
+    }
+
+    fn attestation(&mut self, p: usize, pubn: &Publication) -> Option<Attestation> {
+        if let Some((seq, att)) = &self.att_memo[p]
+            && *seq == pubn.seq
+        {
+            return Some(att.clone());
+        }
+        let body = AttestationBody {
+            group_id: self.group,
+            peer_id: self.members[p].id,
+            seq: pubn.seq,
+            issued_at_ms: pubn.issued_at_ms,
+            headroom: pubn.headroom,
+            window_resets_at_ms: pubn.resets_at_ms,
+            ohttp_key_config: vec![0x20; 41],
+        };
+        let att = Attestation::create(body, &self.att_key, &self.members[p].key).ok()?;
+        self.att_memo[p] = Some((pubn.seq, att.clone()));
+        Some(att)
+    }
+
+    /// Feeds `r`'s acceptor the newest attestation of `p` that reached it.
+    fn refresh_one(&mut self, r: usize, p: usize, now: Ms) {
+        let Some(pubn) = self.latest_delivered(p, r, now) else {
+            return;
+        };
+        if pubn.seq <= self.members[r].fed_seq[p] {
+            return;
+        }
+        let Some(att) = self.attestation(p, &pubn) else {
+            return;
+        };
+        let local = self.local(r, now);
+        let me = &mut self.members[r];
+        me.fed_seq[p] = pubn.seq;
+        match me.acceptor.accept(&att, &self.roster, local) {
+            Ok(()) => {
+                me.table[p] = Some(crate::member::PeerView {
+                    headroom: att.body.headroom,
+                    issued_at_ms: att.body.issued_at_ms,
+                });
+            }
+            Err(e) => {
+                *self
+                    .out
+                    .attestation_rejections
+                    .entry(e.label().to_owned())
+                    .or_default() += 1
+            }
+        }
+    }
+
+    // ---- the end -----------------------------------------------------------------------------------------
+
+    fn finish(mut self) -> RunResult {
+        if !self.borrows.is_empty() {
+            let k = self.borrows.len();
+            let bound = self.s.liveness_bound_s;
+            self.violation(format!(
+                "liveness: {k} borrows still pending {bound} s after faults healed"
+            ));
+        }
+        let caps: Vec<u32> = self.members.iter().map(|m| m.capacity).collect();
+        crate::baseline::fill(
+            &mut self.out,
+            &self.trace,
+            &caps,
+            &self.net,
+            self.window_ms,
+            self.bin_ms,
+        );
+        let out = &mut self.out;
+        out.served_fraction =
+            crate::outcome::ratio((out.served_own + out.served_borrowed) as f64, out.demand as f64);
+        out.borrow_latency_ms.sort_unstable();
+        let x: Vec<f64> = out
+            .lender_load
+            .iter()
+            .zip(&caps)
+            .map(|(&l, &c)| l as f64 / f64::from(c))
+            .collect();
+        let (sum, sq) = (x.iter().sum::<f64>(), x.iter().map(|v| v * v).sum::<f64>());
+        out.jain = crate::outcome::ratio(sum * sum, x.len() as f64 * sq);
+        let loads = &out.lender_load;
+        let mean = loads.iter().sum::<u64>() as f64 / loads.len().max(1) as f64;
+        out.herding = crate::outcome::ratio(loads.iter().copied().max().unwrap_or(0) as f64, mean);
+        self.out
+    }
+}
+
+fn roles(s: &Scenario) -> Vec<Role> {
+    let a = &s.adversaries;
+    let mut roles = vec![Role::Honest; s.members];
+    let mut k = s.members;
+    for (count, role) in [
+        (a.double_spenders, Role::DoubleSpender),
+        (a.forgers, Role::Forger),
+        (a.attestation_replayers, Role::AttestationReplayer),
+        (a.attestation_forgers, Role::AttestationForger),
+    ] {
+        for _ in 0..count {
+            k -= 1;
+            roles[k] = role;
+        }
+    }
+    roles
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> Scenario {
+        let path = format!("{}/scenarios/test-skew.toml", env!("CARGO_MANIFEST_DIR"));
+        Scenario::from_file(std::path::Path::new(&path)).unwrap()
+    }
+
+    #[test]
+    fn invariant_checks_fire() {
+        let s = small();
+        let mut sim = Sim::new(&s, 1);
+        let fake = TokenHash([7; 32]);
+        sim.check_serve(0, &fake);
+        assert_eq!(sim.out.violations.len(), 1, "a token the issuer never signed");
+        sim.genuine.insert(fake);
+        sim.check_serve(1, &fake);
+        assert_eq!(sim.out.violations.len(), 1);
+        sim.check_serve(1, &fake);
+        assert_eq!(
+            sim.out.violations.len(),
+            2,
+            "the same token served twice by one lender"
+        );
+        sim.members[2].used = sim.members[2].capacity + 1;
+        sim.genuine.insert(TokenHash([8; 32]));
+        sim.check_serve(2, &TokenHash([8; 32]));
+        assert_eq!(sim.out.violations.len(), 3, "over capacity");
+        assert!(sim.out.violations.iter().all(|v| v.starts_with("seed 1:")));
+    }
+
+    #[test]
+    fn events_pop_in_time_then_insertion_order() {
+        let s = small();
+        let mut sim = Sim::new(&s, 1);
+        sim.at(5, Ev::Publish(2));
+        sim.at(3, Ev::Publish(1));
+        sim.at(5, Ev::Publish(0));
+        let order: Vec<(Ms, u64)> =
+            std::iter::from_fn(|| sim.queue.pop().map(|Reverse(i)| (i.t, i.seq))).collect();
+        assert_eq!(order, vec![(3, 2), (5, 1), (5, 3)]);
+    }
+}

@@ -1,0 +1,197 @@
+//! Adversarial members: double spenders, forgers, attestation replayers and forgers. They act through the
+//! simulated network and meet the same protocol code as everyone else.
+
+use lendmesh_protocol::attestation::{Attestation, AttestationBody, AttestationKey, HeadroomBucket};
+use lendmesh_protocol::routing;
+use lendmesh_protocol::token::{Token, TokenInput, TokenSpend, WalletToken};
+use rand_core::RngCore;
+
+use super::{Ev, Sim};
+use crate::member::Role;
+use crate::net::Ms;
+
+impl Sim<'_> {
+    pub(super) fn other(&mut self, not: &[usize]) -> usize {
+        loop {
+            let k = routing::uniform_index(&mut self.adv_rng, self.n);
+            if !not.contains(&k) {
+                return k;
+            }
+        }
+    }
+
+    pub(super) fn send_adv_spend(
+        &mut self,
+        t: Ms,
+        from: usize,
+        lender: usize,
+        spend: TokenSpend,
+        kind: &'static str,
+    ) {
+        self.out.attacks.attempt(kind);
+        match self.net.send(from, lender, t) {
+            Some(d) => self.at(
+                t + d,
+                Ev::AdvSpend {
+                    lender,
+                    spend: Box::new(spend),
+                    kind,
+                },
+            ),
+            None => self.out.attacks.outcome(kind, "lost"),
+        }
+    }
+
+    pub(super) fn on_attack(&mut self, t: Ms, a: usize) {
+        let period = (self.s.adversaries.period_s * 1000.0) as Ms;
+        if t + period < self.end {
+            self.at(t + period, Ev::Attack(a));
+        }
+        if self.net.is_down(a, t) {
+            return;
+        }
+        let local = self.local(a, t);
+        match self.members[a].role {
+            Role::Honest => {}
+            Role::DoubleSpender => {
+                let Some(tok) = self.members[a].wallet.take(|e| e == 0) else {
+                    return self.maybe_refill(t, a, true);
+                };
+                let l1 = self.other(&[a]);
+                let l2 = self.other(&[a, l1]);
+                let mut digest = [0u8; 32];
+                self.adv_rng.fill_bytes(&mut digest);
+                let s1 = tok.spend(self.members[l1].id, digest, local);
+                self.send_adv_spend(t, a, l1, s1.clone(), "first_spend");
+                self.send_adv_spend(t + 200, a, l1, s1.clone(), "replay_same_lender");
+                self.send_adv_spend(t, a, l2, s1, "spend_at_wrong_lender");
+                let mut d2 = [0u8; 32];
+                self.adv_rng.fill_bytes(&mut d2);
+                let again = tok.spend(self.members[l1].id, d2, local);
+                self.send_adv_spend(t + 300, a, l1, again, "respend_same_lender");
+                let s2 = tok.spend(self.members[l2].id, d2, local);
+                self.send_adv_spend(t + 400, a, l2, s2, "rebound_other_lender");
+            }
+            Role::Forger => {
+                let mut sig = vec![0u8; self.issuer_pk.modulus_len()];
+                self.adv_rng.fill_bytes(&mut sig);
+                let secret = lendmesh_protocol::token::SpendSecret::generate(&mut self.adv_rng);
+                let input = TokenInput::new(0, self.issuer_pk.key_id(), secret.public_key());
+                let fake = WalletToken {
+                    token: Token {
+                        input,
+                        signature: sig,
+                    },
+                    spend_secret: secret,
+                };
+                let l = self.other(&[a]);
+                let mut digest = [0u8; 32];
+                self.adv_rng.fill_bytes(&mut digest);
+                let spend = fake.spend(self.members[l].id, digest, local);
+                self.send_adv_spend(t, a, l, spend, "forged_token");
+            }
+            Role::AttestationReplayer => {
+                let p = self.other(&[a]);
+                let v = self.other(&[a, p]);
+                // Alternate between an expired attestation and a recent one the victim already has.
+                let old = self.adv_rng.next_u32().is_multiple_of(2);
+                let list = &self.pubs[p];
+                let cutoff = t.saturating_sub(6 * 60_000);
+                let pick = if old {
+                    list.iter().rev().find(|x| x.t <= cutoff).copied()
+                } else {
+                    let idx = list.partition_point(|x| x.t + 5_000 <= t);
+                    idx.checked_sub(1).and_then(|i| list.get(i)).copied()
+                };
+                let Some(pubn) = pick else {
+                    return;
+                };
+                let Some(att) = self.attestation(p, &pubn) else {
+                    return;
+                };
+                self.send_adv_att(t, a, v, p, att, "replayed_attestation");
+            }
+            Role::AttestationForger => {
+                let v = self.other(&[a]);
+                let p = self.other(&[a, v]);
+                let body = AttestationBody {
+                    group_id: self.group,
+                    peer_id: self.members[a].id,
+                    seq: self.members[a].seq + 1_000_000,
+                    issued_at_ms: local,
+                    headroom: HeadroomBucket::High,
+                    window_resets_at_ms: local + 60_000,
+                    ohttp_key_config: vec![0x20; 41],
+                };
+                let (att, about) = if self.adv_rng.next_u32().is_multiple_of(2) {
+                    // Tagged with a key that is not the group's.
+                    let wrong = AttestationKey::random(&mut self.adv_rng);
+                    (Attestation::create(body, &wrong, &self.members[a].key), a)
+                } else {
+                    // A valid own attestation re-labelled as another member's.
+                    let made = Attestation::create(body, &self.att_key, &self.members[a].key);
+                    (
+                        made.map(|mut x| {
+                            x.body.peer_id = self.members[p].id;
+                            x
+                        }),
+                        p,
+                    )
+                };
+                if let Ok(att) = att {
+                    self.send_adv_att(t, a, v, about, att, "forged_attestation");
+                }
+            }
+        }
+    }
+
+    pub(super) fn send_adv_att(
+        &mut self,
+        t: Ms,
+        from: usize,
+        v: usize,
+        about: usize,
+        att: Attestation,
+        kind: &'static str,
+    ) {
+        self.out.attacks.attempt(kind);
+        match self.net.send(from, v, t) {
+            Some(d) => self.at(
+                t + d,
+                Ev::AdvAttestation {
+                    victim: v,
+                    about,
+                    att: Box::new(att),
+                    kind,
+                },
+            ),
+            None => self.out.attacks.outcome(kind, "lost"),
+        }
+    }
+
+    pub(super) fn on_adv_attestation(
+        &mut self,
+        t: Ms,
+        v: usize,
+        about: usize,
+        att: &Attestation,
+        kind: &'static str,
+    ) {
+        if self.net.is_down(v, t) {
+            return self.out.attacks.outcome(kind, "lost");
+        }
+        // The victim first takes whatever gossip already brought it.
+        self.refresh_one(v, about, t);
+        let local = self.local(v, t);
+        match self.members[v].acceptor.accept(att, &self.roster, local) {
+            Ok(()) => {
+                if kind == "forged_attestation" {
+                    self.violation(format!("member {v} accepted a forged attestation"));
+                }
+                // A replayed genuine attestation the victim had not received yet is just late gossip.
+                self.out.attacks.outcome(kind, "accepted_as_late_gossip");
+            }
+            Err(e) => self.out.attacks.outcome(kind, &format!("refused:{}", e.label())),
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! Linkage attackers: a lender, a relay and the admin, each alone, name the borrower of every borrow from what
+//! their role observes; scored against chance.
+
+use lendmesh_protocol::attestation::HeadroomBucket;
+use lendmesh_protocol::routing;
+use lendmesh_protocol::token::TokenSpend;
+
+use super::Sim;
+use crate::member::Publication;
+use crate::net::Ms;
+
+impl Sim<'_> {
+    pub(super) fn score_linkage(
+        &mut self,
+        t: Ms,
+        l: usize,
+        relay: Option<usize>,
+        spend: &TokenSpend,
+        truth: usize,
+    ) {
+        let n = self.n;
+        // Relay: sees the borrower's connection directly (by design, DESIGN §6), never the token or content.
+        if relay.is_some() {
+            self.out
+                .linkage
+                .entry("relay".into())
+                .or_default()
+                .record(true, n - 2);
+        }
+        // Lender: its own view of everyone's attestations; the lowest headroom is the likely borrower.
+        let views: Vec<(usize, Publication)> = (0..n)
+            .filter(|&p| p != l)
+            .filter_map(|p| self.latest_delivered(p, l, t).map(|x| (p, x)))
+            .collect();
+        // Bucketed: rank members whose bucket is `none`, earliest-exhausted first (a member that ran dry early in
+        // the window is a heavy user, likely still borrowing); then the lowest bucket. Exact: the count of uses in
+        // the window is known, so each member's rate of use r is too; score r · P(at least `left` uses since the
+        // attestation), i.e. how likely it is exhausted now times how much it asks.
+        let window_ms = self.window_ms;
+        let keyed: Vec<(usize, f64, f64)> = views
+            .iter()
+            .map(|&(p, x)| {
+                let start = x
+                    .resets_at_ms
+                    .saturating_sub(crate::net::EPOCH_START_MS + window_ms);
+                let list = &self.pubs[p];
+                let lo = list.partition_point(|q| q.t < start);
+                let hi = list.partition_point(|q| q.t <= x.t);
+                // Only what gossip brought this lender.
+                let in_window: Vec<&Publication> = list[lo..hi]
+                    .iter()
+                    .filter(|q| self.net.gossip_delivered(p, l, q.seq, q.t, t))
+                    .collect();
+                let since = |q: &&Publication| q.t.saturating_sub(start);
+                let bucket_zero = in_window
+                    .iter()
+                    .find(|q| q.headroom == HeadroomBucket::None)
+                    .map(since);
+                let bucketed = match bucket_zero {
+                    Some(z) if x.headroom == HeadroomBucket::None => -1.0 / (z.max(1) as f64),
+                    _ => x.headroom as u64 as f64,
+                };
+                let first_zero = in_window.iter().find(|q| q.exact == 0).map(since);
+                let cap = in_window.first().map_or(0, |q| q.exact);
+                let used = f64::from(cap.saturating_sub(x.exact));
+                let rate = match first_zero {
+                    Some(z) => f64::from(cap) / z.max(1) as f64,
+                    None => used / x.t.saturating_sub(start).max(1) as f64,
+                };
+                let exhausted = poisson_at_least(rate * t.saturating_sub(x.t) as f64, x.exact);
+                (p, bucketed, -rate * exhausted)
+            })
+            .collect();
+        let bucketed = self.guess_min(keyed.iter().map(|&(p, b, _)| (p, b)).collect());
+        let exact = self.guess_min(keyed.iter().map(|&(p, _, e)| (p, e)).collect());
+        self.out
+            .linkage
+            .entry("lender".into())
+            .or_default()
+            .record(bucketed == Some(truth), n - 1);
+        self.out
+            .linkage
+            .entry("lender-exact".into())
+            .or_default()
+            .record(exact == Some(truth), n - 1);
+        // Admin: holds every blind signature it made; a token links only if its signature is one of them.
+        let plausible: Vec<usize> = (0..n)
+            .filter(|&i| self.first_issued[i].is_some_and(|f| f <= t))
+            .collect();
+        let guess = match self.admin_sigs.get(&spend.token.signature) {
+            Some(&m) => Some(m),
+            None if plausible.is_empty() => None,
+            None => Some(plausible[routing::uniform_index(&mut self.adv_rng, plausible.len())]),
+        };
+        self.out
+            .linkage
+            .entry("admin".into())
+            .or_default()
+            .record(guess == Some(truth), plausible.len());
+        // Admin, base rate: no linking at all, just the member who has drawn the most tokens so far. Refill volume
+        // tracks borrowing volume, so this beats 1 / plausible without learning anything about this borrow.
+        let most = plausible.iter().map(|&i| self.issued[i]).max().unwrap_or(0);
+        let heaviest: Vec<(usize, f64)> = plausible
+            .iter()
+            .filter(|&&i| self.issued[i] == most)
+            .map(|&i| (i, 0.0))
+            .collect();
+        let volume = self.guess_min(heaviest);
+        self.out
+            .linkage
+            .entry("admin-volume".into())
+            .or_default()
+            .record(volume == Some(truth), plausible.len());
+    }
+
+    pub(super) fn guess_min(&mut self, keyed: Vec<(usize, f64)>) -> Option<usize> {
+        let best = keyed.iter().map(|&(_, k)| k).min_by(f64::total_cmp)?;
+        let tied: Vec<usize> = keyed
+            .iter()
+            .filter(|&&(_, k)| k == best)
+            .map(|&(p, _)| p)
+            .collect();
+        Some(tied[routing::uniform_index(&mut self.adv_rng, tied.len())])
+    }
+}
+
+/// P(N ≥ k) for N ~ Poisson(mu).
+fn poisson_at_least(mu: f64, k: u32) -> f64 {
+    if k == 0 {
+        return 1.0;
+    }
+    if k > 60 {
+        return 0.0;
+    }
+    let mut term = (-mu).exp();
+    let mut below = 0.0;
+    for j in 0..k {
+        below += term;
+        term *= mu / f64::from(j + 1);
+    }
+    (1.0 - below).max(0.0)
+}

@@ -1,0 +1,177 @@
+//! One simulated member: its capacity window, wallet, lender state (redeemer, spent set, records) and its view
+//! of the others (attestation acceptor and peer table).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ed25519_dalek::SigningKey;
+use lendmesh_protocol::PeerId;
+use lendmesh_protocol::attestation::{AcceptorConfig, AttestationAcceptor, AttestationKey, HeadroomBucket};
+use lendmesh_protocol::redeemer::{MemorySpentSet, Redeemer};
+use lendmesh_protocol::token::TokenHash;
+use lendmesh_protocol::wallet::{PendingBatch, Wallet};
+use lendmesh_protocol::{GroupId, blind_rsa::PublicKey};
+use rand_chacha::ChaCha8Rng;
+
+use crate::net::Ms;
+
+/// What a member last accepted from one peer.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerView {
+    /// Its bucket.
+    pub headroom: HeadroomBucket,
+    /// The attestation's `issued_at_ms` (the sender's clock).
+    pub issued_at_ms: u64,
+}
+
+/// What a lender keeps about a served borrow: by construction nothing names the borrower; `via` is the relay
+/// the request came through (the connection's remote), checked by the invariants never to be the borrower.
+#[derive(Clone, Debug)]
+pub struct LenderRecord {
+    /// Virtual time served.
+    pub at: Ms,
+    /// The token.
+    pub token_hash: TokenHash,
+    /// The request digest.
+    pub request_digest: [u8; 32],
+    /// The relay the request arrived from.
+    pub via: Option<PeerId>,
+}
+
+/// A role an adversarial member plays besides being an ordinary member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Honest.
+    Honest,
+    /// Spends a token twice at one lender, at a lender it was not bound to, and re-bound at another lender.
+    DoubleSpender,
+    /// Presents tokens with random signature bytes.
+    Forger,
+    /// Replays other members' old attestations.
+    AttestationReplayer,
+    /// Sends attestations with a wrong tag.
+    AttestationForger,
+}
+
+/// One member.
+#[derive(Debug)]
+pub struct Member {
+    /// Its node key.
+    pub key: SigningKey,
+    /// Its PeerId.
+    pub id: PeerId,
+    /// Adversarial role, if any.
+    pub role: Role,
+    /// Requests per window.
+    pub capacity: u32,
+    /// Used in the current window.
+    pub used: u32,
+    /// The current window's index.
+    pub window: u64,
+    /// Tokens.
+    pub wallet: Wallet,
+    /// A refill in flight.
+    pub refill: Option<PendingBatch>,
+    /// Lender checks.
+    pub redeemer: Redeemer,
+    /// Spent tokens (durable: survives a crash).
+    pub spent: MemorySpentSet,
+    /// Request digests answered (idempotent retries), durable.
+    pub answered: BTreeSet<[u8; 32]>,
+    /// Served borrows.
+    pub records: Vec<LenderRecord>,
+    /// Attestation checks (memory: lost on crash).
+    pub acceptor: AttestationAcceptor,
+    /// Peer table, by member index (memory).
+    pub table: Vec<Option<PeerView>>,
+    /// Highest seq fed to the acceptor per peer (memory).
+    pub fed_seq: Vec<u64>,
+    /// Cooling-down-until (the member's clock) per peer (memory).
+    pub cooling: Vec<Option<u64>>,
+    /// Own attestation counter.
+    pub seq: u64,
+    /// Routing and spending randomness.
+    pub rng: ChaCha8Rng,
+}
+
+impl Member {
+    /// A fresh member.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        key: SigningKey,
+        role: Role,
+        capacity: u32,
+        n: usize,
+        group: GroupId,
+        att_key: AttestationKey,
+        issuer_key: PublicKey,
+        rng: ChaCha8Rng,
+    ) -> Self {
+        let id = PeerId::from_public_key(&key.verifying_key());
+        let mut redeemer = Redeemer::new(id);
+        redeemer.accept_epoch(0, issuer_key);
+        Member {
+            key,
+            id,
+            role,
+            capacity,
+            used: 0,
+            window: 0,
+            wallet: Wallet::new(),
+            refill: None,
+            redeemer,
+            spent: MemorySpentSet::new(),
+            answered: BTreeSet::new(),
+            records: Vec::new(),
+            acceptor: AttestationAcceptor::new(group, att_key, AcceptorConfig::default()),
+            table: vec![None; n],
+            fed_seq: vec![0; n],
+            cooling: vec![None; n],
+            seq: 0,
+            rng,
+        }
+    }
+
+    /// Moves to the window containing `t`.
+    pub fn roll(&mut self, t: Ms, window_ms: Ms) {
+        let w = t / window_ms.max(1);
+        if w != self.window {
+            self.window = w;
+            self.used = 0;
+        }
+    }
+
+    /// Capacity left in the current window.
+    pub fn remaining(&self) -> u32 {
+        self.capacity.saturating_sub(self.used)
+    }
+
+    /// Forgets everything held in memory (a crash); durable state stays.
+    pub fn crash(&mut self, group: GroupId, att_key: AttestationKey) {
+        self.acceptor = AttestationAcceptor::new(group, att_key, AcceptorConfig::default());
+        self.table.iter_mut().for_each(|v| *v = None);
+        self.fed_seq.iter_mut().for_each(|s| *s = 0);
+        self.cooling.iter_mut().for_each(|c| *c = None);
+        self.refill = None;
+    }
+}
+
+/// One attestation as published (what gossip carries), with the exact headroom kept aside for the
+/// exact-headroom linkage variant.
+#[derive(Clone, Copy, Debug)]
+pub struct Publication {
+    /// Virtual time.
+    pub t: Ms,
+    /// Seq.
+    pub seq: u64,
+    /// The sender's clock at publication.
+    pub issued_at_ms: u64,
+    /// Bucket.
+    pub headroom: HeadroomBucket,
+    /// Exact remaining capacity (never sent; the exact variant's attacker sees it).
+    pub exact: u32,
+    /// Window reset time.
+    pub resets_at_ms: u64,
+}
+
+/// Unserved-demand causes, kept in a map for the report.
+pub type Causes = BTreeMap<String, u64>;

@@ -1,0 +1,539 @@
+//! Scenarios: what group to simulate, read from TOML (untrusted input: size-limited, validated, never a panic).
+
+use lendmesh_protocol::routing::Policy;
+use serde::{Deserialize, Serialize};
+
+/// Scenario files larger than this are refused before parsing: real scenarios are a few kilobytes, and a bound
+/// keeps a mistaken path (a log, a binary) from being read whole into the TOML parser.
+pub const MAX_SCENARIO_BYTES: usize = 64 * 1024;
+
+/// The most members a scenario may have (the protocol's roster limit is higher; runtime grows with members²).
+pub const MAX_MEMBERS: usize = 200;
+
+/// The longest virtual duration a scenario may ask for.
+pub const MAX_DURATION_HOURS: f64 = 24.0 * 7.0;
+
+/// Upper bound on a scenario's expected requests (members × rate × burst factor × (1 + skew) × hours): the trace
+/// is held in memory, about 16 bytes a request, and each request is at least one event.
+pub const MAX_EXPECTED_REQUESTS: f64 = 20_000_000.0;
+
+/// A scenario could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    /// The file is larger than [`MAX_SCENARIO_BYTES`].
+    #[error(
+        "scenario is {size} bytes, more than the {MAX_SCENARIO_BYTES}-byte limit; is this the right file?"
+    )]
+    TooLarge {
+        /// Its size.
+        size: usize,
+    },
+    /// The TOML does not parse or has unknown fields.
+    #[error("scenario is not valid TOML for lendmesh-sim: {0}")]
+    Parse(String),
+    /// A field is out of range.
+    #[error("scenario field `{field}` is invalid: {reason}")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// What is wrong and what would be accepted.
+        reason: String,
+    },
+}
+
+/// Whether a borrower may go without a relay (DESIGN §6 step 6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum PrivacyMode {
+    /// Refuse to borrow without a relay.
+    #[default]
+    Strict,
+    /// Go direct when no relay is available, and count it.
+    BestEffort,
+}
+
+/// Per-member capacity: uniform between `min` and `max` requests per window.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capacity {
+    /// Smallest capacity per window.
+    pub min: u32,
+    /// Largest capacity per window.
+    pub max: u32,
+    /// Window length in minutes (capacity resets at every multiple).
+    pub window_minutes: f64,
+}
+
+/// Each member's demand: Poisson, with a skew across members, bursts and quiet hours.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Demand {
+    /// Mean requests per hour per member (before skew, bursts and quiet hours).
+    pub mean_per_hour: f64,
+    /// Zipf exponent across members (0 = all alike; 1 = the busiest has twice the second's rate, …).
+    #[serde(default)]
+    pub skew: f64,
+    /// Bursts per member per hour.
+    #[serde(default)]
+    pub bursts_per_hour: f64,
+    /// Rate multiplier during a burst.
+    #[serde(default = "one")]
+    pub burst_factor: f64,
+    /// Burst length in minutes.
+    #[serde(default = "ten")]
+    pub burst_minutes: f64,
+    /// Quiet hours of each day, `[start, end)` in hours 0–24 (may wrap midnight).
+    #[serde(default)]
+    pub quiet_hours: Option<[f64; 2]>,
+    /// Rate multiplier during quiet hours.
+    #[serde(default = "quiet")]
+    pub quiet_factor: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+fn ten() -> f64 {
+    10.0
+}
+fn quiet() -> f64 {
+    0.1
+}
+
+/// The simulated network.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    /// Median one-way latency of a link in ms; each link's base is 0.5–1.5× this.
+    pub latency_ms: f64,
+    /// Mean of the exponential jitter added to every message, ms.
+    #[serde(default)]
+    pub jitter_ms: f64,
+    /// Probability a message is lost.
+    #[serde(default)]
+    pub loss: f64,
+    /// Each node's clock is off by a uniform amount in ±this, ms.
+    #[serde(default)]
+    pub clock_skew_ms: f64,
+    /// Mean gossip delay of an attestation to each receiver, ms (several hops).
+    #[serde(default = "gossip")]
+    pub gossip_delay_ms: f64,
+}
+
+fn gossip() -> f64 {
+    500.0
+}
+
+/// A partition: `members` cannot reach the rest between `start_min` and `end_min`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Partition {
+    /// Start, minutes into the run.
+    pub start_min: f64,
+    /// End, minutes into the run.
+    pub end_min: f64,
+    /// Member indices on the cut-off side.
+    pub members: Vec<usize>,
+}
+
+/// A crash: `member` is down between `at_min` and `restart_min` (wallet and spent set survive; memory does not).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Crash {
+    /// Member index.
+    pub member: usize,
+    /// Crash time, minutes into the run.
+    pub at_min: f64,
+    /// Restart time, minutes into the run.
+    pub restart_min: f64,
+}
+
+/// A clock fault: `member`'s clock is off by `skew_ms` for the whole run (on top of the network's random skew).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClockSkew {
+    /// Member index.
+    pub member: usize,
+    /// Offset in ms (negative: behind).
+    pub skew_ms: i64,
+}
+
+/// Faults injected during the run (all healed in the liveness phase, except clock skew, which a restart does not
+/// fix).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Faults {
+    /// Members with a badly set clock.
+    #[serde(default)]
+    pub clock_skews: Vec<ClockSkew>,
+    /// Partitions.
+    #[serde(default)]
+    pub partitions: Vec<Partition>,
+    /// Crashes.
+    #[serde(default)]
+    pub crashes: Vec<Crash>,
+}
+
+/// Adversarial members (taken from the end of the member list; they also behave as honest lenders).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Adversaries {
+    /// Members who spend one token at several lenders and replay spends.
+    #[serde(default)]
+    pub double_spenders: usize,
+    /// Members who present tokens with random signature bytes.
+    #[serde(default)]
+    pub forgers: usize,
+    /// Members who replay other members' old attestations.
+    #[serde(default)]
+    pub attestation_replayers: usize,
+    /// Members who send attestations tagged with a wrong key or naming another peer.
+    #[serde(default)]
+    pub attestation_forgers: usize,
+    /// Seconds between two attacks of one adversary.
+    #[serde(default = "attack_period")]
+    pub period_s: f64,
+}
+
+fn attack_period() -> f64 {
+    120.0
+}
+
+impl Default for Adversaries {
+    fn default() -> Self {
+        Adversaries {
+            double_spenders: 0,
+            forgers: 0,
+            attestation_replayers: 0,
+            attestation_forgers: 0,
+            period_s: attack_period(),
+        }
+    }
+}
+
+/// Routing and borrowing tunables.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Routing {
+    /// Lender choice policy.
+    #[serde(default)]
+    pub policy: Policy,
+    /// Age at which an attestation's score halves, seconds.
+    #[serde(default = "half_life")]
+    pub half_life_s: f64,
+    /// Lenders tried per request before giving up.
+    #[serde(default = "attempts")]
+    pub max_attempts: usize,
+    /// Cooldown after a refusal, seconds.
+    #[serde(default = "cooldown")]
+    pub cooldown_s: f64,
+    /// A borrower waits this long for an answer, ms.
+    #[serde(default = "timeout")]
+    pub timeout_ms: f64,
+}
+
+fn half_life() -> f64 {
+    30.0
+}
+fn attempts() -> usize {
+    3
+}
+fn cooldown() -> f64 {
+    30.0
+}
+fn timeout() -> f64 {
+    3_000.0
+}
+
+impl Default for Routing {
+    fn default() -> Self {
+        Routing {
+            policy: Policy::default(),
+            half_life_s: half_life(),
+            max_attempts: attempts(),
+            cooldown_s: cooldown(),
+            timeout_ms: timeout(),
+        }
+    }
+}
+
+/// Wallet refills.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tokens {
+    /// Tokens per issuance batch.
+    #[serde(default = "batch")]
+    pub refill_batch: u32,
+    /// Refill when the wallet holds fewer than this and own headroom is under a quarter.
+    #[serde(default = "low_water")]
+    pub low_water: u32,
+}
+
+fn batch() -> u32 {
+    8
+}
+fn low_water() -> u32 {
+    4
+}
+
+impl Default for Tokens {
+    fn default() -> Self {
+        Tokens {
+            refill_batch: batch(),
+            low_water: low_water(),
+        }
+    }
+}
+
+/// A whole scenario.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Short name, used in reports.
+    pub name: String,
+    /// Group size (3–[`MAX_MEMBERS`]).
+    pub members: usize,
+    /// Virtual duration in hours.
+    pub duration_hours: f64,
+    /// Default seed (the CLI's `--seed` overrides it).
+    #[serde(default)]
+    pub seed: u64,
+    /// Seconds between two attestations of a lender.
+    pub attestation_period_s: f64,
+    /// Privacy mode.
+    #[serde(default)]
+    pub privacy: PrivacyMode,
+    /// Upper bound on how long pending borrows may take to finish once faults heal and demand stops, seconds.
+    #[serde(default = "liveness")]
+    pub liveness_bound_s: f64,
+    /// Capacity per member.
+    pub capacity: Capacity,
+    /// Demand per member.
+    pub demand: Demand,
+    /// Network.
+    pub network: Network,
+    /// Routing.
+    #[serde(default)]
+    pub routing: Routing,
+    /// Tokens.
+    #[serde(default)]
+    pub tokens: Tokens,
+    /// Faults.
+    #[serde(default)]
+    pub faults: Faults,
+    /// Adversaries.
+    #[serde(default)]
+    pub adversaries: Adversaries,
+}
+
+/// Both finite, non-negative, and `a <= b`.
+fn ordered(a: f64, b: f64) -> bool {
+    a.is_finite() && b.is_finite() && a >= 0.0 && a <= b
+}
+
+fn liveness() -> f64 {
+    60.0
+}
+
+impl Scenario {
+    /// Parses and validates scenario text.
+    pub fn from_toml(text: &str) -> Result<Self, ScenarioError> {
+        if text.len() > MAX_SCENARIO_BYTES {
+            return Err(ScenarioError::TooLarge { size: text.len() });
+        }
+        let scenario: Scenario = toml::from_str(text).map_err(|e| ScenarioError::Parse(e.to_string()))?;
+        scenario.validate()?;
+        Ok(scenario)
+    }
+
+    /// Reads a scenario file, refusing oversized files before reading them whole.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, ScenarioError> {
+        use std::io::Read;
+        let file = std::fs::File::open(path)
+            .map_err(|e| ScenarioError::Parse(format!("cannot open {}: {e}", path.display())))?;
+        let mut text = String::new();
+        file.take(MAX_SCENARIO_BYTES as u64 + 1)
+            .read_to_string(&mut text)
+            .map_err(|e| ScenarioError::Parse(format!("cannot read {}: {e}", path.display())))?;
+        Self::from_toml(&text)
+    }
+
+    /// Checks every range.
+    pub fn validate(&self) -> Result<(), ScenarioError> {
+        fn bad(field: &'static str, reason: impl Into<String>) -> ScenarioError {
+            ScenarioError::Invalid {
+                field,
+                reason: reason.into(),
+            }
+        }
+        let finite_pos = |x: f64| x.is_finite() && x > 0.0;
+        let finite_nonneg = |x: f64| x.is_finite() && x >= 0.0;
+        if !(3..=MAX_MEMBERS).contains(&self.members) {
+            return Err(bad(
+                "members",
+                format!("{} is outside 3..={MAX_MEMBERS}", self.members),
+            ));
+        }
+        if !finite_pos(self.duration_hours) || self.duration_hours > MAX_DURATION_HOURS {
+            return Err(bad(
+                "duration_hours",
+                format!("must be in (0, {MAX_DURATION_HOURS}]"),
+            ));
+        }
+        if !finite_pos(self.attestation_period_s) || self.attestation_period_s < 1.0 {
+            return Err(bad("attestation_period_s", "must be at least 1 second"));
+        }
+        if !finite_pos(self.liveness_bound_s) {
+            return Err(bad("liveness_bound_s", "must be positive"));
+        }
+        let c = &self.capacity;
+        if c.min == 0 || c.max < c.min || c.max > 1_000_000 {
+            return Err(bad("capacity", "need 1 <= min <= max <= 1000000"));
+        }
+        if !finite_pos(c.window_minutes) || c.window_minutes < 1.0 {
+            return Err(bad("capacity.window_minutes", "must be at least 1 minute"));
+        }
+        let d = &self.demand;
+        if !finite_nonneg(d.mean_per_hour) || d.mean_per_hour > 100_000.0 {
+            return Err(bad("demand.mean_per_hour", "must be in [0, 100000]"));
+        }
+        if !finite_nonneg(d.skew) || d.skew > 5.0 {
+            return Err(bad("demand.skew", "must be in [0, 5]"));
+        }
+        if !finite_nonneg(d.bursts_per_hour) || !finite_pos(d.burst_minutes) {
+            return Err(bad(
+                "demand.bursts_per_hour",
+                "bursts_per_hour >= 0 and burst_minutes > 0",
+            ));
+        }
+        if !(1.0..=100.0).contains(&d.burst_factor) {
+            return Err(bad("demand.burst_factor", "must be in [1, 100]"));
+        }
+        if !(0.0..=1.0).contains(&d.quiet_factor) {
+            return Err(bad("demand.quiet_factor", "must be in [0, 1]"));
+        }
+        if let Some([a, b]) = d.quiet_hours
+            && !((0.0..=24.0).contains(&a) && (0.0..=24.0).contains(&b))
+        {
+            return Err(bad("demand.quiet_hours", "hours must be in [0, 24]"));
+        }
+        let n = &self.network;
+        if !finite_nonneg(n.latency_ms) || !finite_nonneg(n.jitter_ms) || !finite_nonneg(n.gossip_delay_ms) {
+            return Err(bad("network", "latencies must be finite and non-negative"));
+        }
+        if !(0.0..=0.5).contains(&n.loss) {
+            return Err(bad("network.loss", "must be in [0, 0.5]"));
+        }
+        if !finite_nonneg(n.clock_skew_ms) || n.clock_skew_ms > 3_600_000.0 {
+            return Err(bad("network.clock_skew_ms", "must be in [0, 3600000]"));
+        }
+        // Bound the work (and memory) a scenario can ask for: the demand trace is generated up front.
+        let peak =
+            self.members as f64 * d.mean_per_hour * d.burst_factor * (1.0 + d.skew) * self.duration_hours;
+        if peak > MAX_EXPECTED_REQUESTS {
+            return Err(bad(
+                "demand",
+                format!("up to {peak:.0} requests expected; the limit is {MAX_EXPECTED_REQUESTS:.0}"),
+            ));
+        }
+        let r = &self.routing;
+        if !(1..=16).contains(&r.max_attempts) {
+            return Err(bad("routing.max_attempts", "must be in 1..=16"));
+        }
+        if !finite_pos(r.half_life_s) || !finite_nonneg(r.cooldown_s) || !finite_pos(r.timeout_ms) {
+            return Err(bad("routing", "half_life_s and timeout_ms > 0, cooldown_s >= 0"));
+        }
+        if !(1..=64).contains(&self.tokens.refill_batch) {
+            return Err(bad(
+                "tokens.refill_batch",
+                "must be in 1..=64 (the issuer's batch limit)",
+            ));
+        }
+        for p in &self.faults.partitions {
+            if p.members.iter().any(|&m| m >= self.members) || !ordered(p.start_min, p.end_min) {
+                return Err(bad(
+                    "faults.partitions",
+                    "member index out of range or start after end",
+                ));
+            }
+        }
+        for c in &self.faults.clock_skews {
+            if c.member >= self.members || c.skew_ms.unsigned_abs() > 86_400_000 {
+                return Err(bad(
+                    "faults.clock_skews",
+                    "member index out of range or skew beyond ±1 day",
+                ));
+            }
+        }
+        for c in &self.faults.crashes {
+            if c.member >= self.members || !ordered(c.at_min, c.restart_min) {
+                return Err(bad(
+                    "faults.crashes",
+                    "member index out of range or restart before crash",
+                ));
+            }
+        }
+        let a = &self.adversaries;
+        let total = a.double_spenders + a.forgers + a.attestation_replayers + a.attestation_forgers;
+        if total + 3 > self.members {
+            return Err(bad("adversaries", "leave at least 3 honest members"));
+        }
+        if !finite_pos(a.period_s) {
+            return Err(bad("adversaries.period_s", "must be positive"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_scenarios_parse() {
+        for name in [
+            "small-team",
+            "office",
+            "community",
+            "test-skew",
+            "test-stale",
+            "test-adversaries",
+        ] {
+            let path = format!("{}/scenarios/{name}.toml", env!("CARGO_MANIFEST_DIR"));
+            let s = Scenario::from_file(std::path::Path::new(&path));
+            assert!(s.is_ok(), "{name}: {s:?}");
+        }
+    }
+
+    #[test]
+    fn bad_input_is_a_clear_error() {
+        assert!(matches!(
+            Scenario::from_toml("name = 3"),
+            Err(ScenarioError::Parse(_))
+        ));
+        let path = format!("{}/scenarios/small-team.toml", env!("CARGO_MANIFEST_DIR"));
+        let good = std::fs::read_to_string(path).unwrap();
+        for (from, to) in [
+            ("members = 5", "members = 2"),
+            ("members = 5", "members = 100000"),
+            ("duration_hours = 8.0", "duration_hours = nan"),
+            ("duration_hours = 8.0", "duration_hours = -1.0"),
+            ("window_minutes = 60.0", "window_minutes = 0.0"),
+            ("mean_per_hour = 35.0", "mean_per_hour = inf"),
+            ("mean_per_hour = 35.0", "mean_per_hour = 90000.0"),
+            ("loss = 0.005", "loss = 2.0"),
+            ("min = 30", "min = 0"),
+            ("seed = 1", "seed = -1"),
+            ("seed = 1", "unknown_field = 1"),
+        ] {
+            let text = good.replace(from, to);
+            assert_ne!(text, good, "{from}");
+            assert!(Scenario::from_toml(&text).is_err(), "{to} was accepted");
+        }
+        let big = "#".repeat(MAX_SCENARIO_BYTES + 1);
+        assert!(matches!(
+            Scenario::from_toml(&big),
+            Err(ScenarioError::TooLarge { .. })
+        ));
+    }
+}
