@@ -4,7 +4,13 @@
 //! `cargo bench -p lendmesh-node --bench borrow` prints a markdown table. `LENDMESH_BENCH_N` (default 500) sets the
 //! sequential sample size, `LENDMESH_BENCH_THROUGHPUT` (default 2000) the concurrent run, `LENDMESH_BENCH_CLIENTS`
 //! (default 32) its concurrency.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::print_stderr, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    missing_docs
+)]
 
 use std::time::{Duration, Instant};
 
@@ -12,7 +18,10 @@ use lendmesh_node::demo::{start_group, wait_ready};
 use tokio_util::sync::CancellationToken;
 
 fn env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -23,8 +32,18 @@ async fn timed(client: &reqwest::Client, url: &str, n: usize) -> Vec<f64> {
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let t = Instant::now();
-        let r = client.post(url).body(format!("{{\"i\":{i}}}")).send().await.unwrap();
-        assert!(r.status().is_success(), "{}: {}", r.status(), r.text().await.unwrap_or_default());
+        let r = client
+            .post(url)
+            .body(format!("{{\"i\":{i}}}"))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status().is_success(),
+            "{}: {}",
+            r.status(),
+            r.text().await.unwrap_or_default()
+        );
         r.bytes().await.unwrap();
         out.push(t.elapsed().as_secs_f64() * 1000.0);
     }
@@ -39,7 +58,10 @@ fn main() {
     let n = env("LENDMESH_BENCH_N", 500);
     let total = env("LENDMESH_BENCH_THROUGHPUT", 2000);
     let clients = env("LENDMESH_BENCH_CLIENTS", 32);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
         let dir = tempfile::tempdir().unwrap();
         let shutdown = CancellationToken::new();

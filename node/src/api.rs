@@ -35,6 +35,8 @@ pub struct ApiState {
     pub lender: crate::lender::LenderHandle,
     /// Privacy mode.
     pub privacy: crate::borrow::PrivacyMode,
+    /// This lender's OHTTP key config (public: it is in every attestation).
+    pub ohttp_key_config: Vec<u8>,
     /// Counters.
     pub counters: Arc<Counters>,
     /// Upstream kind.
@@ -99,6 +101,7 @@ async fn node(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
         "wallet_balance": balance,
         "upstream": s.upstream,
         "privacy_mode": s.privacy,
+        "ohttp_key_config": hex::encode(&s.ohttp_key_config),
         "tokens_received": Counters::get(&s.counters.tokens_received),
         "tokens_issued": Counters::get(&s.counters.tokens_issued),
         "counters": counters_json(&s.counters),

@@ -184,9 +184,15 @@ pub async fn start_group(
         config.gateway.addr = "127.0.0.1:0".into();
         config.lender.attestation_period = Duration::from_secs(1);
         tune(i, &mut config);
-        let node = start(RunOptions { home: home.clone(), config }, shutdown.clone())
-            .await
-            .with_context(|| format!("starting node {i}"))?;
+        let node = start(
+            RunOptions {
+                home: home.clone(),
+                config,
+            },
+            shutdown.clone(),
+        )
+        .await
+        .with_context(|| format!("starting node {i}"))?;
         nodes.push(node);
     }
     Ok(nodes)
@@ -194,15 +200,20 @@ pub async fn start_group(
 
 /// Waits (bounded, 60 s) until every node is connected to all others, holds `min_tokens` and has an attestation
 /// from every other node.
-pub async fn wait_ready(client: &reqwest::Client, nodes: &[StartedNode], min_tokens: u64) -> anyhow::Result<()> {
+pub async fn wait_ready(
+    client: &reqwest::Client,
+    nodes: &[StartedNode],
+    min_tokens: u64,
+) -> anyhow::Result<()> {
     let others = nodes.len() - 1;
     for _ in 0..600 {
         let mut ready = true;
         for n in nodes {
             let node = get_json(client, &n.api_addr, "/v1/node").await;
             let peers = get_json(client, &n.api_addr, "/v1/peers").await;
-            let attested =
-                peers["peers"].as_array().map_or(0, |p| p.iter().filter(|p| !p["attestation"].is_null()).count());
+            let attested = peers["peers"]
+                .as_array()
+                .map_or(0, |p| p.iter().filter(|p| !p["attestation"].is_null()).count());
             ready &= node["connected_peers"].as_u64().unwrap_or(0) as usize >= others
                 && node["wallet_balance"].as_u64().unwrap_or(0) >= min_tokens
                 && attested >= others;
@@ -216,7 +227,11 @@ pub async fn wait_ready(client: &reqwest::Client, nodes: &[StartedNode], min_tok
 }
 
 /// GET a JSON document from a node's API (Null on any failure).
-pub async fn get_json(client: &reqwest::Client, addr: &std::net::SocketAddr, path: &str) -> serde_json::Value {
+pub async fn get_json(
+    client: &reqwest::Client,
+    addr: &std::net::SocketAddr,
+    path: &str,
+) -> serde_json::Value {
     match client.get(format!("http://{addr}{path}")).send().await {
         Ok(r) => r.json().await.unwrap_or(serde_json::Value::Null),
         Err(_) => serde_json::Value::Null,

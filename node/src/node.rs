@@ -212,6 +212,8 @@ pub async fn start(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Res
     )?;
     tasks.push(("member", member_task));
 
+    let keys = OhttpKeys::generate()?;
+    let ohttp_key_config = keys.encoded_config().to_vec();
     let mut redeemer = Redeemer::new(me);
     redeemer.accept_epoch(epoch, issuer_key);
     let (lender, lender_task) = lender::spawn(
@@ -224,7 +226,7 @@ pub async fn start(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Res
             reserve: config.lender.reserve,
             period: config.lender.attestation_period,
             redeemer,
-            keys: OhttpKeys::generate()?,
+            keys,
         },
         store.clone(),
         net.clone(),
@@ -287,6 +289,7 @@ pub async fn start(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Res
         counters,
         upstream: upstream.kind(),
         privacy: config.borrow.privacy,
+        ohttp_key_config,
     };
     tasks.push((
         "api",

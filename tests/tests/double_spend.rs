@@ -1,0 +1,194 @@
+//! Issue-4 double spends: the same token replayed to one lender, and the same spend raced to two lenders, are
+//! refused by the lender that claimed it — durably, across that lender's restart.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use lendmesh_protocol::PeerId;
+use lendmesh_protocol::group::Invite;
+use lendmesh_protocol::token::WalletToken;
+use lendmesh_protocol::wallet::Wallet;
+use lendmesh_protocol::wire::{
+    self, BorrowRefusal, BorrowRequest, BorrowResponse, HttpRequest, InnerBorrowRequest, InnerBorrowResponse,
+    IssueResponse,
+};
+use lendmesh_tests::rogue::Rogue;
+use lendmesh_tests::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Sends one sealed borrow straight to `lender` (as a relay would) and opens the answer.
+async fn borrow(
+    rogue: &mut Rogue,
+    lender: &RunningNode,
+    lender_peer: libp2p::PeerId,
+    token: &WalletToken,
+    bound_to: PeerId,
+    request_id: [u8; 16],
+) -> InnerBorrowResponse {
+    let key_config = hex::decode(lender.get("/v1/node").1["ohttp_key_config"].as_str().unwrap()).unwrap();
+    let http = HttpRequest {
+        method: "GET".into(),
+        path_and_query: "/double".into(),
+        headers: vec![],
+        body: vec![],
+    };
+    let http_bytes = wire::encode(&http).unwrap();
+    let spend = token.spend(
+        bound_to,
+        wire::request_digest(&http_bytes),
+        lendmesh_node::now_ms(),
+    );
+    let inner = InnerBorrowRequest {
+        request_id,
+        spend,
+        http_request: http_bytes,
+    };
+    let client = ohttp::ClientRequest::from_encoded_config(&key_config).unwrap();
+    let (sealed, opener) = client.encapsulate(&wire::encode(&inner).unwrap()).unwrap();
+    let raw = rogue
+        .raw_request(
+            "/lendmesh/borrow/1",
+            lender_peer,
+            wire::encode(&BorrowRequest { sealed }).unwrap(),
+        )
+        .await
+        .expect("the lender answers");
+    match wire::decode::<BorrowResponse>(&raw).unwrap() {
+        BorrowResponse::Sealed { sealed } => wire::decode(&opener.decapsulate(&sealed).unwrap()).unwrap(),
+        BorrowResponse::Failed(f) => panic!("delivery failed: {f:?}"),
+    }
+}
+
+fn rejected(resp: &InnerBorrowResponse) -> Option<String> {
+    match resp {
+        InnerBorrowResponse::Refused {
+            reason: BorrowRefusal::TokenRejected(label),
+            ..
+        } => Some(label.clone()),
+        _ => None,
+    }
+}
+
+fn peer_of(n: &RunningNode) -> (PeerId, libp2p::PeerId) {
+    let id = n.get("/v1/node").1["peer_id"].as_str().unwrap().to_string();
+    (id.parse().unwrap(), id.parse().unwrap())
+}
+
+#[test]
+fn replayed_and_raced_tokens_are_refused_durably() {
+    // Admin (issuer), lenders B and C, and a rogue member holding real tokens.
+    let admin = temp_home();
+    init(admin.path());
+    cli_ok(
+        admin.path(),
+        &["group", "create", "--name", "ds", "--rsa-bits", "2048"],
+    );
+    let mut homes = Vec::new();
+    for _ in 0..2 {
+        let h = temp_home();
+        let id = init(h.path());
+        let inv = h.path().join("invite.txt");
+        cli_ok(
+            admin.path(),
+            &["group", "invite", &id, "--out", inv.to_str().unwrap()],
+        );
+        cli_ok(h.path(), &["join", inv.to_str().unwrap()]);
+        homes.push(h);
+    }
+    let rogue_key = libp2p::identity::Keypair::generate_ed25519();
+    let inv = admin.path().join("rogue.txt");
+    cli_ok(
+        admin.path(),
+        &[
+            "group",
+            "invite",
+            &rogue_key.public().to_peer_id().to_string(),
+            "--out",
+            inv.to_str().unwrap(),
+        ],
+    );
+    let invite = Invite::from_file_text(&std::fs::read_to_string(&inv).unwrap()).unwrap();
+    let issuer_key = invite.epoch.announcement.issuer_key().unwrap();
+
+    let a = RunningNode::start(admin.path(), &["--gateway", "127.0.0.1:0"]);
+    let lender_args = [
+        "--gateway",
+        "127.0.0.1:0",
+        "--mock-capacity",
+        "40",
+        "--bootstrap",
+        a.p2p_addr.as_str(),
+    ];
+    let mut b = RunningNode::start(homes[0].path(), &lender_args);
+    let c = RunningNode::start(homes[1].path(), &lender_args);
+    let (b_id, b_peer) = peer_of(&b);
+    let (_, c_peer) = peer_of(&c);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut rogue = Rogue::new(rogue_key, *invite.psk.as_bytes());
+    let tokens = rt.block_on(async {
+        let admin_peer = rogue.connect(a.p2p_addr.parse().unwrap()).await;
+        let (req, batch) = Wallet::prepare_batch(&issuer_key, 1, 3, &mut rand::rngs::OsRng).unwrap();
+        let raw = rogue
+            .raw_request("/lendmesh/issue/1", admin_peer, wire::encode(&req).unwrap())
+            .await
+            .unwrap();
+        let IssueResponse::Granted { blind_signatures, .. } = wire::decode(&raw).unwrap() else {
+            panic!("refused")
+        };
+        let mut w = Wallet::new();
+        assert_eq!(w.finalize(&issuer_key, &batch, &blind_signatures).unwrap(), 3);
+        rogue.connect(b.p2p_addr.parse().unwrap()).await;
+        rogue.connect(c.p2p_addr.parse().unwrap()).await;
+        w.iter().cloned().collect::<Vec<_>>()
+    });
+    let (t1, t2) = (&tokens[0], &tokens[1]);
+
+    rt.block_on(async {
+        // First spend at B: served.
+        let first = borrow(&mut rogue, &b, b_peer, t1, b_id, [1; 16]).await;
+        assert!(matches!(first, InnerBorrowResponse::Served { .. }), "{first:?}");
+        // The same request id again: answered idempotently, no second upstream call.
+        let again = borrow(&mut rogue, &b, b_peer, t1, b_id, [1; 16]).await;
+        assert_eq!(again, first);
+        // A replay under a new request id: a double spend.
+        let replay = borrow(&mut rogue, &b, b_peer, t1, b_id, [2; 16]).await;
+        assert_eq!(rejected(&replay).as_deref(), Some("double_spend"));
+        // The same spend (bound to B) raced to C and B: C refuses it, B serves it once.
+        let at_c = borrow(&mut rogue, &c, c_peer, t2, b_id, [3; 16]).await;
+        assert_eq!(rejected(&at_c).as_deref(), Some("wrong_lender"));
+        let at_b = borrow(&mut rogue, &b, b_peer, t2, b_id, [4; 16]).await;
+        assert!(matches!(at_b, InnerBorrowResponse::Served { .. }), "{at_b:?}");
+    });
+    assert_eq!(
+        b.get("/v1/node").1["counters"]["lends_served"],
+        2,
+        "two upstream calls, not three"
+    );
+
+    // Restart B: the claim survived (and B has a fresh OHTTP key).
+    let b_home = b.home.clone();
+    assert!(b.stop());
+    b = RunningNode::start(&b_home, &lender_args);
+    b.wait_until("B connected", WAIT, |n| {
+        n.get("/v1/node").1["connected_peers"].as_u64().unwrap_or(0) >= 1
+    });
+    rt.block_on(async {
+        rogue.connect(b.p2p_addr.parse().unwrap()).await;
+        let after_restart = borrow(&mut rogue, &b, b_peer, t1, b_id, [5; 16]).await;
+        assert_eq!(
+            rejected(&after_restart).as_deref(),
+            Some("double_spend"),
+            "durable across restart"
+        );
+        // An unspent token still works after the restart.
+        let fresh = borrow(&mut rogue, &b, b_peer, &tokens[2], b_id, [6; 16]).await;
+        assert!(matches!(fresh, InnerBorrowResponse::Served { .. }), "{fresh:?}");
+    });
+    assert!(b.stop());
+    assert!(c.stop());
+    assert!(a.stop());
+}
