@@ -65,29 +65,31 @@ fn main() {
     rt.block_on(async move {
         let dir = tempfile::tempdir().unwrap();
         let shutdown = CancellationToken::new();
-        // Node 0 (admin) borrows everything; node 1 relays; node 2 lends from a big zero-latency mock.
-        let need = (n + total + 64) as u32;
-        let nodes = start_group(dir.path(), 3, need * 2, shutdown.clone(), |i, c| {
+        // Node 0 is the admin (issuer), otherwise idle; node 1 borrows everything; node 2 relays; node 3 lends
+        // from a big zero-latency mock. The borrower's quota is exactly what it is given up front, so no refill
+        // (RSA signing) competes with the measurement.
+        let need = (n + total + 64).div_ceil(64) as u32 * 64;
+        let nodes = start_group(dir.path(), 4, need, shutdown.clone(), |i, c| {
             c.upstream.mock_latency = Duration::ZERO;
             c.upstream.mock_window = Duration::from_secs(3600);
-            c.upstream.mock_capacity = if i == 2 { 1_000_000 } else { 0 };
-            c.wallet.low_water = if i == 0 { need } else { 1 };
+            c.upstream.mock_capacity = if i == 3 { 1_000_000 } else { 0 };
+            c.wallet.low_water = if i == 1 { need } else { 0 };
             c.wallet.batch = 64;
         })
         .await
         .unwrap();
         let client = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap();
         eprintln!("filling the borrower's wallet with {need} tokens…");
-        wait_ready(&client, &nodes, 1).await.unwrap();
+        wait_ready(&client, &nodes, 0).await.unwrap();
         loop {
-            let v = lendmesh_node::demo::get_json(&client, &nodes[0].api_addr, "/v1/node").await;
+            let v = lendmesh_node::demo::get_json(&client, &nodes[1].api_addr, "/v1/node").await;
             if v["wallet_balance"].as_u64().unwrap_or(0) >= need as u64 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let direct_url = format!("http://{}/v1/echo", nodes[2].gateway_addr);
-        let borrow_url = format!("http://{}/v1/echo", nodes[0].gateway_addr);
+        let direct_url = format!("http://{}/v1/echo", nodes[3].gateway_addr);
+        let borrow_url = format!("http://{}/v1/echo", nodes[1].gateway_addr);
         // Warm up both paths.
         timed(&client, &direct_url, 20).await;
         timed(&client, &borrow_url, 20).await;
