@@ -94,12 +94,19 @@ impl RunningNode {
         Self::start_on(home, "/ip4/127.0.0.1/tcp/0", extra)
     }
 
-    /// Like [`RunningNode::start`] with a given listen address.
+    /// Like [`RunningNode::start`] with a given listen address. The API and (unless `extra` names one) the
+    /// gateway get ephemeral ports, so tests never collide with each other or with a real node.
     pub fn start_on(home: &Path, listen: &str, extra: &[&str]) -> RunningNode {
+        let gateway: &[&str] = if extra.contains(&"--gateway") {
+            &[]
+        } else {
+            &["--gateway", "127.0.0.1:0"]
+        };
         let mut child = Command::new(bin())
             .arg("--home")
             .arg(home)
             .args(["run", "--listen", listen, "--api", "127.0.0.1:0"])
+            .args(gateway)
             .args(extra)
             .env("RUST_LOG", "info")
             .env_remove("LENDMESH_HOME")
@@ -277,4 +284,57 @@ pub fn temp_home() -> tempfile::TempDir {
         .prefix("lendmesh-test-")
         .tempdir()
         .unwrap()
+}
+
+/// A group made through the CLI: an admin (issuer) and `members` joined members.
+#[derive(Debug)]
+pub struct TestGroup {
+    /// The admin's home.
+    pub admin: tempfile::TempDir,
+    /// The admin's peer id.
+    pub admin_id: String,
+    /// The members' homes.
+    pub homes: Vec<tempfile::TempDir>,
+    /// The members' peer ids.
+    pub ids: Vec<String>,
+}
+
+impl TestGroup {
+    /// `init`, `group create` (2048-bit key for speed), then `group invite` + `join` for each member.
+    pub fn new(name: &str, members: usize, quota: u32) -> TestGroup {
+        let admin = temp_home();
+        let admin_id = init(admin.path());
+        cli_ok(
+            admin.path(),
+            &["group", "create", "--name", name, "--rsa-bits", "2048"],
+        );
+        let mut homes = Vec::new();
+        let mut ids = Vec::new();
+        for _ in 0..members {
+            let home = temp_home();
+            let id = init(home.path());
+            let invite = home.path().join("invite.txt");
+            cli_ok(
+                admin.path(),
+                &[
+                    "group",
+                    "invite",
+                    &id,
+                    "--quota",
+                    &quota.to_string(),
+                    "--out",
+                    invite.to_str().unwrap(),
+                ],
+            );
+            cli_ok(home.path(), &["join", invite.to_str().unwrap()]);
+            homes.push(home);
+            ids.push(id);
+        }
+        TestGroup {
+            admin,
+            admin_id,
+            homes,
+            ids,
+        }
+    }
 }

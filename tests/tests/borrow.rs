@@ -54,28 +54,16 @@ struct Group {
     ids: Vec<String>,
 }
 
+/// A group whose admin is the first of `ids`.
 fn group(members: usize) -> Group {
-    let admin = temp_home();
-    let admin_id = init(admin.path());
-    cli_ok(
-        admin.path(),
-        &["group", "create", "--name", "lenders", "--rsa-bits", "2048"],
-    );
-    let mut homes = Vec::new();
-    let mut ids = vec![admin_id];
-    for _ in 0..members {
-        let home = temp_home();
-        let id = init(home.path());
-        let invite = home.path().join("invite.txt");
-        cli_ok(
-            admin.path(),
-            &["group", "invite", &id, "--out", invite.to_str().unwrap()],
-        );
-        cli_ok(home.path(), &["join", invite.to_str().unwrap()]);
-        homes.push(home);
-        ids.push(id);
+    let g = TestGroup::new("lenders", members, 200);
+    let mut ids = vec![g.admin_id];
+    ids.extend(g.ids);
+    Group {
+        admin: g.admin,
+        homes: g.homes,
+        ids,
     }
-    Group { admin, homes, ids }
 }
 
 fn ready(n: &mut RunningNode, peers: usize) {

@@ -12,29 +12,8 @@ use lendmesh_tests::*;
 const WAIT: Duration = Duration::from_secs(90);
 
 fn group_with_member(quota: u32) -> (tempfile::TempDir, tempfile::TempDir, String) {
-    let admin = temp_home();
-    init(admin.path());
-    cli_ok(
-        admin.path(),
-        &["group", "create", "--name", "crash", "--rsa-bits", "2048"],
-    );
-    let member = temp_home();
-    let id = init(member.path());
-    let invite = member.path().join("invite.txt");
-    cli_ok(
-        admin.path(),
-        &[
-            "group",
-            "invite",
-            &id,
-            "--quota",
-            &quota.to_string(),
-            "--out",
-            invite.to_str().unwrap(),
-        ],
-    );
-    cli_ok(member.path(), &["join", invite.to_str().unwrap()]);
-    (admin, member, id)
+    let mut g = TestGroup::new("crash", 1, quota);
+    (g.admin, g.homes.remove(0), g.ids.remove(0))
 }
 
 fn balance(n: &RunningNode) -> u64 {

@@ -78,24 +78,7 @@ fn peer_of(n: &RunningNode) -> (PeerId, libp2p::PeerId) {
 #[test]
 fn replayed_and_raced_tokens_are_refused_durably() {
     // Admin (issuer), lenders B and C, and a rogue member holding real tokens.
-    let admin = temp_home();
-    init(admin.path());
-    cli_ok(
-        admin.path(),
-        &["group", "create", "--name", "ds", "--rsa-bits", "2048"],
-    );
-    let mut homes = Vec::new();
-    for _ in 0..2 {
-        let h = temp_home();
-        let id = init(h.path());
-        let inv = h.path().join("invite.txt");
-        cli_ok(
-            admin.path(),
-            &["group", "invite", &id, "--out", inv.to_str().unwrap()],
-        );
-        cli_ok(h.path(), &["join", inv.to_str().unwrap()]);
-        homes.push(h);
-    }
+    let TestGroup { admin, homes, .. } = TestGroup::new("ds", 2, 200);
     let rogue_key = libp2p::identity::Keypair::generate_ed25519();
     let inv = admin.path().join("rogue.txt");
     cli_ok(

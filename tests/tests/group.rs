@@ -11,35 +11,8 @@ const WAIT: Duration = Duration::from_secs(60);
 
 /// Creates a group with `members` invited members; returns (admin home, member homes, member ids).
 fn setup(members: usize) -> (tempfile::TempDir, Vec<tempfile::TempDir>, Vec<String>) {
-    let admin = temp_home();
-    init(admin.path());
-    cli_ok(
-        admin.path(),
-        &["group", "create", "--name", "testers", "--rsa-bits", "2048"],
-    );
-    let mut homes = Vec::new();
-    let mut ids = Vec::new();
-    for _ in 0..members {
-        let home = temp_home();
-        let id = init(home.path());
-        let invite = home.path().join("invite.txt");
-        cli_ok(
-            admin.path(),
-            &[
-                "group",
-                "invite",
-                &id,
-                "--quota",
-                "100",
-                "--out",
-                invite.to_str().unwrap(),
-            ],
-        );
-        cli_ok(home.path(), &["join", invite.to_str().unwrap()]);
-        homes.push(home);
-        ids.push(id);
-    }
-    (admin, homes, ids)
+    let g = TestGroup::new("testers", members, 100);
+    (g.admin, g.homes, g.ids)
 }
 
 fn balance(n: &RunningNode) -> u64 {
