@@ -31,7 +31,7 @@ use crate::member::MemberHandle;
 use crate::metrics::Counters;
 use crate::network::{NetError, NetworkHandle};
 use crate::now_ms;
-use crate::peerbook::PeerBookHandle;
+use crate::peerbook::{AttemptOutcome, PeerBookHandle};
 
 /// Lenders tried per request at most.
 const MAX_ATTEMPTS: usize = 6;
@@ -146,10 +146,11 @@ pub struct Borrower {
 /// What one attempt at one lender came to.
 enum Attempt {
     Served(HttpResponse),
-    /// Refused before any claim: the token is still good.
+    /// Refused before any claim: the token is still good. `delivered`: the lender's own answer came back.
     Unspent {
         retry_after_ms: Option<u64>,
         why: String,
+        delivered: bool,
     },
     /// The token was refused (burnt).
     TokenBurnt(String),
@@ -162,6 +163,7 @@ enum Attempt {
 impl Borrower {
     /// Borrows one request; see the module doc.
     pub async fn borrow(&self, http: HttpRequest) -> Result<HttpResponse, BorrowError> {
+        let started = std::time::Instant::now();
         let http_bytes = wire::encode(&http).map_err(|e| BorrowError::Failed {
             tried: 0,
             last: e.to_string(),
@@ -245,17 +247,30 @@ impl Borrower {
                 let other = routing::choose_relay(&self.me, &lender, &view.connected, &mut rng);
                 attempt = match self.attempt(lender, other.or(relay), &key_config, &inner).await {
                     // Only the lender's own answer settles it; a delivery failure leaves it ambiguous.
-                    Attempt::Unspent { why, .. } => Attempt::Ambiguous(format!("{first}; retry: {why}")),
+                    Attempt::Unspent {
+                        why,
+                        delivered: false,
+                        ..
+                    } => Attempt::Ambiguous(format!("{first}; retry: {why}")),
                     settled => settled,
                 };
             }
             tried.push(lender);
+            let (outcome, delivered) = match &attempt {
+                Attempt::Served(_) => (AttemptOutcome::Served, true),
+                Attempt::Unspent { delivered, .. } => (AttemptOutcome::Refused, *delivered),
+                Attempt::TokenBurnt(_) | Attempt::Spent(_) => (AttemptOutcome::Failed, true),
+                Attempt::Ambiguous(_) => (AttemptOutcome::Failed, false),
+            };
+            self.peerbook.record_outcome(lender, relay, outcome, delivered);
             match attempt {
                 Attempt::Served(resp) => {
                     token = None;
                     break Ok(resp);
                 }
-                Attempt::Unspent { retry_after_ms, why } => {
+                Attempt::Unspent {
+                    retry_after_ms, why, ..
+                } => {
                     let until =
                         routing::cooldown_until(now_ms(), retry_after_ms, DEFAULT_COOLDOWN_MS, &mut rng);
                     self.peerbook.cool_down(lender, until).await;
@@ -287,8 +302,17 @@ impl Borrower {
             self.member.put_back(t).await;
         }
         match &result {
-            Ok(_) => self.counters.inc(&self.counters.borrows_ok),
-            Err(_) => self.counters.inc(&self.counters.borrows_failed),
+            Ok(_) => {
+                self.counters.inc(&self.counters.borrows_ok);
+                Counters::outcome(&self.counters.borrows, "ok");
+                self.counters
+                    .borrow_latency
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            Err(e) => {
+                self.counters.inc(&self.counters.borrows_failed);
+                Counters::outcome(&self.counters.borrows, e.code());
+            }
         }
         result
     }
@@ -309,6 +333,7 @@ impl Borrower {
                 return Attempt::Unspent {
                     retry_after_ms: None,
                     why: format!("cannot seal to the lender: {e}"),
+                    delivered: false,
                 };
             }
         };
@@ -351,10 +376,12 @@ impl Borrower {
                 BorrowRefusal::NoHeadroom => Attempt::Unspent {
                     retry_after_ms,
                     why: "lender has no headroom".into(),
+                    delivered: true,
                 },
                 BorrowRefusal::UpstreamRefused { status } => Attempt::Unspent {
                     retry_after_ms,
                     why: format!("lender's upstream refused ({status})"),
+                    delivered: true,
                 },
                 BorrowRefusal::TokenRejected(label) => {
                     Attempt::TokenBurnt(format!("token rejected: {label}"))
@@ -378,6 +405,7 @@ fn delivery_failure(f: DeliveryFailure) -> Attempt {
         | DeliveryFailure::BadLender => Attempt::Unspent {
             retry_after_ms: None,
             why: format!("{f:?}"),
+            delivered: false,
         },
         // The request may have reached the lender.
         DeliveryFailure::LenderTimeout => Attempt::Ambiguous("the lender did not answer the relay".into()),
@@ -389,6 +417,7 @@ fn net_failure(e: NetError) -> Attempt {
         NetError::Unreachable { .. } => Attempt::Unspent {
             retry_after_ms: None,
             why: e.to_string(),
+            delivered: false,
         },
         other => Attempt::Ambiguous(other.to_string()),
     }

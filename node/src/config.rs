@@ -67,12 +67,17 @@ impl Default for NetworkConfig {
 pub struct ApiConfig {
     /// Where the API listens.
     pub addr: String,
+    /// Bearer token required on every request; mandatory when the API listens beyond loopback. A secret: never
+    /// written by `config show` (set it with `--api-token` or `LENDMESH_API_TOKEN`).
+    #[serde(skip)]
+    pub token: Option<String>,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             addr: "127.0.0.1:9464".into(),
+            token: None,
         }
     }
 }

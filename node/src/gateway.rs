@@ -152,7 +152,9 @@ async fn handle(State(s): State<Arc<GatewayState>>, req: Request) -> Response<Bo
             headers: http.headers,
             body: http.body,
         };
-        return match s.upstream.call(permit, req).await {
+        let result = s.upstream.call(permit, req).await;
+        s.counters.upstream_call(result.as_ref().ok().map(|r| r.status));
+        return match result {
             Ok(r) => {
                 s.counters.inc(&s.counters.served_locally);
                 to_response(

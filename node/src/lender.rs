@@ -40,7 +40,7 @@ use crate::metrics::Counters;
 use crate::network::NetworkHandle;
 use crate::now_ms;
 use crate::store::Store;
-use crate::upstream::{Upstream, UpstreamRequest};
+use crate::upstream::{Upstream, UpstreamError, UpstreamRequest};
 
 /// Messages queued to the lender: 256 (borrows from every member at once in a 100-member group, with room).
 pub const CAPACITY: usize = 256;
@@ -330,6 +330,7 @@ impl Lender {
     ) {
         let Ok((plain, server_response)) = self.p.keys.server.decapsulate(&req.sealed) else {
             self.counters.inc(&self.counters.lends_refused);
+            Counters::outcome(&self.counters.lends, "stale_key_config");
             debug!(relay = %relay.short(), "could not open a sealed request (stale key config?)");
             self.net
                 .respond_borrow(channel, BorrowResponse::Failed(DeliveryFailure::StaleKeyConfig))
@@ -372,6 +373,7 @@ impl Lender {
             .insert(inner.request_id, Idem::InFlight(vec![(server_response, channel)]));
         self.idem_order.push_back(inner.request_id);
         let ctx = LendContext {
+            counters: self.counters.clone(),
             upstream: self.p.upstream.clone(),
             redeemer: self.p.redeemer.clone(),
             store: self.store.clone(),
@@ -404,6 +406,8 @@ impl Lender {
             InnerBorrowResponse::Served { .. } => self.counters.inc(&self.counters.lends_served),
             InnerBorrowResponse::Refused { .. } => self.counters.inc(&self.counters.lends_refused),
         }
+        let kind = record.outcome.split(':').next().unwrap_or("unknown");
+        Counters::outcome(&self.counters.lends, kind);
         info!(token = %record.token_hash.get(..16).unwrap_or(""), relay = %record.relay, outcome = %record.outcome, "lend");
         self.lends.push_back(record);
         while self.lends.len() > LEND_RECORDS {
@@ -465,6 +469,7 @@ impl Lender {
 
 /// What a borrow task needs (cheap clones of shared handles; no domain state).
 struct LendContext {
+    counters: Arc<Counters>,
     upstream: Arc<dyn Upstream>,
     redeemer: Redeemer,
     store: Store,
@@ -539,6 +544,8 @@ impl LendContext {
                 },
             )
             .await;
+        self.counters
+            .upstream_call(result.as_ref().ok().map(|r| r.status));
         match result {
             Ok(resp) if resp.status == 429 || resp.status == 503 => {
                 // No work was done: release the claim so the token can be spent again.
@@ -568,6 +575,23 @@ impl LendContext {
                         (refuse(BorrowRefusal::UpstreamFailed(e.to_string()), None), record)
                     }
                 }
+            }
+            Err(
+                e @ (UpstreamError::Connect { .. }
+                | UpstreamError::BadUrl { .. }
+                | UpstreamError::InvalidRequest(_)
+                | UpstreamError::ForeignPermit),
+            ) => {
+                // Nothing reached the upstream: release the claim so the token can be spent elsewhere.
+                if let Err(e) = self.redeemer.release(&redemption, &self.store) {
+                    warn!(%e, "could not release a claim");
+                }
+                debug!(%e, "upstream unreachable; claim released");
+                record.outcome = "upstream_refused:502".into();
+                (
+                    refuse(BorrowRefusal::UpstreamRefused { status: 502 }, None),
+                    record,
+                )
             }
             Err(e) => {
                 record.outcome = "upstream_failed".into();

@@ -1,73 +1,374 @@
-//! Counters the actors bump. Plain atomics shared by every actor (no domain state behind them); the inspection
-//! endpoints export them.
+//! The node's metrics: prometheus-client counters, gauges and a histogram, shared by the actors (each metric is an
+//! atomic; no domain state lives here), registered next to libp2p-metrics and served as OpenMetrics on `/metrics`.
+//!
+//! Plain counters keep the `inc` / `add` / `get` helpers the actors use; labelled families (outcomes, reasons, status
+//! classes) are bumped with [`Counters::outcome`]. Gauges that describe state other actors own (wallet balance,
+//! connected peers, per-peer RTT and attestation age) are set by the API just before each scrape.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+use std::sync::atomic::AtomicU64;
 
-/// Node-wide event counters.
-#[derive(Debug, Default)]
+/// A label set with one label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// The outcome (`ok`, `no_lender_available`, `served`, `no_headroom`, …).
+    pub outcome: String,
+}
+
+/// A label set naming a rejection reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// The reason (`bad_tag`, `too_old`, …).
+    pub reason: String,
+}
+
+/// A label set naming an HTTP status class.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabel {
+    /// `2xx` … `5xx`, or `error`.
+    pub class: String,
+}
+
+/// A label set naming an epoch.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EpochLabel {
+    /// The epoch number.
+    pub epoch: u32,
+}
+
+/// A label set naming a peer (short id).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabel {
+    /// Short peer id.
+    pub peer: String,
+}
+
+/// A metric the helpers can bump and read.
+pub trait Metric {
+    /// Adds `n`.
+    fn bump(&self, n: u64);
+    /// The current value (gauges below zero read as 0).
+    fn value(&self) -> u64;
+}
+
+impl Metric for Counter {
+    fn bump(&self, n: u64) {
+        self.inc_by(n);
+    }
+    fn value(&self) -> u64 {
+        self.get()
+    }
+}
+
+impl Metric for Gauge {
+    fn bump(&self, n: u64) {
+        self.inc_by(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    fn value(&self) -> u64 {
+        u64::try_from(self.get()).unwrap_or(0)
+    }
+}
+
+/// A float gauge (seconds).
+pub type SecondsGauge = Gauge<f64, AtomicU64>;
+
+/// Every lendmesh metric.
+#[derive(Debug)]
 pub struct Counters {
     /// Connections closed because the peer is not an active roster member.
-    pub connections_refused: AtomicU64,
+    pub connections_refused: Counter,
     /// Failed connection attempts (a wrong group key shows up here).
-    pub connection_errors: AtomicU64,
+    pub connection_errors: Counter,
     /// Inbound request-response failures (oversized or malformed frames, timeouts).
-    pub inbound_failures: AtomicU64,
+    pub inbound_failures: Counter,
     /// Gossip messages that did not decode.
-    pub gossip_malformed: AtomicU64,
+    pub gossip_malformed: Counter,
     /// Network events dropped because a consumer lagged.
-    pub net_events_dropped: AtomicU64,
+    pub net_events_dropped: Counter,
     /// Attestations accepted.
-    pub attestations_accepted: AtomicU64,
-    /// Attestations rejected (any reason; reasons are logged).
-    pub attestations_rejected: AtomicU64,
+    pub attestations_accepted: Counter,
+    /// Attestations rejected (any reason; by reason in `attestation_rejections`).
+    pub attestations_rejected: Counter,
+    /// Attestations rejected, by reason.
+    pub attestation_rejections: Family<ReasonLabel, Counter>,
     /// Attestations this node published.
-    pub attestations_published: AtomicU64,
+    pub attestations_published: Counter,
     /// Tokens this issuer signed.
-    pub tokens_issued: AtomicU64,
+    pub tokens_issued: Counter,
     /// Issue requests refused.
-    pub issue_refused: AtomicU64,
+    pub issue_refused: Counter,
     /// Tokens this member received (finalized and stored).
-    pub tokens_received: AtomicU64,
-    /// Tokens taken from the wallet for borrows.
-    pub tokens_spent: AtomicU64,
+    pub tokens_received: Counter,
+    /// Tokens taken from the wallet for borrows, net of those returned unspent.
+    pub tokens_spent: Gauge,
     /// Requests served from this member's own upstream.
-    pub served_locally: AtomicU64,
+    pub served_locally: Counter,
     /// Borrows that got a response.
-    pub borrows_ok: AtomicU64,
+    pub borrows_ok: Counter,
     /// Borrows that failed (every cause).
-    pub borrows_failed: AtomicU64,
+    pub borrows_failed: Counter,
+    /// Borrows by outcome (`ok` or the error code).
+    pub borrows: Family<OutcomeLabel, Counter>,
+    /// Borrow latency, gateway to answer.
+    pub borrow_latency: Histogram,
     /// Borrows this lender served.
-    pub lends_served: AtomicU64,
+    pub lends_served: Counter,
     /// Borrows this lender refused (no headroom, bad token, stale key, upstream refusal).
-    pub lends_refused: AtomicU64,
+    pub lends_refused: Counter,
+    /// Lends by outcome.
+    pub lends: Family<OutcomeLabel, Counter>,
+    /// Borrows being served right now.
+    pub lends_in_flight: Gauge,
     /// Sealed requests relayed.
-    pub relays_ok: AtomicU64,
+    pub relays_ok: Counter,
     /// Relays that failed.
-    pub relays_failed: AtomicU64,
-    /// Borrows being served right now (a gauge).
-    pub lends_in_flight: AtomicU64,
+    pub relays_failed: Counter,
     /// Claims answered as a replica.
-    pub claims_answered: AtomicU64,
+    pub claims_answered: Counter,
+    /// Upstream calls by status class.
+    pub upstream_calls: Family<ClassLabel, Counter>,
+    /// Tokens in the wallet (set at scrape).
+    pub wallet_balance: Gauge,
+    /// Spent token hashes per epoch (set at scrape).
+    pub spent_set: Family<EpochLabel, Gauge>,
+    /// Connected peers (set at scrape).
+    pub peers_connected: Gauge,
+    /// Peers with a fresh attestation (set at scrape).
+    pub fresh_attestations: Gauge,
+    /// Own headroom bucket: 0 none, 1 low, 2 medium, 3 high (set at scrape).
+    pub headroom_bucket: Gauge,
+    /// Per-peer ping RTT (set at scrape).
+    pub peer_rtt: Family<PeerLabel, SecondsGauge>,
+    /// Per-peer age of the last accepted attestation (set at scrape).
+    pub peer_attestation_age: Family<PeerLabel, SecondsGauge>,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            connections_refused: Counter::default(),
+            connection_errors: Counter::default(),
+            inbound_failures: Counter::default(),
+            gossip_malformed: Counter::default(),
+            net_events_dropped: Counter::default(),
+            attestations_accepted: Counter::default(),
+            attestations_rejected: Counter::default(),
+            attestation_rejections: Family::default(),
+            attestations_published: Counter::default(),
+            tokens_issued: Counter::default(),
+            issue_refused: Counter::default(),
+            tokens_received: Counter::default(),
+            tokens_spent: Gauge::default(),
+            served_locally: Counter::default(),
+            borrows_ok: Counter::default(),
+            borrows_failed: Counter::default(),
+            borrows: Family::default(),
+            // 1 ms to ~16 s.
+            borrow_latency: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            lends_served: Counter::default(),
+            lends_refused: Counter::default(),
+            lends: Family::default(),
+            lends_in_flight: Gauge::default(),
+            relays_ok: Counter::default(),
+            relays_failed: Counter::default(),
+            claims_answered: Counter::default(),
+            upstream_calls: Family::default(),
+            wallet_balance: Gauge::default(),
+            spent_set: Family::default(),
+            peers_connected: Gauge::default(),
+            fresh_attestations: Gauge::default(),
+            headroom_bucket: Gauge::default(),
+            peer_rtt: Family::default(),
+            peer_attestation_age: Family::default(),
+        }
+    }
 }
 
 impl Counters {
     /// Adds one.
-    pub fn inc(&self, c: &AtomicU64) {
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Subtracts one (a token returned unspent).
-    pub fn dec(&self, c: &AtomicU64) {
-        c.fetch_sub(1, Ordering::Relaxed);
+    pub fn inc(&self, m: &impl Metric) {
+        m.bump(1);
     }
 
     /// Adds `n`.
-    pub fn add(&self, c: &AtomicU64, n: u64) {
-        c.fetch_add(n, Ordering::Relaxed);
+    pub fn add(&self, m: &impl Metric, n: u64) {
+        m.bump(n);
     }
 
-    /// Reads a counter.
-    pub fn get(c: &AtomicU64) -> u64 {
-        c.load(Ordering::Relaxed)
+    /// Subtracts one from a gauge.
+    pub fn dec(&self, g: &Gauge) {
+        g.dec();
+    }
+
+    /// Reads a metric.
+    pub fn get(m: &impl Metric) -> u64 {
+        m.value()
+    }
+
+    /// Bumps a labelled outcome counter.
+    pub fn outcome(family: &Family<OutcomeLabel, Counter>, outcome: &str) {
+        family
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts an upstream call by its status (None for a transport error).
+    pub fn upstream_call(&self, status: Option<u16>) {
+        let class = match status {
+            Some(s) => format!("{}xx", s / 100),
+            None => "error".to_string(),
+        };
+        self.upstream_calls.get_or_create(&ClassLabel { class }).inc();
+    }
+
+    /// Registers every metric under `lendmesh_`.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("lendmesh");
+        r.register(
+            "borrows",
+            "Borrows by outcome (ok or the error code the tool got)",
+            self.borrows.clone(),
+        );
+        r.register_with_unit(
+            "borrow_latency",
+            "Borrow latency from the gateway to the answer",
+            Unit::Seconds,
+            self.borrow_latency.clone(),
+        );
+        r.register(
+            "lends",
+            "Borrows this lender handled, by outcome",
+            self.lends.clone(),
+        );
+        r.register(
+            "lends_in_flight",
+            "Borrows this lender is serving now",
+            self.lends_in_flight.clone(),
+        );
+        r.register(
+            "relays",
+            "Sealed requests relayed successfully",
+            self.relays_ok.clone(),
+        );
+        r.register("relay_failures", "Relays that failed", self.relays_failed.clone());
+        r.register(
+            "tokens_issued",
+            "Tokens this issuer signed",
+            self.tokens_issued.clone(),
+        );
+        r.register(
+            "issue_refusals",
+            "Issue requests this issuer refused",
+            self.issue_refused.clone(),
+        );
+        r.register(
+            "tokens_received",
+            "Tokens this member received from the issuer",
+            self.tokens_received.clone(),
+        );
+        r.register(
+            "tokens_spent",
+            "Tokens taken for borrows, net of those returned unspent",
+            self.tokens_spent.clone(),
+        );
+        r.register(
+            "served_locally",
+            "Gateway requests served from this member's own upstream",
+            self.served_locally.clone(),
+        );
+        r.register(
+            "wallet_balance",
+            "Tokens in the wallet",
+            self.wallet_balance.clone(),
+        );
+        r.register(
+            "spent_set_size",
+            "Spent token hashes held, per epoch",
+            self.spent_set.clone(),
+        );
+        r.register(
+            "attestations_accepted",
+            "Attestations accepted",
+            self.attestations_accepted.clone(),
+        );
+        r.register(
+            "attestations_rejected",
+            "Attestations rejected, by reason",
+            self.attestation_rejections.clone(),
+        );
+        r.register(
+            "attestations_published",
+            "Attestations this node published",
+            self.attestations_published.clone(),
+        );
+        r.register(
+            "peers_connected",
+            "Roster members connected",
+            self.peers_connected.clone(),
+        );
+        r.register(
+            "fresh_attestations",
+            "Peers with a fresh attestation",
+            self.fresh_attestations.clone(),
+        );
+        r.register(
+            "headroom_bucket",
+            "Own headroom bucket (0 none, 1 low, 2 medium, 3 high)",
+            self.headroom_bucket.clone(),
+        );
+        r.register_with_unit(
+            "peer_rtt",
+            "Ping round-trip time per peer",
+            Unit::Seconds,
+            self.peer_rtt.clone(),
+        );
+        r.register_with_unit(
+            "peer_attestation_age",
+            "Age of each peer's last accepted attestation",
+            Unit::Seconds,
+            self.peer_attestation_age.clone(),
+        );
+        r.register(
+            "upstream_calls",
+            "Calls to this member's upstream, by status class",
+            self.upstream_calls.clone(),
+        );
+        r.register(
+            "connections_refused",
+            "Connections closed: not an active roster member",
+            self.connections_refused.clone(),
+        );
+        r.register(
+            "connection_errors",
+            "Failed connections (a wrong group key shows up here)",
+            self.connection_errors.clone(),
+        );
+        r.register(
+            "inbound_failures",
+            "Refused inbound frames (oversized, malformed) and failed requests",
+            self.inbound_failures.clone(),
+        );
+        r.register(
+            "gossip_malformed",
+            "Gossip messages that did not decode",
+            self.gossip_malformed.clone(),
+        );
+        r.register(
+            "net_events_dropped",
+            "Network events dropped because a consumer lagged",
+            self.net_events_dropped.clone(),
+        );
+        r.register(
+            "claims_answered",
+            "Claims answered as a replica",
+            self.claims_answered.clone(),
+        );
     }
 }

@@ -26,6 +26,7 @@ use lendmesh_protocol::wire::{
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::upgrade::Version;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageId};
+use libp2p::metrics::{Metrics as Libp2pMetrics, Recorder};
 use libp2p::pnet::PnetConfig;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::behaviour::toggle::Toggle;
@@ -370,7 +371,6 @@ impl NetworkHandle {
 }
 
 /// Everything the network actor needs to start.
-#[derive(Debug)]
 pub struct NetworkParams {
     /// The node key.
     pub keypair: libp2p::identity::Keypair,
@@ -386,6 +386,17 @@ pub struct NetworkParams {
     pub mdns: bool,
     /// The current roster (connections from others are closed).
     pub roster: watch::Receiver<Arc<Roster>>,
+    /// libp2p's own metrics, recorded on every swarm event.
+    pub libp2p_metrics: Libp2pMetrics,
+}
+
+impl std::fmt::Debug for NetworkParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetworkParams")
+            .field("group_id", &self.group_id)
+            .field("listen", &self.listen)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The group's gossip topic.
@@ -517,6 +528,7 @@ pub fn spawn(
         pending_borrow: HashMap::new(),
         counters,
         fingerprint: params.psk.fingerprint().to_string(),
+        libp2p_metrics: params.libp2p_metrics,
     };
     let task = tokio::spawn(actor.run(shutdown));
     Ok((NetworkHandle { tx }, event_rx, task))
@@ -533,6 +545,7 @@ struct Network {
     pending_borrow: HashMap<OutboundRequestId, oneshot::Sender<Result<BorrowResponse, NetError>>>,
     counters: Arc<Counters>,
     fingerprint: String,
+    libp2p_metrics: Libp2pMetrics,
 }
 
 fn now_ms() -> u64 {
@@ -701,6 +714,16 @@ impl Network {
     }
 
     fn handle_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        self.libp2p_metrics.record(&event);
+        if let SwarmEvent::Behaviour(b) = &event {
+            match b {
+                BehaviourEvent::Identify(e) => self.libp2p_metrics.record(e),
+                BehaviourEvent::Ping(e) => self.libp2p_metrics.record(e),
+                BehaviourEvent::Gossipsub(e) => self.libp2p_metrics.record(e),
+                BehaviourEvent::Kad(e) => self.libp2p_metrics.record(e),
+                _ => {}
+            }
+        }
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 info!("listening on {address}/p2p/{}", self.swarm.local_peer_id());

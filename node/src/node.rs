@@ -124,6 +124,9 @@ pub async fn start(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Res
     }
     let is_admin = group.admin == me;
     let counters = Arc::new(Counters::default());
+    let mut registry = prometheus_client::registry::Registry::default();
+    counters.register(&mut registry);
+    let libp2p_metrics = libp2p::metrics::Metrics::new(&mut registry);
     let (roster_tx, roster_rx) = watch::channel(Arc::new(group.roster().clone()));
     // Bind the HTTP servers first: a port in use fails the start before anything else runs.
     let api_addr: SocketAddr = config
@@ -131,7 +134,7 @@ pub async fn start(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Res
         .addr
         .parse()
         .with_context(|| format!("API address '{}' is not host:port", config.api.addr))?;
-    let api_listener = api::bind(api_addr).await?;
+    let api_listener = api::bind(api_addr, config.api.token.is_some()).await?;
     let gateway_addr: SocketAddr = config
         .gateway
         .addr
@@ -153,6 +156,7 @@ pub async fn start(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Res
         bootstrap,
         mdns: config.network.mdns,
         roster: roster_rx.clone(),
+        libp2p_metrics,
     };
     info!(peer = %me, group = %group.name, group_id = %group.group_id.short(), admin = is_admin, "starting node");
     let (net, net_events, net_task) = network::spawn(params, counters.clone(), shutdown.clone())?;
@@ -290,6 +294,13 @@ pub async fn start(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Res
         upstream: upstream.kind(),
         privacy: config.borrow.privacy,
         ohttp_key_config,
+        registry: Arc::new(registry),
+        token: config.api.token.clone(),
+        store: store.clone(),
+        epoch,
+        reserve: config.lender.reserve,
+        upstream_handle: upstream.clone(),
+        external_addrs: config.network.external.clone(),
     };
     tasks.push((
         "api",

@@ -52,6 +52,34 @@ pub struct PeerEntry {
     pub last_seen_ms: Option<u64>,
     /// Cooling down (after a refusal) until then.
     pub cooling_until_ms: Option<u64>,
+    /// This node's borrows with the peer as lender and as relay.
+    pub outcomes: PeerOutcomes,
+}
+
+/// Counts of this node's recent borrows involving a peer.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct PeerOutcomes {
+    /// As lender: served.
+    pub lender_served: u64,
+    /// As lender: refused before any claim (no headroom, upstream refusal, stale key).
+    pub lender_refused: u64,
+    /// As lender: failed or timed out.
+    pub lender_failed: u64,
+    /// As relay: delivered the lender's answer.
+    pub relay_delivered: u64,
+    /// As relay: could not deliver.
+    pub relay_failed: u64,
+}
+
+/// One attempt's outcome, as the borrower reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// The lender served it.
+    Served,
+    /// The lender refused before any claim.
+    Refused,
+    /// No answer, or a failure after the claim.
+    Failed,
 }
 
 /// A peer's public view (no secrets).
@@ -77,6 +105,8 @@ pub struct PeerView {
     pub agent_version: Option<String>,
     /// Last attestation.
     pub attestation: Option<AttestationView>,
+    /// This node's recent borrows with the peer as lender and as relay.
+    pub outcomes: PeerOutcomes,
     /// Milliseconds since anything was heard.
     pub last_seen_ago_ms: Option<u64>,
 }
@@ -116,10 +146,25 @@ pub struct RoutingView {
 
 enum Msg {
     Net(Box<NetEvent>),
-    Routing { reply: oneshot::Sender<RoutingView> },
-    CoolDown { peer: PeerId, until_ms: u64 },
-    Peers { reply: oneshot::Sender<Vec<PeerView>> },
-    Group { reply: oneshot::Sender<GroupState> },
+    Routing {
+        reply: oneshot::Sender<RoutingView>,
+    },
+    CoolDown {
+        peer: PeerId,
+        until_ms: u64,
+    },
+    Outcome {
+        lender: PeerId,
+        relay: Option<PeerId>,
+        outcome: AttemptOutcome,
+        delivered: bool,
+    },
+    Peers {
+        reply: oneshot::Sender<Vec<PeerView>>,
+    },
+    Group {
+        reply: oneshot::Sender<GroupState>,
+    },
 }
 
 /// Handle to the PeerBook.
@@ -156,6 +201,22 @@ impl PeerBookHandle {
             return RoutingView::default();
         }
         rx.await.unwrap_or_default()
+    }
+
+    /// Records one borrow attempt with `lender` through `relay` (`delivered`: the relay brought an answer back).
+    pub fn record_outcome(
+        &self,
+        lender: PeerId,
+        relay: Option<PeerId>,
+        outcome: AttemptOutcome,
+        delivered: bool,
+    ) {
+        let _ = self.tx.try_send(Msg::Outcome {
+            lender,
+            relay,
+            outcome,
+            delivered,
+        });
     }
 
     /// Marks a lender as cooling down after a refusal.
@@ -226,6 +287,18 @@ impl PeerBook {
                     Msg::Group { reply } => { let _ = reply.send(self.group.clone()); }
                     Msg::Routing { reply } => { let _ = reply.send(self.routing_view()); }
                     Msg::CoolDown { peer, until_ms } => self.entry(peer).cooling_until_ms = Some(until_ms),
+                    Msg::Outcome { lender, relay, outcome, delivered } => {
+                        let o = &mut self.peers.entry(lender).or_default().outcomes;
+                        match outcome {
+                            AttemptOutcome::Served => o.lender_served += 1,
+                            AttemptOutcome::Refused => o.lender_refused += 1,
+                            AttemptOutcome::Failed => o.lender_failed += 1,
+                        }
+                        if let Some(r) = relay {
+                            let o = &mut self.peers.entry(r).or_default().outcomes;
+                            if delivered { o.relay_delivered += 1 } else { o.relay_failed += 1 }
+                        }
+                    }
                     Msg::Net(ev) => self.handle_net(*ev).await,
                 },
             }
@@ -303,6 +376,12 @@ impl PeerBook {
                     }
                     Err(reason) => {
                         self.counters.inc(&self.counters.attestations_rejected);
+                        self.counters
+                            .attestation_rejections
+                            .get_or_create(&crate::metrics::ReasonLabel {
+                                reason: reason.label().to_string(),
+                            })
+                            .inc();
                         warn!(peer = %att.body.peer_id.short(), reason = reason.label(), "attestation rejected: {reason}");
                         match reason {
                             AttestationRejection::Replayed | AttestationRejection::StaleSeq { .. } => {
@@ -444,6 +523,7 @@ impl PeerBook {
                         seq: a.body.seq,
                     }),
                     last_seen_ago_ms: e.last_seen_ms.map(|t| now.saturating_sub(t)),
+                    outcomes: e.outcomes,
                 }
             })
             .collect()

@@ -168,6 +168,11 @@ pub(crate) fn decode_plain<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> R
     Ok(value)
 }
 
+/// Encodes a headerless postcard value (for storage and tests; frames use [`encode`]).
+pub fn encode_plain<T: Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_allocvec(value).unwrap_or_default()
+}
+
 /// SHA-256 of a request, as bound into a token spend.
 pub fn request_digest(request: &[u8]) -> [u8; 32] {
     use sha2::Digest;

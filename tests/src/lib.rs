@@ -97,6 +97,11 @@ impl RunningNode {
     /// Like [`RunningNode::start`] with a given listen address. The API and (unless `extra` names one) the
     /// gateway get ephemeral ports, so tests never collide with each other or with a real node.
     pub fn start_on(home: &Path, listen: &str, extra: &[&str]) -> RunningNode {
+        Self::start_with_env(home, listen, extra, &[])
+    }
+
+    /// Like [`RunningNode::start_on`] with extra environment variables for the process.
+    pub fn start_with_env(home: &Path, listen: &str, extra: &[&str], envs: &[(&str, &str)]) -> RunningNode {
         let gateway: &[&str] = if extra.contains(&"--gateway") {
             &[]
         } else {
@@ -109,6 +114,7 @@ impl RunningNode {
             .args(gateway)
             .args(extra)
             .env("RUST_LOG", "info")
+            .envs(envs.iter().copied())
             .env_remove("LENDMESH_HOME")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -235,12 +241,24 @@ fn strip_ansi(s: &str) -> String {
 
 /// A minimal HTTP/1.1 GET (loopback, 5 s timeout) returning the status and JSON body.
 pub fn http_get(base: &str, path: &str) -> (u16, serde_json::Value) {
+    let (status, body) = http_get_raw(base, path, None);
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// A minimal HTTP/1.1 GET with an optional bearer token; returns the status and the raw body.
+pub fn http_get_raw(base: &str, path: &str, token: Option<&str>) -> (u16, String) {
     let hostport = base.trim_start_matches("http://").trim_end_matches('/');
     let mut s = TcpStream::connect(hostport).expect("connect to API");
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {hostport}\r\n{auth}Connection: close\r\n\r\n"
     )
     .unwrap();
     let mut resp = String::new();
@@ -256,10 +274,7 @@ pub fn http_get(base: &str, path: &str) -> (u16, serde_json::Value) {
     } else {
         body.to_string()
     };
-    (
-        status,
-        serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
-    )
+    (status, body)
 }
 
 fn dechunk(body: &str) -> String {
