@@ -96,6 +96,9 @@ pub enum StoreError {
 /// Opens the redb file. redb asserts (panics) on some damaged files, e.g. truncated ones; that is caught here and
 /// reported as a damaged store, never a crash.
 fn open_db(path: &Path) -> Result<Database, StoreError> {
+    // The panic hook is process-wide: serialise the swap so concurrent opens never lose the original hook.
+    static HOOK_SWAP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = HOOK_SWAP.lock().unwrap_or_else(|p| p.into_inner());
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Database::create(path)));

@@ -86,6 +86,8 @@ pub struct RunningNode {
     pub p2p_addr: String,
     /// Its API base URL.
     pub api: String,
+    /// Its gateway base URL.
+    pub gateway: String,
 }
 
 impl RunningNode {
@@ -137,11 +139,19 @@ impl RunningNode {
             log,
             p2p_addr: String::new(),
             api: String::new(),
+            gateway: String::new(),
         };
         let line = node.wait_for_log("listening on /ip4/127.0.0.1/", Duration::from_secs(30));
         node.p2p_addr = line.split("listening on ").nth(1).unwrap().trim().to_string();
         let line = node.wait_for_log("api listening on http://", Duration::from_secs(30));
         node.api = line.split("api listening on ").nth(1).unwrap().trim().to_string();
+        let line = node.wait_for_log("gateway listening on http://", Duration::from_secs(30));
+        node.gateway = line
+            .split("gateway listening on ")
+            .nth(1)
+            .unwrap()
+            .trim()
+            .to_string();
         node
     }
 

@@ -32,22 +32,6 @@ fn gateway(base: &str, method: &str, path: &str, body: &str) -> (u16, String) {
     (status, body)
 }
 
-fn gateway_addr(n: &RunningNode) -> String {
-    let log = n.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("gateway listening on http://"))
-        .expect("gateway line");
-    let plain: String = line
-        .split("gateway listening on ")
-        .nth(1)
-        .unwrap()
-        .chars()
-        .filter(|c| !c.is_control())
-        .collect();
-    plain.trim().trim_end_matches("[0m").to_string()
-}
-
 struct Group {
     admin: tempfile::TempDir,
     homes: Vec<tempfile::TempDir>,
@@ -114,7 +98,7 @@ fn fifty_requests_borrowed_through_relays_never_reveal_the_borrower() {
     a.wait_until("tokens", WAIT, |n| {
         n.get("/v1/node").1["wallet_balance"].as_u64().unwrap_or(0) >= 20
     });
-    let gw = gateway_addr(&a);
+    let gw = a.gateway.clone();
     let mut served_by: HashMap<String, usize> = HashMap::new();
     for i in 0..50 {
         let (status, body) = gateway(&gw, "POST", &format!("/v1/echo?i={i}"), "{\"prompt\":\"hi\"}");
@@ -206,7 +190,7 @@ fn killing_the_lender_mid_request_gives_a_response_or_a_clear_504_and_no_double_
     a.wait_until("tokens", WAIT, |n| {
         n.get("/v1/node").1["wallet_balance"].as_u64().unwrap_or(0) >= 5
     });
-    let gw = gateway_addr(&a);
+    let gw = a.gateway.clone();
     let request = std::thread::spawn(move || gateway(&gw, "GET", "/slow", ""));
     // Find the chosen lender and kill it while it works.
     let deadline = std::time::Instant::now() + WAIT;

@@ -90,22 +90,6 @@ fn sample(samples: &[(String, String, f64)], name: &str, labels: &str) -> f64 {
         .sum()
 }
 
-fn gateway_addr(n: &RunningNode) -> String {
-    let log = n.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("gateway listening on http://"))
-        .unwrap();
-    let plain: String = line
-        .split("gateway listening on ")
-        .nth(1)
-        .unwrap()
-        .chars()
-        .filter(|c| !c.is_control())
-        .collect();
-    plain.trim().trim_end_matches("[0m").to_string()
-}
-
 fn post(base: &str, path: &str) -> u16 {
     use std::io::{Read, Write};
     let hostport = base.trim_start_matches("http://");
@@ -188,7 +172,7 @@ fn metrics_peers_health_token_and_no_secrets() {
     assert_eq!(sample(&before, "lendmesh_peers_connected", ""), 2.0);
     outputs.push(text);
     // Borrows move the counters.
-    let gw = gateway_addr(&a);
+    let gw = a.gateway.clone();
     for i in 0..5 {
         assert_eq!(post(&gw, &format!("/x?{i}")), 200);
     }
