@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use lendmesh_protocol::PeerId;
 use lendmesh_protocol::group::Roster;
-use lendmesh_protocol::issuer::{IssueError, Issuer, QuotaRecord};
+use lendmesh_protocol::issuer::{IssueError, Issuer};
 use lendmesh_protocol::wire::{IssueRequest, IssueResponse};
 use libp2p::request_response::ResponseChannel;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -34,9 +34,6 @@ enum Msg {
         peer: PeerId,
         req: IssueRequest,
         reply: oneshot::Sender<IssueResponse>,
-    },
-    Used {
-        reply: oneshot::Sender<Vec<QuotaRecord>>,
     },
 }
 
@@ -73,15 +70,6 @@ impl IssuerHandle {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Msg::Local { peer, req, reply }).await.ok()?;
         rx.await.ok()
-    }
-
-    /// Quota records of the current epoch.
-    pub async fn used(&self) -> Vec<QuotaRecord> {
-        let (reply, rx) = oneshot::channel();
-        if self.tx.send(Msg::Used { reply }).await.is_err() {
-            return vec![];
-        }
-        rx.await.unwrap_or_default()
     }
 }
 
@@ -134,10 +122,6 @@ impl IssuerActor {
                     Msg::Local { peer, req, reply } => {
                         let resp = self.handle_issue(peer, req).await;
                         let _ = reply.send(resp);
-                    }
-                    Msg::Used { reply } => {
-                        let epoch = self.issuer.as_ref().map_or(0, Issuer::epoch);
-                        let _ = reply.send(self.store.quota_records(epoch).unwrap_or_default());
                     }
                 },
             }

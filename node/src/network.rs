@@ -540,9 +540,9 @@ struct Network {
     commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<NetEvent>,
     roster: watch::Receiver<Arc<Roster>>,
-    pending_issue: HashMap<OutboundRequestId, oneshot::Sender<Result<IssueResponse, NetError>>>,
-    pending_relay: HashMap<OutboundRequestId, oneshot::Sender<Result<RelayResponse, NetError>>>,
-    pending_borrow: HashMap<OutboundRequestId, oneshot::Sender<Result<BorrowResponse, NetError>>>,
+    pending_issue: PendingMap<IssueResponse>,
+    pending_relay: PendingMap<RelayResponse>,
+    pending_borrow: PendingMap<BorrowResponse>,
     counters: Arc<Counters>,
     fingerprint: String,
     libp2p_metrics: Libp2pMetrics,
@@ -795,19 +795,27 @@ impl Network {
 
     fn handle_behaviour_event(&mut self, event: BehaviourEvent) {
         match event {
-            BehaviourEvent::Issue(e) => self.handle_issue_event(e),
+            BehaviourEvent::Issue(e) => {
+                let r = request_response_event(e, &mut self.pending_issue, &self.roster, &self.counters);
+                if let Some((peer, req, channel)) = r {
+                    self.emit(NetEvent::InboundIssue { peer, req, channel });
+                }
+            }
             BehaviourEvent::Relay(e) => {
-                if let Some((peer, req, channel)) = self.request_response_event(e, Pending::Relay) {
+                let r = request_response_event(e, &mut self.pending_relay, &self.roster, &self.counters);
+                if let Some((peer, req, channel)) = r {
                     self.emit(NetEvent::InboundRelay { peer, req, channel });
                 }
             }
             BehaviourEvent::Borrow(e) => {
-                if let Some((peer, req, channel)) = self.request_response_event(e, Pending::Borrow) {
+                let r = request_response_event(e, &mut self.pending_borrow, &self.roster, &self.counters);
+                if let Some((peer, req, channel)) = r {
                     self.emit(NetEvent::InboundBorrow { peer, req, channel });
                 }
             }
             BehaviourEvent::Claim(e) => {
-                if let Some((peer, req, channel)) = self.request_response_event(e, Pending::None) {
+                let r = request_response_event(e, &mut PendingMap::new(), &self.roster, &self.counters);
+                if let Some((peer, req, channel)) = r {
                     self.emit(NetEvent::InboundClaim { peer, req, channel });
                 }
             }
@@ -873,133 +881,64 @@ impl Network {
             _ => {}
         }
     }
+}
 
-    fn handle_issue_event(&mut self, event: request_response::Event<IssueRequest, IssueResponse>) {
-        match event {
-            request_response::Event::Message { peer, message, .. } => match message {
-                request_response::Message::Request { request, channel, .. } => match to_proto(&peer) {
-                    Some(p) => self.emit(NetEvent::InboundIssue {
-                        peer: p,
-                        req: request,
-                        channel,
-                    }),
-                    None => warn!(%peer, "issue request from a non-ed25519 peer ignored"),
+/// Where a protocol's outbound answers go (claims are only answered by this node, never asked yet).
+type PendingMap<Resp> = HashMap<OutboundRequestId, oneshot::Sender<Result<Resp, NetError>>>;
+
+/// Handles one request-response event for any protocol: inbound requests from active roster members are returned
+/// for the caller to emit; answers and failures go to whoever waits in `pending`.
+fn request_response_event<Req, Resp>(
+    event: request_response::Event<Req, Resp>,
+    pending: &mut PendingMap<Resp>,
+    roster: &watch::Receiver<Arc<Roster>>,
+    counters: &Counters,
+) -> Option<(lendmesh_protocol::PeerId, Req, ResponseChannel<Resp>)> {
+    match event {
+        request_response::Event::Message { peer, message, .. } => match message {
+            request_response::Message::Request { request, channel, .. } => {
+                let member = to_proto(&peer).filter(|p| roster.borrow().is_active(p, now_ms()));
+                if member.is_none() {
+                    warn!(%peer, "request from a non-member ignored");
+                }
+                member.map(|p| (p, request, channel))
+            }
+            request_response::Message::Response { request_id, response } => {
+                if let Some(reply) = pending.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+                None
+            }
+        },
+        request_response::Event::OutboundFailure {
+            peer,
+            request_id,
+            error,
+            ..
+        } => {
+            let detail = error.to_string();
+            let err = match error {
+                request_response::OutboundFailure::DialFailure
+                | request_response::OutboundFailure::UnsupportedProtocols => NetError::Unreachable {
+                    peer: peer.to_string(),
+                    detail,
                 },
-                request_response::Message::Response { request_id, response } => {
-                    if let Some(reply) = self.pending_issue.remove(&request_id) {
-                        let _ = reply.send(Ok(response));
-                    }
-                }
-            },
-            request_response::Event::OutboundFailure {
-                peer,
-                request_id,
-                error,
-                ..
-            } => {
-                if let Some(reply) = self.pending_issue.remove(&request_id) {
-                    let _ = reply.send(Err(NetError::Request {
-                        peer: peer.to_string(),
-                        detail: error.to_string(),
-                    }));
-                }
+                _ => NetError::Request {
+                    peer: peer.to_string(),
+                    detail,
+                },
+            };
+            if let Some(reply) = pending.remove(&request_id) {
+                let _ = reply.send(Err(err));
             }
-            request_response::Event::InboundFailure { peer, error, .. } => {
-                self.counters.inc(&self.counters.inbound_failures);
-                warn!(%peer, %error, "inbound issue request failed (oversized or malformed frames end up here)");
-            }
-            request_response::Event::ResponseSent { .. } => {}
+            None
         }
-    }
-}
-
-/// Which pending map an outbound answer goes to.
-enum Pending {
-    Relay,
-    Borrow,
-    None,
-}
-
-/// Sends an answer (or failure) to whoever waits for a request id, if its type matches.
-trait Deliver<T> {
-    fn deliver(&mut self, which: &Pending, id: OutboundRequestId, r: Result<T, NetError>);
-}
-
-impl<T: 'static> Deliver<T> for Network {
-    fn deliver(&mut self, which: &Pending, id: OutboundRequestId, r: Result<T, NetError>) {
-        let any: Box<dyn std::any::Any> = Box::new(r);
-        match which {
-            Pending::Relay => {
-                if let (Some(reply), Ok(r)) = (
-                    self.pending_relay.remove(&id),
-                    any.downcast::<Result<RelayResponse, NetError>>(),
-                ) {
-                    let _ = reply.send(*r);
-                }
-            }
-            Pending::Borrow => {
-                if let (Some(reply), Ok(r)) = (
-                    self.pending_borrow.remove(&id),
-                    any.downcast::<Result<BorrowResponse, NetError>>(),
-                ) {
-                    let _ = reply.send(*r);
-                }
-            }
-            Pending::None => {}
+        request_response::Event::InboundFailure { peer, error, .. } => {
+            counters.inc(&counters.inbound_failures);
+            warn!(%peer, %error, "inbound request failed");
+            None
         }
-    }
-}
-
-impl Network {
-    /// Handles one request-response event: inbound requests from roster members are returned for the caller to
-    /// emit; answers and failures go to the waiting requester.
-    fn request_response_event<Req: 'static, Resp: 'static>(
-        &mut self,
-        event: request_response::Event<Req, Resp>,
-        which: Pending,
-    ) -> Option<(lendmesh_protocol::PeerId, Req, ResponseChannel<Resp>)> {
-        match event {
-            request_response::Event::Message { peer, message, .. } => match message {
-                request_response::Message::Request { request, channel, .. } => {
-                    if !self.allowed(&peer) {
-                        warn!(%peer, "request from a non-member ignored");
-                        return None;
-                    }
-                    to_proto(&peer).map(|p| (p, request, channel))
-                }
-                request_response::Message::Response { request_id, response } => {
-                    self.deliver(&which, request_id, Ok::<Resp, NetError>(response));
-                    None
-                }
-            },
-            request_response::Event::OutboundFailure {
-                peer,
-                request_id,
-                error,
-                ..
-            } => {
-                let detail = error.to_string();
-                let err = match error {
-                    request_response::OutboundFailure::DialFailure
-                    | request_response::OutboundFailure::UnsupportedProtocols => NetError::Unreachable {
-                        peer: peer.to_string(),
-                        detail,
-                    },
-                    _ => NetError::Request {
-                        peer: peer.to_string(),
-                        detail,
-                    },
-                };
-                self.deliver(&which, request_id, Err::<Resp, NetError>(err));
-                None
-            }
-            request_response::Event::InboundFailure { peer, error, .. } => {
-                self.counters.inc(&self.counters.inbound_failures);
-                warn!(%peer, %error, "inbound request failed");
-                None
-            }
-            request_response::Event::ResponseSent { .. } => None,
-        }
+        request_response::Event::ResponseSent { .. } => None,
     }
 }
 

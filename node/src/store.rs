@@ -8,11 +8,11 @@
 //!
 //! The file holds secrets (node key, group keys, tokens): it is created with mode 0600 inside a 0700 home.
 
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
-use lendmesh_protocol::PeerId;
 use lendmesh_protocol::blind_rsa::SecretKey;
 use lendmesh_protocol::issuer::QuotaRecord;
 use lendmesh_protocol::redeemer::{ClaimOutcome, SpentSet};
@@ -290,13 +290,10 @@ impl Store {
     pub fn quota_records(&self, epoch: u32) -> Result<Vec<QuotaRecord>, StoreError> {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(QUOTA)?;
-        let prefix = epoch.to_be_bytes();
+        let (lo, hi) = epoch_bounds(epoch);
         let mut out = Vec::new();
-        for row in t.iter()? {
-            let (k, v) = row?;
-            if k.value().starts_with(&prefix) {
-                out.push(decode("quota record", v.value())?);
-            }
+        for row in t.range::<&[u8]>((Bound::Included(lo.as_slice()), bound(&hi)))? {
+            out.push(decode("quota record", row?.1.value())?);
         }
         Ok(out)
     }
@@ -396,17 +393,12 @@ impl Store {
     }
 
     /// Spent token hashes recorded for an epoch.
+    /// Kept as a counter next to the set, in the same transactions, so a metrics scrape never scans the set.
     pub fn spent_len(&self, epoch: u32) -> Result<u64, StoreError> {
-        let tx = self.db.begin_read()?;
-        let t = tx.open_table(SPENT)?;
-        let prefix = epoch.to_be_bytes();
-        let mut n = 0;
-        for row in t.iter()? {
-            if row?.0.value().starts_with(&prefix) {
-                n += 1;
-            }
-        }
-        Ok(n)
+        Ok(self
+            .meta_get(&spent_count_key(epoch))?
+            .and_then(|b| b.as_slice().try_into().ok())
+            .map_or(0, u64::from_le_bytes))
     }
 }
 
@@ -439,12 +431,12 @@ impl Store {
     pub fn spent_hashes(&self, epoch: u32) -> Result<Vec<TokenHash>, StoreError> {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(SPENT)?;
-        let prefix = epoch.to_be_bytes();
+        let (lo, hi) = epoch_bounds(epoch);
         let mut out = Vec::new();
-        for row in t.iter()? {
+        for row in t.range::<&[u8]>((Bound::Included(lo.as_slice()), bound(&hi)))? {
             let (k, _) = row?;
             let k = k.value();
-            if k.starts_with(&prefix) && k.len() == 36 {
+            if k.len() == 36 {
                 let mut h = [0u8; 32];
                 h.copy_from_slice(&k[4..]);
                 out.push(TokenHash(h));
@@ -452,6 +444,35 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Keys of one epoch lie in `[epoch, epoch + 1)` (big-endian prefix); the last epoch has no upper bound.
+fn epoch_bounds(epoch: u32) -> (Vec<u8>, Option<Vec<u8>>) {
+    (
+        epoch.to_be_bytes().to_vec(),
+        epoch.checked_add(1).map(|e| e.to_be_bytes().to_vec()),
+    )
+}
+
+fn bound(hi: &Option<Vec<u8>>) -> Bound<&[u8]> {
+    hi.as_deref().map_or(Bound::Unbounded, Bound::Excluded)
+}
+
+fn spent_count_key(epoch: u32) -> String {
+    format!("spent_count/{epoch}")
+}
+
+/// Adds `delta` to an epoch's spent counter inside the caller's transaction.
+fn bump_spent_count(tx: &redb::WriteTransaction, epoch: u32, delta: i64) -> Result<(), StoreError> {
+    let key = spent_count_key(epoch);
+    let mut meta = tx.open_table(META)?;
+    let current = meta
+        .get(key.as_str())?
+        .and_then(|v| v.value().try_into().ok())
+        .map_or(0, u64::from_le_bytes);
+    let next = current.saturating_add_signed(delta);
+    meta.insert(key.as_str(), next.to_le_bytes().as_slice())?;
+    Ok(())
 }
 
 fn spent_key(epoch: u32, hash: &TokenHash) -> Vec<u8> {
@@ -472,28 +493,29 @@ impl SpentSet for Store {
             if t.get(key.as_slice())?.is_some() {
                 ClaimOutcome::AlreadySpent
             } else {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64);
-                t.insert(key.as_slice(), now)?;
+                t.insert(key.as_slice(), crate::now_ms())?;
                 ClaimOutcome::Claimed
             }
         };
+        if outcome == ClaimOutcome::Claimed {
+            bump_spent_count(&tx, epoch, 1)?;
+        }
         tx.commit()?;
         Ok(outcome)
     }
 
     fn release(&self, epoch: u32, hash: &TokenHash) -> Result<(), StoreError> {
         let tx = self.db.begin_write()?;
-        tx.open_table(SPENT)?.remove(spent_key(epoch, hash).as_slice())?;
+        let removed = tx
+            .open_table(SPENT)?
+            .remove(spent_key(epoch, hash).as_slice())?
+            .is_some();
+        if removed {
+            bump_spent_count(&tx, epoch, -1)?;
+        }
         tx.commit()?;
         Ok(())
     }
-}
-
-/// Whether `peer` appears in a quota record list (helper for status output).
-pub fn used_by(records: &[QuotaRecord], peer: &PeerId) -> u32 {
-    records.iter().find(|r| &r.peer == peer).map_or(0, |r| r.used)
 }
 
 #[cfg(test)]
@@ -563,5 +585,15 @@ mod tests {
         store.release(1, &h).unwrap();
         assert_eq!(store.try_claim(1, &h).unwrap(), ClaimOutcome::Claimed);
         assert_eq!(store.spent_len(1).unwrap(), 1);
+        assert_eq!(store.spent_len(2).unwrap(), 1);
+        assert_eq!(store.spent_hashes(1).unwrap(), vec![h]);
+        store.release(2, &h).unwrap();
+        store.release(2, &h).unwrap();
+        assert_eq!(
+            store.spent_len(2).unwrap(),
+            0,
+            "releasing twice leaves the count at zero"
+        );
+        assert!(store.spent_hashes(2).unwrap().is_empty());
     }
 }
