@@ -41,6 +41,39 @@ fn policy(r: &Report) -> &'static str {
 type Drawn = Result<String, String>;
 type Chart = (&'static str, &'static str, fn(&[Report]) -> Drawn);
 type Series = (String, Vec<(f64, f64)>, RGBColor);
+type LineChart<'a, 'b> = ChartContext<
+    'a,
+    SVGBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// Draws labelled lines, each with its legend entry.
+fn draw_lines(chart: &mut LineChart<'_, '_>, series: Vec<Series>) -> Result<(), String> {
+    for (name, points, color) in series {
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(2)))
+            .map_err(text)?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+    }
+    Ok(())
+}
+
+/// Draws the legend box (at `position`, or plotters' default).
+fn draw_legend<'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
+    position: Option<SeriesLabelPosition>,
+) -> Result<(), String> {
+    let mut labels = chart.configure_series_labels();
+    if let Some(p) = position {
+        labels.position(p);
+    }
+    labels
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(text)
+}
 
 /// Writes every chart for `reports` (one per policy, same scenario) into `dir`; returns (title, file) pairs.
 pub fn write_all(dir: &Path, reports: &[Report]) -> Result<Vec<(String, String)>, ChartError> {
@@ -104,20 +137,8 @@ fn served(reports: &[Report]) -> Drawn {
         for (i, r) in reports.iter().enumerate() {
             series.push((policy(r).into(), line(&|b| b.served, r), COLORS[i % 6]));
         }
-        for (name, points, color) in series {
-            chart
-                .draw_series(LineSeries::new(points, color.stroke_width(2)))
-                .map_err(text)?
-                .label(name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(text)?;
+        draw_lines(&mut chart, series)?;
+        draw_legend(&mut chart, Some(SeriesLabelPosition::LowerRight))?;
         root.present().map_err(text)?;
     }
     Ok(buf)
@@ -148,22 +169,16 @@ fn latency_cdf(reports: &[Report]) -> Drawn {
             .y_desc("fraction of borrows")
             .draw()
             .map_err(text)?;
-        for (i, r) in reports.iter().enumerate() {
-            let color = COLORS[i % 6];
-            let points: Vec<(f64, f64)> = r.latency_cdf.iter().map(|&(ms, p)| (ms as f64, p)).collect();
-            chart
-                .draw_series(LineSeries::new(points, color.stroke_width(2)))
-                .map_err(text)?
-                .label(policy(r))
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(text)?;
+        let series = reports
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let points = r.latency_cdf.iter().map(|&(ms, p)| (ms as f64, p)).collect();
+                (policy(r).to_string(), points, COLORS[i % 6])
+            })
+            .collect();
+        draw_lines(&mut chart, series)?;
+        draw_legend(&mut chart, Some(SeriesLabelPosition::LowerRight))?;
         root.present().map_err(text)?;
     }
     Ok(buf)
@@ -227,12 +242,7 @@ fn lender_load(reports: &[Report]) -> Drawn {
                 .label(policy(r))
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(text)?;
+        draw_legend(&mut chart, None)?;
         root.present().map_err(text)?;
     }
     Ok(buf)
@@ -328,12 +338,7 @@ fn bars(b: &Bars) -> Drawn {
                 .label("chance")
                 .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(3)));
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(text)?;
+        draw_legend(&mut chart, None)?;
         root.present().map_err(text)?;
     }
     Ok(buf)

@@ -121,7 +121,7 @@ fn fifty_requests_borrowed_through_relays_never_reveal_the_borrower() {
     // Lenders' records: 50 distinct tokens, each spent once, none naming A.
     let mut hashes = HashSet::new();
     let mut served = 0;
-    for l in &lenders {
+    for l in lenders.iter_mut() {
         let (_, lends) = l.get("/v1/lends");
         for rec in lends["lends"].as_array().unwrap() {
             let text = rec.to_string();
@@ -137,14 +137,23 @@ fn fifty_requests_borrowed_through_relays_never_reveal_the_borrower() {
                 );
             }
         }
-        // The lender's log lines about lends name the token and the relay, never A.
+        // The lender's log lines about lends name the token and the relay, never A. The log reaches this process
+        // through a pipe, so wait (bounded) until every lend record's line has arrived.
+        let records = lends["lends"].as_array().unwrap().len();
+        l.wait_until("the lend log lines", WAIT, |l| {
+            l.log()
+                .lines()
+                .filter(|line| line.contains("lendmesh_node::lender") && line.contains("outcome"))
+                .count()
+                >= records
+        });
         let lend_lines: Vec<String> = l
             .log()
             .lines()
             .filter(|line| line.contains("lendmesh_node::lender") && line.contains("outcome"))
             .map(String::from)
             .collect();
-        assert!(!lend_lines.is_empty());
+        assert!(!lend_lines.is_empty(), "no lend lines:\n{}", l.log());
         assert!(
             !lend_lines.iter().any(|line| line.contains(a_short)),
             "{lend_lines:?}"
