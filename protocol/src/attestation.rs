@@ -147,6 +147,9 @@ pub struct AttestationBody {
     /// The lender's current OHTTP key config (RFC 9458 §3), to seal borrow requests to it.
     #[serde(with = "serde_bytes_compat::vec")]
     pub ohttp_key_config: Vec<u8>,
+    /// `(epoch, issuer key id)` of the epochs the lender holds (at most
+    /// [`crate::epoch::MAX_ANNOUNCED_KEYS`]): receivers compare them with their own (key consistency, DESIGN §4).
+    pub epoch_keys: Vec<(u32, [u8; 32])>,
 }
 
 /// A tagged and signed attestation.
@@ -317,7 +320,9 @@ impl AttestationAcceptor {
         if !roster.is_active(&body.peer_id, now_ms) {
             return Err(AttestationRejection::NotOnRoster);
         }
-        if body.ohttp_key_config.len() > MAX_KEY_CONFIG_LEN {
+        if body.ohttp_key_config.len() > MAX_KEY_CONFIG_LEN
+            || body.epoch_keys.len() > crate::epoch::MAX_ANNOUNCED_KEYS
+        {
             return Err(AttestationRejection::Malformed);
         }
         if body.issued_at_ms + self.config.window_ms < now_ms {
@@ -454,6 +459,7 @@ mod tests {
             headroom: HeadroomBucket::High,
             window_resets_at_ms: at + 60_000,
             ohttp_key_config: vec![1, 2, 3],
+            epoch_keys: vec![(1, [9; 32])],
         };
         Attestation::create(body, akey, &key(signer)).unwrap()
     }

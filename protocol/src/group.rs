@@ -256,8 +256,10 @@ pub struct EpochAnnouncement {
     pub epoch: u32,
     /// Start of validity (ms since the Unix epoch).
     pub starts_at_ms: u64,
-    /// End of validity.
+    /// End of validity. A re-announcement may move it earlier (an immediate rotation), never later.
     pub ends_at_ms: u64,
+    /// After `ends_at_ms`, lenders still accept this epoch's tokens for this long (DESIGN §8 grace period).
+    pub grace_ms: u64,
     /// The issuer's RSA public key for this epoch, SPKI DER.
     #[serde(with = "serde_bytes_compat::vec")]
     pub issuer_key_spki: Vec<u8>,

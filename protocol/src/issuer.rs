@@ -6,11 +6,15 @@
 //! **must persist before the signatures leave**: after a crash the counter is then never below what was handed
 //! out, so no member can exceed its quota across restarts.
 //!
+//! The issuer holds a key per epoch it signs for: the current epoch and, once announced, the next one (DESIGN §8),
+//! each with its own quota counters. [`Issuer::retire_before`] drops retired epochs. Every grant says how many tokens
+//! the member has left in that epoch, so a member never asks for more than that.
+//!
 //! Retries are idempotent: a request with the same `request_id` and the same blinded messages as the member's last
 //! one is signed again without charging (RSA signing is deterministic, so the member gets the same signatures).
 //! This lets a member that crashed mid-refill ask again for the batch it persisted before sending.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use rand_core::CryptoRngCore;
 use serde::{Deserialize, Serialize};
@@ -78,6 +82,15 @@ pub enum IssueError {
     /// Signing failed (a fault in the private operation).
     #[error("signing failed")]
     SigningFailed,
+    /// The issuer is overloaded; try again later.
+    #[error("the issuer is busy; try again later")]
+    Busy,
+    /// The node asked is not the group's issuer.
+    #[error("this node is not the group's issuer")]
+    NotIssuer,
+    /// The issuer could not record the charge durably, so it signed nothing.
+    #[error("the issuer could not record the charge; try again later")]
+    StoreFailed,
 }
 
 /// The durable part of the issuer's state for one member: persist it before the signatures leave.
@@ -104,27 +117,45 @@ pub struct IssueGrant {
     pub charged: bool,
     /// The blind signatures, in request order.
     pub blind_signatures: Vec<Vec<u8>>,
+    /// Tokens the member has left in this epoch after this grant.
+    pub remaining: u32,
 }
 
-/// The issuer state machine for one epoch.
+/// One epoch the issuer signs for.
 #[derive(Debug)]
-pub struct Issuer {
-    epoch: u32,
+struct IssuerEpoch {
     key: SecretKey,
-    roster: Roster,
-    max_batch: u32,
+    /// Signing stops at this instant (the epoch's end).
+    until_ms: u64,
     records: HashMap<PeerId, QuotaRecord>,
 }
 
+/// The issuer state machine: its epochs' keys and quota counters, and the roster.
+#[derive(Debug)]
+pub struct Issuer {
+    epochs: BTreeMap<u32, IssuerEpoch>,
+    roster: Roster,
+    max_batch: u32,
+}
+
 impl Issuer {
-    /// An issuer for `epoch` with its secret key and roster.
+    /// An issuer for `epoch` with its secret key and roster (signing without an end until told otherwise).
     pub fn new(epoch: u32, key: SecretKey, roster: Roster) -> Self {
-        Issuer {
-            epoch,
-            key,
+        let mut issuer = Issuer {
+            epochs: BTreeMap::new(),
             roster,
             max_batch: DEFAULT_MAX_BATCH,
-            records: HashMap::new(),
+        };
+        issuer.add_epoch(epoch, key, u64::MAX);
+        issuer
+    }
+
+    /// An issuer with no epoch yet.
+    pub fn empty(roster: Roster) -> Self {
+        Issuer {
+            epochs: BTreeMap::new(),
+            roster,
+            max_batch: DEFAULT_MAX_BATCH,
         }
     }
 
@@ -134,10 +165,42 @@ impl Issuer {
         self
     }
 
-    /// Loads a persisted record (records of other epochs are ignored).
+    /// Signs for `epoch` with `key` until `until_ms` (its end). A known epoch only has its end updated.
+    pub fn add_epoch(&mut self, epoch: u32, key: SecretKey, until_ms: u64) {
+        self.epochs
+            .entry(epoch)
+            .and_modify(|e| e.until_ms = until_ms)
+            .or_insert(IssuerEpoch {
+                key,
+                until_ms,
+                records: HashMap::new(),
+            });
+    }
+
+    /// Moves the end of a known epoch (an immediate rotation ends it now).
+    pub fn set_until(&mut self, epoch: u32, until_ms: u64) {
+        if let Some(e) = self.epochs.get_mut(&epoch) {
+            e.until_ms = until_ms;
+        }
+    }
+
+    /// Whether the issuer holds a key for `epoch`.
+    pub fn has_epoch(&self, epoch: u32) -> bool {
+        self.epochs.contains_key(&epoch)
+    }
+
+    /// Drops every epoch before `epoch` with its counters; returns how many.
+    pub fn retire_before(&mut self, epoch: u32) -> usize {
+        let keep = self.epochs.split_off(&epoch);
+        let gone = self.epochs.len();
+        self.epochs = keep;
+        gone
+    }
+
+    /// Loads a persisted record (records of epochs the issuer does not hold are ignored).
     pub fn restore(&mut self, record: QuotaRecord) {
-        if record.epoch == self.epoch {
-            self.records.insert(record.peer, record);
+        if let Some(e) = self.epochs.get_mut(&record.epoch) {
+            e.records.insert(record.peer, record);
         }
     }
 
@@ -146,19 +209,33 @@ impl Issuer {
         self.roster = roster;
     }
 
-    /// The current epoch.
+    /// The newest epoch held.
     pub fn epoch(&self) -> u32 {
-        self.epoch
+        self.epochs.keys().next_back().copied().unwrap_or(0)
     }
 
-    /// The epoch's secret key.
-    pub fn key(&self) -> &SecretKey {
-        &self.key
+    /// The epochs held, oldest first.
+    pub fn epochs(&self) -> impl Iterator<Item = u32> + '_ {
+        self.epochs.keys().copied()
     }
 
-    /// Tokens signed for `peer` this epoch.
-    pub fn used(&self, peer: &PeerId) -> u32 {
-        self.records.get(peer).map_or(0, |r| r.used)
+    /// An epoch's secret key.
+    pub fn key(&self, epoch: u32) -> Option<&SecretKey> {
+        self.epochs.get(&epoch).map(|e| &e.key)
+    }
+
+    /// Tokens signed for `peer` in `epoch`.
+    pub fn used(&self, peer: &PeerId, epoch: u32) -> u32 {
+        self.epochs
+            .get(&epoch)
+            .and_then(|e| e.records.get(peer))
+            .map_or(0, |r| r.used)
+    }
+
+    /// Tokens `peer` has left in `epoch` (0 for a non-member).
+    pub fn remaining(&self, peer: &PeerId, epoch: u32) -> u32 {
+        let quota = self.roster.entry(peer).map_or(0, |e| e.quota_per_epoch);
+        quota.saturating_sub(self.used(peer, epoch))
     }
 
     /// Checks and signs a batch for `peer` (the authenticated remote of the stream). See the module doc.
@@ -176,13 +253,20 @@ impl Issuer {
             });
         }
         let quota = entry.quota_per_epoch;
-        if req.epoch != self.epoch {
+        let current = self
+            .epochs
+            .iter()
+            .rev()
+            .find(|(_, e)| now_ms < e.until_ms)
+            .map_or(0, |(n, _)| *n);
+        let max_batch = self.max_batch;
+        let Some(state) = self.epochs.get_mut(&req.epoch).filter(|e| now_ms < e.until_ms) else {
             return Err(IssueError::WrongEpoch {
                 requested: req.epoch,
-                current: self.epoch,
+                current,
             });
-        }
-        let public = self.key.public_key();
+        };
+        let public = state.key.public_key();
         if req.key_id != public.key_id() {
             return Err(IssueError::WrongKey);
         }
@@ -190,17 +274,17 @@ impl Issuer {
         if count == 0 {
             return Err(IssueError::EmptyBatch);
         }
-        if count > self.max_batch {
+        if count > max_batch {
             return Err(IssueError::BatchTooLarge {
                 requested: count,
-                max: self.max_batch,
+                max: max_batch,
             });
         }
         if let Some(index) = req.blinded.iter().position(|b| b.len() != public.modulus_len()) {
             return Err(IssueError::MalformedBlindedMessage { index: index as u32 });
         }
         let digest = batch_digest(&req.blinded);
-        let previous = self.records.get(peer).cloned();
+        let previous = state.records.get(peer).cloned();
         let retry = previous
             .as_ref()
             .is_some_and(|r| r.last_request_id == req.request_id);
@@ -216,7 +300,7 @@ impl Issuer {
         }
         let mut blind_signatures = Vec::with_capacity(req.blinded.len());
         for (index, blinded) in req.blinded.iter().enumerate() {
-            let sig = self.key.blind_sign(blinded, rng).map_err(|e| match e {
+            let sig = state.key.blind_sign(blinded, rng).map_err(|e| match e {
                 crate::blind_rsa::BlindRsaError::OutOfRange
                 | crate::blind_rsa::BlindRsaError::WrongLength { .. } => {
                     IssueError::MalformedBlindedMessage { index: index as u32 }
@@ -225,22 +309,23 @@ impl Issuer {
             })?;
             blind_signatures.push(sig);
         }
-        let record = if retry {
-            previous.unwrap_or_else(|| unreachable!("retry implies a previous record"))
-        } else {
-            QuotaRecord {
-                epoch: self.epoch,
+        let record = match previous {
+            Some(r) if retry => r,
+            _ => QuotaRecord {
+                epoch: req.epoch,
                 peer: *peer,
                 used: used + count,
                 last_request_id: req.request_id,
                 last_digest: digest,
-            }
+            },
         };
-        self.records.insert(*peer, record.clone());
+        state.records.insert(*peer, record.clone());
+        let remaining = quota.saturating_sub(record.used);
         Ok(IssueGrant {
             record,
             charged: !retry,
             blind_signatures,
+            remaining,
         })
     }
 }

@@ -43,11 +43,14 @@
 #![deny(missing_docs)]
 
 pub mod attestation;
+pub mod backoff;
 pub mod blind_rsa;
+pub mod epoch;
 pub mod group;
 pub mod ids;
 pub mod issuer;
 pub mod redeemer;
+pub mod refill;
 pub mod routing;
 pub mod token;
 pub mod wallet;

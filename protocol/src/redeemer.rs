@@ -106,6 +106,12 @@ pub enum RedeemError {
         /// The token's epoch.
         epoch: u32,
     },
+    /// The epoch is known but not accepted at this time (not started, or past its grace period).
+    #[error("epoch {epoch} is not accepted now (not started yet, or past its grace period)")]
+    EpochClosed {
+        /// The token's epoch.
+        epoch: u32,
+    },
     /// The key id is not the epoch's issuer key (possibly a member-specific key: a privacy alarm).
     #[error("token key id does not match the epoch's issuer key")]
     WrongKeyId,
@@ -129,6 +135,7 @@ impl RedeemError {
         match self {
             RedeemError::WrongTokenType { .. } => "wrong_token_type",
             RedeemError::UnknownEpoch { .. } => "unknown_epoch",
+            RedeemError::EpochClosed { .. } => "epoch_closed",
             RedeemError::WrongKeyId => "wrong_key_id",
             RedeemError::BadSignature => "bad_signature",
             RedeemError::Binding(BindingError::WrongLender) => "wrong_lender",
@@ -154,7 +161,8 @@ pub struct Redemption {
 #[derive(Debug, Clone)]
 pub struct Redeemer {
     me: PeerId,
-    keys: BTreeMap<u32, PublicKey>,
+    /// Per epoch: its key and the span `[from, until)` in which its tokens are taken.
+    keys: BTreeMap<u32, (PublicKey, u64, u64)>,
     max_skew_ms: u64,
 }
 
@@ -174,9 +182,25 @@ impl Redeemer {
         self
     }
 
-    /// Accepts tokens of `epoch` signed by `key`.
+    /// Accepts tokens of `epoch` signed by `key`, at any time.
     pub fn accept_epoch(&mut self, epoch: u32, key: PublicKey) {
-        self.keys.insert(epoch, key);
+        self.keys.insert(epoch, (key, 0, u64::MAX));
+    }
+
+    /// Accepts tokens of `epoch` signed by `key` from `from_ms` until (excluding) `until_ms`
+    /// (see [`crate::epoch::EpochBook::accepts`]).
+    pub fn accept_epoch_between(&mut self, epoch: u32, key: PublicKey, from_ms: u64, until_ms: u64) {
+        self.keys.insert(epoch, (key, from_ms, until_ms));
+    }
+
+    /// Replaces every accepted epoch with the live epochs of `book`, less the `refused` ones (a key-consistency
+    /// alarm).
+    pub fn accept_book(&mut self, book: &crate::epoch::EpochBook, refused: &std::collections::BTreeSet<u32>) {
+        self.keys.clear();
+        for info in book.iter().filter(|i| !i.cancelled() && !refused.contains(&i.epoch())) {
+            let from = info.starts_at_ms().saturating_sub(book.skew_ms());
+            self.accept_epoch_between(info.epoch(), info.key.clone(), from, info.accepted_until_ms());
+        }
     }
 
     /// Stops accepting `epoch`.
@@ -202,10 +226,13 @@ impl Redeemer {
                 got: input.token_type,
             });
         }
-        let key = self
+        let (key, from, until) = self
             .keys
             .get(&input.epoch)
             .ok_or(RedeemError::UnknownEpoch { epoch: input.epoch })?;
+        if now_ms < *from || now_ms >= *until {
+            return Err(RedeemError::EpochClosed { epoch: input.epoch });
+        }
         if input.key_id != key.key_id() {
             return Err(RedeemError::WrongKeyId);
         }

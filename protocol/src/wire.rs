@@ -203,6 +203,8 @@ pub enum IssueResponse {
         /// Blind signatures in request order.
         #[serde(with = "serde_bytes_compat::vec_vec")]
         blind_signatures: Vec<Vec<u8>>,
+        /// Tokens the member has left in this epoch after this batch.
+        remaining: u32,
     },
     /// Refused, with the reason.
     Refused(IssueError),

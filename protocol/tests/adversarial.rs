@@ -240,7 +240,7 @@ fn issuance_refuses_unknown_expired_over_quota_and_malformed() {
         issuer.issue(&peer(2), &too_big, NOW, &mut rng).unwrap_err(),
         IssueError::MalformedBlindedMessage { index: 0 }
     );
-    assert_eq!(issuer.used(&peer(2)), 0, "refusals charge nothing");
+    assert_eq!(issuer.used(&peer(2), EPOCH), 0, "refusals charge nothing");
 
     // Quota 20: 2 now, then 18 more, then over quota.
     let g = issuer.issue(&peer(2), &req, NOW, &mut rng).unwrap();
@@ -297,7 +297,8 @@ fn issuance_retry_is_idempotent_and_survives_restart() {
     // Restored records of another epoch are ignored.
     let mut other_epoch = Issuer::new(EPOCH + 1, f.key.clone(), roster(4));
     other_epoch.restore(first.record);
-    assert_eq!(other_epoch.used(&peer(2)), 0);
+    assert_eq!(other_epoch.used(&peer(2), EPOCH + 1), 0);
+    assert_eq!(other_epoch.used(&peer(2), EPOCH), 0);
 }
 
 #[test]

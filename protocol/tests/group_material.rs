@@ -16,6 +16,7 @@ fn invite() -> Invite {
         epoch: EPOCH,
         starts_at_ms: NOW,
         ends_at_ms: NOW + 7 * 86_400_000,
+        grace_ms: 86_400_000,
         issuer_key_spki: key.public_key().spki_der().to_vec(),
         roster: signed_roster,
     }

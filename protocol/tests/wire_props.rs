@@ -35,7 +35,7 @@ prop_compose! {
                          bucket in 0u8..4, cfg in bytes(100)) -> Attestation {
         let headroom = [HeadroomBucket::None, HeadroomBucket::Low, HeadroomBucket::Medium, HeadroomBucket::High][bucket as usize];
         let body = AttestationBody { group_id: GroupId([3; 16]), peer_id: peer(signer), seq, issued_at_ms: at,
-            headroom, window_resets_at_ms: resets, ohttp_key_config: cfg };
+            headroom, window_resets_at_ms: resets, ohttp_key_config: cfg, epoch_keys: vec![(seq as u32, [signer; 32])] };
         Attestation::create(body, &AttestationKey::from_bytes([1; 32]), &node_key(signer)).unwrap()
     }
 }
@@ -92,7 +92,7 @@ proptest! {
     fn issue_round_trip(id in any::<[u8; 16]>(), epoch in any::<u32>(), key_id in any::<[u8; 32]>(),
                         blinded in proptest::collection::vec(bytes(300), 0..8)) {
         round_trip(&IssueRequest { request_id: id, epoch, key_id, blinded: blinded.clone() });
-        round_trip(&IssueResponse::Granted { request_id: id, blind_signatures: blinded });
+        round_trip(&IssueResponse::Granted { request_id: id, blind_signatures: blinded, remaining: epoch });
         round_trip(&IssueResponse::Refused(lendmesh_protocol::issuer::IssueError::OverQuota { requested: epoch, remaining: 3 }));
     }
 

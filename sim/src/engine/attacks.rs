@@ -122,6 +122,7 @@ impl Sim<'_> {
                     headroom: HeadroomBucket::High,
                     window_resets_at_ms: local + 60_000,
                     ohttp_key_config: vec![0x20; 41],
+                    epoch_keys: vec![],
                 };
                 let (att, about) = if self.adv_rng.next_u32().is_multiple_of(2) {
                     // Tagged with a key that is not the group's.

@@ -1,0 +1,110 @@
+//! Refill planning (DESIGN §4, member side): which epoch to ask the issuer for next, and how many tokens.
+//!
+//! A member keeps at least `low_water` tokens for every epoch the issuer signs for (the current one and, once it is
+//! announced, the next, so the switch finds tokens ready). It never asks for more than its quota has left: the
+//! issuer says how many are left in every answer (and in an over-quota refusal), and before any answer the roster's
+//! quota is the bound. An epoch whose quota is spent is not asked for again; the next epoch brings a fresh quota.
+//! Pure: the node's member actor and the simulator drive it.
+
+use std::collections::BTreeMap;
+
+/// One request to make.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RefillStep {
+    /// The epoch to ask for.
+    pub epoch: u32,
+    /// Tokens to ask for (1..=batch).
+    pub count: u32,
+}
+
+/// What the member knows of its quota, per epoch.
+#[derive(Clone, Debug, Default)]
+pub struct RefillPlanner {
+    low_water: u32,
+    batch: u32,
+    remaining: BTreeMap<u32, u32>,
+}
+
+impl RefillPlanner {
+    /// Refill below `low_water` tokens, at most `batch` per request (at least 1).
+    pub fn new(low_water: u32, batch: u32) -> Self {
+        RefillPlanner {
+            low_water,
+            batch: batch.max(1),
+            remaining: BTreeMap::new(),
+        }
+    }
+
+    /// The next request to make, if any. `epochs` are the signable epochs with this member's quota in each
+    /// (oldest first); `balance(epoch)` is the wallet's count for an epoch.
+    pub fn next(&self, epochs: &[(u32, u32)], balance: impl Fn(u32) -> usize) -> Option<RefillStep> {
+        epochs.iter().find_map(|&(epoch, quota)| {
+            if balance(epoch) >= self.low_water as usize {
+                return None;
+            }
+            let left = self.remaining(epoch, quota);
+            (left > 0).then(|| RefillStep {
+                epoch,
+                count: self.batch.min(left),
+            })
+        })
+    }
+
+    /// Tokens left this epoch as far as the member knows (the roster's quota before the issuer has answered).
+    pub fn remaining(&self, epoch: u32, quota: u32) -> u32 {
+        self.remaining.get(&epoch).copied().unwrap_or(quota).min(quota)
+    }
+
+    /// Whether the quota of `epoch` is spent.
+    pub fn exhausted(&self, epoch: u32, quota: u32) -> bool {
+        self.remaining(epoch, quota) == 0
+    }
+
+    /// The issuer's answer (granted or over quota) said how many are left.
+    pub fn record_remaining(&mut self, epoch: u32, remaining: u32) {
+        self.remaining.insert(epoch, remaining);
+    }
+
+    /// Forgets epochs that are no longer signable.
+    pub fn retain(&mut self, live: impl Fn(u32) -> bool) {
+        self.remaining.retain(|e, _| live(*e));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn never_asks_beyond_the_quota_and_stops_at_zero() {
+        let mut p = RefillPlanner::new(5, 16);
+        let epochs = [(1, 5)];
+        // A quota below the batch: ask for exactly the quota.
+        assert_eq!(p.next(&epochs, |_| 0), Some(RefillStep { epoch: 1, count: 5 }));
+        p.record_remaining(1, 0);
+        assert!(p.exhausted(1, 5));
+        assert_eq!(p.next(&epochs, |_| 0), None, "quota spent: no more asking");
+        // The issuer said 3 left: ask for 3.
+        p.record_remaining(1, 3);
+        assert_eq!(p.next(&epochs, |_| 1), Some(RefillStep { epoch: 1, count: 3 }));
+        // A roster quota lowered below what the issuer last said bounds it.
+        assert_eq!(p.remaining(1, 2), 2);
+    }
+
+    #[test]
+    fn fills_the_current_epoch_first_then_the_next() {
+        let mut p = RefillPlanner::new(5, 8);
+        let epochs = [(1, 200), (2, 200)];
+        assert_eq!(p.next(&epochs, |_| 0), Some(RefillStep { epoch: 1, count: 8 }));
+        assert_eq!(
+            p.next(&epochs, |e| if e == 1 { 8 } else { 0 }),
+            Some(RefillStep { epoch: 2, count: 8 })
+        );
+        assert_eq!(p.next(&epochs, |_| 5), None, "both at the low-water mark");
+        // Epoch 1's quota is spent: the next epoch still fills.
+        p.record_remaining(1, 0);
+        assert_eq!(p.next(&epochs, |_| 0), Some(RefillStep { epoch: 2, count: 8 }));
+        p.retain(|e| e == 2);
+        assert_eq!(p.remaining(1, 200), 200, "forgotten once retired");
+    }
+}
