@@ -1,4 +1,7 @@
-//! The HTTP API (DESIGN §11): `/metrics` (OpenMetrics), `/v1/node`, `/v1/peers`, `/v1/lends`, `/health`.
+//! The HTTP API (DESIGN §11): `/metrics` (OpenMetrics), `/v1/node`, `/v1/peers`, `/v1/lends`, `/health`, and the
+//! local administration endpoints `GET /v1/group`, `POST /v1/group/invite`, `POST /v1/group/remove` that
+//! `lendmesh group …` uses while the node runs. Those answer only connections from loopback that carry the node's
+//! local admin token (`X-Lendmesh-Admin-Token`, the 0600 file `admin.token` in the home, fresh at every start).
 //!
 //! Loopback by default. Binding anywhere else requires a bearer token (`--api-token` or `LENDMESH_API_TOKEN`) and
 //! the node refuses to start without one; with a token, every request must carry `Authorization: Bearer <token>`
@@ -7,21 +10,24 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use prometheus_client::registry::Registry;
 use serde_json::json;
 use subtle::ConstantTimeEq;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::{AdminError, epoch_summaries};
+use crate::group_state::GroupView;
 use crate::member::MemberHandle;
 use crate::metrics::{Counters, PeerLabel};
 use crate::network::NetworkHandle;
-use crate::peerbook::PeerBookHandle;
+use crate::peerbook::{AdminOp, AdminReply, PeerBookHandle};
 use crate::store::Store;
 use crate::upstream::Upstream;
 
@@ -56,8 +62,10 @@ pub struct ApiState {
     pub token: Option<String>,
     /// The store (spent-set size).
     pub store: Store,
-    /// The current epoch.
-    pub epoch: u32,
+    /// The group view (epochs, alarms).
+    pub view: watch::Receiver<Arc<GroupView>>,
+    /// The local admin token (from `admin.token`).
+    pub admin_token: String,
     /// Units of own capacity never lent.
     pub reserve: u64,
     /// The upstream (own headroom bucket).
@@ -96,8 +104,12 @@ pub async fn serve(listener: tokio::net::TcpListener, state: ApiState, shutdown:
         .route("/v1/node", get(node))
         .route("/v1/peers", get(peers))
         .route("/v1/lends", get(lends))
+        .route("/v1/group", get(group_show))
+        .route("/v1/group/invite", post(group_invite))
+        .route("/v1/group/remove", post(group_remove))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .with_state(state);
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     let _ = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await;
@@ -149,11 +161,22 @@ async fn refresh_gauges(s: &ApiState) {
     }
     let (bucket, _) = crate::lender::lendable_bucket(&*s.upstream_handle, s.reserve, crate::now_ms());
     c.headroom_bucket.set(bucket as i64);
-    if let Ok(n) = s.store.spent_len(s.epoch) {
-        c.spent_set
-            .get_or_create(&crate::metrics::EpochLabel { epoch: s.epoch })
-            .set(n as i64);
+    // One series per epoch with a spent set: a retired epoch's series disappears when its rows are pruned.
+    if let Ok(epochs) = s.store.spent_epochs() {
+        c.spent_set.clear();
+        for epoch in epochs {
+            if let Ok(n) = s.store.spent_len(epoch) {
+                c.spent_set
+                    .get_or_create(&crate::metrics::EpochLabel { epoch })
+                    .set(n as i64);
+            }
+        }
     }
+    let view = s.view.borrow().clone();
+    let now = crate::now_ms();
+    c.epoch_current
+        .set(view.epochs.current(now).map_or(0, |i| i64::from(i.epoch())));
+    c.key_alarms.set(view.refused_epochs.len() as i64);
 }
 
 async fn metrics(State(s): State<Arc<ApiState>>) -> Response {
@@ -177,7 +200,18 @@ async fn metrics(State(s): State<Arc<ApiState>>) -> Response {
 async fn health(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
     let snap = s.net.snapshot().await;
     let known = s.peerbook.routing().await.known;
-    if known > 0 && snap.connected.is_empty() {
+    let alarms = s.view.borrow().refused_epochs.clone();
+    if !alarms.is_empty() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "status": "alarm",
+                "reason": format!(
+                    "key consistency alarm for epoch(s) {alarms:?}: a peer or the admin named another issuer key; tokens of those epochs are neither spent nor accepted"
+                ),
+            })),
+        )
+    } else if known > 0 && snap.connected.is_empty() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(
@@ -196,13 +230,16 @@ async fn node(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
     let snap = s.net.snapshot().await;
     let group = s.peerbook.group().await;
     let balance = s.member.balance().await;
-    let (bucket, _) = crate::lender::lendable_bucket(&*s.upstream_handle, s.reserve, crate::now_ms());
+    let now = crate::now_ms();
+    let (bucket, _) = crate::lender::lendable_bucket(&*s.upstream_handle, s.reserve, now);
     Json(json!({
         "peer_id": s.peer_id.to_string(),
         "short_id": s.peer_id.short(),
         "group": group.as_ref().map(|g| json!({"name": g.name, "id": g.group_id.to_string()})),
         "roles": s.roles,
-        "epoch": group.as_ref().map(|g| g.epoch_number()),
+        "epoch": group.as_ref().map(|g| g.epoch_number(now)),
+        "epochs": group.as_ref().map(|g| epoch_summaries(&g.epochs, now)),
+        "key_alarms": s.view.borrow().refused_epochs.iter().copied().collect::<Vec<_>>(),
         "roster_version": group.as_ref().map(|g| g.roster().version),
         "listen_addrs": snap.listen_addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
         "external_addrs": s.external_addrs,
@@ -249,5 +286,144 @@ fn counters_json(c: &Counters) -> serde_json::Value {
         "relays_failed": Counters::get(&c.relays_failed),
         "claims_answered": Counters::get(&c.claims_answered),
         "lends_in_flight": Counters::get(&c.lends_in_flight),
+        "tokens_expired": Counters::get(&c.tokens_expired),
+        "epochs_pruned": Counters::get(&c.epochs_pruned),
+        "key_alarms_raised": Counters::get(&c.key_alarms_raised),
     })
+}
+
+/// Local administration: loopback connections with the node's admin token only.
+fn admin_allowed(s: &ApiState, peer: &SocketAddr, headers: &axum::http::HeaderMap) -> Result<(), Response> {
+    let given = headers
+        .get("x-lendmesh-admin-token")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !peer.ip().is_loopback() || !bool::from(given.as_bytes().ct_eq(s.admin_token.as_bytes())) {
+        return Err((
+            StatusCode::FORBIDDEN,
+            Json(json!({
+                "error": "forbidden",
+                "message": "group administration needs a loopback connection with this node's admin token (the `admin.token` file in its home); use `lendmesh group …` on the node's machine",
+            })),
+        )
+            .into_response());
+    }
+    Ok(())
+}
+
+fn admin_error(e: AdminError) -> Response {
+    let status = match e {
+        AdminError::NotAdmin(_) => StatusCode::FORBIDDEN,
+        AdminError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    (status, Json(json!({"error": "admin", "message": e.to_string()}))).into_response()
+}
+
+async fn group_show(
+    State(s): State<Arc<ApiState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    if let Err(r) = admin_allowed(&s, &peer, &headers) {
+        return r;
+    }
+    match s.peerbook.summary().await {
+        Some(summary) => Json(summary).into_response(),
+        None => admin_error(AdminError::Invalid("the node is shutting down".into())),
+    }
+}
+
+/// `POST /v1/group/invite` body.
+#[derive(Debug, serde::Deserialize)]
+pub struct InviteBody {
+    /// The member's peer id.
+    pub peer_id: String,
+    /// Tokens per epoch.
+    pub quota: u32,
+    /// Membership length in days.
+    pub days: u64,
+    /// Bootstrap addresses for the invite.
+    #[serde(default)]
+    pub bootstrap: Vec<String>,
+}
+
+/// `POST /v1/group/remove` body.
+#[derive(Debug, serde::Deserialize)]
+pub struct RemoveBody {
+    /// The member's peer id.
+    pub peer_id: String,
+    /// Start a new epoch at once.
+    #[serde(default)]
+    pub rotate: bool,
+}
+
+fn parse_peer(s: &str) -> Result<lendmesh_protocol::PeerId, AdminError> {
+    s.parse()
+        .map_err(|e| AdminError::Invalid(format!("'{s}' is not a lendmesh peer id: {e}")))
+}
+
+async fn group_invite(
+    State(s): State<Arc<ApiState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
+    Json(body): Json<InviteBody>,
+) -> Response {
+    if let Err(r) = admin_allowed(&s, &peer, &headers) {
+        return r;
+    }
+    let member = match parse_peer(&body.peer_id) {
+        Ok(m) => m,
+        Err(e) => return admin_error(e),
+    };
+    let op = AdminOp::Invite {
+        member,
+        quota: body.quota,
+        days: body.days,
+        bootstrap: body.bootstrap,
+    };
+    match s.peerbook.admin(op).await {
+        Ok(AdminReply::Invite(text)) => {
+            let version = s.view.borrow().roster.version;
+            Json(json!({"invite": text, "roster_version": version})).into_response()
+        }
+        Ok(_) => admin_error(AdminError::Invalid("unexpected reply".into())),
+        Err(e) => admin_error(e),
+    }
+}
+
+async fn group_remove(
+    State(s): State<Arc<ApiState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
+    Json(body): Json<RemoveBody>,
+) -> Response {
+    if let Err(r) = admin_allowed(&s, &peer, &headers) {
+        return r;
+    }
+    let member = match parse_peer(&body.peer_id) {
+        Ok(m) => m,
+        Err(e) => return admin_error(e),
+    };
+    let rotate = if body.rotate {
+        let Some(group) = s.peerbook.group().await else {
+            return admin_error(AdminError::Invalid("the node is shutting down".into()));
+        };
+        // RSA key generation takes seconds: off the async threads, before the PeerBook is involved.
+        match tokio::task::spawn_blocking(move || crate::admin::generate_epoch_key(&group)).await {
+            Ok(Ok(key)) => Some(key),
+            Ok(Err(e)) => return admin_error(e),
+            Err(e) => return admin_error(AdminError::Invalid(format!("key generation failed: {e}"))),
+        }
+    } else {
+        None
+    };
+    match s.peerbook.admin(AdminOp::Remove { member, rotate }).await {
+        Ok(AdminReply::Removed {
+            roster_version,
+            rotated_to,
+        }) => Json(json!({"roster_version": roster_version, "rotated_to": rotated_to})).into_response(),
+        Ok(_) => admin_error(AdminError::Invalid("unexpected reply".into())),
+        Err(e) => admin_error(e),
+    }
 }

@@ -27,7 +27,7 @@ use lendmesh_protocol::wire::{
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
-use crate::member::MemberHandle;
+use crate::member::{MemberHandle, NoToken};
 use crate::metrics::Counters;
 use crate::network::{NetError, NetworkHandle};
 use crate::now_ms;
@@ -75,6 +75,12 @@ pub enum BorrowError {
     /// The wallet is empty.
     #[error("the wallet has no tokens left; it refills from the issuer (is the admin node reachable?)")]
     WalletEmpty,
+    /// This member's quota for the current epoch is spent.
+    #[error("{}", quota_message(*next_epoch_starts_at_ms))]
+    QuotaExhausted {
+        /// When the next epoch starts (ms since the Unix epoch), if known.
+        next_epoch_starts_at_ms: Option<u64>,
+    },
     /// The lender did not answer in time.
     #[error("the lender did not answer in time (tried {tried} lenders); retry")]
     Timeout {
@@ -91,6 +97,18 @@ pub enum BorrowError {
     },
 }
 
+fn quota_message(next: Option<u64>) -> String {
+    match next {
+        Some(at) => {
+            let secs = at.saturating_sub(now_ms()).div_ceil(1000);
+            format!(
+                "this member's token quota for the current epoch is spent; the next epoch starts in {secs} s (at {at} ms since the Unix epoch) with a fresh quota"
+            )
+        }
+        None => "this member's token quota for the current epoch is spent; no next epoch is announced yet".into(),
+    }
+}
+
 impl BorrowError {
     /// A machine-readable code.
     pub fn code(&self) -> &'static str {
@@ -98,6 +116,7 @@ impl BorrowError {
             BorrowError::NoLender { .. } => "no_lender_available",
             BorrowError::NoRelay { .. } => "no_relay_available",
             BorrowError::WalletEmpty => "wallet_empty",
+            BorrowError::QuotaExhausted { .. } => "quota_exhausted",
             BorrowError::Timeout { .. } => "lender_timeout",
             BorrowError::Failed { .. } => "borrow_failed",
         }
@@ -107,6 +126,7 @@ impl BorrowError {
     pub fn status(&self) -> u16 {
         match self {
             BorrowError::NoLender { .. } | BorrowError::NoRelay { .. } | BorrowError::WalletEmpty => 503,
+            BorrowError::QuotaExhausted { .. } => 429,
             BorrowError::Timeout { .. } => 504,
             BorrowError::Failed { .. } => 502,
         }
@@ -117,6 +137,9 @@ impl BorrowError {
         match self {
             BorrowError::NoLender { retry_s, .. } => Some(*retry_s),
             BorrowError::WalletEmpty => Some(5),
+            BorrowError::QuotaExhausted {
+                next_epoch_starts_at_ms,
+            } => Some(next_epoch_starts_at_ms.map_or(60, |at| at.saturating_sub(now_ms()).div_ceil(1000).max(1))),
             _ => None,
         }
     }
@@ -228,7 +251,15 @@ impl Borrower {
                 });
             }
             if token.is_none() {
-                token = self.member.take().await;
+                match self.member.take().await {
+                    Ok(t) => token = Some(t),
+                    Err(NoToken::Empty) => break Err(BorrowError::WalletEmpty),
+                    Err(NoToken::QuotaExhausted {
+                        next_epoch_starts_at_ms,
+                    }) => break Err(BorrowError::QuotaExhausted {
+                        next_epoch_starts_at_ms,
+                    }),
+                }
             }
             let Some(t) = token.as_ref() else {
                 break Err(BorrowError::WalletEmpty);

@@ -8,12 +8,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use ed25519_dalek::SigningKey;
-use lendmesh_protocol::attestation::AttestationKey;
-use lendmesh_protocol::blind_rsa::{KeySize, SecretKey};
-use lendmesh_protocol::group::{
-    EpochAnnouncement, Invite, MAX_INVITE_BYTES, PreSharedKey, Roster, RosterEntry, SignedRoster,
-};
-use lendmesh_protocol::{GroupId, PeerId};
+use lendmesh_protocol::blind_rsa::KeySize;
+use lendmesh_protocol::group::{Invite, MAX_INVITE_BYTES};
+use lendmesh_protocol::PeerId;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, LogFormat, UpstreamKind, parse_duration};
@@ -83,7 +80,10 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum GroupCommand {
     /// Make this node the admin and issuer of a new group.
-    #[command(after_help = "Example:\n  lendmesh group create --name friends --rsa-bits 3072 --epoch-days 7")]
+    #[command(
+        after_help = "Examples:\n  lendmesh group create --name friends\n  lendmesh group create --name friends --rsa-bits 3072 --epoch 7d --grace 24h\n  \
+                      lendmesh group create --name test --rsa-bits 2048 --epoch 20s --grace 10s"
+    )]
     Create {
         /// The group's name.
         #[arg(long)]
@@ -91,14 +91,21 @@ pub enum GroupCommand {
         /// Issuer key size: 2048, 3072 or 4096.
         #[arg(long, default_value_t = 3072)]
         rsa_bits: usize,
-        /// Epoch length in days.
-        #[arg(long, default_value_t = 7)]
-        epoch_days: u64,
+        /// Epoch length (5s to 366d, e.g. 20s, 12h, 7d, 2w); each epoch has its own issuer key and a fresh quota.
+        #[arg(long, value_parser = parse_duration, conflicts_with = "epoch_days")]
+        epoch: Option<Duration>,
+        /// Epoch length in days (shorthand for --epoch Nd) [default: 7].
+        #[arg(long)]
+        epoch_days: Option<u64>,
+        /// How long after an epoch ends its tokens are still accepted (at most the epoch length)
+        /// [default: 24h, or the epoch length if shorter].
+        #[arg(long, value_parser = parse_duration)]
+        grace: Option<Duration>,
         /// The admin's own token quota per epoch.
         #[arg(long, default_value_t = 1000)]
         quota: u32,
     },
-    /// Add (or renew) a member and write an invite file for them (mode 0600).
+    /// Add (or renew) a member and write an invite file for them (mode 0600). Works on a running admin node too.
     #[command(
         after_help = "Example:\n  lendmesh group invite 12D3KooWAbc... --quota 200 --days 90 --out alice.invite \\\n    \
                             --bootstrap /ip4/203.0.113.7/tcp/4001"
@@ -119,13 +126,17 @@ pub enum GroupCommand {
         #[arg(long = "bootstrap", value_name = "MULTIADDR")]
         bootstrap: Vec<String>,
     },
-    /// Remove a member: no more tokens, and its connections are refused.
-    #[command(after_help = "Example:\n  lendmesh group remove 12D3KooWAbc...")]
+    /// Remove a member: no more tokens, and its connections are refused. Works on a running admin node too.
+    #[command(after_help = "Examples:\n  lendmesh group remove 12D3KooWAbc...\n  lendmesh group remove 12D3KooWAbc... --rotate")]
     Remove {
         /// The member's peer id.
         peer_id: String,
+        /// Also start a new epoch now: every outstanding token (the removed member's too) is refused from now on;
+        /// members refill under the new epoch's key.
+        #[arg(long)]
+        rotate: bool,
     },
-    /// Show the group: name, id, epoch, roster.
+    /// Show the group: name, id, epochs, roster. Works on a running node too.
     #[command(after_help = "Example:\n  lendmesh group show")]
     Show,
 }
@@ -402,22 +413,37 @@ fn parse_peer(s: &str) -> anyhow::Result<PeerId> {
         .map_err(|e| anyhow::anyhow!("'{s}' is not a lendmesh peer id: {e}"))
 }
 
-/// Re-signs the roster (version + 1) and the current epoch announcement around it.
-fn publish_roster(group: &mut GroupState, key: &SigningKey, roster: Roster) -> anyhow::Result<()> {
-    let signed: SignedRoster = roster.sign(key)?;
-    let mut announcement = group.epoch.announcement.clone();
-    announcement.roster = signed.clone();
-    group.epoch = announcement.sign(key)?;
-    group.roster = signed;
-    Ok(())
+fn cmd_group(home: &Path, config: &Config, cmd: GroupCommand) -> anyhow::Result<()> {
+    if !home.join(crate::store::STORE_FILE).exists() {
+        bail!(
+            "no lendmesh node in {}; run `lendmesh init --home {}` first",
+            home.display(),
+            home.display()
+        );
+    }
+    match Store::open(home) {
+        Ok(store) => cmd_group_offline(store, home, config, cmd),
+        // The node is running: administer it through its API (loopback, with its local admin token).
+        Err(crate::store::StoreError::InUse { .. }) if !matches!(cmd, GroupCommand::Create { .. }) => {
+            cmd_group_live(home, config, cmd)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
-fn cmd_group(home: &Path, config: &Config, cmd: GroupCommand) -> anyhow::Result<()> {
-    let (store, key, me) = open_store(home)?;
+fn cmd_group_offline(store: Store, home: &Path, config: &Config, cmd: GroupCommand) -> anyhow::Result<()> {
+    let key = store
+        .identity()?
+        .ok_or_else(|| crate::store::StoreError::NotInitialized {
+            home: home.to_path_buf(),
+        })?;
+    let me = PeerId::from_public_key(&key.verifying_key());
     if let GroupCommand::Create {
         name,
         rsa_bits,
+        epoch,
         epoch_days,
+        grace,
         quota,
     } = cmd
     {
@@ -435,14 +461,25 @@ fn cmd_group(home: &Path, config: &Config, cmd: GroupCommand) -> anyhow::Result<
             );
         }
         let size = KeySize::from_bits(rsa_bits)?;
-        if epoch_days == 0 || epoch_days > 365 {
-            bail!("--epoch-days must be between 1 and 365");
-        }
+        let length_ms = match (epoch, epoch_days) {
+            (Some(d), _) => d.as_millis() as u64,
+            (None, Some(days)) => days.saturating_mul(DAY_MS),
+            (None, None) => lendmesh_protocol::epoch::DEFAULT_EPOCH_MS,
+        };
+        let grace_ms = grace.map_or(lendmesh_protocol::epoch::DEFAULT_GRACE_MS.min(length_ms), |g| {
+            g.as_millis() as u64
+        });
+        crate::admin::check_epoch_settings(length_ms, grace_ms)?;
         out(format!("generating a {rsa_bits}-bit issuer key…"));
-        let group = create_group(&store, &key, &name, size, epoch_days, quota)?;
-        let group_id = group.group_id;
-        out(format!("created group '{name}' ({})", group_id));
+        let group = crate::admin::create_group(&store, &key, &name, size, length_ms, grace_ms, quota)?;
+        out(format!("created group '{name}' ({})", group.group_id));
         out(format!("admin and issuer: {me}"));
+        out(format!(
+            "epochs: {} long, tokens accepted for {} after an epoch ends; the next epoch is announced {} ahead",
+            human(length_ms),
+            human(grace_ms),
+            human(lendmesh_protocol::epoch::announce_lead_ms(length_ms))
+        ));
         out(format!(
             "group key fingerprint: {}",
             group.libp2p_psk().fingerprint()
@@ -455,12 +492,6 @@ fn cmd_group(home: &Path, config: &Config, cmd: GroupCommand) -> anyhow::Result<
             "this node is not in a group: `lendmesh group create --name NAME` or `lendmesh join INVITE`"
         )
     })?;
-    let require_admin = |g: &GroupState| -> anyhow::Result<()> {
-        if g.admin != me {
-            bail!("only the group admin ({}) can do this", g.admin.short());
-        }
-        Ok(())
-    };
     match cmd {
         GroupCommand::Create { .. } => unreachable!("handled above"),
         GroupCommand::Invite {
@@ -470,183 +501,168 @@ fn cmd_group(home: &Path, config: &Config, cmd: GroupCommand) -> anyhow::Result<
             out: out_path,
             bootstrap,
         } => {
-            require_admin(&group)?;
             let member = parse_peer(&peer_id)?;
-            if days == 0 {
-                bail!("--days must be at least 1");
-            }
             let mut addrs: Vec<String> = bootstrap;
             addrs.extend(config.network.external.iter().cloned());
-            let invite = invite_member(&store, &key, &mut group, member, quota, days, addrs)?;
-            let addrs = invite.bootstrap.clone();
-            let path = out_path.unwrap_or_else(|| PathBuf::from(format!("invite-{}.txt", member.short())));
-            home::write_secret(&path, invite.to_file_text().as_bytes())
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            out(format!(
-                "added {} (quota {quota}/epoch, {days} days); roster version {}",
-                member.short(),
-                group.roster().version
-            ));
-            out(format!(
-                "wrote {} (mode 0600): it holds the group's secret keys — hand it over privately",
-                path.display()
-            ));
-            if addrs.is_empty() {
-                out(
-                    "note: the invite has no bootstrap address; the member must pass --bootstrap to `lendmesh run`",
-                );
-            }
-            out("a running admin node picks the change up at its next start and gossips it to members");
-        }
-        GroupCommand::Remove { peer_id } => {
-            require_admin(&group)?;
-            let member = parse_peer(&peer_id)?;
-            if member == me {
-                bail!("the admin cannot remove itself");
-            }
-            if group.roster().entry(&member).is_none() {
-                bail!("{} is not a current member", member.short());
-            }
-            let mut roster = group.roster().clone();
-            roster.version += 1;
-            roster.removed.push(member);
-            publish_roster(&mut group, &key, roster)?;
+            let invite = crate::admin::invite_member(&key, &mut group, member, quota, days, addrs)?;
             store.put_group(&group)?;
+            write_invite(&invite.to_file_text(), out_path, &member, quota, days, group.roster().version, invite.bootstrap.is_empty())?;
+            out("the admin node gossips the new roster to members when it runs");
+        }
+        GroupCommand::Remove { peer_id, rotate } => {
+            let member = parse_peer(&peer_id)?;
+            crate::admin::remove_member(&key, &mut group, member)?;
+            let rotated = if rotate {
+                out("generating the new epoch's issuer key…");
+                let secret = crate::admin::generate_epoch_key(&group)?;
+                Some(crate::admin::rotate_now(&store, &key, &mut group, &secret, now_ms())?)
+            } else {
+                None
+            };
+            store.put_group(&group)?;
+            let _ = store.drop_peer_addrs(&member);
             out(format!(
                 "removed {}; roster version {}",
                 member.short(),
                 group.roster().version
             ));
+            if let Some(e) = rotated {
+                out(format!("rotated: epoch {e} starts now; every older token is refused"));
+            }
         }
         GroupCommand::Show => {
-            let a = &group.epoch.announcement;
-            out(format!("group:        {} ({})", group.name, group.group_id));
-            out(format!(
-                "admin:        {}{}",
-                group.admin,
-                if group.admin == me { " (this node)" } else { "" }
-            ));
-            out(format!("this node:    {me}"));
-            out(format!(
-                "group key:    fingerprint {}",
-                group.libp2p_psk().fingerprint()
-            ));
-            out(format!(
-                "epoch:        {} (key id {})",
-                a.epoch,
-                hex::encode(&group.issuer_key()?.key_id()[..8])
-            ));
-            out(format!(
-                "roster:       version {}, {} members",
-                group.roster().version,
-                group.roster().member_ids().count()
-            ));
             let now = now_ms();
-            for e in &group.roster().members {
-                let status = if group.roster().is_removed(&e.peer) {
-                    "removed"
-                } else if now >= e.expires_at_ms {
-                    "expired"
-                } else {
-                    "member"
-                };
-                let days = e.expires_at_ms.saturating_sub(now) / DAY_MS;
-                out(format!(
-                    "  {}  {status:<8} quota {:>5}/epoch  {days:>4} days left",
-                    e.peer, e.quota_per_epoch
-                ));
+            for line in crate::admin::GroupSummary::of(&group, &me, now).render(now) {
+                out(line);
             }
         }
     }
     Ok(())
 }
 
-/// Creates a group with this node as admin and issuer; stores the issuer key and the group.
-pub fn create_group(
-    store: &Store,
-    key: &SigningKey,
-    name: &str,
-    size: KeySize,
-    epoch_days: u64,
-    quota: u32,
-) -> anyhow::Result<GroupState> {
-    let me = PeerId::from_public_key(&key.verifying_key());
-    let mut rng = rand::rngs::OsRng;
-    let now = now_ms();
-    let group_id = GroupId::random(&mut rng);
-    let issuer_key = SecretKey::generate(size, &mut rng)?;
-    let roster = Roster {
-        group_id,
-        version: 1,
-        admin: me,
-        members: vec![RosterEntry {
-            peer: me,
-            quota_per_epoch: quota,
-            expires_at_ms: now + 3650 * DAY_MS,
-        }],
-        removed: vec![],
+/// `lendmesh group invite|remove|show` against the running node.
+fn cmd_group_live(home: &Path, config: &Config, cmd: GroupCommand) -> anyhow::Result<()> {
+    let (addr, token) = home::read_admin_access(home).map_err(|e| {
+        anyhow::anyhow!(
+            "the node in {} is running, but its admin access files are unreadable ({e}); run this as the node's user",
+            home.display()
+        )
+    })?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let call = |method: reqwest::Method, path: &str, body: Option<serde_json::Value>| {
+        let url = format!("http://{addr}{path}");
+        let (token, api_token) = (token.clone(), config.api.token.clone());
+        async move {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()?;
+            let mut req = client
+                .request(method, url)
+                .header("x-lendmesh-admin-token", token);
+            if let Some(t) = api_token {
+                req = req.bearer_auth(t);
+            }
+            if let Some(b) = body {
+                req = req.json(&b);
+            }
+            let resp = req.send().await.map_err(|_| {
+                anyhow::anyhow!(
+                    "the node's store is in use, but no node answers at http://{addr}; is another lendmesh process using this home?"
+                )
+            })?;
+            let status = resp.status();
+            let v: serde_json::Value = resp.json().await.unwrap_or_default();
+            if !status.is_success() {
+                bail!(
+                    "{}",
+                    v["message"].as_str().unwrap_or("the running node refused the request")
+                );
+            }
+            Ok::<serde_json::Value, anyhow::Error>(v)
+        }
     };
-    let signed_roster = roster.sign(key)?;
-    let epoch = EpochAnnouncement {
-        group_id,
-        epoch: 1,
-        starts_at_ms: now,
-        ends_at_ms: now + epoch_days * DAY_MS,
-        issuer_key_spki: issuer_key.public_key().spki_der().to_vec(),
-        roster: signed_roster.clone(),
+    match cmd {
+        GroupCommand::Create { .. } => unreachable!("create needs a stopped node"),
+        GroupCommand::Invite {
+            peer_id,
+            quota,
+            days,
+            out: out_path,
+            bootstrap,
+        } => {
+            let member = parse_peer(&peer_id)?;
+            let mut addrs: Vec<String> = bootstrap;
+            addrs.extend(config.network.external.iter().cloned());
+            let body = serde_json::json!({"peer_id": peer_id, "quota": quota, "days": days, "bootstrap": addrs});
+            let v = rt.block_on(call(reqwest::Method::POST, "/v1/group/invite", Some(body)))?;
+            let text = v["invite"].as_str().unwrap_or_default();
+            let version = v["roster_version"].as_u64().unwrap_or(0);
+            let no_bootstrap = Invite::from_file_text(text).map(|i| i.bootstrap.is_empty()).unwrap_or(true);
+            write_invite(text, out_path, &member, quota, days, version, no_bootstrap)?;
+            out("the running admin node has gossiped the new roster to the group");
+        }
+        GroupCommand::Remove { peer_id, rotate } => {
+            if rotate {
+                out("generating the new epoch's issuer key…");
+            }
+            let body = serde_json::json!({"peer_id": peer_id, "rotate": rotate});
+            let v = rt.block_on(call(reqwest::Method::POST, "/v1/group/remove", Some(body)))?;
+            out(format!(
+                "removed {}; roster version {} (gossiped; its connections are refused)",
+                parse_peer(&peer_id)?.short(),
+                v["roster_version"]
+            ));
+            if let Some(e) = v["rotated_to"].as_u64() {
+                out(format!("rotated: epoch {e} starts now; every older token is refused"));
+            }
+        }
+        GroupCommand::Show => {
+            let v = rt.block_on(call(reqwest::Method::GET, "/v1/group", None))?;
+            let summary: crate::admin::GroupSummary = serde_json::from_value(v)?;
+            for line in summary.render(now_ms()) {
+                out(line);
+            }
+        }
     }
-    .sign(key)?;
-    let group = GroupState {
-        group_id,
-        name: name.to_string(),
-        admin: me,
-        psk: PreSharedKey::random(&mut rng),
-        attestation_key: AttestationKey::random(&mut rng),
-        epoch,
-        roster: signed_roster,
-        bootstrap: vec![],
-    };
-    store.put_issuer_key(1, &issuer_key)?;
-    store.put_group(&group)?;
-    Ok(group)
+    Ok(())
 }
 
-/// Adds (or renews) `member` in a new signed roster version and returns its invite; stores the group.
-pub fn invite_member(
-    store: &Store,
-    key: &SigningKey,
-    group: &mut GroupState,
-    member: PeerId,
+fn write_invite(
+    text: &str,
+    out_path: Option<PathBuf>,
+    member: &PeerId,
     quota: u32,
     days: u64,
-    bootstrap: Vec<String>,
-) -> anyhow::Result<Invite> {
-    let me = PeerId::from_public_key(&key.verifying_key());
-    let mut roster = group.roster().clone();
-    roster.version += 1;
-    roster.removed.retain(|p| p != &member);
-    roster.members.retain(|e| e.peer != member);
-    roster.members.push(RosterEntry {
-        peer: member,
-        quota_per_epoch: quota,
-        expires_at_ms: now_ms() + days * DAY_MS,
-    });
-    publish_roster(group, key, roster)?;
-    let bootstrap = bootstrap
-        .into_iter()
-        .map(|a| with_peer_suffix(&a, &me))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    store.put_group(group)?;
-    Ok(Invite {
-        group_id: group.group_id,
-        group_name: group.name.clone(),
-        admin: me,
-        member,
-        psk: group.psk.clone(),
-        attestation_key: group.attestation_key.clone(),
-        epoch: group.epoch.clone(),
-        bootstrap,
-    })
+    roster_version: u64,
+    no_bootstrap: bool,
+) -> anyhow::Result<()> {
+    let path = out_path.unwrap_or_else(|| PathBuf::from(format!("invite-{}.txt", member.short())));
+    home::write_secret(&path, text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+    out(format!(
+        "added {} (quota {quota}/epoch, {days} days); roster version {roster_version}",
+        member.short()
+    ));
+    out(format!(
+        "wrote {} (mode 0600): it holds the group's secret keys — hand it over privately",
+        path.display()
+    ));
+    if no_bootstrap {
+        out("note: the invite has no bootstrap address; the member must pass --bootstrap to `lendmesh run`");
+    }
+    Ok(())
+}
+
+/// `7d`, `20s`, `1h 30m`.
+fn human(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        s if s >= 86_400 && s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s >= 3600 && s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s >= 60 && s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
 }
 
 /// Creates a node identity in `home` (or keeps the existing one); returns the store and key.
@@ -655,20 +671,6 @@ pub fn init_home(home: &Path) -> anyhow::Result<(Store, SigningKey)> {
     let store = Store::open(home)?;
     let key = store.init_identity(&SigningKey::generate(&mut rand::rngs::OsRng))?;
     Ok((store, key))
-}
-
-fn with_peer_suffix(addr: &str, me: &PeerId) -> anyhow::Result<String> {
-    let parsed: libp2p::Multiaddr = addr
-        .parse()
-        .map_err(|e| anyhow::anyhow!("bootstrap address '{addr}' is not a multiaddr: {e}"))?;
-    if parsed
-        .iter()
-        .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
-    {
-        Ok(addr.to_string())
-    } else {
-        Ok(format!("{addr}/p2p/{me}"))
-    }
 }
 
 fn cmd_join(home: &Path, invite_path: &Path) -> anyhow::Result<()> {
@@ -702,7 +704,7 @@ fn cmd_join(home: &Path, invite_path: &Path) -> anyhow::Result<()> {
         "roster version {}, {} members; epoch {}",
         group.roster().version,
         group.roster().member_ids().count(),
-        group.epoch_number()
+        group.epoch_number(now_ms())
     ));
     out(format!(
         "group key fingerprint: {}",

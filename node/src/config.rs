@@ -255,9 +255,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" | "min" => n * 60.0,
         "h" => n * 3600.0,
         "d" => n * 86_400.0,
+        "w" => n * 7.0 * 86_400.0,
         other => {
             return Err(format!(
-                "unknown duration unit '{other}' in '{s}'; use ms, s, m, h or d"
+                "unknown duration unit '{other}' in '{s}'; use ms, s, m, h, d or w"
             ));
         }
     };

@@ -14,7 +14,8 @@ use lendmesh_protocol::blind_rsa::KeySize;
 use rand::SeedableRng;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{create_group, init_home, invite_member};
+use crate::admin::{create_group, invite_member};
+use crate::cli::init_home;
 use crate::config::Config;
 use crate::group_state::GroupState;
 use crate::node::{RunOptions, StartedNode, start};
@@ -166,10 +167,19 @@ pub async fn start_group(
         stores.push((home, store, key));
     }
     let (_, admin_store, admin_key) = &stores[0];
-    let mut group: GroupState = create_group(admin_store, admin_key, "demo", KeySize::Rsa2048, 7, quota)?;
+    let mut group: GroupState = create_group(
+        admin_store,
+        admin_key,
+        "demo",
+        KeySize::Rsa2048,
+        lendmesh_protocol::epoch::DEFAULT_EPOCH_MS,
+        lendmesh_protocol::epoch::DEFAULT_GRACE_MS,
+        quota,
+    )?;
     for (_, store, key) in stores.iter().skip(1) {
         let member = lendmesh_protocol::PeerId::from_public_key(&key.verifying_key());
-        let invite = invite_member(admin_store, admin_key, &mut group, member, quota, 1, vec![])?;
+        let invite = invite_member(admin_key, &mut group, member, quota, 1, vec![])?;
+        admin_store.put_group(&group)?;
         store.put_group(&GroupState::from_invite(&invite, &member)?)?;
     }
     let homes: Vec<_> = stores.into_iter().map(|(home, _, _)| home).collect();

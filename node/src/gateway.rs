@@ -178,7 +178,20 @@ async fn handle(State(s): State<Arc<GatewayState>>, req: Request) -> Response<Bo
         Ok(resp) => to_response(resp, s.body_limit),
         Err(e) => {
             debug!(code = e.code(), %e, "borrow failed");
-            error_response(e.status(), e.code(), &e.to_string(), e.retry_after_s())
+            let mut resp = error_response(e.status(), e.code(), &e.to_string(), e.retry_after_s());
+            if let crate::borrow::BorrowError::QuotaExhausted {
+                next_epoch_starts_at_ms: Some(at),
+            } = e
+            {
+                // Machine-readable too: when the fresh quota arrives.
+                let body = json!({
+                    "error": e.code(),
+                    "message": e.to_string(),
+                    "next_epoch_starts_at_ms": at,
+                });
+                *resp.body_mut() = Body::from(body.to_string());
+            }
+            resp
         }
     }
 }

@@ -126,3 +126,30 @@ mod tests {
         assert_eq!(read_limited(&p, 3).unwrap(), b"two");
     }
 }
+
+/// The file holding the running node's local admin token (mode 0600).
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+/// The file naming the running node's API address.
+pub const API_ADDR_FILE: &str = "api.addr";
+
+/// Writes a fresh local admin token (0600) and the API's address into the home; returns the token. Whoever can
+/// read the home (the node's own user) can administer the running node through its API, as it could the stopped
+/// node's store.
+pub fn write_admin_access(home: &Path, api_addr: std::net::SocketAddr) -> std::io::Result<String> {
+    let mut bytes = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+    let token = hex::encode(bytes);
+    write_secret(&home.join(ADMIN_TOKEN_FILE), token.as_bytes())?;
+    write_secret(&home.join(API_ADDR_FILE), api_addr.to_string().as_bytes())?;
+    Ok(token)
+}
+
+/// The running node's API address and admin token, as [`write_admin_access`] left them.
+pub fn read_admin_access(home: &Path) -> anyhow::Result<(String, String)> {
+    let addr = read_limited(&home.join(API_ADDR_FILE), 256)?;
+    let token = read_limited(&home.join(ADMIN_TOKEN_FILE), 256)?;
+    Ok((
+        String::from_utf8_lossy(&addr).trim().to_string(),
+        String::from_utf8_lossy(&token).trim().to_string(),
+    ))
+}

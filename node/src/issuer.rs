@@ -4,11 +4,14 @@
 //! `Issuer` checks roster, expiry, epoch, key and quota; the actor then **commits the member's quota record to the
 //! store before the signatures leave** — after a crash the counter is never below what was handed out. Signing is
 //! CPU-bound (≈10 ms per token at 3072 bits), so it runs on a blocking thread while the actor waits.
+//!
+//! It signs for every epoch the group view names as signable (the current one and the announced next one, DESIGN
+//! §8), loading each epoch's secret key from the store (the admin stores it before announcing the epoch), and drops
+//! retired epochs with their counters.
 
 use std::sync::Arc;
 
 use lendmesh_protocol::PeerId;
-use lendmesh_protocol::group::Roster;
 use lendmesh_protocol::issuer::{IssueError, Issuer};
 use lendmesh_protocol::wire::{IssueRequest, IssueResponse};
 use libp2p::request_response::ResponseChannel;
@@ -16,6 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::group_state::GroupView;
 use crate::metrics::Counters;
 use crate::network::NetworkHandle;
 use crate::now_ms;
@@ -78,19 +82,20 @@ pub fn spawn(
     issuer: Issuer,
     store: Store,
     net: NetworkHandle,
-    roster: watch::Receiver<Arc<Roster>>,
+    view: watch::Receiver<Arc<GroupView>>,
     counters: Arc<Counters>,
     shutdown: CancellationToken,
 ) -> (IssuerHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(CAPACITY);
-    let actor = IssuerActor {
+    let mut actor = IssuerActor {
         issuer: Some(issuer),
         store,
         net,
-        roster,
+        view,
         counters,
         rx,
     };
+    actor.sync_epochs();
     (IssuerHandle { tx }, tokio::spawn(actor.run(shutdown)))
 }
 
@@ -99,7 +104,7 @@ struct IssuerActor {
     issuer: Option<Issuer>,
     store: Store,
     net: NetworkHandle,
-    roster: watch::Receiver<Arc<Roster>>,
+    view: watch::Receiver<Arc<GroupView>>,
     counters: Arc<Counters>,
     rx: mpsc::Receiver<Msg>,
 }
@@ -110,10 +115,7 @@ impl IssuerActor {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                Ok(()) = self.roster.changed() => {
-                    let roster = (**self.roster.borrow_and_update()).clone();
-                    if let Some(i) = self.issuer.as_mut() { i.set_roster(roster); }
-                }
+                Ok(()) = self.view.changed() => self.sync_epochs(),
                 Some(msg) = self.rx.recv() => match msg {
                     Msg::Remote { peer, req, channel } => {
                         let resp = self.handle_issue(peer, req).await;
@@ -128,9 +130,40 @@ impl IssuerActor {
         }
     }
 
+    /// Follows the group view: the roster, a key for every signable epoch, their ends, and retirements.
+    fn sync_epochs(&mut self) {
+        let view = self.view.borrow_and_update().clone();
+        let Some(issuer) = self.issuer.as_mut() else { return };
+        issuer.set_roster(view.roster.clone());
+        for info in view.epochs.iter() {
+            let epoch = info.epoch();
+            let until = if info.cancelled() { 0 } else { info.effective_end_ms };
+            if issuer.has_epoch(epoch) {
+                issuer.set_until(epoch, until);
+                continue;
+            }
+            match self.store.issuer_key(epoch) {
+                Ok(Some(secret)) if secret.public_key().key_id() == info.key_id => {
+                    issuer.add_epoch(epoch, secret, until);
+                    match self.store.quota_records(epoch) {
+                        Ok(records) => records.into_iter().for_each(|r| issuer.restore(r)),
+                        Err(e) => warn!(epoch, %e, "cannot read quota records; not signing for this epoch"),
+                    }
+                    info!(epoch, "issuer signs for epoch {epoch}");
+                }
+                Ok(Some(_)) => warn!(epoch, "the stored issuer key is not the announced one; not signing"),
+                Ok(None) => warn!(epoch, "no issuer key stored for epoch {epoch}; not signing for it"),
+                Err(e) => warn!(epoch, %e, "cannot read the issuer key"),
+            }
+        }
+        if let Some(oldest) = view.epochs.iter().next().map(|i| i.epoch()) {
+            issuer.retire_before(oldest);
+        }
+    }
+
     async fn handle_issue(&mut self, peer: PeerId, req: IssueRequest) -> IssueResponse {
         let Some(mut issuer) = self.issuer.take() else {
-            return IssueResponse::Refused(IssueError::SigningFailed);
+            return IssueResponse::Refused(IssueError::Busy);
         };
         let request_id = req.request_id;
         let (issuer, result) = tokio::task::spawn_blocking(move || {
@@ -145,16 +178,17 @@ impl IssuerActor {
                 // Durable before the signatures leave: the counter never falls behind what was handed out.
                 if let Err(e) = self.store.put_quota_record(&grant.record) {
                     warn!(peer = %peer.short(), %e, "could not persist the quota record; refusing the batch");
-                    return IssueResponse::Refused(IssueError::SigningFailed);
+                    return IssueResponse::Refused(IssueError::StoreFailed);
                 }
                 let n = grant.blind_signatures.len() as u64;
                 if grant.charged {
                     self.counters.add(&self.counters.tokens_issued, n);
                 }
-                info!(peer = %peer.short(), tokens = n, used = grant.record.used, retry = !grant.charged, "issued tokens");
+                info!(peer = %peer.short(), epoch = grant.record.epoch, tokens = n, used = grant.record.used, remaining = grant.remaining, retry = !grant.charged, "issued tokens");
                 IssueResponse::Granted {
                     request_id,
                     blind_signatures: grant.blind_signatures,
+                    remaining: grant.remaining,
                 }
             }
             Err(e) => {

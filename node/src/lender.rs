@@ -32,10 +32,11 @@ use lendmesh_protocol::wire::{
 use lendmesh_protocol::{GroupId, PeerId};
 use libp2p::request_response::ResponseChannel;
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::group_state::GroupView;
 use crate::metrics::Counters;
 use crate::network::NetworkHandle;
 use crate::now_ms;
@@ -94,6 +95,8 @@ pub struct LendRecord {
     pub token_hash: String,
     /// The relay that forwarded it (the borrower is unknown to the lender).
     pub relay: String,
+    /// The token's epoch.
+    pub epoch: u32,
     /// `served`, `no_headroom`, `token_rejected:<reason>`, `upstream_refused:<status>`, `upstream_failed`, …
     pub outcome: String,
     /// Method and path of the request.
@@ -176,8 +179,10 @@ pub struct LenderParams {
     pub reserve: u64,
     /// Periodic attestation interval.
     pub period: Duration,
-    /// Token checks, accepting the current epoch.
+    /// Token checks; its accepted epochs follow `view`.
     pub redeemer: Redeemer,
+    /// The group view: accepted epochs, key-consistency alarms.
+    pub view: watch::Receiver<Arc<GroupView>>,
     /// The OHTTP key.
     pub keys: OhttpKeys,
 }
@@ -256,6 +261,7 @@ impl Lender {
         let mut periodic = tokio::time::interval(self.p.period);
         let mut change = tokio::time::interval(CHANGE_CHECK);
         let mut last_sent = tokio::time::Instant::now() - DEBOUNCE;
+        self.handle_view();
         loop {
             tokio::select! {
                 biased;
@@ -271,6 +277,7 @@ impl Lender {
                     Msg::Finished { request_id, response, record } => self.handle_finished(request_id, response, record).await,
                     Msg::Lends { reply } => { let _ = reply.send(self.lends.iter().cloned().collect()); }
                 },
+                Ok(()) = self.p.view.changed() => self.handle_view(),
                 _ = periodic.tick() => {
                     self.handle_publish().await;
                     last_sent = tokio::time::Instant::now();
@@ -284,6 +291,12 @@ impl Lender {
                 }
             }
         }
+    }
+
+    /// Accepts the group's live epochs (less those under a key-consistency alarm).
+    fn handle_view(&mut self) {
+        let view = self.p.view.borrow_and_update().clone();
+        self.p.redeemer.accept_book(&view.epochs, &view.refused_epochs);
     }
 
     async fn handle_publish(&mut self) {
@@ -304,6 +317,7 @@ impl Lender {
             headroom: bucket,
             window_resets_at_ms: resets,
             ohttp_key_config: self.p.keys.encoded_config().to_vec(),
+            epoch_keys: self.p.view.borrow().epochs.announced_keys(now),
         };
         let att = match Attestation::create(body, &self.p.attestation_key, &self.p.node_key) {
             Ok(a) => a,
@@ -483,6 +497,7 @@ impl LendContext {
             at_ms: now,
             token_hash: inner.spend.token.hash().to_string(),
             relay: String::new(),
+            epoch: inner.spend.token.input.epoch,
             outcome: String::new(),
             request: String::new(),
         };

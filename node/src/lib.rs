@@ -18,6 +18,7 @@
 //! [`node::run`] wires them together and shuts them down through one cancellation token. [`cli`] is the
 //! command line; `main.rs` only calls it.
 
+pub mod admin;
 pub mod api;
 pub mod borrow;
 pub mod cli;

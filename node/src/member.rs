@@ -5,22 +5,30 @@
 //! the pending batch) in one transaction before using them**. On start it first resumes any pending batch with the
 //! same request id; the issuer answers a retry of its last batch without charging again and the store never adds a
 //! token twice, so a crash at any point loses no token and duplicates none.
+//!
+//! Epochs (DESIGN §8): `protocol`'s [`RefillPlanner`] decides which epoch to refill and how many tokens — the current
+//! epoch and, once announced, the next, never more than the quota has left (the issuer says how many in every
+//! answer). A spent quota is not asked for again until the next epoch. Tokens are spent oldest epoch first while
+//! lenders still take them; tokens of retired epochs leave the wallet and are counted (`tokens_expired`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use lendmesh_protocol::PeerId;
-use lendmesh_protocol::blind_rsa::PublicKey;
 use lendmesh_protocol::issuer::IssueError;
+use lendmesh_protocol::refill::{RefillPlanner, RefillStep};
 use lendmesh_protocol::token::WalletToken;
 use lendmesh_protocol::wallet::{PendingBatch, Wallet};
 use lendmesh_protocol::wire::IssueResponse;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::group_state::GroupView;
 use crate::issuer::IssuerHandle;
 use crate::metrics::Counters;
+use crate::now_ms;
+use crate::peerbook::PeerBookHandle;
 use crate::network::NetworkHandle;
 use crate::store::Store;
 
@@ -54,7 +62,7 @@ enum Msg {
         reply: oneshot::Sender<usize>,
     },
     Take {
-        reply: oneshot::Sender<Option<WalletToken>>,
+        reply: oneshot::Sender<Result<WalletToken, NoToken>>,
     },
     PutBack {
         token: WalletToken,
@@ -67,6 +75,18 @@ impl std::fmt::Debug for Msg {
     }
 }
 
+/// Why there is no token to spend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoToken {
+    /// The wallet is empty for now; it refills from the issuer.
+    Empty,
+    /// This member's quota for the current epoch is spent; the next epoch brings a fresh one.
+    QuotaExhausted {
+        /// When the next epoch starts (ms since the Unix epoch), if known.
+        next_epoch_starts_at_ms: Option<u64>,
+    },
+}
+
 /// Handle to the member actor.
 #[derive(Clone, Debug)]
 pub struct MemberHandle {
@@ -75,10 +95,13 @@ pub struct MemberHandle {
 
 impl MemberHandle {
     /// Takes a token to spend; it is removed from the store before it is returned.
-    pub async fn take(&self) -> Option<WalletToken> {
+    pub async fn take(&self) -> Result<WalletToken, NoToken> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Msg::Take { reply }).await.ok()?;
-        rx.await.ok().flatten()
+        self.tx
+            .send(Msg::Take { reply })
+            .await
+            .map_err(|_| NoToken::Empty)?;
+        rx.await.unwrap_or(Err(NoToken::Empty))
     }
 
     /// Returns a token that was refused before any claim.
@@ -96,14 +119,24 @@ impl MemberHandle {
     }
 }
 
+/// What the member actor needs to start.
+#[derive(Debug)]
+pub struct MemberParams {
+    /// This node.
+    pub me: PeerId,
+    /// Where tokens come from.
+    pub route: IssuerRoute,
+    /// Refill settings.
+    pub refill: RefillConfig,
+    /// The group view (epochs, roster, alarms).
+    pub view: watch::Receiver<Arc<GroupView>>,
+    /// Where key-consistency alarms go.
+    pub peerbook: PeerBookHandle,
+}
+
 /// Starts the member actor (loads the wallet from the store).
-#[allow(clippy::too_many_arguments)]
 pub fn spawn(
-    me: PeerId,
-    epoch: u32,
-    key: PublicKey,
-    route: IssuerRoute,
-    refill: RefillConfig,
+    params: MemberParams,
     store: Store,
     counters: Arc<Counters>,
     shutdown: CancellationToken,
@@ -111,11 +144,12 @@ pub fn spawn(
     let wallet = Wallet::from(store.wallet_tokens()?);
     let (tx, rx) = mpsc::channel(CAPACITY);
     let actor = Member {
-        me,
-        epoch,
-        key,
-        route,
-        refill,
+        me: params.me,
+        route: params.route,
+        planner: RefillPlanner::new(params.refill.low_water, params.refill.batch),
+        low_water: params.refill.low_water,
+        view: params.view,
+        peerbook: params.peerbook,
         store,
         counters,
         wallet,
@@ -127,10 +161,11 @@ pub fn spawn(
 
 struct Member {
     me: PeerId,
-    epoch: u32,
-    key: PublicKey,
     route: IssuerRoute,
-    refill: RefillConfig,
+    planner: RefillPlanner,
+    low_water: u32,
+    view: watch::Receiver<Arc<GroupView>>,
+    peerbook: PeerBookHandle,
     store: Store,
     counters: Arc<Counters>,
     wallet: Wallet,
@@ -147,6 +182,7 @@ enum Outcome {
 impl Member {
     async fn run(mut self, shutdown: CancellationToken) {
         info!(balance = self.wallet.balance(), "wallet loaded");
+        self.check_token_keys();
         let mut next_check = tokio::time::Instant::now();
         loop {
             tokio::select! {
@@ -156,13 +192,20 @@ impl Member {
                     Msg::Balance { reply } => { let _ = reply.send(self.wallet.balance()); }
                     Msg::Take { reply } => {
                         let token = self.handle_take();
-                        let low = (self.wallet.balance() as u32) < self.refill.low_water;
+                        let low = (self.wallet.balance() as u32) < self.low_water;
                         let _ = reply.send(token);
                         if low { next_check = tokio::time::Instant::now(); }
                     }
                     Msg::PutBack { token } => self.handle_put_back(token),
                 },
+                Ok(()) = self.view.changed() => {
+                    self.view.borrow_and_update();
+                    self.check_token_keys();
+                    // A new epoch may be signable: refill soon.
+                    next_check = next_check.min(tokio::time::Instant::now() + Duration::from_millis(100));
+                }
                 _ = tokio::time::sleep_until(next_check) => {
+                    self.handle_expiry();
                     let ok = self.handle_refill(&shutdown).await;
                     self.backoff = if ok { CHECK_PERIOD } else { (self.backoff * 2).min(MAX_BACKOFF) };
                     next_check = tokio::time::Instant::now() + self.backoff;
@@ -171,19 +214,38 @@ impl Member {
         }
     }
 
-    /// Takes the next token of the current epoch, durably removed from the store first.
-    fn handle_take(&mut self) -> Option<WalletToken> {
-        let epoch = self.epoch;
-        let token = self.wallet.take(|e| e == epoch)?;
+    /// This member's quota per epoch (0 when not on the roster).
+    fn quota(&self, view: &GroupView) -> u32 {
+        view.roster.entry(&self.me).map_or(0, |e| e.quota_per_epoch)
+    }
+
+    /// Takes the next token lenders take now (oldest epoch first), durably removed from the store first.
+    fn handle_take(&mut self) -> Result<WalletToken, NoToken> {
+        let view = self.view.borrow().clone();
+        let now = now_ms();
+        let Some(token) = self.wallet.take(|e| view.spendable(e, now)) else {
+            let quota = self.quota(&view);
+            let exhausted = view
+                .epochs
+                .current(now)
+                .is_none_or(|c| self.planner.exhausted(c.epoch(), quota));
+            return Err(if exhausted {
+                NoToken::QuotaExhausted {
+                    next_epoch_starts_at_ms: view.epochs.next_start_ms(now),
+                }
+            } else {
+                NoToken::Empty
+            });
+        };
         match self.store.take_token(&token.token.hash()) {
             Ok(_) => {
                 self.counters.inc(&self.counters.tokens_spent);
-                Some(token)
+                Ok(token)
             }
             Err(e) => {
                 warn!(%e, "cannot remove a token from the store; not spending it");
                 self.wallet.put_back(token);
-                None
+                Err(NoToken::Empty)
             }
         }
     }
@@ -197,7 +259,42 @@ impl Member {
         self.wallet.put_back(token);
     }
 
-    /// Resumes pending batches, then refills below the low-water mark. Returns false when it should back off.
+    /// Tokens of epochs no lender will take any more leave the wallet (and the store), counted.
+    fn handle_expiry(&mut self) {
+        let view = self.view.borrow().clone();
+        let now = now_ms();
+        let live = |e: u32| view.epochs.live(e, now);
+        if self.wallet.iter().all(|t| live(t.token.input.epoch)) {
+            return;
+        }
+        match self.store.prune_wallet(live) {
+            Ok(n) => {
+                let dropped = self.wallet.retain_epochs(live);
+                self.counters.add(&self.counters.tokens_expired, dropped as u64);
+                info!(expired = n, balance = self.wallet.balance(), "tokens of retired epochs left the wallet unspent");
+            }
+            Err(e) => warn!(%e, "cannot drop retired tokens from the store"),
+        }
+        self.planner.retain(|e| view.epochs.signable(e, now));
+    }
+
+    /// Key consistency: a token whose key id is not the one held for its epoch raises the alarm.
+    fn check_token_keys(&mut self) {
+        let view = self.view.borrow().clone();
+        let mut seen = std::collections::BTreeSet::new();
+        for t in self.wallet.iter() {
+            let input = &t.token.input;
+            if let Some(held) = view.epochs.key_id(input.epoch)
+                && held != input.key_id
+                && seen.insert(input.epoch)
+            {
+                self.peerbook.key_alarm(input.epoch, "this node's wallet".into());
+            }
+        }
+    }
+
+    /// Resumes pending batches, then refills every signable epoch below the low-water mark. Returns false when it
+    /// should back off.
     async fn handle_refill(&mut self, shutdown: &CancellationToken) -> bool {
         let pending = match self.store.pending() {
             Ok(p) => p,
@@ -211,16 +308,30 @@ impl Member {
                 return false;
             }
         }
-        while (self.wallet.balance() as u32) < self.refill.low_water && !shutdown.is_cancelled() {
-            let (_, batch) =
-                match Wallet::prepare_batch(&self.key, self.epoch, self.refill.batch, &mut rand::rngs::OsRng)
-                {
-                    Ok(b) => b,
-                    Err(e) => {
-                        warn!(%e, "cannot prepare a batch");
-                        return false;
-                    }
-                };
+        while !shutdown.is_cancelled() {
+            let view = self.view.borrow().clone();
+            let now = now_ms();
+            let quota = self.quota(&view);
+            let epochs: Vec<(u32, u32)> = view
+                .epochs
+                .refill_epochs(now)
+                .into_iter()
+                .filter(|e| !view.refused_epochs.contains(e))
+                .map(|e| (e, quota))
+                .collect();
+            let Some(RefillStep { epoch, count }) = self.planner.next(&epochs, |e| self.wallet.balance_in(e)) else {
+                return true;
+            };
+            let Some(key) = view.epochs.get(epoch).map(|i| i.key.clone()) else {
+                return true;
+            };
+            let (_, batch) = match Wallet::prepare_batch(&key, epoch, count, &mut rand::rngs::OsRng) {
+                Ok(b) => b,
+                Err(e) => {
+                    warn!(%e, "cannot prepare a batch");
+                    return false;
+                }
+            };
             // Durable before sending: after a crash the same request is sent again and finalized.
             if let Err(e) = self.store.put_pending(&batch) {
                 warn!(%e, "cannot persist the pending batch; not sending it");
@@ -237,11 +348,26 @@ impl Member {
     async fn complete(&mut self, batch: PendingBatch) -> bool {
         match self.request(&batch).await {
             Outcome::Done => true,
+            Outcome::Refused(IssueError::OverQuota { remaining, .. }) => {
+                // Not charged: the batch will never be signed. Ask for what is left (or nothing) next time.
+                let _ = self.store.drop_pending(&batch.request_id);
+                self.planner.record_remaining(batch.epoch, remaining);
+                if remaining == 0 {
+                    info!(epoch = batch.epoch, "quota for epoch {} is spent; waiting for the next epoch", batch.epoch);
+                } else {
+                    info!(epoch = batch.epoch, remaining, "asked for more than the quota has left; asking for {remaining}");
+                }
+                true
+            }
             Outcome::Refused(e) => {
                 warn!(%e, "the issuer refused the refill; will retry later");
                 if matches!(
                     e,
-                    IssueError::RequestIdReused | IssueError::WrongEpoch { .. } | IssueError::WrongKey
+                    IssueError::RequestIdReused
+                        | IssueError::WrongEpoch { .. }
+                        | IssueError::WrongKey
+                        | IssueError::UnknownMember
+                        | IssueError::MemberExpired { .. }
                 ) {
                     let _ = self.store.drop_pending(&batch.request_id);
                 }
@@ -265,19 +391,24 @@ impl Member {
                 .await
                 .map_err(|e| e.to_string()),
         };
-        let sigs = match resp {
+        let (sigs, remaining) = match resp {
             Ok(IssueResponse::Granted {
                 request_id,
                 blind_signatures,
-            }) if request_id == batch.request_id => blind_signatures,
+                remaining,
+            }) if request_id == batch.request_id => (blind_signatures, remaining),
             Ok(IssueResponse::Granted { .. }) => {
                 return Outcome::Retry("issuer answered another request".into());
             }
             Ok(IssueResponse::Refused(e)) => return Outcome::Refused(e),
             Err(e) => return Outcome::Retry(e),
         };
+        let Some(key) = self.view.borrow().epochs.get(batch.epoch).map(|i| i.key.clone()) else {
+            let _ = self.store.drop_pending(&batch.request_id);
+            return Outcome::Retry(format!("epoch {} retired before its batch completed", batch.epoch));
+        };
         let mut fresh = Wallet::new();
-        if let Err(e) = fresh.finalize(&self.key, batch, &sigs) {
+        if let Err(e) = fresh.finalize(&key, batch, &sigs) {
             return Outcome::Retry(format!("issuer signatures did not verify: {e}"));
         }
         let tokens: Vec<_> = fresh.iter().cloned().collect();
@@ -287,8 +418,9 @@ impl Member {
                 for t in tokens {
                     self.wallet.insert(t);
                 }
+                self.planner.record_remaining(batch.epoch, remaining);
                 self.counters.add(&self.counters.tokens_received, added as u64);
-                info!(added, balance = self.wallet.balance(), "wallet refilled");
+                info!(epoch = batch.epoch, added, remaining, balance = self.wallet.balance(), "wallet refilled");
                 Outcome::Done
             }
             Err(e) => Outcome::Retry(format!("cannot store tokens: {e}")),

@@ -146,6 +146,18 @@ pub struct Counters {
     pub peer_rtt: Family<PeerLabel, SecondsGauge>,
     /// Per-peer age of the last accepted attestation (set at scrape).
     pub peer_attestation_age: Family<PeerLabel, SecondsGauge>,
+    /// Wallet tokens dropped because their epoch retired before they were spent.
+    pub tokens_expired: Counter,
+    /// Epoch announcements refused, by reason.
+    pub epoch_rejections: Family<ReasonLabel, Counter>,
+    /// Epochs under a key-consistency alarm now (set at scrape).
+    pub key_alarms: Gauge,
+    /// Key-consistency alarms raised (a peer or an announcement named another key for an epoch held).
+    pub key_alarms_raised: Counter,
+    /// The current epoch number (set at scrape).
+    pub epoch_current: Gauge,
+    /// Retired epochs whose stored rows were pruned.
+    pub epochs_pruned: Counter,
 }
 
 impl Default for Counters {
@@ -185,6 +197,12 @@ impl Default for Counters {
             headroom_bucket: Gauge::default(),
             peer_rtt: Family::default(),
             peer_attestation_age: Family::default(),
+            tokens_expired: Counter::default(),
+            epoch_rejections: Family::default(),
+            key_alarms: Gauge::default(),
+            key_alarms_raised: Counter::default(),
+            epoch_current: Gauge::default(),
+            epochs_pruned: Counter::default(),
         }
     }
 }
@@ -287,6 +305,32 @@ impl Counters {
             "wallet_balance",
             "Tokens in the wallet",
             self.wallet_balance.clone(),
+        );
+        r.register(
+            "tokens_expired",
+            "Wallet tokens dropped because their epoch retired before they were spent",
+            self.tokens_expired.clone(),
+        );
+        r.register(
+            "epoch_rejections",
+            "Epoch announcements refused, by reason",
+            self.epoch_rejections.clone(),
+        );
+        r.register(
+            "key_consistency_alarms",
+            "Epochs under a key-consistency alarm (their tokens are neither spent nor accepted)",
+            self.key_alarms.clone(),
+        );
+        r.register(
+            "key_consistency_alarms_raised",
+            "Key-consistency alarms raised",
+            self.key_alarms_raised.clone(),
+        );
+        r.register("epoch", "The current epoch number", self.epoch_current.clone());
+        r.register(
+            "epochs_pruned",
+            "Retired epochs whose spent set, claims and quota records were pruned",
+            self.epochs_pruned.clone(),
         );
         r.register(
             "spent_set_size",

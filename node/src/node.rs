@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 
 use crate::borrow::Borrower;
 use crate::config::{Config, UpstreamKind};
+use crate::group_state::GroupView;
 use crate::issuer::IssuerHandle;
 use crate::lender::{LenderHandle, OhttpKeys};
 use crate::member::{IssuerRoute, RefillConfig};
@@ -123,11 +124,20 @@ pub async fn start(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Res
         );
     }
     let is_admin = group.admin == me;
+    let now = now_ms();
+    if group.epochs.current(now).is_none() {
+        warn!(
+            epoch = group.epoch_number(now),
+            "no epoch runs now (the newest has ended); {}",
+            if is_admin { "making the next one" } else { "waiting for the admin to announce the next one" }
+        );
+    }
     let counters = Arc::new(Counters::default());
     let mut registry = prometheus_client::registry::Registry::default();
     counters.register(&mut registry);
     let libp2p_metrics = libp2p::metrics::Metrics::new(&mut registry);
     let (roster_tx, roster_rx) = watch::channel(Arc::new(group.roster().clone()));
+    let (view_tx, view_rx) = watch::channel(Arc::new(GroupView::of(&group)));
     // Bind the HTTP servers first: a port in use fails the start before anything else runs.
     let api_addr: SocketAddr = config
         .api
@@ -163,30 +173,26 @@ pub async fn start(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Res
 
     let upstream = build_upstream(config, me.short())?;
     let (book, book_task) = peerbook::spawn(
-        me,
-        group.clone(),
+        peerbook::PeerBookParams {
+            me,
+            admin_key: is_admin.then(|| key.clone()),
+            group: group.clone(),
+            roster_tx,
+            view_tx,
+        },
         store.clone(),
         net.clone(),
-        roster_tx,
         counters.clone(),
         shutdown.clone(),
     );
     let mut tasks = vec![("network", net_task), ("peerbook", book_task)];
 
-    let epoch = group.epoch_number();
     let issuer_handle = if is_admin {
-        let secret = store.issuer_key(epoch)?.ok_or_else(|| {
-            anyhow::anyhow!("this admin node has no issuer key for epoch {epoch}; the store is incomplete")
-        })?;
-        let mut iss = Issuer::new(epoch, secret, group.roster().clone());
-        for record in store.quota_records(epoch)? {
-            iss.restore(record);
-        }
         let (h, t) = issuer::spawn(
-            iss,
+            Issuer::empty(group.roster().clone()),
             store.clone(),
             net.clone(),
-            roster_rx.clone(),
+            view_rx.clone(),
             counters.clone(),
             shutdown.clone(),
         );
@@ -200,15 +206,16 @@ pub async fn start(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Res
         Some(h) => IssuerRoute::Local(h.clone()),
         None => IssuerRoute::Remote(net.clone(), group.admin),
     };
-    let issuer_key = group.issuer_key()?;
     let (member, member_task) = member::spawn(
-        me,
-        epoch,
-        issuer_key.clone(),
-        route,
-        RefillConfig {
-            low_water: config.wallet.low_water,
-            batch: config.wallet.batch.max(1),
+        member::MemberParams {
+            me,
+            route,
+            refill: RefillConfig {
+                low_water: config.wallet.low_water,
+                batch: config.wallet.batch.max(1),
+            },
+            view: view_rx.clone(),
+            peerbook: book.clone(),
         },
         store.clone(),
         counters.clone(),
@@ -218,8 +225,6 @@ pub async fn start(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Res
 
     let keys = OhttpKeys::generate()?;
     let ohttp_key_config = keys.encoded_config().to_vec();
-    let mut redeemer = Redeemer::new(me);
-    redeemer.accept_epoch(epoch, issuer_key);
     let (lender, lender_task) = lender::spawn(
         lender::LenderParams {
             me,
@@ -229,7 +234,8 @@ pub async fn start(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Res
             upstream: upstream.clone(),
             reserve: config.lender.reserve,
             period: config.lender.attestation_period,
-            redeemer,
+            redeemer: Redeemer::new(me),
+            view: view_rx.clone(),
             keys,
         },
         store.clone(),
@@ -246,7 +252,7 @@ pub async fn start(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Res
         lender: lender.clone(),
         net: net.clone(),
         store: store.clone(),
-        epoch,
+        view: view_rx.clone(),
         counters: counters.clone(),
         relays: Arc::new(Semaphore::new(MAX_CONCURRENT_RELAYS)),
         roster: roster_rx,
@@ -277,6 +283,8 @@ pub async fn start(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Res
     ));
 
     let api_addr = api_listener.local_addr()?;
+    // Live administration (`lendmesh group …` while this node runs) finds the API and its local admin token here.
+    let admin_token = crate::home::write_admin_access(&opts.home, api_addr)?;
     info!("api listening on http://{api_addr}");
     let mut roles = vec!["member", "lender", "relay"];
     if is_admin {
@@ -297,7 +305,8 @@ pub async fn start(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Res
         registry: Arc::new(registry),
         token: config.api.token.clone(),
         store: store.clone(),
-        epoch,
+        view: view_rx,
+        admin_token: admin_token.clone(),
         reserve: config.lender.reserve,
         upstream_handle: upstream.clone(),
         external_addrs: config.network.external.clone(),
@@ -337,7 +346,7 @@ struct Dispatcher {
     lender: LenderHandle,
     net: NetworkHandle,
     store: Store,
-    epoch: u32,
+    view: watch::Receiver<Arc<GroupView>>,
     counters: Arc<Counters>,
     relays: Arc<Semaphore>,
     roster: watch::Receiver<Arc<lendmesh_protocol::group::Roster>>,
@@ -357,14 +366,14 @@ impl Dispatcher {
                     if let Err(channel) = h.try_remote(peer, req, channel) {
                         warn!(peer = %peer.short(), "issuer busy; refusing the request");
                         self.net
-                            .respond_issue(channel, IssueResponse::Refused(IssueError::SigningFailed))
+                            .respond_issue(channel, IssueResponse::Refused(IssueError::Busy))
                             .await;
                     }
                 }
                 None => {
                     warn!(peer = %peer.short(), "issue request sent to a node that is not the issuer");
                     self.net
-                        .respond_issue(channel, IssueResponse::Refused(IssueError::UnknownMember))
+                        .respond_issue(channel, IssueResponse::Refused(IssueError::NotIssuer))
                         .await;
                 }
             },
@@ -429,7 +438,8 @@ impl Dispatcher {
                 }
             }
             NetEvent::InboundClaim { peer, req, channel } => {
-                let resp = if req.epoch != self.epoch {
+                let known = self.view.borrow().epochs.accepts(req.epoch, now_ms());
+                let resp = if !known {
                     ClaimResponse::UnknownEpoch
                 } else {
                     match self.store.record_claim(req.epoch, &req.token_hash, &req.claim_id) {

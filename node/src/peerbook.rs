@@ -4,8 +4,20 @@
 //! Gossip arrives held by gossipsub's strict validation; the PeerBook checks it with `protocol`
 //! (`AttestationAcceptor`, admin signatures) and reports accept / reject / ignore back to the network actor.
 //! Attestations older than the acceptance window expire from the book.
+//!
+//! **Epochs** (DESIGN §8). The book adopts epoch announcements through `protocol`'s `EpochBook` rules (typed,
+//! counted refusals) and, once a second, retires epochs past their grace period: the group state is persisted and
+//! the store's rows of retired epochs are pruned. On the admin node it also makes the next epoch ahead of time (a
+//! fresh issuer key generated off the actor, stored, then announced) and applies live administration (invite,
+//! remove, rotate) sent through the API. Every change goes to the other actors as a [`GroupView`] on a watch
+//! channel, and the admin gossips roster and announcements on change, when a peer joins, and periodically.
+//!
+//! **Key consistency** (DESIGN §4). Attestations carry the `(epoch, key id)` pairs their sender holds; a pair that
+//! differs from this node's, or an admin-signed announcement of a second key for a held epoch, raises an alarm for
+//! that epoch (error log, metric, `/health` reason): its tokens are neither spent nor accepted until every peer
+//! that disagreed attests the same key again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +25,9 @@ use lendmesh_protocol::PeerId;
 use lendmesh_protocol::attestation::{
     AcceptorConfig, Attestation, AttestationAcceptor, AttestationRejection,
 };
+use ed25519_dalek::SigningKey;
+use lendmesh_protocol::blind_rsa::SecretKey;
+use lendmesh_protocol::epoch::{Adopted, EpochError};
 use lendmesh_protocol::group::Roster;
 use lendmesh_protocol::wire::GossipMessage;
 use libp2p::Multiaddr;
@@ -22,7 +37,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::group_state::GroupState;
+use crate::admin::{self, AdminError, GroupSummary};
+use crate::group_state::{GroupState, GroupView};
 use crate::metrics::Counters;
 use crate::network::{NetEvent, NetworkHandle};
 use crate::now_ms;
@@ -32,6 +48,11 @@ use crate::store::Store;
 pub const CAPACITY: usize = 1024;
 /// How often stale attestations are pruned.
 const PRUNE_PERIOD: Duration = Duration::from_secs(15);
+/// How often epochs are checked (retirement, the admin's next epoch): once a second, so a 20 s test epoch switches
+/// on time.
+const EPOCH_TICK: Duration = Duration::from_secs(1);
+/// How often the admin re-gossips the roster and epoch announcements (members that missed a message catch up).
+const REPUBLISH_PERIOD: Duration = Duration::from_secs(10);
 
 /// One peer as the book knows it.
 #[derive(Clone, Debug, Default)]
@@ -165,12 +186,61 @@ enum Msg {
     Group {
         reply: oneshot::Sender<GroupState>,
     },
+    Admin {
+        op: AdminOp,
+        reply: oneshot::Sender<Result<AdminReply, AdminError>>,
+    },
+    EpochKey {
+        result: Result<SecretKey, AdminError>,
+    },
+    KeyAlarm {
+        epoch: u32,
+        source: String,
+    },
+}
+
+/// A live administration request (admin node only).
+#[derive(Debug)]
+pub enum AdminOp {
+    /// Add or renew a member; answers with its invite.
+    Invite {
+        /// The member.
+        member: PeerId,
+        /// Tokens per epoch.
+        quota: u32,
+        /// Membership length.
+        days: u64,
+        /// Bootstrap addresses for the invite.
+        bootstrap: Vec<String>,
+    },
+    /// Remove a member; with a key, rotate to a new epoch at once.
+    Remove {
+        /// The member.
+        member: PeerId,
+        /// The new epoch's issuer key, for an immediate rotation.
+        rotate: Option<SecretKey>,
+    },
+}
+
+/// What a live administration request did.
+#[derive(Debug)]
+pub enum AdminReply {
+    /// The invite file's text (secret).
+    Invite(String),
+    /// The member was removed; the new epoch if rotated.
+    Removed {
+        /// The new roster version.
+        roster_version: u64,
+        /// The epoch started by the rotation.
+        rotated_to: Option<u32>,
+    },
 }
 
 /// Handle to the PeerBook.
 #[derive(Clone, Debug)]
 pub struct PeerBookHandle {
     tx: mpsc::Sender<Msg>,
+    me: PeerId,
 }
 
 impl std::fmt::Debug for Msg {
@@ -224,6 +294,28 @@ impl PeerBookHandle {
         let _ = self.tx.send(Msg::CoolDown { peer, until_ms }).await;
     }
 
+    /// Applies a live administration request (admin node only).
+    pub async fn admin(&self, op: AdminOp) -> Result<AdminReply, AdminError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Admin { op, reply })
+            .await
+            .map_err(|_| AdminError::Invalid("the node is shutting down".into()))?;
+        rx.await
+            .map_err(|_| AdminError::Invalid("the node is shutting down".into()))?
+    }
+
+    /// Raises a key-consistency alarm for `epoch` (e.g. a wallet token under another key).
+    pub fn key_alarm(&self, epoch: u32, source: String) {
+        let _ = self.tx.try_send(Msg::KeyAlarm { epoch, source });
+    }
+
+    /// The group as `lendmesh group show` prints it.
+    pub async fn summary(&self) -> Option<GroupSummary> {
+        let group = self.group().await?;
+        Some(GroupSummary::of(&group, &self.me, now_ms()))
+    }
+
     /// The current group state.
     pub async fn group(&self) -> Option<GroupState> {
         let (reply, rx) = oneshot::channel();
@@ -232,77 +324,284 @@ impl PeerBookHandle {
     }
 }
 
+/// What the PeerBook needs to start.
+#[derive(Debug)]
+pub struct PeerBookParams {
+    /// This node.
+    pub me: PeerId,
+    /// The node key, kept only on the admin node (it signs rosters and epochs).
+    pub admin_key: Option<SigningKey>,
+    /// The group as stored.
+    pub group: GroupState,
+    /// Roster changes for the network actor.
+    pub roster_tx: watch::Sender<Arc<Roster>>,
+    /// Group changes for the other actors.
+    pub view_tx: watch::Sender<Arc<GroupView>>,
+}
+
 /// Starts the PeerBook.
 pub fn spawn(
-    me: PeerId,
-    group: GroupState,
+    params: PeerBookParams,
     store: Store,
     net: NetworkHandle,
-    roster_tx: watch::Sender<Arc<Roster>>,
     counters: Arc<Counters>,
     shutdown: CancellationToken,
 ) -> (PeerBookHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(CAPACITY);
+    let group = params.group;
     let acceptor = AttestationAcceptor::new(
         group.group_id,
         group.attestation_key.clone(),
         AcceptorConfig::default(),
     );
     let book = PeerBook {
-        me,
+        me: params.me,
+        admin_key: params.admin_key,
         group,
         store,
         net,
-        roster_tx,
+        roster_tx: params.roster_tx,
+        view_tx: params.view_tx,
         counters,
         acceptor,
         peers: BTreeMap::new(),
+        alarms: BTreeMap::new(),
+        key_in_flight: false,
+        current_epoch: None,
+        tx: tx.clone(),
         rx,
     };
-    (PeerBookHandle { tx }, tokio::spawn(book.run(shutdown)))
+    (
+        PeerBookHandle { tx, me: params.me },
+        tokio::spawn(book.run(shutdown)),
+    )
 }
 
 struct PeerBook {
     me: PeerId,
+    admin_key: Option<SigningKey>,
     group: GroupState,
     store: Store,
     net: NetworkHandle,
     roster_tx: watch::Sender<Arc<Roster>>,
+    view_tx: watch::Sender<Arc<GroupView>>,
     counters: Arc<Counters>,
     acceptor: AttestationAcceptor,
     peers: BTreeMap<PeerId, PeerEntry>,
+    /// Key-consistency alarms: epoch → who disagreed (peer short ids, or "admin" for a conflicting announcement).
+    alarms: BTreeMap<u32, BTreeSet<String>>,
+    /// The admin is generating the next epoch's key.
+    key_in_flight: bool,
+    /// The epoch that was current at the last tick (to log switches).
+    current_epoch: Option<u32>,
+    tx: mpsc::Sender<Msg>,
     rx: mpsc::Receiver<Msg>,
 }
 
 impl PeerBook {
     async fn run(mut self, shutdown: CancellationToken) {
         let mut prune = tokio::time::interval(PRUNE_PERIOD);
+        let mut epoch_tick = tokio::time::interval(EPOCH_TICK);
+        let mut republish = tokio::time::interval(REPUBLISH_PERIOD);
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
+                _ = epoch_tick.tick() => self.handle_epoch_tick(),
                 _ = prune.tick() => self.handle_prune(),
+                _ = republish.tick(), if self.admin_key.is_some() => self.publish_group().await,
                 Some(msg) = self.rx.recv() => match msg {
                     Msg::Peers { reply } => { let _ = reply.send(self.views()); }
                     Msg::Group { reply } => { let _ = reply.send(self.group.clone()); }
                     Msg::Routing { reply } => { let _ = reply.send(self.routing_view()); }
                     Msg::CoolDown { peer, until_ms } => self.entry(peer).cooling_until_ms = Some(until_ms),
-                    Msg::Outcome { lender, relay, outcome, delivered } => {
-                        let o = &mut self.peers.entry(lender).or_default().outcomes;
-                        match outcome {
-                            AttemptOutcome::Served => o.lender_served += 1,
-                            AttemptOutcome::Refused => o.lender_refused += 1,
-                            AttemptOutcome::Failed => o.lender_failed += 1,
+                    Msg::Outcome { lender, relay, outcome, delivered } => self.handle_outcome(lender, relay, outcome, delivered),
+                    Msg::Admin { op, reply } => {
+                        let result = self.handle_admin(op);
+                        if result.is_ok() {
+                            self.publish_group().await;
                         }
-                        if let Some(r) = relay {
-                            let o = &mut self.peers.entry(r).or_default().outcomes;
-                            if delivered { o.relay_delivered += 1 } else { o.relay_failed += 1 }
-                        }
+                        let _ = reply.send(result);
                     }
+                    Msg::EpochKey { result } => self.handle_epoch_key(result).await,
+                    Msg::KeyAlarm { epoch, source } => self.raise_alarm(epoch, source),
                     Msg::Net(ev) => self.handle_net(*ev).await,
                 },
             }
         }
+    }
+
+    fn handle_outcome(&mut self, lender: PeerId, relay: Option<PeerId>, outcome: AttemptOutcome, delivered: bool) {
+        let o = &mut self.peers.entry(lender).or_default().outcomes;
+        match outcome {
+            AttemptOutcome::Served => o.lender_served += 1,
+            AttemptOutcome::Refused => o.lender_refused += 1,
+            AttemptOutcome::Failed => o.lender_failed += 1,
+        }
+        if let Some(r) = relay {
+            let o = &mut self.peers.entry(r).or_default().outcomes;
+            if delivered {
+                o.relay_delivered += 1
+            } else {
+                o.relay_failed += 1
+            }
+        }
+    }
+
+    /// Once a second: logs a switch, retires epochs past their grace (persist, prune the store), and on the admin
+    /// starts making the next epoch when the newest ends within the lead time.
+    fn handle_epoch_tick(&mut self) {
+        let now = now_ms();
+        let current = self.group.epochs.current(now).map(|i| i.epoch());
+        if current != self.current_epoch {
+            match current {
+                Some(e) => info!(epoch = e, "epoch {e} started"),
+                None => warn!("no epoch runs now: the next one has not been announced (is the admin node running?)"),
+            }
+            self.current_epoch = current;
+            self.counters.epoch_current.set(current.map_or(0, i64::from));
+        }
+        let retired = self.group.epochs.retire(now);
+        if !retired.is_empty() {
+            for e in &retired {
+                self.alarms.remove(e);
+            }
+            let oldest_kept = self.group.epochs.iter().next().map_or(0, |i| i.epoch());
+            match self.store.prune_epochs_before(oldest_kept) {
+                Ok(p) => {
+                    self.counters.add(&self.counters.epochs_pruned, retired.len() as u64);
+                    info!(epochs = ?retired, spent = p.spent, claims = p.claims, quota = p.quota, "retired epochs pruned");
+                }
+                Err(e) => warn!(%e, "could not prune retired epochs"),
+            }
+            self.persist_group("epoch retirement");
+        }
+        if self.admin_key.is_some() && !self.key_in_flight && self.group.epochs.needs_next(now) {
+            self.key_in_flight = true;
+            let (group, tx) = (self.group.clone(), self.tx.clone());
+            tokio::spawn(async move {
+                let result = tokio::task::spawn_blocking(move || admin::generate_epoch_key(&group))
+                    .await
+                    .unwrap_or_else(|e| Err(AdminError::Invalid(format!("key generation failed: {e}"))));
+                let _ = tx.send(Msg::EpochKey { result }).await;
+            });
+        }
+    }
+
+    /// The admin's next-epoch key is ready: store it, announce the epoch, gossip it.
+    async fn handle_epoch_key(&mut self, result: Result<SecretKey, AdminError>) {
+        self.key_in_flight = false;
+        let Some(admin_key) = self.admin_key.clone() else { return };
+        let now = now_ms();
+        if !self.group.epochs.needs_next(now) {
+            return;
+        }
+        let announced = result.and_then(|secret| {
+            admin::announce_next(&self.store, &admin_key, &mut self.group, &secret, now)
+        });
+        match announced {
+            Ok(epoch) => {
+                let info = self.group.epochs.get(epoch);
+                info!(
+                    epoch,
+                    starts_at_ms = info.map(|i| i.starts_at_ms()),
+                    ends_at_ms = info.map(|i| i.effective_end_ms),
+                    "announced the next epoch"
+                );
+                self.persist_group("epoch");
+                self.publish_group().await;
+            }
+            Err(e) => warn!(%e, "could not make the next epoch; will retry"),
+        }
+    }
+
+    fn handle_admin(&mut self, op: AdminOp) -> Result<AdminReply, AdminError> {
+        let key = self
+            .admin_key
+            .clone()
+            .ok_or_else(|| AdminError::NotAdmin(self.group.admin.short()))?;
+        let reply = match op {
+            AdminOp::Invite {
+                member,
+                quota,
+                days,
+                bootstrap,
+            } => {
+                let mut group = self.group.clone();
+                let invite = admin::invite_member(&key, &mut group, member, quota, days, bootstrap)?;
+                self.store.put_group(&group)?;
+                self.group = group;
+                info!(peer = %member.short(), quota, "member invited (live)");
+                AdminReply::Invite(invite.to_file_text())
+            }
+            AdminOp::Remove { member, rotate } => {
+                let mut group = self.group.clone();
+                admin::remove_member(&key, &mut group, member)?;
+                let rotated_to = match rotate {
+                    Some(secret) => Some(admin::rotate_now(&self.store, &key, &mut group, &secret, now_ms())?),
+                    None => None,
+                };
+                self.store.put_group(&group)?;
+                self.group = group;
+                let _ = self.store.drop_peer_addrs(&member);
+                info!(peer = %member.short(), ?rotated_to, "member removed (live)");
+                AdminReply::Removed {
+                    roster_version: self.group.roster().version,
+                    rotated_to,
+                }
+            }
+        };
+        self.persist_group("roster");
+        Ok(reply)
+    }
+
+    /// Gossips the roster and every held epoch announcement, oldest first (the order rotations need).
+    async fn publish_group(&self) {
+        let _ = self
+            .net
+            .publish(GossipMessage::Roster(self.group.roster.clone()))
+            .await;
+        for a in self.group.epochs.announcements() {
+            let _ = self.net.publish(GossipMessage::Epoch(Box::new(a.clone()))).await;
+        }
+    }
+
+    fn raise_alarm(&mut self, epoch: u32, source: String) {
+        if self.group.epochs.get(epoch).is_none() {
+            return;
+        }
+        let sources = self.alarms.entry(epoch).or_default();
+        if sources.insert(source.clone()) {
+            self.counters.inc(&self.counters.key_alarms_raised);
+            tracing::error!(
+                epoch,
+                %source,
+                "KEY CONSISTENCY ALARM: {source} holds another issuer key for epoch {epoch}; a member-specific key \
+                 would unmask that member. Refusing to spend or accept tokens of epoch {epoch} until resolved"
+            );
+            self.publish_view();
+        }
+    }
+
+    fn clear_alarm(&mut self, epoch: u32, source: &str) {
+        let Some(sources) = self.alarms.get_mut(&epoch) else { return };
+        if sources.remove(source) {
+            info!(epoch, %source, "key consistency restored with {source} for epoch {epoch}");
+            if sources.is_empty() {
+                self.alarms.remove(&epoch);
+            }
+            self.publish_view();
+        }
+    }
+
+    fn publish_view(&self) {
+        let view = GroupView {
+            roster: self.group.roster().clone(),
+            epochs: self.group.epochs.clone(),
+            refused_epochs: self.alarms.keys().copied().collect(),
+        };
+        self.counters.key_alarms.set(view.refused_epochs.len() as i64);
+        self.view_tx.send_replace(Arc::new(view));
     }
 
     fn entry(&mut self, peer: PeerId) -> &mut PeerEntry {
@@ -339,12 +638,9 @@ impl PeerBook {
             }
             NetEvent::Subscribed { peer } => {
                 self.entry(peer);
-                if self.group.admin == self.me {
-                    // A member (re)joined the topic: give it the newest roster and epoch.
-                    let _ = self
-                        .net
-                        .publish(GossipMessage::Epoch(Box::new(self.group.epoch.clone())))
-                        .await;
+                if self.admin_key.is_some() {
+                    // A member (re)joined the topic: give it the newest roster and epochs.
+                    self.publish_group().await;
                 }
             }
             NetEvent::Gossip {
@@ -371,6 +667,15 @@ impl PeerBook {
                         self.counters.inc(&self.counters.attestations_accepted);
                         debug!(peer = %att.body.peer_id.short(), seq = att.body.seq, bucket = att.body.headroom.label(), "attestation accepted");
                         let peer = att.body.peer_id;
+                        let source = peer.short();
+                        let mismatched = self.group.epochs.key_mismatches(&att.body.epoch_keys);
+                        for (epoch, _) in &att.body.epoch_keys {
+                            if mismatched.contains(epoch) {
+                                self.raise_alarm(*epoch, source.clone());
+                            } else {
+                                self.clear_alarm(*epoch, &source);
+                            }
+                        }
                         self.entry(peer).attestation = Some((att, now));
                         MessageAcceptance::Accept
                     }
@@ -403,17 +708,30 @@ impl PeerBook {
                     MessageAcceptance::Reject
                 }
             },
-            GossipMessage::Epoch(signed) => match self.group.adopt_epoch(*signed) {
-                Ok(true) => {
-                    self.persist_group("epoch");
-                    MessageAcceptance::Accept
+            GossipMessage::Epoch(signed) => {
+                let epoch = signed.announcement.epoch;
+                match self.group.adopt_epoch(*signed, now_ms()) {
+                    Ok(Adopted::New | Adopted::Updated) => {
+                        self.persist_group("epoch announcement");
+                        MessageAcceptance::Accept
+                    }
+                    Ok(Adopted::Unchanged) => MessageAcceptance::Ignore,
+                    Err(e) => {
+                        self.counters
+                            .epoch_rejections
+                            .get_or_create(&crate::metrics::ReasonLabel {
+                                reason: e.label().to_string(),
+                            })
+                            .inc();
+                        if let EpochError::KeyConflict { .. } = e {
+                            self.raise_alarm(epoch, "admin".into());
+                        } else {
+                            warn!(epoch, reason = e.label(), "epoch announcement refused: {e}");
+                        }
+                        MessageAcceptance::Reject
+                    }
                 }
-                Ok(false) => MessageAcceptance::Ignore,
-                Err(e) => {
-                    warn!(%e, "epoch announcement rejected");
-                    MessageAcceptance::Reject
-                }
-            },
+            }
         }
     }
 
@@ -422,13 +740,18 @@ impl PeerBook {
             warn!(%e, "could not persist the new {what}");
         }
         let roster = self.group.roster().clone();
-        info!(
+        debug!(
             version = roster.version,
             members = roster.members.len(),
-            "adopted a new {what}"
+            epochs = ?self.group.epochs.iter().map(|i| i.epoch()).collect::<Vec<_>>(),
+            "group state updated: {what}"
         );
         self.acceptor.retain_roster(&roster);
-        let _ = self.roster_tx.send(Arc::new(roster));
+        if **self.roster_tx.borrow() != roster {
+            info!(version = roster.version, members = roster.members.len(), "adopted roster version {}", roster.version);
+            self.roster_tx.send_replace(Arc::new(roster));
+        }
+        self.publish_view();
     }
 
     fn handle_prune(&mut self) {

@@ -3,7 +3,9 @@
 //! Tables: `meta` (schema version, node identity, group material, attestation sequence), `issuer_keys` (the admin's
 //! RSA key per epoch), `quota` (the issuer's per-member counters), `wallet` (finalized tokens with their spend
 //! secrets), `pending` (issue batches sent but not yet finalized), `spent` (token hashes claimed as a lender, per
-//! epoch). Every write that matters is its own committed transaction (redb's default durability: fsync on commit)
+//! epoch), `claims` (first claims recorded as a replica, per epoch), `peer_addrs` (addresses learned for roster
+//! members, so a restarted node finds the group without bootstrap flags). Rows of retired epochs are pruned
+//! ([`Store::prune_epochs_before`]), so storage stays bounded over the life of a group. Every write that matters is its own committed transaction (redb's default durability: fsync on commit)
 //! before the caller acknowledges it, so a crash at any point loses nothing that was acknowledged.
 //!
 //! The file holds secrets (node key, group keys, tokens): it is created with mode 0600 inside a 0700 home.
@@ -26,7 +28,9 @@ use zeroize::Zeroizing;
 use crate::group_state::GroupState;
 
 /// The schema this build reads and writes. Bump it with a migration when a table's layout changes.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Version 2: epochs (the group holds an epoch book; announcements carry a grace period) and learned addresses.
+/// A version-1 store's group material is not valid under version 2's signatures: such a group is re-created.
+pub const SCHEMA_VERSION: u32 = 2;
 /// The store's file name inside the home directory.
 pub const STORE_FILE: &str = "store.redb";
 
@@ -37,6 +41,9 @@ const WALLET: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("wallet")
 const PENDING: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("pending");
 const SPENT: TableDefinition<'_, &[u8], u64> = TableDefinition::new("spent");
 const CLAIMS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("claims");
+const PEER_ADDRS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("peer_addrs");
+/// Addresses kept per peer.
+pub const MAX_ADDRS_PER_PEER: usize = 8;
 
 const K_SCHEMA: &str = "schema_version";
 const K_IDENTITY: &str = "identity";
@@ -196,6 +203,7 @@ impl Store {
             tx.open_table(PENDING)?;
             tx.open_table(SPENT)?;
             tx.open_table(CLAIMS)?;
+            tx.open_table(PEER_ADDRS)?;
         }
         tx.commit()?;
         Ok(store)
@@ -402,6 +410,137 @@ impl Store {
     }
 }
 
+/// What [`Store::prune_epochs_before`] removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Spent-set entries.
+    pub spent: u64,
+    /// Replica claims.
+    pub claims: u64,
+    /// Issuer quota records.
+    pub quota: u64,
+    /// Issuer keys.
+    pub issuer_keys: u64,
+}
+
+impl Store {
+    /// Removes every row of epochs before `epoch` — spent set, replica claims, quota records, issuer keys and
+    /// spent counters — in one transaction. Those epochs are retired: their tokens are refused everywhere.
+    pub fn prune_epochs_before(&self, epoch: u32) -> Result<Pruned, StoreError> {
+        let hi = epoch.to_be_bytes();
+        let mut pruned = Pruned::default();
+        let tx = self.db.begin_write()?;
+        {
+            pruned.spent = remove_below(&tx, SPENT, &hi)?;
+            pruned.claims = remove_below(&tx, CLAIMS, &hi)?;
+            pruned.quota = remove_below(&tx, QUOTA, &hi)?;
+            let mut keys = tx.open_table(ISSUER_KEYS)?;
+            let old: Vec<u32> = keys
+                .range(..epoch)?
+                .map(|r| r.map(|(k, _)| k.value()))
+                .collect::<Result<_, _>>()?;
+            for e in &old {
+                keys.remove(e)?;
+            }
+            pruned.issuer_keys = old.len() as u64;
+            let mut meta = tx.open_table(META)?;
+            let counters: Vec<String> = meta
+                .range::<&str>("spent_count/".."spent_count0")?
+                .map(|r| r.map(|(k, _)| k.value().to_string()))
+                .collect::<Result<_, _>>()?;
+            for k in counters {
+                let e = k.trim_start_matches("spent_count/").parse::<u32>().unwrap_or(u32::MAX);
+                if e < epoch {
+                    meta.remove(k.as_str())?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(pruned)
+    }
+
+    /// Epochs with a spent-set counter (for metrics).
+    pub fn spent_epochs(&self) -> Result<Vec<u32>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let meta = tx.open_table(META)?;
+        let mut out = Vec::new();
+        for row in meta.range::<&str>("spent_count/".."spent_count0")? {
+            let (k, _) = row?;
+            if let Ok(e) = k.value().trim_start_matches("spent_count/").parse::<u32>() {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes wallet tokens and pending batches whose epoch `keep` refuses; returns the tokens removed.
+    pub fn prune_wallet(&self, keep: impl Fn(u32) -> bool) -> Result<u64, StoreError> {
+        let tx = self.db.begin_write()?;
+        let removed = {
+            let mut wallet = tx.open_table(WALLET)?;
+            let mut gone = Vec::new();
+            for row in wallet.iter()? {
+                let (k, v) = row?;
+                let t: WalletToken = decode("wallet token", v.value())?;
+                if !keep(t.token.input.epoch) {
+                    gone.push(k.value().to_vec());
+                }
+            }
+            for k in &gone {
+                wallet.remove(k.as_slice())?;
+            }
+            let mut pending = tx.open_table(PENDING)?;
+            let mut stale = Vec::new();
+            for row in pending.iter()? {
+                let (k, v) = row?;
+                let b: PendingBatch = decode("pending batch", v.value())?;
+                if !keep(b.epoch) {
+                    stale.push(k.value().to_vec());
+                }
+            }
+            for k in &stale {
+                pending.remove(k.as_slice())?;
+            }
+            gone.len() as u64
+        };
+        tx.commit()?;
+        Ok(removed)
+    }
+
+    /// Remembers the addresses a roster member was reached at (at most [`MAX_ADDRS_PER_PEER`]).
+    pub fn put_peer_addrs(&self, peer: &lendmesh_protocol::PeerId, addrs: &[String]) -> Result<(), StoreError> {
+        let addrs: Vec<&String> = addrs.iter().take(MAX_ADDRS_PER_PEER).collect();
+        let tx = self.db.begin_write()?;
+        tx.open_table(PEER_ADDRS)?
+            .insert(peer.as_bytes().as_slice(), encode(&addrs)?.as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Forgets a peer's addresses (it left the group).
+    pub fn drop_peer_addrs(&self, peer: &lendmesh_protocol::PeerId) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(PEER_ADDRS)?.remove(peer.as_bytes().as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every learned address, per peer.
+    pub fn peer_addrs(&self) -> Result<Vec<(lendmesh_protocol::PeerId, Vec<String>)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(PEER_ADDRS)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            let Ok(peer) = lendmesh_protocol::PeerId::from_bytes(k.value()) else {
+                continue;
+            };
+            out.push((peer, decode("peer addresses", v.value())?));
+        }
+        Ok(out)
+    }
+}
+
 impl Store {
     /// As a replica (DESIGN §7): records the first claim of a token durably; answers whether `claim_id` is it.
     pub fn record_claim(
@@ -444,6 +583,23 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Removes the rows of `table` whose key sorts below `hi` (an epoch prefix); returns how many.
+fn remove_below<V: redb::Value + 'static>(
+    tx: &redb::WriteTransaction,
+    table: TableDefinition<'_, &[u8], V>,
+    hi: &[u8],
+) -> Result<u64, StoreError> {
+    let mut t = tx.open_table(table)?;
+    let keys: Vec<Vec<u8>> = t
+        .range::<&[u8]>(..hi)?
+        .map(|r| r.map(|(k, _)| k.value().to_vec()))
+        .collect::<Result<_, _>>()?;
+    for k in &keys {
+        t.remove(k.as_slice())?;
+    }
+    Ok(keys.len() as u64)
 }
 
 /// Keys of one epoch lie in `[epoch, epoch + 1)` (big-endian prefix); the last epoch has no upper bound.

@@ -20,8 +20,10 @@
 //! **Rotation.** An immediate rotation (`group remove --rotate`) re-announces the current epoch with an end of
 //! *now* and no grace, and announces the next epoch starting now. A next epoch may therefore start before the
 //! previous one's announced end: the previous epoch then ends where the next begins ([`EpochInfo::effective_end_ms`]).
-//! A re-announcement of a known epoch must carry the same key and a newer roster version, and may only move the
-//! end earlier and shorten the grace; an end at or before the start cancels an epoch that never began.
+//! A re-announcement of a known epoch must carry the same key and start, may only move the end earlier and shorten
+//! the grace, and never carries an older roster; an end at or before the start cancels an epoch that never began.
+//! The roster inside an announcement is the snapshot taken when the epoch was made; roster changes travel on
+//! their own (a signed roster message).
 
 use std::collections::BTreeMap;
 
@@ -108,8 +110,9 @@ pub enum EpochError {
         /// The epoch.
         epoch: u32,
     },
-    /// A re-announcement that is not newer, or that moves the start, lengthens the span or the grace.
-    #[error("re-announcement of epoch {epoch} may only shorten it, with a newer roster version")]
+    /// A re-announcement that moves the start, lengthens the span or the grace, or changes the roster snapshot
+    /// without a newer version.
+    #[error("re-announcement of epoch {epoch} may only shorten it")]
     BadUpdate {
         /// The epoch.
         epoch: u32,
@@ -283,13 +286,15 @@ impl EpochBook {
                 return Err(EpochError::KeyConflict { epoch });
             }
             let h = &held.signed.announcement;
-            if a == h {
+            if a == h || a.roster.roster.version < h.roster.roster.version {
                 return Ok(Adopted::Unchanged);
             }
-            if a.roster.roster.version <= h.roster.roster.version {
-                return Ok(Adopted::Unchanged);
-            }
-            if a.starts_at_ms != h.starts_at_ms || a.ends_at_ms > h.ends_at_ms || a.grace_ms > h.grace_ms {
+            let same_roster_version = a.roster.roster.version == h.roster.roster.version;
+            if a.starts_at_ms != h.starts_at_ms
+                || a.ends_at_ms > h.ends_at_ms
+                || a.grace_ms > h.grace_ms
+                || (same_roster_version && a.roster != h.roster)
+            {
                 return Err(EpochError::BadUpdate { epoch });
             }
             self.insert(signed, key);

@@ -340,8 +340,12 @@ pub struct Invite {
     pub psk: PreSharedKey,
     /// The attestation HMAC key.
     pub attestation_key: AttestationKey,
-    /// The current epoch (issuer key and roster).
+    /// The current epoch (issuer key and roster snapshot).
     pub epoch: SignedEpochAnnouncement,
+    /// The next epoch, if already announced.
+    pub next_epoch: Option<SignedEpochAnnouncement>,
+    /// The newest roster (the epoch's snapshot may be older).
+    pub roster: SignedRoster,
     /// Multiaddrs of nodes to dial first.
     pub bootstrap: Vec<String>,
 }
@@ -363,6 +367,10 @@ impl Invite {
                 expected: self.member.short(),
                 got: me.short(),
             });
+        }
+        self.roster.verify(&self.group_id, &self.admin)?;
+        if let Some(next) = &self.next_epoch {
+            next.verify(&self.group_id, &self.admin)?;
         }
         self.epoch.verify(&self.group_id, &self.admin)
     }

@@ -248,6 +248,14 @@ impl Wallet {
         before - self.tokens.len()
     }
 
+    /// Keeps only tokens whose epoch `keep` allows (the others retired); returns how many were dropped.
+    pub fn retain_epochs(&mut self, keep: impl Fn(u32) -> bool) -> usize {
+        let before = self.tokens.len();
+        self.tokens.retain(|t| keep(t.token.input.epoch));
+        self.index = self.tokens.iter().map(|t| t.token.hash()).collect();
+        before - self.tokens.len()
+    }
+
     /// The tokens, in spending order within an epoch.
     pub fn iter(&self) -> impl Iterator<Item = &WalletToken> {
         self.tokens.iter()

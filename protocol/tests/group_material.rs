@@ -18,7 +18,7 @@ fn invite() -> Invite {
         ends_at_ms: NOW + 7 * 86_400_000,
         grace_ms: 86_400_000,
         issuer_key_spki: key.public_key().spki_der().to_vec(),
-        roster: signed_roster,
+        roster: signed_roster.clone(),
     }
     .sign(&node_key(1))
     .unwrap();
@@ -30,6 +30,8 @@ fn invite() -> Invite {
         psk: PreSharedKey::from_bytes([0x11; 32]),
         attestation_key: AttestationKey::from_bytes([0x22; 32]),
         epoch,
+        next_epoch: None,
+        roster: signed_roster,
         bootstrap: vec!["/ip4/127.0.0.1/tcp/4001".into()],
     }
 }
