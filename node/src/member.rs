@@ -421,6 +421,9 @@ impl Member {
                 self.planner.record_remaining(batch.epoch, remaining);
                 self.counters.add(&self.counters.tokens_received, added as u64);
                 info!(epoch = batch.epoch, added, remaining, balance = self.wallet.balance(), "wallet refilled");
+                if remaining == 0 {
+                    info!(epoch = batch.epoch, "quota for epoch {} is spent; waiting for the next epoch", batch.epoch);
+                }
                 Outcome::Done
             }
             Err(e) => Outcome::Retry(format!("cannot store tokens: {e}")),

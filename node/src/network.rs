@@ -10,6 +10,14 @@
 //! addresses), optional mDNS, and request-response for `/lendmesh/{issue,relay,borrow,claim}/1` with the size-limited
 //! postcard [`WireCodec`]. Connections from peers that are not active roster members are closed.
 //!
+//! **Reconnection.** Every roster member this node is not connected to is redialled — at every address learned for
+//! it (identify, outbound connections, bootstrap addresses that name it; persisted in the store so a restarted node
+//! finds the group without bootstrap flags) and those Kademlia knows — with exponential backoff and jitter per peer
+//! (0.5 s doubling to a 60 s cap, `protocol`'s [`Backoff`]). While connected to no member at all it also redials
+//! every bootstrap address on its own backoff. So nodes may start in any order: one that starts before its
+//! bootstrap peer keeps trying until that peer is up. A failed dial says "check the group key" only when the
+//! failure can be a wrong key (the connection opened and the handshake died), never for a refused connection.
+//!
 //! Other actors talk to it through a [`NetworkHandle`] (bounded channel, oneshot replies); it reports inbound
 //! traffic as [`NetEvent`]s on a bounded channel, dropping (and counting) when the consumer lags.
 
@@ -18,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use lendmesh_protocol::backoff::Backoff;
 use lendmesh_protocol::group::Roster;
 use lendmesh_protocol::wire::{
     self, BorrowRequest, BorrowResponse, ClaimRequest, ClaimResponse, GossipMessage, IssueRequest,
@@ -30,7 +39,8 @@ use libp2p::metrics::{Metrics as Libp2pMetrics, Recorder};
 use libp2p::pnet::PnetConfig;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::{DialError, NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, StreamProtocol, Swarm, Transport, identify, kad, mdns, noise, ping, tcp, yamux};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -38,6 +48,7 @@ use tracing::{debug, info, warn};
 
 use crate::codec::WireCodec;
 use crate::metrics::Counters;
+use crate::store::{MAX_ADDRS_PER_PEER, Store};
 use crate::{to_libp2p, to_proto};
 
 /// Commands queued to the network actor. 256: a burst of a few requests per peer in a 100-member group.
@@ -46,8 +57,12 @@ pub const COMMAND_CAPACITY: usize = 256;
 pub const EVENT_CAPACITY: usize = 1024;
 /// How long a request may take, responder's work included.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often to dial roster members we are not connected to.
-const REDIAL_PERIOD: Duration = Duration::from_secs(10);
+/// How often redials are considered (each peer's own backoff decides whether it is due).
+const REDIAL_TICK: Duration = Duration::from_millis(250);
+/// First redial delay; doubles per consecutive failure.
+const REDIAL_BASE_MS: u64 = 500;
+/// Longest redial delay: about a minute, so a member that comes back is found within a minute.
+const REDIAL_MAX_MS: u64 = 60_000;
 /// Idle connections are kept this long (a small group stays fully connected).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Largest gossip message (an epoch announcement with a full roster); matches the wire limit.
@@ -388,6 +403,8 @@ pub struct NetworkParams {
     pub roster: watch::Receiver<Arc<Roster>>,
     /// libp2p's own metrics, recorded on every swarm event.
     pub libp2p_metrics: Libp2pMetrics,
+    /// Where learned addresses are kept.
+    pub store: Store,
 }
 
 impl std::fmt::Debug for NetworkParams {
@@ -505,9 +522,24 @@ pub fn spawn(
             .listen_on(addr.clone())
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     }
+    // Addresses learned in earlier runs, and bootstrap addresses that name their peer.
+    let mut learned: HashMap<libp2p::PeerId, Vec<Multiaddr>> = HashMap::new();
+    match params.store.peer_addrs() {
+        Ok(rows) => {
+            for (peer, addrs) in rows {
+                let addrs = addrs.iter().filter_map(|a| a.parse().ok()).collect();
+                learned.insert(to_libp2p(&peer), addrs);
+            }
+        }
+        Err(e) => warn!(%e, "cannot read learned peer addresses"),
+    }
     for addr in &params.bootstrap {
-        if let Err(e) = swarm.dial(addr.clone()) {
-            warn!(%addr, %e, "cannot dial bootstrap address");
+        if let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() {
+            let entry = learned.entry(peer).or_default();
+            let plain: Multiaddr = addr.iter().filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_))).collect();
+            if !entry.contains(&plain) {
+                entry.insert(0, plain);
+            }
         }
     }
     info!(
@@ -529,6 +561,11 @@ pub fn spawn(
         counters,
         fingerprint: params.psk.fingerprint().to_string(),
         libp2p_metrics: params.libp2p_metrics,
+        store: params.store,
+        bootstrap: params.bootstrap,
+        bootstrap_backoff: Backoff::new(REDIAL_BASE_MS, REDIAL_MAX_MS),
+        learned,
+        backoff: HashMap::new(),
     };
     let task = tokio::spawn(actor.run(shutdown));
     Ok((NetworkHandle { tx }, event_rx, task))
@@ -546,6 +583,14 @@ struct Network {
     counters: Arc<Counters>,
     fingerprint: String,
     libp2p_metrics: Libp2pMetrics,
+    store: Store,
+    /// Bootstrap addresses (from the invite and flags), redialled while no member is connected.
+    bootstrap: Vec<Multiaddr>,
+    bootstrap_backoff: Backoff,
+    /// Addresses learned per peer (persisted).
+    learned: HashMap<libp2p::PeerId, Vec<Multiaddr>>,
+    /// Redial backoff per roster member not connected.
+    backoff: HashMap<libp2p::PeerId, Backoff>,
 }
 
 fn now_ms() -> u64 {
@@ -554,7 +599,7 @@ fn now_ms() -> u64 {
 
 impl Network {
     async fn run(mut self, shutdown: CancellationToken) {
-        let mut redial = tokio::time::interval(REDIAL_PERIOD);
+        let mut redial = tokio::time::interval(REDIAL_TICK);
         loop {
             tokio::select! {
                 biased;
@@ -697,19 +742,86 @@ impl Network {
         self.handle_redial();
     }
 
-    /// Dials roster members we are not connected to (Kademlia and identify supply their addresses).
+    /// Dials, with per-peer backoff, every roster member we are not connected to; while connected to no member,
+    /// also every bootstrap address (see the module doc).
     fn handle_redial(&mut self) {
+        let now = now_ms();
         let me = *self.swarm.local_peer_id();
         let roster = self.roster.borrow().clone();
         let connected: Vec<libp2p::PeerId> = self.swarm.connected_peers().copied().collect();
+        let members_connected = connected.iter().filter(|p| self.allowed(p)).count();
+        let mut rng = rand::rngs::OsRng;
+        if members_connected == 0 && !self.bootstrap.is_empty() && self.bootstrap_backoff.ready(now) {
+            for addr in self.bootstrap.clone() {
+                if let Err(e) = self.swarm.dial(addr.clone()) {
+                    debug!(%addr, %e, "cannot dial bootstrap address");
+                }
+            }
+            let wait = self.bootstrap_backoff.failed(now, &mut rng);
+            debug!(wait_ms = wait, "no group member connected: dialled the bootstrap addresses");
+        }
         for member in roster.member_ids() {
             let peer = to_libp2p(member);
-            if peer != me && !connected.contains(&peer) && roster.is_active(member, now_ms()) {
-                let _ = self.swarm.dial(peer);
+            if peer == me || connected.contains(&peer) || !roster.is_active(member, now) {
+                continue;
+            }
+            let backoff = self
+                .backoff
+                .entry(peer)
+                .or_insert_with(|| Backoff::new(REDIAL_BASE_MS, REDIAL_MAX_MS));
+            if !backoff.ready(now) {
+                continue;
+            }
+            backoff.failed(now, &mut rng);
+            let addrs = self.learned.get(&peer).cloned().unwrap_or_default();
+            let opts = DialOpts::peer_id(peer)
+                .addresses(addrs)
+                .extend_addresses_through_behaviour()
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                debug!(peer = %member.short(), %e, "redial not started");
             }
         }
-        if !connected.is_empty() {
+        self.backoff.retain(|p, _| {
+            to_proto(p).is_some_and(|m| roster.is_active(&m, now)) && !connected.contains(p)
+        });
+        if members_connected > 0 {
             let _ = self.swarm.behaviour_mut().kad.bootstrap();
+        }
+    }
+
+    /// Remembers (and persists) an address a roster member can be reached at.
+    fn learn(&mut self, peer: libp2p::PeerId, addrs: impl IntoIterator<Item = Multiaddr>) {
+        if !self.allowed(&peer) {
+            return;
+        }
+        let entry = self.learned.entry(peer).or_default();
+        let mut changed = false;
+        for addr in addrs {
+            if is_unspecified(&addr) || addr.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::P2pCircuit)) {
+                continue;
+            }
+            let plain: Multiaddr = addr
+                .iter()
+                .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+                .collect();
+            if let Some(pos) = entry.iter().position(|a| a == &plain) {
+                if pos != 0 {
+                    // Most recently confirmed first.
+                    let a = entry.remove(pos);
+                    entry.insert(0, a);
+                }
+                continue;
+            }
+            entry.insert(0, plain);
+            entry.truncate(MAX_ADDRS_PER_PEER);
+            changed = true;
+        }
+        if changed && let Some(p) = to_proto(&peer) {
+            let strings: Vec<String> = entry.iter().map(|a| a.to_string()).collect();
+            if let Err(e) = self.store.put_peer_addrs(&p, &strings) {
+                warn!(%e, "cannot persist learned addresses");
+            }
         }
     }
 
@@ -740,12 +852,15 @@ impl Network {
                     let _ = self.swarm.disconnect_peer_id(peer_id);
                     return;
                 }
+                self.backoff.remove(&peer_id);
+                self.bootstrap_backoff.succeeded();
                 if num_established.get() == 1
                     && let Some(peer) = to_proto(&peer_id)
                 {
                     let addr = endpoint.get_remote_address().clone();
                     if endpoint.is_dialer() {
                         self.swarm.behaviour_mut().kad.add_address(&peer_id, addr.clone());
+                        self.learn(peer_id, [addr.clone()]);
                     }
                     info!(peer = %peer.short(), %addr, "connected");
                     self.emit(NetEvent::Connected {
@@ -768,13 +883,31 @@ impl Network {
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 self.counters.inc(&self.counters.connection_errors);
                 let who = peer_id
-                    .map(|p| p.to_string())
+                    .and_then(|p| to_proto(&p))
+                    .map(|p| p.short())
                     .unwrap_or_else(|| "a bootstrap address".into());
-                warn!(
-                    "could not connect to {who}: {error}; if the address is reachable, check the group key \
-                     (this node's group key fingerprint is {})",
-                    self.fingerprint
-                );
+                let failures = peer_id
+                    .and_then(|p| self.backoff.get(&p))
+                    .map_or(self.bootstrap_backoff.failures(), Backoff::failures);
+                let retry_s = peer_id
+                    .and_then(|p| self.backoff.get(&p))
+                    .map_or(self.bootstrap_backoff.next_at_ms(), Backoff::next_at_ms)
+                    .saturating_sub(now_ms())
+                    .div_ceil(1000);
+                match dial_failure(&error) {
+                    DialFailure::Unreachable(why) if failures <= 1 => {
+                        warn!("could not connect to {who}: {why}; retrying with backoff (next in {retry_s} s)")
+                    }
+                    DialFailure::Unreachable(why) => {
+                        debug!("could not connect to {who}: {why}; next try in {retry_s} s")
+                    }
+                    DialFailure::Handshake => warn!(
+                        "could not connect to {who}: {error}; the connection opened but the handshake failed — check \
+                         the group key (this node's group key fingerprint is {}); next try in {retry_s} s",
+                        self.fingerprint
+                    ),
+                    DialFailure::Other => debug!("could not connect to {who}: {error}"),
+                }
             }
             SwarmEvent::IncomingConnectionError {
                 send_back_addr,
@@ -853,6 +986,7 @@ impl Network {
                         self.swarm.behaviour_mut().kad.add_address(&peer_id, addr.clone());
                     }
                 }
+                self.learn(peer_id, info.listen_addrs.iter().cloned());
                 if let Some(peer) = to_proto(&peer_id) {
                     self.emit(NetEvent::Identified {
                         peer,
@@ -948,4 +1082,59 @@ fn is_unspecified(addr: &Multiaddr) -> bool {
         libp2p::multiaddr::Protocol::Ip6(ip) => ip.is_unspecified(),
         _ => false,
     })
+}
+
+/// What a failed dial most likely means.
+enum DialFailure {
+    /// Nothing listens there, or the host cannot be reached: not a key problem.
+    Unreachable(String),
+    /// The connection opened and the upgrade (pnet, noise) failed: a wrong group key fails this way.
+    Handshake,
+    /// Something else (no address known, already dialling, …).
+    Other,
+}
+
+fn dial_failure(error: &DialError) -> DialFailure {
+    match error {
+        DialError::Transport(errors) => {
+            let mut reasons = Vec::new();
+            for (_, e) in errors {
+                match unreachable_reason(e) {
+                    Some(why) => reasons.push(why),
+                    None => return DialFailure::Handshake,
+                }
+            }
+            reasons.dedup();
+            DialFailure::Unreachable(reasons.join(", "))
+        }
+        DialError::NoAddresses => DialFailure::Unreachable("no address known yet".into()),
+        _ => DialFailure::Other,
+    }
+}
+
+/// `Some(reason)` when a transport error says the address could not be reached at all.
+fn unreachable_reason(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    use std::io::ErrorKind;
+    let mut stack: Vec<&(dyn std::error::Error + 'static)> = vec![e];
+    while let Some(err) = stack.pop() {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                ErrorKind::ConnectionRefused => return Some("connection refused (is the node running?)".into()),
+                ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable | ErrorKind::AddrNotAvailable => {
+                    return Some(format!("address unreachable ({io})"));
+                }
+                ErrorKind::TimedOut => return Some("connection attempt timed out".into()),
+                _ => {}
+            }
+            if let Some(inner) = io.get_ref() {
+                stack.push(inner);
+            }
+        }
+        if let Some(src) = err.source() {
+            stack.push(src);
+        }
+    }
+    let text = e.to_string();
+    text.contains("os error 111")
+        .then(|| "connection refused (is the node running?)".into())
 }

@@ -167,6 +167,7 @@ pub async fn start(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Res
         mdns: config.network.mdns,
         roster: roster_rx.clone(),
         libp2p_metrics,
+        store: store.clone(),
     };
     info!(peer = %me, group = %group.name, group_id = %group.group_id.short(), admin = is_admin, "starting node");
     let (net, net_events, net_task) = network::spawn(params, counters.clone(), shutdown.clone())?;

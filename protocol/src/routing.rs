@@ -116,6 +116,11 @@ pub struct LenderQuery<'a> {
     pub sticky: Option<&'a PeerId>,
 }
 
+/// Scores within this fraction of each other are a tie (broken at random). Without it, attestations of equal
+/// headroom made a fraction of a second apart decide every pairing: the lender that attested first loses all of
+/// them until it attests again, and is starved.
+pub const TIE_TOLERANCE: f64 = 0.1;
+
 /// The age-discounted score of a candidate.
 pub fn score(c: &Candidate, params: &RoutingParams) -> f64 {
     let half_lives = c.attestation_age_ms as f64 / params.half_life_ms.max(1) as f64;
@@ -163,11 +168,9 @@ pub fn choose_lender(
                     b += 1;
                 }
                 let (ca, cb) = (eligible[a], eligible[b]);
-                if score(cb, params) > score(ca, params) {
-                    cb
-                } else {
-                    ca
-                }
+                let (sa, sb) = (score(ca, params), score(cb, params));
+                // `a` is already uniformly random, so a tie goes to either with equal chance.
+                if sb > sa * (1.0 + TIE_TOLERANCE) { cb } else { ca }
             }
         }
         Policy::Greedy => {
@@ -353,6 +356,35 @@ mod tests {
                 choose_lender(Policy::Greedy, &q, &RoutingParams::default(), &mut rng),
                 Some(pid(2))
             );
+        }
+    }
+
+    #[test]
+    fn near_equal_scores_are_ties_so_no_lender_is_starved() {
+        let mut rng = ChaCha20Rng::seed_from_u64(11);
+        // Three lenders with equal headroom attested 0.1 s apart: the stalest still gets about a third.
+        let cands = [
+            cand(2, HeadroomBucket::High, 800),
+            cand(3, HeadroomBucket::High, 700),
+            cand(4, HeadroomBucket::High, 900),
+        ];
+        let me = pid(1);
+        let mut wins = std::collections::HashMap::new();
+        for _ in 0..3000 {
+            let q = LenderQuery {
+                me: &me,
+                candidates: &cands,
+                tried: &[],
+                now_ms: 0,
+                sticky: None,
+            };
+            *wins
+                .entry(choose_lender(Policy::PowerOfTwo, &q, &RoutingParams::default(), &mut rng).unwrap())
+                .or_insert(0) += 1;
+        }
+        for c in &cands {
+            let n = wins.get(&c.peer).copied().unwrap_or(0);
+            assert!((800..1200).contains(&n), "{n} of 3000");
         }
     }
 
