@@ -200,7 +200,7 @@ async fn metrics(State(s): State<Arc<ApiState>>) -> Response {
 async fn health(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
     let snap = s.net.snapshot().await;
     let known = s.peerbook.routing().await.known;
-    let alarms = s.view.borrow().refused_epochs.clone();
+    let alarms: Vec<u32> = s.view.borrow().refused_epochs.iter().copied().collect();
     if !alarms.is_empty() {
         (
             StatusCode::SERVICE_UNAVAILABLE,

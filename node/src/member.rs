@@ -147,7 +147,6 @@ pub fn spawn(
         me: params.me,
         route: params.route,
         planner: RefillPlanner::new(params.refill.low_water, params.refill.batch),
-        low_water: params.refill.low_water,
         view: params.view,
         peerbook: params.peerbook,
         store,
@@ -163,7 +162,6 @@ struct Member {
     me: PeerId,
     route: IssuerRoute,
     planner: RefillPlanner,
-    low_water: u32,
     view: watch::Receiver<Arc<GroupView>>,
     peerbook: PeerBookHandle,
     store: Store,
@@ -192,9 +190,9 @@ impl Member {
                     Msg::Balance { reply } => { let _ = reply.send(self.wallet.balance()); }
                     Msg::Take { reply } => {
                         let token = self.handle_take();
-                        let low = (self.wallet.balance() as u32) < self.low_water;
                         let _ = reply.send(token);
-                        if low { next_check = tokio::time::Instant::now(); }
+                        // Refill as soon as any signable epoch (the current one above all) drops below the mark.
+                        if self.next_refill().is_some() { next_check = tokio::time::Instant::now(); }
                     }
                     Msg::PutBack { token } => self.handle_put_back(token),
                 },
@@ -212,6 +210,21 @@ impl Member {
                 }
             }
         }
+    }
+
+    /// The refill to make now, if any (see `RefillPlanner`).
+    fn next_refill(&self) -> Option<RefillStep> {
+        let view = self.view.borrow().clone();
+        let now = now_ms();
+        let quota = self.quota(&view);
+        let epochs: Vec<(u32, u32)> = view
+            .epochs
+            .refill_epochs(now)
+            .into_iter()
+            .filter(|e| !view.refused_epochs.contains(e))
+            .map(|e| (e, quota))
+            .collect();
+        self.planner.next(&epochs, |e| self.wallet.balance_in(e))
     }
 
     /// This member's quota per epoch (0 when not on the roster).
@@ -309,20 +322,10 @@ impl Member {
             }
         }
         while !shutdown.is_cancelled() {
-            let view = self.view.borrow().clone();
-            let now = now_ms();
-            let quota = self.quota(&view);
-            let epochs: Vec<(u32, u32)> = view
-                .epochs
-                .refill_epochs(now)
-                .into_iter()
-                .filter(|e| !view.refused_epochs.contains(e))
-                .map(|e| (e, quota))
-                .collect();
-            let Some(RefillStep { epoch, count }) = self.planner.next(&epochs, |e| self.wallet.balance_in(e)) else {
+            let Some(RefillStep { epoch, count }) = self.next_refill() else {
                 return true;
             };
-            let Some(key) = view.epochs.get(epoch).map(|i| i.key.clone()) else {
+            let Some(key) = self.view.borrow().epochs.get(epoch).map(|i| i.key.clone()) else {
                 return true;
             };
             let (_, batch) = match Wallet::prepare_batch(&key, epoch, count, &mut rand::rngs::OsRng) {

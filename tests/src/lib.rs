@@ -160,6 +160,16 @@ impl RunningNode {
         self.log.lock().unwrap().clone()
     }
 
+    /// The log so far without terminal colour codes (fields read `key=value`).
+    pub fn plain_log(&self) -> String {
+        self.log().lines().map(strip_ansi).collect::<Vec<_>>().join("\n")
+    }
+
+    /// The process id (for signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits for a log line containing `needle`; returns that line.
     pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
@@ -327,30 +337,27 @@ pub struct TestGroup {
 impl TestGroup {
     /// `init`, `group create` (2048-bit key for speed), then `group invite` + `join` for each member.
     pub fn new(name: &str, members: usize, quota: u32) -> TestGroup {
+        Self::with_args(name, members, quota, &[], &[])
+    }
+
+    /// Like [`TestGroup::new`] with extra `group create` and `group invite` flags (e.g. `--epoch 20s`,
+    /// `--bootstrap ADDR`).
+    pub fn with_args(name: &str, members: usize, quota: u32, create: &[&str], invite_args: &[&str]) -> TestGroup {
         let admin = temp_home();
         let admin_id = init(admin.path());
-        cli_ok(
-            admin.path(),
-            &["group", "create", "--name", name, "--rsa-bits", "2048"],
-        );
+        let mut args = vec!["group", "create", "--name", name, "--rsa-bits", "2048"];
+        args.extend_from_slice(create);
+        cli_ok(admin.path(), &args);
         let mut homes = Vec::new();
         let mut ids = Vec::new();
         for _ in 0..members {
             let home = temp_home();
             let id = init(home.path());
             let invite = home.path().join("invite.txt");
-            cli_ok(
-                admin.path(),
-                &[
-                    "group",
-                    "invite",
-                    &id,
-                    "--quota",
-                    &quota.to_string(),
-                    "--out",
-                    invite.to_str().unwrap(),
-                ],
-            );
+            let quota = quota.to_string();
+            let mut args = vec!["group", "invite", &id, "--quota", &quota, "--out", invite.to_str().unwrap()];
+            args.extend_from_slice(invite_args);
+            cli_ok(admin.path(), &args);
             cli_ok(home.path(), &["join", invite.to_str().unwrap()]);
             homes.push(home);
             ids.push(id);
@@ -362,4 +369,55 @@ impl TestGroup {
             ids,
         }
     }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (for a node that must listen on a port known in advance).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The node's `/v1/node` JSON.
+pub fn node_info(n: &RunningNode) -> serde_json::Value {
+    n.get("/v1/node").1
+}
+
+/// Connected peers, per `/v1/node`.
+pub fn connected_peers(n: &RunningNode) -> u64 {
+    node_info(n)["connected_peers"].as_u64().unwrap_or(0)
+}
+
+/// Wallet balance, per `/v1/node`.
+pub fn wallet_balance(n: &RunningNode) -> u64 {
+    node_info(n)["wallet_balance"].as_u64().unwrap_or(0)
+}
+
+/// The current epoch, per `/v1/node`.
+pub fn current_epoch(n: &RunningNode) -> u64 {
+    node_info(n)["epoch"].as_u64().unwrap_or(0)
+}
+
+/// An HTTP/1.1 request to a gateway (60 s read timeout); returns (status, body).
+pub fn gateway_request(base: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    let hostport = base.trim_start_matches("http://");
+    let mut s = TcpStream::connect(hostport).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
 }
