@@ -66,7 +66,8 @@ pub fn check_epoch_settings(length_ms: u64, grace_ms: u64) -> Result<(), AdminEr
     }
     if grace_ms > length_ms {
         return Err(AdminError::Invalid(
-            "--grace may not be longer than --epoch (lenders would hold more than two epochs' spent sets)".into(),
+            "--grace may not be longer than --epoch (lenders would hold more than two epochs' spent sets)"
+                .into(),
         ));
     }
     Ok(())
@@ -202,10 +203,7 @@ pub fn remove_member(key: &SigningKey, group: &mut GroupState, member: PeerId) -
 
 /// Generates an issuer key for a new epoch (CPU-heavy: seconds at 3072 bits; run it off the async threads).
 pub fn generate_epoch_key(group: &GroupState) -> Result<SecretKey, AdminError> {
-    let bits = group
-        .epochs
-        .newest()
-        .map_or(3072, |i| i.key.modulus_len() * 8);
+    let bits = group.epochs.newest().map_or(3072, |i| i.key.modulus_len() * 8);
     let size = KeySize::from_bits(bits).unwrap_or_default();
     SecretKey::generate(size, &mut rand::rngs::OsRng).map_err(|e| AdminError::Group(e.to_string()))
 }
@@ -399,7 +397,11 @@ impl GroupSummary {
             format!(
                 "admin:        {}{}",
                 self.admin,
-                if self.admin == self.this_node { " (this node)" } else { "" }
+                if self.admin == self.this_node {
+                    " (this node)"
+                } else {
+                    ""
+                }
             ),
             format!("this node:    {}", self.this_node),
             format!("group key:    fingerprint {}", self.key_fingerprint),

@@ -105,7 +105,9 @@ fn quota_message(next: Option<u64>) -> String {
                 "this member's token quota for the current epoch is spent; the next epoch starts in {secs} s (at {at} ms since the Unix epoch) with a fresh quota"
             )
         }
-        None => "this member's token quota for the current epoch is spent; no next epoch is announced yet".into(),
+        None => {
+            "this member's token quota for the current epoch is spent; no next epoch is announced yet".into()
+        }
     }
 }
 
@@ -139,7 +141,9 @@ impl BorrowError {
             BorrowError::WalletEmpty => Some(5),
             BorrowError::QuotaExhausted {
                 next_epoch_starts_at_ms,
-            } => Some(next_epoch_starts_at_ms.map_or(60, |at| at.saturating_sub(now_ms()).div_ceil(1000).max(1))),
+            } => Some(
+                next_epoch_starts_at_ms.map_or(60, |at| at.saturating_sub(now_ms()).div_ceil(1000).max(1)),
+            ),
             _ => None,
         }
     }
@@ -256,9 +260,11 @@ impl Borrower {
                     Err(NoToken::Empty) => break Err(BorrowError::WalletEmpty),
                     Err(NoToken::QuotaExhausted {
                         next_epoch_starts_at_ms,
-                    }) => break Err(BorrowError::QuotaExhausted {
-                        next_epoch_starts_at_ms,
-                    }),
+                    }) => {
+                        break Err(BorrowError::QuotaExhausted {
+                            next_epoch_starts_at_ms,
+                        });
+                    }
                 }
             }
             let Some(t) = token.as_ref() else {

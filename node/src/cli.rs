@@ -8,9 +8,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use ed25519_dalek::SigningKey;
+use lendmesh_protocol::PeerId;
 use lendmesh_protocol::blind_rsa::KeySize;
 use lendmesh_protocol::group::{Invite, MAX_INVITE_BYTES};
-use lendmesh_protocol::PeerId;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, LogFormat, UpstreamKind, parse_duration};
@@ -127,7 +127,9 @@ pub enum GroupCommand {
         bootstrap: Vec<String>,
     },
     /// Remove a member: no more tokens, and its connections are refused. Works on a running admin node too.
-    #[command(after_help = "Examples:\n  lendmesh group remove 12D3KooWAbc...\n  lendmesh group remove 12D3KooWAbc... --rotate")]
+    #[command(
+        after_help = "Examples:\n  lendmesh group remove 12D3KooWAbc...\n  lendmesh group remove 12D3KooWAbc... --rotate"
+    )]
     Remove {
         /// The member's peer id.
         peer_id: String,
@@ -506,7 +508,15 @@ fn cmd_group_offline(store: Store, home: &Path, config: &Config, cmd: GroupComma
             addrs.extend(config.network.external.iter().cloned());
             let invite = crate::admin::invite_member(&key, &mut group, member, quota, days, addrs)?;
             store.put_group(&group)?;
-            write_invite(&invite.to_file_text(), out_path, &member, quota, days, group.roster().version, invite.bootstrap.is_empty())?;
+            write_invite(
+                &invite.to_file_text(),
+                out_path,
+                &member,
+                quota,
+                days,
+                group.roster().version,
+                invite.bootstrap.is_empty(),
+            )?;
             out("the admin node gossips the new roster to members when it runs");
         }
         GroupCommand::Remove { peer_id, rotate } => {
@@ -515,7 +525,13 @@ fn cmd_group_offline(store: Store, home: &Path, config: &Config, cmd: GroupComma
             let rotated = if rotate {
                 out("generating the new epoch's issuer key…");
                 let secret = crate::admin::generate_epoch_key(&group)?;
-                Some(crate::admin::rotate_now(&store, &key, &mut group, &secret, now_ms())?)
+                Some(crate::admin::rotate_now(
+                    &store,
+                    &key,
+                    &mut group,
+                    &secret,
+                    now_ms(),
+                )?)
             } else {
                 None
             };
@@ -527,7 +543,9 @@ fn cmd_group_offline(store: Store, home: &Path, config: &Config, cmd: GroupComma
                 group.roster().version
             ));
             if let Some(e) = rotated {
-                out(format!("rotated: epoch {e} starts now; every older token is refused"));
+                out(format!(
+                    "rotated: epoch {e} starts now; every older token is refused"
+                ));
             }
         }
         GroupCommand::Show => {
@@ -577,7 +595,9 @@ fn cmd_group_live(home: &Path, config: &Config, cmd: GroupCommand) -> anyhow::Re
             if !status.is_success() {
                 bail!(
                     "{}",
-                    v["message"].as_str().unwrap_or("the running node refused the request")
+                    v["message"]
+                        .as_str()
+                        .unwrap_or("the running node refused the request")
                 );
             }
             Ok::<serde_json::Value, anyhow::Error>(v)
@@ -595,11 +615,14 @@ fn cmd_group_live(home: &Path, config: &Config, cmd: GroupCommand) -> anyhow::Re
             let member = parse_peer(&peer_id)?;
             let mut addrs: Vec<String> = bootstrap;
             addrs.extend(config.network.external.iter().cloned());
-            let body = serde_json::json!({"peer_id": peer_id, "quota": quota, "days": days, "bootstrap": addrs});
+            let body =
+                serde_json::json!({"peer_id": peer_id, "quota": quota, "days": days, "bootstrap": addrs});
             let v = rt.block_on(call(reqwest::Method::POST, "/v1/group/invite", Some(body)))?;
             let text = v["invite"].as_str().unwrap_or_default();
             let version = v["roster_version"].as_u64().unwrap_or(0);
-            let no_bootstrap = Invite::from_file_text(text).map(|i| i.bootstrap.is_empty()).unwrap_or(true);
+            let no_bootstrap = Invite::from_file_text(text)
+                .map(|i| i.bootstrap.is_empty())
+                .unwrap_or(true);
             write_invite(text, out_path, &member, quota, days, version, no_bootstrap)?;
             out("the running admin node has gossiped the new roster to the group");
         }
@@ -615,7 +638,9 @@ fn cmd_group_live(home: &Path, config: &Config, cmd: GroupCommand) -> anyhow::Re
                 v["roster_version"]
             ));
             if let Some(e) = v["rotated_to"].as_u64() {
-                out(format!("rotated: epoch {e} starts now; every older token is refused"));
+                out(format!(
+                    "rotated: epoch {e} starts now; every older token is refused"
+                ));
             }
         }
         GroupCommand::Show => {

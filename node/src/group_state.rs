@@ -5,7 +5,9 @@ use std::collections::BTreeSet;
 
 use lendmesh_protocol::attestation::AttestationKey;
 use lendmesh_protocol::epoch::{Adopted, EpochBook, EpochError};
-use lendmesh_protocol::group::{GroupError, Invite, PreSharedKey, Roster, SignedEpochAnnouncement, SignedRoster};
+use lendmesh_protocol::group::{
+    GroupError, Invite, PreSharedKey, Roster, SignedEpochAnnouncement, SignedRoster,
+};
 use lendmesh_protocol::{GroupId, PeerId};
 use serde::{Deserialize, Serialize};
 
@@ -38,10 +40,11 @@ impl GroupState {
     /// The state a member gets from a verified invite.
     pub fn from_invite(invite: &Invite, me: &PeerId) -> Result<GroupState, GroupError> {
         invite.verify(me)?;
-        let epochs = EpochBook::new(invite.epoch.clone(), &invite.group_id, &invite.admin).map_err(|e| match e {
-            EpochError::Invalid(g) => g,
-            other => GroupError::MalformedInvite(other.to_string()),
-        })?;
+        let epochs =
+            EpochBook::new(invite.epoch.clone(), &invite.group_id, &invite.admin).map_err(|e| match e {
+                EpochError::Invalid(g) => g,
+                other => GroupError::MalformedInvite(other.to_string()),
+            })?;
         let a = &invite.epoch.announcement;
         let roster = if invite.roster.roster.version >= a.roster.roster.version {
             invite.roster.clone()
@@ -101,7 +104,11 @@ impl GroupState {
     }
 
     /// Adopts an epoch announcement (see [`EpochBook::adopt`]); a newer roster inside it is adopted too.
-    pub fn adopt_epoch(&mut self, signed: SignedEpochAnnouncement, now_ms: u64) -> Result<Adopted, EpochError> {
+    pub fn adopt_epoch(
+        &mut self,
+        signed: SignedEpochAnnouncement,
+        now_ms: u64,
+    ) -> Result<Adopted, EpochError> {
         let roster = signed.announcement.roster.clone();
         let adopted = self.epochs.adopt(signed, &self.group_id, &self.admin, now_ms)?;
         if adopted != Adopted::Unchanged && roster.roster.version > self.roster.roster.version {

@@ -133,11 +133,17 @@ impl IssuerActor {
     /// Follows the group view: the roster, a key for every signable epoch, their ends, and retirements.
     fn sync_epochs(&mut self) {
         let view = self.view.borrow_and_update().clone();
-        let Some(issuer) = self.issuer.as_mut() else { return };
+        let Some(issuer) = self.issuer.as_mut() else {
+            return;
+        };
         issuer.set_roster(view.roster.clone());
         for info in view.epochs.iter() {
             let epoch = info.epoch();
-            let until = if info.cancelled() { 0 } else { info.effective_end_ms };
+            let until = if info.cancelled() {
+                0
+            } else {
+                info.effective_end_ms
+            };
             if issuer.has_epoch(epoch) {
                 issuer.set_until(epoch, until);
                 continue;
@@ -151,8 +157,14 @@ impl IssuerActor {
                     }
                     info!(epoch, "issuer signs for epoch {epoch}");
                 }
-                Ok(Some(_)) => warn!(epoch, "the stored issuer key is not the announced one; not signing"),
-                Ok(None) => warn!(epoch, "no issuer key stored for epoch {epoch}; not signing for it"),
+                Ok(Some(_)) => warn!(
+                    epoch,
+                    "the stored issuer key is not the announced one; not signing"
+                ),
+                Ok(None) => warn!(
+                    epoch,
+                    "no issuer key stored for epoch {epoch}; not signing for it"
+                ),
                 Err(e) => warn!(epoch, %e, "cannot read the issuer key"),
             }
         }

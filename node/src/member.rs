@@ -27,9 +27,9 @@ use tracing::{info, warn};
 use crate::group_state::GroupView;
 use crate::issuer::IssuerHandle;
 use crate::metrics::Counters;
+use crate::network::NetworkHandle;
 use crate::now_ms;
 use crate::peerbook::PeerBookHandle;
-use crate::network::NetworkHandle;
 use crate::store::Store;
 
 /// Commands queued to the member: 64.
@@ -67,6 +67,7 @@ enum Msg {
     PutBack {
         token: WalletToken,
     },
+    Nudge,
 }
 
 impl std::fmt::Debug for Msg {
@@ -102,6 +103,11 @@ impl MemberHandle {
             .await
             .map_err(|_| NoToken::Empty)?;
         rx.await.unwrap_or(Err(NoToken::Empty))
+    }
+
+    /// Refill now (the issuer became reachable), dropping any backoff.
+    pub fn nudge(&self) {
+        let _ = self.tx.try_send(Msg::Nudge);
     }
 
     /// Returns a token that was refused before any claim.
@@ -195,6 +201,10 @@ impl Member {
                         if self.next_refill().is_some() { next_check = tokio::time::Instant::now(); }
                     }
                     Msg::PutBack { token } => self.handle_put_back(token),
+                    Msg::Nudge => {
+                        self.backoff = CHECK_PERIOD;
+                        next_check = tokio::time::Instant::now();
+                    }
                 },
                 Ok(()) = self.view.changed() => {
                     self.view.borrow_and_update();
@@ -284,7 +294,11 @@ impl Member {
             Ok(n) => {
                 let dropped = self.wallet.retain_epochs(live);
                 self.counters.add(&self.counters.tokens_expired, dropped as u64);
-                info!(expired = n, balance = self.wallet.balance(), "tokens of retired epochs left the wallet unspent");
+                info!(
+                    expired = n,
+                    balance = self.wallet.balance(),
+                    "tokens of retired epochs left the wallet unspent"
+                );
             }
             Err(e) => warn!(%e, "cannot drop retired tokens from the store"),
         }
@@ -356,9 +370,15 @@ impl Member {
                 let _ = self.store.drop_pending(&batch.request_id);
                 self.planner.record_remaining(batch.epoch, remaining);
                 if remaining == 0 {
-                    info!(epoch = batch.epoch, "quota for epoch {} is spent; waiting for the next epoch", batch.epoch);
+                    info!(
+                        epoch = batch.epoch,
+                        "quota for epoch {} is spent; waiting for the next epoch", batch.epoch
+                    );
                 } else {
-                    info!(epoch = batch.epoch, remaining, "asked for more than the quota has left; asking for {remaining}");
+                    info!(
+                        epoch = batch.epoch,
+                        remaining, "asked for more than the quota has left; asking for {remaining}"
+                    );
                 }
                 true
             }
@@ -408,7 +428,10 @@ impl Member {
         };
         let Some(key) = self.view.borrow().epochs.get(batch.epoch).map(|i| i.key.clone()) else {
             let _ = self.store.drop_pending(&batch.request_id);
-            return Outcome::Retry(format!("epoch {} retired before its batch completed", batch.epoch));
+            return Outcome::Retry(format!(
+                "epoch {} retired before its batch completed",
+                batch.epoch
+            ));
         };
         let mut fresh = Wallet::new();
         if let Err(e) = fresh.finalize(&key, batch, &sigs) {
@@ -423,9 +446,18 @@ impl Member {
                 }
                 self.planner.record_remaining(batch.epoch, remaining);
                 self.counters.add(&self.counters.tokens_received, added as u64);
-                info!(epoch = batch.epoch, added, remaining, balance = self.wallet.balance(), "wallet refilled");
+                info!(
+                    epoch = batch.epoch,
+                    added,
+                    remaining,
+                    balance = self.wallet.balance(),
+                    "wallet refilled"
+                );
                 if remaining == 0 {
-                    info!(epoch = batch.epoch, "quota for epoch {} is spent; waiting for the next epoch", batch.epoch);
+                    info!(
+                        epoch = batch.epoch,
+                        "quota for epoch {} is spent; waiting for the next epoch", batch.epoch
+                    );
                 }
                 Outcome::Done
             }

@@ -536,7 +536,10 @@ pub fn spawn(
     for addr in &params.bootstrap {
         if let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() {
             let entry = learned.entry(peer).or_default();
-            let plain: Multiaddr = addr.iter().filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_))).collect();
+            let plain: Multiaddr = addr
+                .iter()
+                .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+                .collect();
             if !entry.contains(&plain) {
                 entry.insert(0, plain);
             }
@@ -758,7 +761,10 @@ impl Network {
                 }
             }
             let wait = self.bootstrap_backoff.failed(now, &mut rng);
-            debug!(wait_ms = wait, "no group member connected: dialled the bootstrap addresses");
+            debug!(
+                wait_ms = wait,
+                "no group member connected: dialled the bootstrap addresses"
+            );
         }
         for member in roster.member_ids() {
             let peer = to_libp2p(member);
@@ -782,9 +788,8 @@ impl Network {
                 debug!(peer = %member.short(), %e, "redial not started");
             }
         }
-        self.backoff.retain(|p, _| {
-            to_proto(p).is_some_and(|m| roster.is_active(&m, now)) && !connected.contains(p)
-        });
+        self.backoff
+            .retain(|p, _| to_proto(p).is_some_and(|m| roster.is_active(&m, now)) && !connected.contains(p));
         if members_connected > 0 {
             let _ = self.swarm.behaviour_mut().kad.bootstrap();
         }
@@ -798,7 +803,11 @@ impl Network {
         let entry = self.learned.entry(peer).or_default();
         let mut changed = false;
         for addr in addrs {
-            if is_unspecified(&addr) || addr.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::P2pCircuit)) {
+            if is_unspecified(&addr)
+                || addr
+                    .iter()
+                    .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2pCircuit))
+            {
                 continue;
             }
             let plain: Multiaddr = addr
@@ -896,7 +905,9 @@ impl Network {
                     .div_ceil(1000);
                 match dial_failure(&error) {
                     DialFailure::Unreachable(why) if failures <= 1 => {
-                        warn!("could not connect to {who}: {why}; retrying with backoff (next in {retry_s} s)")
+                        warn!(
+                            "could not connect to {who}: {why}; retrying with backoff (next in {retry_s} s)"
+                        )
                     }
                     DialFailure::Unreachable(why) => {
                         debug!("could not connect to {who}: {why}; next try in {retry_s} s")
@@ -1112,29 +1123,36 @@ fn dial_failure(error: &DialError) -> DialFailure {
     }
 }
 
-/// `Some(reason)` when a transport error says the address could not be reached at all.
+/// `Some(reason)` when a transport error says the address could not be reached at all. The transport stack wraps
+/// the socket's `io::Error` in layers of `Either` whose `source()` skips it, so the error kind is read from the
+/// debug form, which keeps every layer.
 fn unreachable_reason(e: &(dyn std::error::Error + 'static)) -> Option<String> {
-    use std::io::ErrorKind;
-    let mut stack: Vec<&(dyn std::error::Error + 'static)> = vec![e];
-    while let Some(err) = stack.pop() {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            match io.kind() {
-                ErrorKind::ConnectionRefused => return Some("connection refused (is the node running?)".into()),
-                ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable | ErrorKind::AddrNotAvailable => {
-                    return Some(format!("address unreachable ({io})"));
-                }
-                ErrorKind::TimedOut => return Some("connection attempt timed out".into()),
-                _ => {}
-            }
-            if let Some(inner) = io.get_ref() {
-                stack.push(inner);
-            }
-        }
-        if let Some(src) = err.source() {
-            stack.push(src);
-        }
+    let debug = format!("{e:?}");
+    [
+        ("ConnectionRefused", "connection refused (is the node running?)"),
+        ("HostUnreachable", "host unreachable"),
+        ("NetworkUnreachable", "network unreachable"),
+        ("AddrNotAvailable", "address not available"),
+        ("TimedOut", "connection attempt timed out"),
+    ]
+    .iter()
+    .find(|(kind, _)| debug.contains(kind))
+    .map(|(_, why)| (*why).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_connection_is_not_a_key_problem() {
+        let addr: Multiaddr = "/ip4/127.0.0.1/tcp/1".parse().unwrap();
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let wrapped = std::io::Error::other(refused);
+        let err = DialError::Transport(vec![(addr.clone(), libp2p::TransportError::Other(wrapped))]);
+        assert!(matches!(dial_failure(&err), DialFailure::Unreachable(_)), "{err}");
+        let handshake = std::io::Error::other("noise: decrypt error");
+        let err = DialError::Transport(vec![(addr, libp2p::TransportError::Other(handshake))]);
+        assert!(matches!(dial_failure(&err), DialFailure::Handshake));
     }
-    let text = e.to_string();
-    text.contains("os error 111")
-        .then(|| "connection refused (is the node running?)".into())
 }

@@ -129,7 +129,11 @@ pub async fn start(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Res
         warn!(
             epoch = group.epoch_number(now),
             "no epoch runs now (the newest has ended); {}",
-            if is_admin { "making the next one" } else { "waiting for the admin to announce the next one" }
+            if is_admin {
+                "making the next one"
+            } else {
+                "waiting for the admin to announce the next one"
+            }
         );
     }
     let counters = Arc::new(Counters::default());
@@ -251,6 +255,8 @@ pub async fn start(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Res
         book: book.clone(),
         issuer: issuer_handle,
         lender: lender.clone(),
+        member: member.clone(),
+        admin: group.admin,
         net: net.clone(),
         store: store.clone(),
         view: view_rx.clone(),
@@ -345,6 +351,8 @@ struct Dispatcher {
     book: PeerBookHandle,
     issuer: Option<IssuerHandle>,
     lender: LenderHandle,
+    member: member::MemberHandle,
+    admin: PeerId,
     net: NetworkHandle,
     store: Store,
     view: watch::Receiver<Arc<GroupView>>,
@@ -458,6 +466,13 @@ impl Dispatcher {
             NetEvent::Subscribed { peer } => {
                 self.lender.nudge();
                 self.forward(NetEvent::Subscribed { peer });
+            }
+            NetEvent::Connected { peer, addr, outbound } => {
+                if peer == self.admin {
+                    // The issuer is reachable (again): refill now rather than when the backoff runs out.
+                    self.member.nudge();
+                }
+                self.forward(NetEvent::Connected { peer, addr, outbound });
             }
             other => self.forward(other),
         }

@@ -21,11 +21,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ed25519_dalek::SigningKey;
 use lendmesh_protocol::PeerId;
 use lendmesh_protocol::attestation::{
     AcceptorConfig, Attestation, AttestationAcceptor, AttestationRejection,
 };
-use ed25519_dalek::SigningKey;
 use lendmesh_protocol::blind_rsa::SecretKey;
 use lendmesh_protocol::epoch::{Adopted, EpochError};
 use lendmesh_protocol::group::Roster;
@@ -431,7 +431,13 @@ impl PeerBook {
         }
     }
 
-    fn handle_outcome(&mut self, lender: PeerId, relay: Option<PeerId>, outcome: AttemptOutcome, delivered: bool) {
+    fn handle_outcome(
+        &mut self,
+        lender: PeerId,
+        relay: Option<PeerId>,
+        outcome: AttemptOutcome,
+        delivered: bool,
+    ) {
         let o = &mut self.peers.entry(lender).or_default().outcomes;
         match outcome {
             AttemptOutcome::Served => o.lender_served += 1,
@@ -456,7 +462,9 @@ impl PeerBook {
         if current != self.current_epoch {
             match current {
                 Some(e) => info!(epoch = e, "epoch {e} started"),
-                None => warn!("no epoch runs now: the next one has not been announced (is the admin node running?)"),
+                None => warn!(
+                    "no epoch runs now: the next one has not been announced (is the admin node running?)"
+                ),
             }
             self.current_epoch = current;
             self.counters.epoch_current.set(current.map_or(0, i64::from));
@@ -469,7 +477,8 @@ impl PeerBook {
             let oldest_kept = self.group.epochs.iter().next().map_or(0, |i| i.epoch());
             match self.store.prune_epochs_before(oldest_kept) {
                 Ok(p) => {
-                    self.counters.add(&self.counters.epochs_pruned, retired.len() as u64);
+                    self.counters
+                        .add(&self.counters.epochs_pruned, retired.len() as u64);
                     info!(epochs = ?retired, spent = p.spent, claims = p.claims, quota = p.quota, "retired epochs pruned");
                 }
                 Err(e) => warn!(%e, "could not prune retired epochs"),
@@ -491,14 +500,15 @@ impl PeerBook {
     /// The admin's next-epoch key is ready: store it, announce the epoch, gossip it.
     async fn handle_epoch_key(&mut self, result: Result<SecretKey, AdminError>) {
         self.key_in_flight = false;
-        let Some(admin_key) = self.admin_key.clone() else { return };
+        let Some(admin_key) = self.admin_key.clone() else {
+            return;
+        };
         let now = now_ms();
         if !self.group.epochs.needs_next(now) {
             return;
         }
-        let announced = result.and_then(|secret| {
-            admin::announce_next(&self.store, &admin_key, &mut self.group, &secret, now)
-        });
+        let announced = result
+            .and_then(|secret| admin::announce_next(&self.store, &admin_key, &mut self.group, &secret, now));
         match announced {
             Ok(epoch) => {
                 let info = self.group.epochs.get(epoch);
@@ -538,7 +548,13 @@ impl PeerBook {
                 let mut group = self.group.clone();
                 admin::remove_member(&key, &mut group, member)?;
                 let rotated_to = match rotate {
-                    Some(secret) => Some(admin::rotate_now(&self.store, &key, &mut group, &secret, now_ms())?),
+                    Some(secret) => Some(admin::rotate_now(
+                        &self.store,
+                        &key,
+                        &mut group,
+                        &secret,
+                        now_ms(),
+                    )?),
                     None => None,
                 };
                 self.store.put_group(&group)?;
@@ -584,7 +600,9 @@ impl PeerBook {
     }
 
     fn clear_alarm(&mut self, epoch: u32, source: &str) {
-        let Some(sources) = self.alarms.get_mut(&epoch) else { return };
+        let Some(sources) = self.alarms.get_mut(&epoch) else {
+            return;
+        };
         if sources.remove(source) {
             info!(epoch, %source, "key consistency restored with {source} for epoch {epoch}");
             if sources.is_empty() {
@@ -748,7 +766,12 @@ impl PeerBook {
         );
         self.acceptor.retain_roster(&roster);
         if **self.roster_tx.borrow() != roster {
-            info!(version = roster.version, members = roster.members.len(), "adopted roster version {}", roster.version);
+            info!(
+                version = roster.version,
+                members = roster.members.len(),
+                "adopted roster version {}",
+                roster.version
+            );
             self.roster_tx.send_replace(Arc::new(roster));
         }
         self.publish_view();

@@ -449,7 +449,10 @@ impl Store {
                 .map(|r| r.map(|(k, _)| k.value().to_string()))
                 .collect::<Result<_, _>>()?;
             for k in counters {
-                let e = k.trim_start_matches("spent_count/").parse::<u32>().unwrap_or(u32::MAX);
+                let e = k
+                    .trim_start_matches("spent_count/")
+                    .parse::<u32>()
+                    .unwrap_or(u32::MAX);
                 if e < epoch {
                     meta.remove(k.as_str())?;
                 }
@@ -508,7 +511,11 @@ impl Store {
     }
 
     /// Remembers the addresses a roster member was reached at (at most [`MAX_ADDRS_PER_PEER`]).
-    pub fn put_peer_addrs(&self, peer: &lendmesh_protocol::PeerId, addrs: &[String]) -> Result<(), StoreError> {
+    pub fn put_peer_addrs(
+        &self,
+        peer: &lendmesh_protocol::PeerId,
+        addrs: &[String],
+    ) -> Result<(), StoreError> {
         let addrs: Vec<&String> = addrs.iter().take(MAX_ADDRS_PER_PEER).collect();
         let tx = self.db.begin_write()?;
         tx.open_table(PEER_ADDRS)?

@@ -76,7 +76,11 @@ mod tests {
         let mut ceiling = 500;
         for _ in 0..12 {
             let w = b.failed(1_000, &mut rng);
-            assert!(w >= ceiling / 2 && w <= ceiling, "{w} not in [{}, {ceiling}]", ceiling / 2);
+            assert!(
+                w >= ceiling / 2 && w <= ceiling,
+                "{w} not in [{}, {ceiling}]",
+                ceiling / 2
+            );
             assert!(!b.ready(1_000 + w - 1) && b.ready(1_000 + w));
             ceiling = (ceiling * 2).min(60_000);
         }

@@ -184,7 +184,10 @@ impl EpochInfo {
 
 /// The epochs a node holds, with the time rules of the module doc. Serializes as its announcements.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(try_from = "Vec<SignedEpochAnnouncement>", into = "Vec<SignedEpochAnnouncement>")]
+#[serde(
+    try_from = "Vec<SignedEpochAnnouncement>",
+    into = "Vec<SignedEpochAnnouncement>"
+)]
 pub struct EpochBook {
     epochs: BTreeMap<u32, EpochInfo>,
     skew_ms: u64,
@@ -260,7 +263,11 @@ impl EpochBook {
     }
 
     fn recompute_ends(&mut self) {
-        let starts: Vec<(u32, u64)> = self.epochs.values().map(|i| (i.epoch(), i.starts_at_ms())).collect();
+        let starts: Vec<(u32, u64)> = self
+            .epochs
+            .values()
+            .map(|i| (i.epoch(), i.starts_at_ms()))
+            .collect();
         for (idx, info) in self.epochs.values_mut().enumerate() {
             let announced = info.signed.announcement.ends_at_ms;
             info.effective_end_ms = match starts.get(idx + 1) {
@@ -307,7 +314,10 @@ impl EpochBook {
         if let Some(newest) = self.newest() {
             let n = newest.epoch();
             if epoch < n {
-                return Err(EpochError::Backwards { got: epoch, newest: n });
+                return Err(EpochError::Backwards {
+                    got: epoch,
+                    newest: n,
+                });
             }
             // A node that slept through whole epochs catches up; a skip while the newest still runs is refused.
             if epoch > n.saturating_add(1) && now_ms < newest.effective_end_ms {
@@ -495,7 +505,11 @@ fn check_span(signed: &SignedEpochAnnouncement) -> Result<(), EpochError> {
 /// (the admin was offline past the end), and lasts `length_ms`. Returns `(epoch, starts_at_ms, ends_at_ms)`.
 pub fn next_schedule(newest: &EpochInfo, length_ms: u64, now_ms: u64) -> (u32, u64, u64) {
     let start = newest.effective_end_ms.max(now_ms);
-    (newest.epoch().saturating_add(1), start, start.saturating_add(length_ms))
+    (
+        newest.epoch().saturating_add(1),
+        start,
+        start.saturating_add(length_ms),
+    )
 }
 
 #[cfg(test)]

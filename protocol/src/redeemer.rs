@@ -197,7 +197,10 @@ impl Redeemer {
     /// alarm).
     pub fn accept_book(&mut self, book: &crate::epoch::EpochBook, refused: &std::collections::BTreeSet<u32>) {
         self.keys.clear();
-        for info in book.iter().filter(|i| !i.cancelled() && !refused.contains(&i.epoch())) {
+        for info in book
+            .iter()
+            .filter(|i| !i.cancelled() && !refused.contains(&i.epoch()))
+        {
             let from = info.starts_at_ms().saturating_sub(book.skew_ms());
             self.accept_epoch_between(info.epoch(), info.key.clone(), from, info.accepted_until_ms());
         }

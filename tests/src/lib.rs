@@ -342,7 +342,13 @@ impl TestGroup {
 
     /// Like [`TestGroup::new`] with extra `group create` and `group invite` flags (e.g. `--epoch 20s`,
     /// `--bootstrap ADDR`).
-    pub fn with_args(name: &str, members: usize, quota: u32, create: &[&str], invite_args: &[&str]) -> TestGroup {
+    pub fn with_args(
+        name: &str,
+        members: usize,
+        quota: u32,
+        create: &[&str],
+        invite_args: &[&str],
+    ) -> TestGroup {
         let admin = temp_home();
         let admin_id = init(admin.path());
         let mut args = vec!["group", "create", "--name", name, "--rsa-bits", "2048"];
@@ -355,7 +361,15 @@ impl TestGroup {
             let id = init(home.path());
             let invite = home.path().join("invite.txt");
             let quota = quota.to_string();
-            let mut args = vec!["group", "invite", &id, "--quota", &quota, "--out", invite.to_str().unwrap()];
+            let mut args = vec![
+                "group",
+                "invite",
+                &id,
+                "--quota",
+                &quota,
+                "--out",
+                invite.to_str().unwrap(),
+            ];
             args.extend_from_slice(invite_args);
             cli_ok(admin.path(), &args);
             cli_ok(home.path(), &["join", invite.to_str().unwrap()]);

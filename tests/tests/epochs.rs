@@ -8,11 +8,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use lendmesh_protocol::PeerId;
 use lendmesh_protocol::group::{EpochAnnouncement, Invite};
 use lendmesh_protocol::token::WalletToken;
 use lendmesh_protocol::wallet::Wallet;
-use lendmesh_protocol::wire::{self, BorrowRefusal, BorrowRequest, BorrowResponse, HttpRequest, InnerBorrowRequest, InnerBorrowResponse, IssueResponse};
-use lendmesh_protocol::PeerId;
+use lendmesh_protocol::wire::{
+    self, BorrowRefusal, BorrowRequest, BorrowResponse, HttpRequest, InnerBorrowRequest, InnerBorrowResponse,
+    IssueResponse,
+};
 use lendmesh_tests::rogue::Rogue;
 use lendmesh_tests::*;
 
@@ -31,7 +34,12 @@ fn sample(text: &str, prefix: &str) -> Option<f64> {
 }
 
 /// Spends `token` at `lender` directly (as a relay would forward it) and opens the answer.
-async fn spend(rogue: &mut Rogue, lender: &RunningNode, token: &WalletToken, request_id: [u8; 16]) -> InnerBorrowResponse {
+async fn spend(
+    rogue: &mut Rogue,
+    lender: &RunningNode,
+    token: &WalletToken,
+    request_id: [u8; 16],
+) -> InnerBorrowResponse {
     let id = node_info(lender)["peer_id"].as_str().unwrap().to_string();
     let (lender_id, lender_peer): (PeerId, libp2p::PeerId) = (id.parse().unwrap(), id.parse().unwrap());
     let key_config = hex::decode(node_info(lender)["ohttp_key_config"].as_str().unwrap()).unwrap();
@@ -44,13 +52,21 @@ async fn spend(rogue: &mut Rogue, lender: &RunningNode, token: &WalletToken, req
     let http_bytes = wire::encode(&http).unwrap();
     let inner = InnerBorrowRequest {
         request_id,
-        spend: token.spend(lender_id, wire::request_digest(&http_bytes), lendmesh_node::now_ms()),
+        spend: token.spend(
+            lender_id,
+            wire::request_digest(&http_bytes),
+            lendmesh_node::now_ms(),
+        ),
         http_request: http_bytes,
     };
     let client = ohttp::ClientRequest::from_encoded_config(&key_config).unwrap();
     let (sealed, opener) = client.encapsulate(&wire::encode(&inner).unwrap()).unwrap();
     let raw = rogue
-        .raw_request("/lendmesh/borrow/1", lender_peer, wire::encode(&BorrowRequest { sealed }).unwrap())
+        .raw_request(
+            "/lendmesh/borrow/1",
+            lender_peer,
+            wire::encode(&BorrowRequest { sealed }).unwrap(),
+        )
         .await
         .expect("the lender answers");
     match wire::decode::<BorrowResponse>(&raw).unwrap() {
@@ -65,7 +81,13 @@ fn invite_rogue(admin: &std::path::Path) -> (libp2p::identity::Keypair, Invite) 
     let path = admin.join("rogue-invite.txt");
     cli_ok(
         admin,
-        &["group", "invite", &key.public().to_peer_id().to_string(), "--out", path.to_str().unwrap()],
+        &[
+            "group",
+            "invite",
+            &key.public().to_peer_id().to_string(),
+            "--out",
+            path.to_str().unwrap(),
+        ],
     );
     let invite = Invite::from_file_text(&std::fs::read_to_string(&path).unwrap()).unwrap();
     (key, invite)
@@ -124,7 +146,18 @@ fn borrowing_continues_across_epoch_switches_quotas_refill_and_retired_epochs_ar
     let mut lender = RunningNode::start(g.homes[0].path(), &[&fast[..], &["--bootstrap", &boot]].concat());
     let mut borrower = RunningNode::start(
         g.homes[1].path(),
-        &["--attestation-period", "1s", "--mock-capacity", "0", "--low-water", "5", "--batch", "8", "--bootstrap", &boot],
+        &[
+            "--attestation-period",
+            "1s",
+            "--mock-capacity",
+            "0",
+            "--low-water",
+            "5",
+            "--batch",
+            "8",
+            "--bootstrap",
+            &boot,
+        ],
     );
     for n in [&mut admin, &mut lender, &mut borrower] {
         n.wait_until("2 connected peers", WAIT, |n| connected_peers(n) >= 2);
@@ -135,7 +168,10 @@ fn borrowing_continues_across_epoch_switches_quotas_refill_and_retired_epochs_ar
             .as_array()
             .is_some_and(|ps| ps.iter().filter(|p| p["attestation"]["bucket"] == "high").count() >= 2)
     });
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let mut rogue = Rogue::new(rogue_key, *invite.psk.as_bytes());
     let old_tokens = rt.block_on(async {
         let t = rogue_tokens(&mut rogue, &admin, &invite, 2).await;
@@ -153,8 +189,12 @@ fn borrowing_continues_across_epoch_switches_quotas_refill_and_retired_epochs_ar
         std::thread::spawn(move || {
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) {
-                let (status, body) = gateway_request(&gw, "POST", &format!("/v1/echo?i={i}"), "{\"prompt\":\"hi\"}");
-                results.lock().unwrap().push((status, format!("at {} ms: {body}", lendmesh_node::now_ms())));
+                let (status, body) =
+                    gateway_request(&gw, "POST", &format!("/v1/echo?i={i}"), "{\"prompt\":\"hi\"}");
+                results
+                    .lock()
+                    .unwrap()
+                    .push((status, format!("at {} ms: {body}", lendmesh_node::now_ms())));
                 i += 1;
                 std::thread::sleep(Duration::from_millis(200));
             }
@@ -164,7 +204,10 @@ fn borrowing_continues_across_epoch_switches_quotas_refill_and_retired_epochs_ar
     // Epoch 2 starts: a token of epoch 1 is still accepted (grace period), and counted in epoch 1's spent set.
     admin.wait_until("epoch 2", WAIT, |n| current_epoch(n) >= 2);
     let in_grace = rt.block_on(spend(&mut rogue, &lender, &old_tokens[0], [1; 16]));
-    assert!(matches!(in_grace, InnerBorrowResponse::Served { .. }), "{in_grace:?}");
+    assert!(
+        matches!(in_grace, InnerBorrowResponse::Served { .. }),
+        "{in_grace:?}"
+    );
     assert!(
         sample(&metrics(&lender), "lendmesh_spent_set_size{epoch=\"1\"}").unwrap_or(0.0) >= 1.0,
         "epoch 1's spent set is shown while it is accepted"
@@ -185,7 +228,9 @@ fn borrowing_continues_across_epoch_switches_quotas_refill_and_retired_epochs_ar
     // At least three switches (1→2→3→4), borrowing all along.
     admin.wait_until("epoch 4", Duration::from_secs(90), |n| current_epoch(n) >= 4);
     borrower.wait_until("a refill in epoch 4", WAIT, |n| {
-        n.plain_log().lines().any(|l| l.contains("wallet refilled") && l.contains("epoch=4"))
+        n.plain_log()
+            .lines()
+            .any(|l| l.contains("wallet refilled") && l.contains("epoch=4"))
     });
     let deadline = Instant::now() + Duration::from_secs(2);
     while Instant::now() < deadline {
@@ -196,7 +241,11 @@ fn borrowing_continues_across_epoch_switches_quotas_refill_and_retired_epochs_ar
 
     let results = results.lock().unwrap();
     let failed: Vec<&(u16, String)> = results.iter().filter(|(s, _)| *s != 200).collect();
-    eprintln!("{} borrows across the switches, {} failed", results.len(), failed.len());
+    eprintln!(
+        "{} borrows across the switches, {} failed",
+        results.len(),
+        failed.len()
+    );
     assert!(results.len() >= 100, "the tool kept borrowing: {}", results.len());
     assert!(
         failed.is_empty(),
@@ -208,7 +257,8 @@ fn borrowing_continues_across_epoch_switches_quotas_refill_and_retired_epochs_ar
     let log = borrower.plain_log();
     for epoch in 1..=4 {
         assert!(
-            log.lines().any(|l| l.contains("wallet refilled") && l.contains(&format!("epoch={epoch} "))),
+            log.lines()
+                .any(|l| l.contains("wallet refilled") && l.contains(&format!("epoch={epoch} "))),
             "tokens received in epoch {epoch}:\n{log}"
         );
     }
@@ -224,7 +274,10 @@ fn borrowing_continues_across_epoch_switches_quotas_refill_and_retired_epochs_ar
     assert!(grace_spends > 0);
     // Storage stays bounded: at most three epochs' spent sets at once (previous, current, next).
     let m = metrics(&lender);
-    let series = m.lines().filter(|l| l.starts_with("lendmesh_spent_set_size{")).count();
+    let series = m
+        .lines()
+        .filter(|l| l.starts_with("lendmesh_spent_set_size{"))
+        .count();
     assert!(series <= 3, "{m}");
     for n in [borrower, lender, admin] {
         assert!(n.stop());
@@ -236,7 +289,10 @@ fn a_quota_below_the_batch_is_issued_exactly_then_the_gateway_says_quota_exhaust
     let g = TestGroup::new("small-quota", 2, 5);
     let mut admin = RunningNode::start(g.admin.path(), &["--attestation-period", "1s"]);
     let boot = admin.p2p_addr.clone();
-    let mut lender = RunningNode::start(g.homes[0].path(), &["--attestation-period", "1s", "--bootstrap", &boot]);
+    let mut lender = RunningNode::start(
+        g.homes[0].path(),
+        &["--attestation-period", "1s", "--bootstrap", &boot],
+    );
     // Default batch (16) and low-water mark (8): far above the quota of 5.
     let mut member = RunningNode::start(g.homes[1].path(), &["--mock-capacity", "0", "--bootstrap", &boot]);
     for n in [&mut admin, &mut lender, &mut member] {
@@ -258,14 +314,21 @@ fn a_quota_below_the_batch_is_issued_exactly_then_the_gateway_says_quota_exhaust
     assert_eq!(status, 429, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["error"], "quota_exhausted");
-    let next = v["next_epoch_starts_at_ms"].as_u64().expect("says when the next epoch starts");
+    let next = v["next_epoch_starts_at_ms"]
+        .as_u64()
+        .expect("says when the next epoch starts");
     assert!(next > lendmesh_node::now_ms());
     assert!(v["message"].as_str().unwrap().contains("next epoch starts in"));
     // At zero it stops asking: the issuer never had to refuse this member.
     member.wait_until("two more refill checks", WAIT, |n| {
         n.get("/v1/node").1["uptime_s"].as_u64().unwrap_or(0) >= 6
     });
-    assert_eq!(node_info(&admin)["counters"]["issue_refused"], 0, "{}", admin.plain_log());
+    assert_eq!(
+        node_info(&admin)["counters"]["issue_refused"],
+        0,
+        "{}",
+        admin.plain_log()
+    );
     assert!(!admin.plain_log().contains("over quota"));
     for n in [member, lender, admin] {
         assert!(n.stop());
@@ -295,12 +358,21 @@ fn another_key_for_the_same_epoch_raises_the_key_consistency_alarm() {
 
     let mut admin = RunningNode::start(g.admin.path(), &["--attestation-period", "1s"]);
     let boot = admin.p2p_addr.clone();
-    let mut targeted = RunningNode::start(g.homes[0].path(), &["--attestation-period", "1s", "--bootstrap", &boot]);
-    let mut other_member = RunningNode::start(g.homes[1].path(), &["--attestation-period", "1s", "--bootstrap", &boot]);
+    let mut targeted = RunningNode::start(
+        g.homes[0].path(),
+        &["--attestation-period", "1s", "--bootstrap", &boot],
+    );
+    let mut other_member = RunningNode::start(
+        g.homes[1].path(),
+        &["--attestation-period", "1s", "--bootstrap", &boot],
+    );
     for n in [&mut targeted, &mut admin, &mut other_member] {
         n.wait_until("the key-consistency alarm on /health", WAIT, |n| {
             let (status, body) = http_get(&n.api, "/health");
-            status == 503 && body["reason"].as_str().is_some_and(|r| r.contains("key consistency alarm for epoch(s) [1]"))
+            status == 503
+                && body["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("key consistency alarm for epoch(s) [1]"))
         });
         assert!(sample(&metrics(n), "lendmesh_key_consistency_alarms ").unwrap_or(0.0) >= 1.0);
         assert_eq!(node_info(n)["key_alarms"], serde_json::json!([1]));

@@ -29,12 +29,21 @@ fn key(n: usize) -> SecretKey {
         0 => test_keys::rsa_2048(),
         1 => test_keys::rsa_3072(),
         _ => THIRD
-            .get_or_init(|| SecretKey::generate(KeySize::Rsa2048, &mut ChaCha20Rng::seed_from_u64(3)).unwrap())
+            .get_or_init(|| {
+                SecretKey::generate(KeySize::Rsa2048, &mut ChaCha20Rng::seed_from_u64(3)).unwrap()
+            })
             .clone(),
     }
 }
 
-fn announce(epoch: u32, start: u64, end: u64, grace: u64, key_n: usize, version: u64) -> SignedEpochAnnouncement {
+fn announce(
+    epoch: u32,
+    start: u64,
+    end: u64,
+    grace: u64,
+    key_n: usize,
+    version: u64,
+) -> SignedEpochAnnouncement {
     let roster = Roster {
         group_id: GROUP,
         version,
@@ -72,7 +81,14 @@ fn adopt(b: &mut EpochBook, s: SignedEpochAnnouncement, now: u64) -> Result<Adop
 #[test]
 fn windows_for_lender_borrower_and_issuer() {
     let mut b = book().with_skew_ms(2_000);
-    assert_eq!(adopt(&mut b, announce(2, T0 + LEN, T0 + 2 * LEN, GRACE, 1, 1), T0 + 14_000), Ok(Adopted::New));
+    assert_eq!(
+        adopt(
+            &mut b,
+            announce(2, T0 + LEN, T0 + 2 * LEN, GRACE, 1, 1),
+            T0 + 14_000
+        ),
+        Ok(Adopted::New)
+    );
     // Before the switch: 1 is current, 2 is next; the issuer signs both; only 1 is spent.
     let now = T0 + 15_000;
     assert_eq!(b.current(now).unwrap().epoch(), 1);
@@ -90,7 +106,10 @@ fn windows_for_lender_borrower_and_issuer() {
     assert!(!b.signable(1, now) && b.signable(2, now));
     assert!(b.accepts(1, now) && b.spendable(1, now));
     let late = T0 + LEN + GRACE - GRACE / 2 + 1;
-    assert!(b.accepts(1, late) && !b.spendable(1, late), "borrowers stop before lenders do");
+    assert!(
+        b.accepts(1, late) && !b.spendable(1, late),
+        "borrowers stop before lenders do"
+    );
     // After the grace: refused everywhere, and retired.
     let after = T0 + LEN + GRACE;
     assert!(!b.accepts(1, after) && !b.spendable(1, after));
@@ -115,12 +134,29 @@ fn bad_announcements_are_refused_with_reasons() {
         Err(EpochError::Skipped { got: 3, expected: 2 })
     );
     // Starts before epoch 1 started.
-    assert_eq!(adopt(&mut b, announce(2, T0 - 1, T0 + LEN, GRACE, 1, 1), now).unwrap_err().label(), "overlap");
-    // Empty span, too short, grace longer than the epoch.
-    assert_eq!(adopt(&mut b, announce(2, T0 + LEN, T0 + LEN, 0, 1, 1), now).unwrap_err().label(), "overlap");
-    assert_eq!(adopt(&mut b, announce(2, T0 + LEN, T0 + LEN + 10, 0, 1, 1), now).unwrap_err().label(), "bad_length");
     assert_eq!(
-        adopt(&mut b, announce(2, T0 + LEN, T0 + 2 * LEN, LEN + 1, 1, 1), now).unwrap_err().label(),
+        adopt(&mut b, announce(2, T0 - 1, T0 + LEN, GRACE, 1, 1), now)
+            .unwrap_err()
+            .label(),
+        "overlap"
+    );
+    // Empty span, too short, grace longer than the epoch.
+    assert_eq!(
+        adopt(&mut b, announce(2, T0 + LEN, T0 + LEN, 0, 1, 1), now)
+            .unwrap_err()
+            .label(),
+        "overlap"
+    );
+    assert_eq!(
+        adopt(&mut b, announce(2, T0 + LEN, T0 + LEN + 10, 0, 1, 1), now)
+            .unwrap_err()
+            .label(),
+        "bad_length"
+    );
+    assert_eq!(
+        adopt(&mut b, announce(2, T0 + LEN, T0 + 2 * LEN, LEN + 1, 1, 1), now)
+            .unwrap_err()
+            .label(),
         "bad_length"
     );
     // The next epoch reuses the current key.
@@ -139,7 +175,10 @@ fn bad_announcements_are_refused_with_reasons() {
         Err(EpochError::BadUpdate { epoch: 1 })
     );
     // The same announcement again, or an older roster version: nothing changes.
-    assert_eq!(adopt(&mut b, announce(1, T0, T0 + LEN, GRACE, 0, 1), now), Ok(Adopted::Unchanged));
+    assert_eq!(
+        adopt(&mut b, announce(1, T0, T0 + LEN, GRACE, 0, 1), now),
+        Ok(Adopted::Unchanged)
+    );
     // Going backwards.
     adopt(&mut b, announce(2, T0 + LEN, T0 + 2 * LEN, GRACE, 1, 1), now).unwrap();
     b.retire(T0 + LEN + GRACE);
@@ -156,7 +195,10 @@ fn a_node_that_slept_through_epochs_catches_up() {
     let mut b = book();
     // Epochs 2..4 passed while this node was off; epoch 5 is announced long after epoch 1 ended.
     let now = T0 + 5 * LEN;
-    assert_eq!(adopt(&mut b, announce(5, now, now + LEN, GRACE, 1, 3), now), Ok(Adopted::New));
+    assert_eq!(
+        adopt(&mut b, announce(5, now, now + LEN, GRACE, 1, 3), now),
+        Ok(Adopted::New)
+    );
     assert_eq!(b.current(now).unwrap().epoch(), 5);
     assert_eq!(b.retire(now), vec![1]);
 }
@@ -171,9 +213,18 @@ fn immediate_rotation_retires_the_current_epoch_at_once() {
     let now = T0 + 15_000;
     let new_three = announce(3, now, now + LEN, GRACE, 2, 2);
     // Out of order: epoch 3 before the cancellation of 2 is refused (it starts before 2); the admin re-sends.
-    assert_eq!(adopt(&mut b, new_three.clone(), now).unwrap_err().label(), "overlap");
-    assert_eq!(adopt(&mut b, announce(1, T0, now, 0, 0, 2), now), Ok(Adopted::Updated));
-    assert_eq!(adopt(&mut b, announce(2, T0 + LEN, now, GRACE, 1, 2), now), Ok(Adopted::Updated));
+    assert_eq!(
+        adopt(&mut b, new_three.clone(), now).unwrap_err().label(),
+        "overlap"
+    );
+    assert_eq!(
+        adopt(&mut b, announce(1, T0, now, 0, 0, 2), now),
+        Ok(Adopted::Updated)
+    );
+    assert_eq!(
+        adopt(&mut b, announce(2, T0 + LEN, now, GRACE, 1, 2), now),
+        Ok(Adopted::Updated)
+    );
     assert!(b.get(2).unwrap().cancelled());
     assert_eq!(adopt(&mut b, new_three, now), Ok(Adopted::New));
     assert!(!b.accepts(1, now) && !b.accepts(2, now) && !b.spendable(2, now + LEN));
@@ -195,7 +246,12 @@ fn a_next_epoch_starting_early_ends_the_previous_one_there() {
 #[test]
 fn key_consistency_compares_only_epochs_held() {
     let mut b = book();
-    adopt(&mut b, announce(2, T0 + LEN, T0 + 2 * LEN, GRACE, 1, 1), T0 + 14_000).unwrap();
+    adopt(
+        &mut b,
+        announce(2, T0 + LEN, T0 + 2 * LEN, GRACE, 1, 1),
+        T0 + 14_000,
+    )
+    .unwrap();
     let mine = b.announced_keys(T0 + 15_000);
     assert_eq!(mine.len(), 2);
     assert!(b.key_mismatches(&mine).is_empty());
@@ -213,13 +269,22 @@ fn needs_next_at_the_lead_time() {
     assert_eq!(announce_lead_ms(DEFAULT_EPOCH_MS), DAY_MS);
     let info = b.get(1).unwrap();
     assert_eq!(next_schedule(info, LEN, T0), (2, T0 + LEN, T0 + 2 * LEN));
-    assert_eq!(next_schedule(info, LEN, T0 + 3 * LEN), (2, T0 + 3 * LEN, T0 + 4 * LEN), "admin was offline");
+    assert_eq!(
+        next_schedule(info, LEN, T0 + 3 * LEN),
+        (2, T0 + 3 * LEN, T0 + 4 * LEN),
+        "admin was offline"
+    );
 }
 
 #[test]
 fn book_round_trips_through_storage() {
     let mut b = book();
-    adopt(&mut b, announce(2, T0 + LEN, T0 + 2 * LEN, GRACE, 1, 1), T0 + 14_000).unwrap();
+    adopt(
+        &mut b,
+        announce(2, T0 + LEN, T0 + 2 * LEN, GRACE, 1, 1),
+        T0 + 14_000,
+    )
+    .unwrap();
     let bytes = postcard::to_allocvec(&b).unwrap();
     let back: EpochBook = postcard::from_bytes(&bytes).unwrap();
     assert_eq!(back.announced_keys(T0), b.announced_keys(T0));
