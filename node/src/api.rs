@@ -293,20 +293,26 @@ fn counters_json(c: &Counters) -> serde_json::Value {
 }
 
 /// Local administration: loopback connections with the node's admin token only.
-fn admin_allowed(s: &ApiState, peer: &SocketAddr, headers: &axum::http::HeaderMap) -> Result<(), Response> {
+fn admin_allowed(
+    s: &ApiState,
+    peer: &SocketAddr,
+    headers: &axum::http::HeaderMap,
+) -> Result<(), Box<Response>> {
     let given = headers
         .get("x-lendmesh-admin-token")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     if !peer.ip().is_loopback() || !bool::from(given.as_bytes().ct_eq(s.admin_token.as_bytes())) {
-        return Err((
-            StatusCode::FORBIDDEN,
-            Json(json!({
-                "error": "forbidden",
-                "message": "group administration needs a loopback connection with this node's admin token (the `admin.token` file in its home); use `lendmesh group …` on the node's machine",
-            })),
-        )
-            .into_response());
+        return Err(Box::new(
+            (
+                StatusCode::FORBIDDEN,
+                Json(json!({
+                    "error": "forbidden",
+                    "message": "group administration needs a loopback connection with this node's admin token (the `admin.token` file in its home); use `lendmesh group …` on the node's machine",
+                })),
+            )
+                .into_response(),
+        ));
     }
     Ok(())
 }
@@ -326,7 +332,7 @@ async fn group_show(
     headers: axum::http::HeaderMap,
 ) -> Response {
     if let Err(r) = admin_allowed(&s, &peer, &headers) {
-        return r;
+        return *r;
     }
     match s.peerbook.summary().await {
         Some(summary) => Json(summary).into_response(),
@@ -370,7 +376,7 @@ async fn group_invite(
     Json(body): Json<InviteBody>,
 ) -> Response {
     if let Err(r) = admin_allowed(&s, &peer, &headers) {
-        return r;
+        return *r;
     }
     let member = match parse_peer(&body.peer_id) {
         Ok(m) => m,
@@ -399,7 +405,7 @@ async fn group_remove(
     Json(body): Json<RemoveBody>,
 ) -> Response {
     if let Err(r) = admin_allowed(&s, &peer, &headers) {
-        return r;
+        return *r;
     }
     let member = match parse_peer(&body.peer_id) {
         Ok(m) => m,
@@ -411,7 +417,7 @@ async fn group_remove(
         };
         // RSA key generation takes seconds: off the async threads, before the PeerBook is involved.
         match tokio::task::spawn_blocking(move || crate::admin::generate_epoch_key(&group)).await {
-            Ok(Ok(key)) => Some(key),
+            Ok(Ok(key)) => Some(Box::new(key)),
             Ok(Err(e)) => return admin_error(e),
             Err(e) => return admin_error(AdminError::Invalid(format!("key generation failed: {e}"))),
         }

@@ -101,32 +101,6 @@ pub fn read_limited(path: &Path, limit: u64) -> anyhow::Result<Vec<u8>> {
     Ok(buf)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn secret_files_are_0600_and_atomic() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("invite.txt");
-        write_secret(&p, b"one").unwrap();
-        write_secret(&p, b"two").unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"two");
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
-        }
-        assert_eq!(
-            std::fs::read_dir(dir.path()).unwrap().count(),
-            1,
-            "no temp file left behind"
-        );
-        assert!(read_limited(&p, 2).is_err());
-        assert_eq!(read_limited(&p, 3).unwrap(), b"two");
-    }
-}
-
 /// The file holding the running node's local admin token (mode 0600).
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 /// The file naming the running node's API address.
@@ -152,4 +126,30 @@ pub fn read_admin_access(home: &Path) -> anyhow::Result<(String, String)> {
         String::from_utf8_lossy(&addr).trim().to_string(),
         String::from_utf8_lossy(&token).trim().to_string(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_files_are_0600_and_atomic() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("invite.txt");
+        write_secret(&p, b"one").unwrap();
+        write_secret(&p, b"two").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temp file left behind"
+        );
+        assert!(read_limited(&p, 2).is_err());
+        assert_eq!(read_limited(&p, 3).unwrap(), b"two");
+    }
 }

@@ -164,8 +164,8 @@ pub enum NetEvent {
         msg_id: MessageId,
         /// Who forwarded it.
         propagation_source: libp2p::PeerId,
-        /// The decoded message.
-        msg: GossipMessage,
+        /// The decoded message (boxed: an attestation is much larger than the other events).
+        msg: Box<GossipMessage>,
     },
     /// A peer subscribed to the group topic (a fresh attestation helps it).
     Subscribed {
@@ -971,7 +971,7 @@ impl Network {
                 Ok(msg) => self.emit(NetEvent::Gossip {
                     msg_id: message_id,
                     propagation_source,
-                    msg,
+                    msg: Box::new(msg),
                 }),
                 Err(e) => {
                     self.counters.inc(&self.counters.gossip_malformed);

@@ -191,7 +191,7 @@ enum Msg {
         reply: oneshot::Sender<Result<AdminReply, AdminError>>,
     },
     EpochKey {
-        result: Result<SecretKey, AdminError>,
+        result: Box<Result<SecretKey, AdminError>>,
     },
     KeyAlarm {
         epoch: u32,
@@ -218,7 +218,7 @@ pub enum AdminOp {
         /// The member.
         member: PeerId,
         /// The new epoch's issuer key, for an immediate rotation.
-        rotate: Option<SecretKey>,
+        rotate: Option<Box<SecretKey>>,
     },
 }
 
@@ -423,7 +423,7 @@ impl PeerBook {
                         }
                         let _ = reply.send(result);
                     }
-                    Msg::EpochKey { result } => self.handle_epoch_key(result).await,
+                    Msg::EpochKey { result } => self.handle_epoch_key(*result).await,
                     Msg::KeyAlarm { epoch, source } => self.raise_alarm(epoch, source),
                     Msg::Net(ev) => self.handle_net(*ev).await,
                 },
@@ -492,7 +492,11 @@ impl PeerBook {
                 let result = tokio::task::spawn_blocking(move || admin::generate_epoch_key(&group))
                     .await
                     .unwrap_or_else(|e| Err(AdminError::Invalid(format!("key generation failed: {e}"))));
-                let _ = tx.send(Msg::EpochKey { result }).await;
+                let _ = tx
+                    .send(Msg::EpochKey {
+                        result: Box::new(result),
+                    })
+                    .await;
             });
         }
     }
@@ -666,7 +670,7 @@ impl PeerBook {
                 propagation_source,
                 msg,
             } => {
-                let acceptance = self.handle_gossip(msg);
+                let acceptance = self.handle_gossip(*msg);
                 self.net.report(msg_id, propagation_source, acceptance).await;
             }
             NetEvent::InboundIssue { .. }
