@@ -148,8 +148,8 @@ pub struct Counters {
     pub peer_attestation_age: Family<PeerLabel, SecondsGauge>,
     /// Wallet tokens dropped because their epoch retired before they were spent.
     pub tokens_expired: Counter,
-    /// Epoch announcements refused, by reason.
-    pub epoch_rejections: Family<ReasonLabel, Counter>,
+    /// Epoch announcements and rosters refused, by reason.
+    pub group_rejections: Family<ReasonLabel, Counter>,
     /// Epochs under a key-consistency alarm now (set at scrape).
     pub key_alarms: Gauge,
     /// Key-consistency alarms raised (a peer or an announcement named another key for an epoch held).
@@ -198,7 +198,7 @@ impl Default for Counters {
             peer_rtt: Family::default(),
             peer_attestation_age: Family::default(),
             tokens_expired: Counter::default(),
-            epoch_rejections: Family::default(),
+            group_rejections: Family::default(),
             key_alarms: Gauge::default(),
             key_alarms_raised: Counter::default(),
             epoch_current: Gauge::default(),
@@ -312,9 +312,9 @@ impl Counters {
             self.tokens_expired.clone(),
         );
         r.register(
-            "epoch_rejections",
-            "Epoch announcements refused, by reason",
-            self.epoch_rejections.clone(),
+            "group_rejections",
+            "Epoch announcements and rosters refused, by reason",
+            self.group_rejections.clone(),
         );
         r.register(
             "key_consistency_alarms",

@@ -726,6 +726,12 @@ impl PeerBook {
                 }
                 Ok(false) => MessageAcceptance::Ignore,
                 Err(e) => {
+                    self.counters
+                        .group_rejections
+                        .get_or_create(&crate::metrics::ReasonLabel {
+                            reason: "roster_invalid".into(),
+                        })
+                        .inc();
                     warn!(%e, "roster rejected");
                     MessageAcceptance::Reject
                 }
@@ -740,7 +746,7 @@ impl PeerBook {
                     Ok(Adopted::Unchanged) => MessageAcceptance::Ignore,
                     Err(e) => {
                         self.counters
-                            .epoch_rejections
+                            .group_rejections
                             .get_or_create(&crate::metrics::ReasonLabel {
                                 reason: e.label().to_string(),
                             })

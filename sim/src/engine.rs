@@ -6,9 +6,10 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 
 use ed25519_dalek::SigningKey;
 use lendmesh_protocol::attestation::{Attestation, AttestationBody, AttestationKey, HeadroomBucket};
-use lendmesh_protocol::blind_rsa::PublicKey;
+use lendmesh_protocol::epoch::EpochBook;
 use lendmesh_protocol::group::{Roster, RosterEntry};
-use lendmesh_protocol::issuer::Issuer;
+use lendmesh_protocol::issuer::{IssueError, Issuer};
+use lendmesh_protocol::refill::RefillPlanner;
 use lendmesh_protocol::routing::RoutingParams;
 use lendmesh_protocol::token::{TokenHash, TokenSpend, WalletToken};
 use lendmesh_protocol::wallet::Wallet;
@@ -20,12 +21,15 @@ use rand_core::{RngCore, SeedableRng};
 use crate::member::{Member, Publication, Role};
 use crate::net::{Ms, Network, mix};
 use crate::outcome::{Bin, RunResult};
-use crate::scenario::Scenario;
+use crate::scenario::{Scenario, UNLIMITED_QUOTA};
 use crate::workload::{self, Request};
 
 mod attacks;
 mod borrow;
+mod epochs;
 mod linkage;
+
+use epochs::EpochState;
 
 /// The lender's answer to a spend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,8 +69,16 @@ enum Ev {
     },
     IssueReply {
         member: usize,
+        epoch: u32,
+        remaining: u32,
         sigs: Vec<Vec<u8>>,
     },
+    /// The admin's epoch work (announcements, rotation, retirements).
+    Epochs,
+    /// Tokens of epochs a rotation dropped, presented to every lender.
+    Probe,
+    /// New epoch announcements reach a member.
+    Adopt(usize),
     AdvSpend {
         lender: usize,
         spend: Box<TokenSpend>,
@@ -136,7 +148,7 @@ pub(crate) struct Sim<'a> {
     group: GroupId,
     att_key: AttestationKey,
     issuer: Issuer,
-    issuer_pk: PublicKey,
+    ep: EpochState,
     admin_rng: ChaCha8Rng,
     adv_rng: ChaCha8Rng,
     pubs: Vec<Vec<Publication>>,
@@ -158,8 +170,9 @@ pub(crate) struct Sim<'a> {
 }
 
 impl<'a> Sim<'a> {
-    /// Sets up a run: keys, roster, issuer, members, demand trace.
-    pub(crate) fn new(s: &'a Scenario, seed: u64) -> Self {
+    /// Sets up a run: keys, roster, the first epoch and the issuer, members, demand trace. Fails only if the
+    /// protocol refuses the run's own group material (a bug).
+    pub(crate) fn new(s: &'a Scenario, seed: u64) -> Result<Self, String> {
         let n = s.members;
         let end = (s.duration_hours * 3_600_000.0) as Ms;
         let stop = end + (s.liveness_bound_s * 1000.0) as Ms;
@@ -178,7 +191,9 @@ impl<'a> Sim<'a> {
             .collect();
         let mut admin_seed = [0u8; 32];
         setup.fill_bytes(&mut admin_seed);
-        let admin = PeerId::from_public_key(&SigningKey::from_bytes(&admin_seed).verifying_key());
+        let admin_key = SigningKey::from_bytes(&admin_seed);
+        let admin = PeerId::from_public_key(&admin_key.verifying_key());
+        let quota = s.epochs.as_ref().map_or(UNLIMITED_QUOTA, |e| e.quota_per_epoch);
         let roster = Roster {
             group_id: group,
             version: 1,
@@ -187,33 +202,37 @@ impl<'a> Sim<'a> {
                 .iter()
                 .map(|k| RosterEntry {
                     peer: PeerId::from_public_key(&k.verifying_key()),
-                    quota_per_epoch: u32::MAX / 2,
+                    quota_per_epoch: quota,
                     expires_at_ms: u64::MAX,
                 })
                 .collect(),
             removed: Vec::new(),
         };
-        let secret = lendmesh_protocol::test_keys::rsa_2048();
-        let issuer_pk = secret.public_key().clone();
-        let issuer = Issuer::new(0, secret, roster.clone());
+        let net = Network::new(s, seed, stream(2), end);
+        // The first epoch starts a minute before the slowest clock, so every member is inside it from the start.
+        let behind = (0..=n)
+            .map(|i| crate::net::EPOCH_START_MS.saturating_sub(net.local_ms(i, 0)))
+            .max()
+            .unwrap_or(0);
+        let (ep, issuer, first) = EpochState::new(s, group, admin_key, roster.clone(), behind + 60_000)?;
         let caps = workload::capacities(s, seed);
         let roles = roles(s);
-        let members: Vec<Member> = keys
-            .into_iter()
-            .enumerate()
-            .map(|(i, k)| {
-                Member::new(
-                    k,
-                    roles[i],
-                    caps[i],
-                    n,
-                    group,
-                    att_key.clone(),
-                    issuer_pk.clone(),
-                    stream(1000 + i as u64),
-                )
-            })
-            .collect();
+        let mut members: Vec<Member> = Vec::with_capacity(n);
+        for (i, k) in keys.into_iter().enumerate() {
+            let book = EpochBook::new(first.clone(), &group, &admin).map_err(|e| e.to_string())?;
+            let planner = RefillPlanner::new(s.tokens.low_water, s.tokens.refill_batch);
+            members.push(Member::new(
+                k,
+                roles[i],
+                caps[i],
+                n,
+                group,
+                att_key.clone(),
+                book,
+                planner,
+                stream(1000 + i as u64),
+            ));
+        }
         let index = members.iter().enumerate().map(|(i, m)| (m.id, i)).collect();
         let bin_ms = (end / 48).max(1);
         let out = RunResult {
@@ -223,20 +242,20 @@ impl<'a> Sim<'a> {
             bin_minutes: bin_ms as f64 / 60_000.0,
             ..RunResult::default()
         };
-        Sim {
+        Ok(Sim {
             s,
             n,
             window_ms: (s.capacity.window_minutes * 60_000.0) as Ms,
             end,
             stop,
-            net: Network::new(s, seed, stream(2), end),
+            net,
             members,
             index,
             roster,
             group,
             att_key,
             issuer,
-            issuer_pk,
+            ep,
             admin_rng: stream(3),
             adv_rng: stream(4),
             pubs: vec![Vec::new(); n],
@@ -258,7 +277,7 @@ impl<'a> Sim<'a> {
             bin_ms,
             fresh_serve: false,
             out,
-        }
+        })
     }
 
     fn at(&mut self, t: Ms, ev: Ev) {
@@ -291,6 +310,8 @@ impl<'a> Sim<'a> {
                 self.at(down, Ev::Crash(i));
             }
         }
+        // The admin's epoch schedule (nothing to do in a single-epoch run).
+        self.on_admin_epochs(0);
         let mut last_report = 0;
         while let Some(Reverse(item)) = self.queue.pop() {
             if item.t > self.stop {
@@ -328,16 +349,28 @@ impl<'a> Sim<'a> {
             } => self.on_reply(t, borrow, attempt, answer),
             Ev::Timeout { borrow, attempt } => self.on_timeout(t, borrow, attempt),
             Ev::IssueAtAdmin { member, request } => self.on_issue(t, member, &request),
-            Ev::IssueReply { member, sigs } => self.on_issue_reply(member, &sigs),
+            Ev::IssueReply {
+                member,
+                epoch,
+                remaining,
+                sigs,
+            } => self.on_issue_reply(t, member, epoch, remaining, &sigs),
+            Ev::Epochs => self.on_admin_epochs(t),
+            Ev::Probe => self.on_probe(t),
+            Ev::Adopt(i) => self.on_adopt(t, i),
             Ev::AdvSpend { lender, spend, kind } => {
                 if self.net.is_down(lender, t) {
                     self.out.attacks.outcome(kind, "lost");
                     return;
                 }
                 let answer = self.lend(t, lender, &spend, None);
+                let late = match answer {
+                    Answer::Served if self.fresh_serve => self.check_probe_served(lender, kind),
+                    _ => None,
+                };
                 let label = match answer {
                     Answer::Served if !self.fresh_serve => "answered_idempotently_no_second_serve".to_owned(),
-                    Answer::Served => "served".to_owned(),
+                    Answer::Served => late.unwrap_or("served").to_owned(),
                     Answer::NoHeadroom { .. } => "refused:no_headroom".to_owned(),
                     Answer::Refused(r) => format!("refused:{r}"),
                 };
@@ -367,6 +400,7 @@ impl<'a> Sim<'a> {
         self.out.demand += 1;
         let bin = (t / self.bin_ms) as usize;
         self.out.bins[bin].demand += 1;
+        self.sync_member(m, t);
         let window_ms = self.window_ms;
         let me = &mut self.members[m];
         me.roll(t, window_ms);
@@ -374,22 +408,54 @@ impl<'a> Sim<'a> {
             me.used += 1;
             self.out.served_own += 1;
             self.out.bins[bin].served += 1;
+            self.note_demand(t, true);
             self.maybe_refill(t, m, false);
             return;
         }
+        self.note_demand(t, false);
         self.maybe_refill(t, m, false);
         self.start_borrow(t, m);
     }
 
+    /// Asks the issuer for tokens when own headroom is under a quarter (or `force`): the planner picks the epoch
+    /// (current first, then the announced next) and the count (never beyond the quota left). A member that holds
+    /// tokens also stocks the epochs after the oldest one it holds, whatever its headroom, and one whose tokens
+    /// expired restocks at once, so that its stock does not run out at a switch (lending can use up its own
+    /// capacity without a demand of its own, and a rotation empties every wallet).
     fn maybe_refill(&mut self, t: Ms, m: usize, force: bool) {
+        let local = self.local(m, t);
         let me = &mut self.members[m];
         let low = me.remaining() * 4 <= me.capacity;
-        if me.refill.is_some() || me.wallet.balance() >= self.s.tokens.low_water as usize || !(low || force) {
+        if me.refill.is_some() {
             return;
         }
-        let Ok((request, batch)) =
-            Wallet::prepare_batch(&self.issuer_pk, 0, self.s.tokens.refill_batch, &mut me.rng)
-        else {
+        // Epochs it stocks whatever its headroom: those after the oldest it holds, or any if its tokens expired.
+        let stock_from = match me.wallet.iter().map(|x| x.token.input.epoch).min() {
+            Some(oldest) => Some(oldest.saturating_add(1)),
+            None => me.expired_since_refill.then_some(0),
+        };
+        let epochs: Vec<(u32, u32)> = me
+            .book
+            .refill_epochs(local)
+            .into_iter()
+            .filter(|&e| low || force || stock_from.is_some_and(|from| e >= from))
+            .map(|e| {
+                let quota = me
+                    .book
+                    .get(e)
+                    .and_then(|i| i.signed.announcement.roster.roster.entry(&me.id))
+                    .map_or(0, |x| x.quota_per_epoch);
+                (e, quota)
+            })
+            .collect();
+        let wallet = &me.wallet;
+        let Some(step) = me.planner.next(&epochs, |e| wallet.balance_in(e)) else {
+            return;
+        };
+        let Some(key) = me.book.get(step.epoch).map(|i| i.key.clone()) else {
+            return;
+        };
+        let Ok((request, batch)) = Wallet::prepare_batch(&key, step.epoch, step.count, &mut me.rng) else {
             return;
         };
         let admin = self.net.admin();
@@ -408,11 +474,20 @@ impl<'a> Sim<'a> {
     fn on_issue(&mut self, t: Ms, m: usize, request: &IssueRequest) {
         let peer = self.members[m].id;
         let now = self.local(self.net.admin(), t);
-        let Ok(grant) = self.issuer.issue(&peer, request, now, &mut self.admin_rng) else {
-            self.members[m].refill = None;
-            return;
+        let grant = match self.issuer.issue(&peer, request, now, &mut self.admin_rng) {
+            Ok(grant) => grant,
+            Err(e) => {
+                // The refusal travels back (shortcut: the member knows at once), with the quota left if that was it.
+                let me = &mut self.members[m];
+                if let IssueError::OverQuota { remaining, .. } = e {
+                    me.planner.record_remaining(request.epoch, remaining);
+                }
+                me.refill = None;
+                return;
+            }
         };
         self.out.tokens_issued += grant.blind_signatures.len() as u64;
+        self.note_issued(request.epoch, m, grant.blind_signatures.len() as u64);
         // The admin's observation: who got how many blind signatures, when.
         self.first_issued[m].get_or_insert(t);
         self.issued[m] += grant.blind_signatures.len() as u64;
@@ -425,6 +500,8 @@ impl<'a> Sim<'a> {
                 t + d,
                 Ev::IssueReply {
                     member: m,
+                    epoch: request.epoch,
+                    remaining: grant.remaining,
                     sigs: grant.blind_signatures,
                 },
             ),
@@ -432,15 +509,19 @@ impl<'a> Sim<'a> {
         }
     }
 
-    fn on_issue_reply(&mut self, m: usize, sigs: &[Vec<u8>]) {
+    fn on_issue_reply(&mut self, t: Ms, m: usize, epoch: u32, remaining: u32, sigs: &[Vec<u8>]) {
         let Some(batch) = self.members[m].refill.take() else {
             return;
         };
-        if self.members[m]
-            .wallet
-            .finalize(&self.issuer_pk, &batch, sigs)
-            .is_ok()
-        {
+        self.sync_member(m, t);
+        let me = &mut self.members[m];
+        me.planner.record_remaining(epoch, remaining);
+        // The epoch may have been retired while the answer travelled: then its tokens are of no use.
+        let Some(key) = me.book.get(batch.epoch).map(|i| i.key.clone()) else {
+            return;
+        };
+        if me.wallet.finalize(&key, &batch, sigs).is_ok() {
+            me.expired_since_refill = false;
             for p in &batch.tokens {
                 self.genuine.insert(p.input.hash());
             }
@@ -457,6 +538,7 @@ impl<'a> Sim<'a> {
         if self.net.is_down(i, t) {
             return;
         }
+        self.sync_member(i, t);
         let window_ms = self.window_ms;
         let local = self.local(i, t);
         let me = &mut self.members[i];
@@ -570,6 +652,7 @@ impl<'a> Sim<'a> {
         let loads = &out.lender_load;
         let mean = loads.iter().sum::<u64>() as f64 / loads.len().max(1) as f64;
         out.herding = crate::outcome::ratio(loads.iter().copied().max().unwrap_or(0) as f64, mean);
+        self.out.epochs = self.finish_epochs();
         self.out
     }
 }
@@ -604,7 +687,7 @@ mod tests {
     #[test]
     fn invariant_checks_fire() {
         let s = small();
-        let mut sim = Sim::new(&s, 1);
+        let mut sim = Sim::new(&s, 1).unwrap();
         let fake = TokenHash([7; 32]);
         sim.check_serve(0, &fake);
         assert_eq!(sim.out.violations.len(), 1, "a token the issuer never signed");
@@ -627,7 +710,7 @@ mod tests {
     #[test]
     fn events_pop_in_time_then_insertion_order() {
         let s = small();
-        let mut sim = Sim::new(&s, 1);
+        let mut sim = Sim::new(&s, 1).unwrap();
         sim.at(5, Ev::Publish(2));
         sim.at(3, Ev::Publish(1));
         sim.at(5, Ev::Publish(0));

@@ -15,6 +15,13 @@
 //!   [`Redeemer`](lendmesh_protocol::redeemer::Redeemer) and a memory spent set. Headroom travels as real,
 //!   tagged and signed [`Attestation`](lendmesh_protocol::attestation::Attestation)s checked by each member's
 //!   own acceptor; lender and relay are chosen by [`routing`](lendmesh_protocol::routing).
+//! - **Epochs** (scenarios with `[epochs]`): the admin announces each next epoch ahead with a new issuer key (a pool
+//!   of four 2048-bit keys: the test key and three generated once per process from a fixed seed), rotates on
+//!   demand, and signs only for the current and the announced next epoch with a fresh quota each; every member
+//!   adopts the announcements into its own [`EpochBook`](lendmesh_protocol::epoch::EpochBook), refills with the
+//!   [`RefillPlanner`](lendmesh_protocol::refill::RefillPlanner), spends only spendable tokens, lends within the
+//!   book's windows and prunes retired epochs from its wallet and spent set. The report gives a row per epoch and
+//!   served demand before and after each switch. Without `[epochs]` a run is one epoch longer than itself.
 //! - **Network** ([`net`]): per-link latency with jitter, loss, partitions, crashes (memory lost, durable state
 //!   kept) and per-node clock skew. Gossip is evaluated lazily when a member routes, with per-message delay and
 //!   loss derived from a keyed hash so that laziness cannot change results.
@@ -43,5 +50,12 @@ pub use scenario::Scenario;
 
 /// Runs one seed of a scenario. `progress` is called with the fraction of virtual time done.
 pub fn run_seed(scenario: &Scenario, seed: u64, progress: &mut dyn FnMut(f64)) -> RunResult {
-    engine::Sim::new(scenario, seed).run(progress)
+    match engine::Sim::new(scenario, seed) {
+        Ok(sim) => sim.run(progress),
+        Err(e) => RunResult {
+            seed,
+            violations: vec![format!("seed {seed}: setup failed: {e}")],
+            ..RunResult::default()
+        },
+    }
 }

@@ -4,12 +4,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use ed25519_dalek::SigningKey;
+use lendmesh_protocol::GroupId;
 use lendmesh_protocol::PeerId;
 use lendmesh_protocol::attestation::{AcceptorConfig, AttestationAcceptor, AttestationKey, HeadroomBucket};
+use lendmesh_protocol::epoch::EpochBook;
 use lendmesh_protocol::redeemer::{MemorySpentSet, Redeemer};
+use lendmesh_protocol::refill::RefillPlanner;
 use lendmesh_protocol::token::TokenHash;
 use lendmesh_protocol::wallet::{PendingBatch, Wallet};
-use lendmesh_protocol::{GroupId, blind_rsa::PublicKey};
 use rand_chacha::ChaCha8Rng;
 
 use crate::net::Ms;
@@ -71,7 +73,22 @@ pub struct Member {
     pub wallet: Wallet,
     /// A refill in flight.
     pub refill: Option<PendingBatch>,
-    /// Lender checks.
+    /// Which epoch to refill next and how many (durable).
+    pub planner: RefillPlanner,
+    /// The epochs this member holds, adopted from the admin's announcements (durable).
+    pub book: EpochBook,
+    /// How many of the admin's announcements it has adopted (or refused), in publication order.
+    pub adopted: usize,
+    /// When the last of those reached it (announcements arrive in order).
+    pub last_arrival: Ms,
+    /// An announcement it could not adopt yet, and since when it has been trying.
+    pub deferred: Option<(usize, Ms)>,
+    /// Tokens of its expired since its last refill landed (an empty wallet is then an epoch effect).
+    pub expired_since_refill: bool,
+    /// Epochs retired from its book whose spent-set entries are not pruned yet (the spent set prunes "every epoch
+    /// before", so an epoch retired while an older one is still in its grace waits for that one).
+    pub unpruned: BTreeSet<u32>,
+    /// Lender checks (follow the book's windows).
     pub redeemer: Redeemer,
     /// Spent tokens (durable: survives a crash).
     pub spent: MemorySpentSet,
@@ -94,7 +111,7 @@ pub struct Member {
 }
 
 impl Member {
-    /// A fresh member.
+    /// A fresh member, holding the first epoch's announcement (from its invite).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         key: SigningKey,
@@ -103,12 +120,13 @@ impl Member {
         n: usize,
         group: GroupId,
         att_key: AttestationKey,
-        issuer_key: PublicKey,
+        book: EpochBook,
+        planner: RefillPlanner,
         rng: ChaCha8Rng,
     ) -> Self {
         let id = PeerId::from_public_key(&key.verifying_key());
         let mut redeemer = Redeemer::new(id);
-        redeemer.accept_epoch(0, issuer_key);
+        redeemer.accept_book(&book, &BTreeSet::new());
         Member {
             key,
             id,
@@ -118,6 +136,13 @@ impl Member {
             window: 0,
             wallet: Wallet::new(),
             refill: None,
+            planner,
+            book,
+            adopted: 1,
+            last_arrival: 0,
+            deferred: None,
+            expired_since_refill: false,
+            unpruned: BTreeSet::new(),
             redeemer,
             spent: MemorySpentSet::new(),
             answered: BTreeSet::new(),

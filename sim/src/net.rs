@@ -180,6 +180,32 @@ impl Network {
         Some(delay)
     }
 
+    /// When an epoch announcement batch the admin published at `t` reaches member `to`. The admin re-sends it until
+    /// it is through (no loss), a partition holds it back until it heals, and it takes one gossip delay from the
+    /// admin (keyed hash: order-independent). A member that is down takes it when it is next up.
+    pub fn announcement_arrival(&self, to: usize, batch: u64, t: Ms) -> Ms {
+        let from = self.members;
+        let key = self.seed ^ mix(0x4550_4F43 ^ ((to as u64) << 32) ^ batch);
+        let delay = (self.base_ms(from, to) + exp_from_unit(hash_unit(key), self.gossip_ms)) as Ms;
+        let mut at = t;
+        // Each step moves past one partition's end, so this ends after at most `partitions.len()` steps.
+        for _ in 0..=self.partitions.len() {
+            let Some(end) = self
+                .partitions
+                .iter()
+                .filter(|(s, side)| {
+                    s.start <= at && at < s.end && at < self.faults_until && side[from] != side[to]
+                })
+                .map(|(s, _)| s.end.min(self.faults_until))
+                .max()
+            else {
+                break;
+            };
+            at = end;
+        }
+        at + delay
+    }
+
     /// Whether publication `seq` of `from`, made at `t`, reached `to` by `now` (lazy, order-independent).
     pub fn gossip_delivered(&self, from: usize, to: usize, seq: u64, t: Ms, now: Ms) -> bool {
         let key = self.seed ^ mix(((from as u64) << 44) ^ ((to as u64) << 24) ^ seq);

@@ -73,6 +73,114 @@ pub struct Bin {
     pub oracle: u64,
 }
 
+/// One epoch of a run (scenarios with `[epochs]`). Times are minutes since the run's start, on the admin's clock.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct EpochRow {
+    /// The epoch number.
+    pub epoch: u32,
+    /// Its start (the first epoch starts a little before the run, so that no clock is before it).
+    pub start_min: f64,
+    /// Where it really ended: its announced end, or the rotation that cut it short.
+    pub end_min: f64,
+    /// Lenders took its tokens until then (end plus grace).
+    pub accepted_until_min: f64,
+    /// Cut short by an immediate rotation (no grace).
+    pub ended_by_rotation: bool,
+    /// Announced, then cancelled by a rotation before it began.
+    pub cancelled: bool,
+    /// Blind signatures made for it.
+    pub tokens_issued: u64,
+    /// Members the issuer signed for in it.
+    pub members_refilled: u64,
+    /// The most tokens one member got for it (never above the quota per epoch).
+    pub max_issued_per_member: u64,
+    /// Members that started a borrow while it was current.
+    pub members_borrowing: u64,
+    /// Of those, members that got no token of it (their quota was not refilled in this epoch).
+    pub borrowing_not_refilled: u64,
+    /// Borrows started while it was current.
+    pub borrows: u64,
+    /// Of those, served.
+    pub borrows_served: u64,
+    /// Of those, failed.
+    pub borrows_failed: u64,
+    /// Borrows served with a token of this epoch (in its grace period too).
+    pub served_with_its_tokens: u64,
+    /// Its tokens still in wallets when it was retired, pruned unspent.
+    pub tokens_expired: u64,
+    /// Spent-set entries of this epoch when it was retired, summed over lenders (then pruned).
+    pub spent_at_retirement: u64,
+    /// Members that retired it.
+    pub retired_by: u64,
+}
+
+/// Demand and borrows in a window of time.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Window {
+    /// Requests made.
+    pub demand: u64,
+    /// Of those, served.
+    pub served: u64,
+    /// Of those, what the oracle pool would serve (the whole group's capacity, perfect information).
+    pub oracle: u64,
+    /// Borrows started.
+    pub borrows: u64,
+    /// Of those, failed.
+    pub borrows_failed: u64,
+    /// Of those, failed for an epoch reason (see [`EpochRun::epoch_failures`]).
+    pub epoch_failures: u64,
+}
+
+impl Window {
+    /// Served fraction (1 with no demand).
+    pub fn served_fraction(&self) -> f64 {
+        if self.demand == 0 {
+            1.0
+        } else {
+            ratio(self.served as f64, self.demand as f64)
+        }
+    }
+}
+
+/// One epoch switch: demand just before and just after.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct SwitchRow {
+    /// The epoch that starts.
+    pub epoch: u32,
+    /// When, minutes.
+    pub at_min: f64,
+    /// An immediate rotation (the previous epoch ended with no grace).
+    pub rotation: bool,
+    /// `[at - window, at)`.
+    pub before: Window,
+    /// `[at, at + window)`.
+    pub after: Window,
+}
+
+/// Epochs in one run (scenarios with `[epochs]`).
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct EpochRun {
+    /// Every epoch announced, oldest first.
+    pub rows: Vec<EpochRow>,
+    /// Every switch inside the run.
+    pub switches: Vec<SwitchRow>,
+    /// Width of the windows before and after a switch, minutes.
+    pub switch_window_minutes: f64,
+    /// Failed borrows with an epoch-related cause: a lender refused the token's epoch (`epoch_closed`,
+    /// `unknown_epoch`, `wrong_key_id`), the wallet held tokens but none spendable now (`no_spendable_token`), or it
+    /// was empty because its tokens expired and the refill had not arrived (`tokens_expired`) — in each case with
+    /// quota left (`quota_exhausted` is the quota, not the switch).
+    pub epoch_failures: u64,
+    /// The most epochs one member's book held at once (after retiring).
+    pub max_epochs_held: u64,
+    /// The most epochs one lender's spent set held entries for at once.
+    pub max_spent_epochs: u64,
+    /// Announcements a member refused, by reason (must be empty).
+    pub adoption_rejections: BTreeMap<String, u64>,
+    /// Announcements a member could adopt only later (it still held an epoch the announcement conflicts with).
+    pub adoptions_deferred: u64,
+}
+
 /// One run's measurements.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct RunResult {
@@ -122,4 +230,7 @@ pub struct RunResult {
     pub events: u64,
     /// Safety or liveness violations (must be empty).
     pub violations: Vec<String>,
+    /// Epochs (scenarios with `[epochs]` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<EpochRun>,
 }

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::outcome::{Attacks, Bin, RunResult, ratio};
+use crate::outcome::{Attacks, Bin, EpochRun, RunResult, Window, ratio};
 use crate::scenario::Scenario;
 
 /// A metric across seeds.
@@ -58,6 +58,290 @@ pub struct LinkageStat {
     pub guesses: u64,
 }
 
+/// One epoch across the seeds that had it (schedules are the admin's, so the same in every seed but for the first
+/// epoch's start, which depends on the seed's clocks).
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct EpochStat {
+    /// The epoch number.
+    pub epoch: u32,
+    /// Seeds that had it.
+    pub seeds: usize,
+    /// Start, minutes (mean).
+    pub start_min: f64,
+    /// End, minutes (mean).
+    pub end_min: f64,
+    /// Tokens taken until, minutes (mean).
+    pub accepted_until_min: f64,
+    /// Cut short by a rotation.
+    pub ended_by_rotation: bool,
+    /// Cancelled before it began.
+    pub cancelled: bool,
+    /// Blind signatures made for it.
+    pub tokens_issued: Stat,
+    /// Members the issuer signed for in it.
+    pub members_refilled: Stat,
+    /// Members that borrowed while it was current.
+    pub members_borrowing: Stat,
+    /// Of those, members with no token of it.
+    pub borrowing_not_refilled: Stat,
+    /// Borrows started while it was current.
+    pub borrows: Stat,
+    /// Of those, served.
+    pub borrows_served: Stat,
+    /// Of those, failed.
+    pub borrows_failed: Stat,
+    /// Borrows served with its tokens.
+    pub served_with_its_tokens: Stat,
+    /// Its tokens pruned unspent.
+    pub tokens_expired: Stat,
+    /// Spent-set entries when retired, all lenders.
+    pub spent_at_retirement: Stat,
+}
+
+/// One switch, pooled over seeds.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct SwitchStat {
+    /// The epoch that starts.
+    pub epoch: u32,
+    /// When, minutes.
+    pub at_min: f64,
+    /// An immediate rotation.
+    pub rotation: bool,
+    /// Before the switch, summed over seeds.
+    pub before: Window,
+    /// After the switch, summed over seeds.
+    pub after: Window,
+}
+
+/// Epochs across seeds (scenarios with `[epochs]`).
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct EpochReport {
+    /// Per epoch.
+    pub epochs: Vec<EpochStat>,
+    /// Per switch.
+    pub switches: Vec<SwitchStat>,
+    /// Width of the windows around a switch, minutes.
+    pub switch_window_minutes: f64,
+    /// Per run: `switches`, `epoch_failures`, `max_epochs_held`, `max_spent_epochs`, `tokens_expired`,
+    /// `served_before_switch`, `served_after_switch` (served fraction in the windows, all switches pooled).
+    pub summary: BTreeMap<String, Stat>,
+    /// Announcements refused by members, all seeds (must be empty).
+    pub adoption_rejections: BTreeMap<String, u64>,
+    /// Announcements adopted late, all seeds.
+    pub adoptions_deferred: u64,
+}
+
+impl EpochReport {
+    /// From the runs that have epochs; `None` if none has.
+    pub fn build(runs: &[&EpochRun]) -> Option<Self> {
+        if runs.is_empty() {
+            return None;
+        }
+        let mut numbers: Vec<u32> = runs.iter().flat_map(|r| r.rows.iter().map(|x| x.epoch)).collect();
+        numbers.sort_unstable();
+        numbers.dedup();
+        let epochs = numbers
+            .into_iter()
+            .map(|e| {
+                let rows: Vec<_> = runs
+                    .iter()
+                    .filter_map(|r| r.rows.iter().find(|x| x.epoch == e))
+                    .collect();
+                let k = rows.len() as f64;
+                let mean =
+                    |f: &dyn Fn(&crate::outcome::EpochRow) -> f64| ratio(rows.iter().map(|x| f(x)).sum(), k);
+                let stat = |f: &dyn Fn(&crate::outcome::EpochRow) -> u64| {
+                    Stat::of(rows.iter().map(|x| f(x) as f64).collect())
+                };
+                EpochStat {
+                    epoch: e,
+                    seeds: rows.len(),
+                    start_min: mean(&|x| x.start_min),
+                    end_min: mean(&|x| x.end_min),
+                    accepted_until_min: mean(&|x| x.accepted_until_min),
+                    ended_by_rotation: rows.iter().any(|x| x.ended_by_rotation),
+                    cancelled: rows.iter().any(|x| x.cancelled),
+                    tokens_issued: stat(&|x| x.tokens_issued),
+                    members_refilled: stat(&|x| x.members_refilled),
+                    members_borrowing: stat(&|x| x.members_borrowing),
+                    borrowing_not_refilled: stat(&|x| x.borrowing_not_refilled),
+                    borrows: stat(&|x| x.borrows),
+                    borrows_served: stat(&|x| x.borrows_served),
+                    borrows_failed: stat(&|x| x.borrows_failed),
+                    served_with_its_tokens: stat(&|x| x.served_with_its_tokens),
+                    tokens_expired: stat(&|x| x.tokens_expired),
+                    spent_at_retirement: stat(&|x| x.spent_at_retirement),
+                }
+            })
+            .collect();
+        let mut switches: Vec<SwitchStat> = Vec::new();
+        for r in runs {
+            for sw in &r.switches {
+                let i = match switches.iter().position(|x| x.epoch == sw.epoch) {
+                    Some(i) => i,
+                    None => {
+                        switches.push(SwitchStat {
+                            epoch: sw.epoch,
+                            at_min: sw.at_min,
+                            rotation: sw.rotation,
+                            ..SwitchStat::default()
+                        });
+                        switches.len() - 1
+                    }
+                };
+                add(&mut switches[i].before, &sw.before);
+                add(&mut switches[i].after, &sw.after);
+            }
+        }
+        switches.sort_by(|a, b| a.at_min.total_cmp(&b.at_min).then(a.epoch.cmp(&b.epoch)));
+        let stat = |f: &dyn Fn(&EpochRun) -> f64| Stat::of(runs.iter().map(|r| f(r)).collect());
+        let pooled = |r: &EpochRun, after: bool| {
+            let mut w = Window::default();
+            for sw in &r.switches {
+                add(&mut w, if after { &sw.after } else { &sw.before });
+            }
+            w.served_fraction()
+        };
+        let mut summary = BTreeMap::new();
+        summary.insert("switches".into(), stat(&|r| r.switches.len() as f64));
+        summary.insert("epoch_failures".into(), stat(&|r| r.epoch_failures as f64));
+        summary.insert("max_epochs_held".into(), stat(&|r| r.max_epochs_held as f64));
+        summary.insert("max_spent_epochs".into(), stat(&|r| r.max_spent_epochs as f64));
+        summary.insert(
+            "tokens_expired".into(),
+            stat(&|r| r.rows.iter().map(|x| x.tokens_expired).sum::<u64>() as f64),
+        );
+        summary.insert("served_before_switch".into(), stat(&|r| pooled(r, false)));
+        summary.insert("served_after_switch".into(), stat(&|r| pooled(r, true)));
+        let mut adoption_rejections = BTreeMap::new();
+        for r in runs {
+            for (k, v) in &r.adoption_rejections {
+                *adoption_rejections.entry(k.clone()).or_default() += v;
+            }
+        }
+        Some(EpochReport {
+            epochs,
+            switches,
+            switch_window_minutes: runs.first().map_or(0.0, |r| r.switch_window_minutes),
+            summary,
+            adoption_rejections,
+            adoptions_deferred: runs.iter().map(|r| r.adoptions_deferred).sum(),
+        })
+    }
+
+    /// A summary metric's mean (0 if absent).
+    pub fn mean(&self, metric: &str) -> f64 {
+        self.summary.get(metric).map_or(0.0, |s| s.mean)
+    }
+
+    fn to_markdown(&self, md: &mut String) {
+        let g = |k: &str, d: usize| self.summary.get(k).map_or(String::new(), |s| s.show(1.0, d));
+        let pct = |k: &str| self.summary.get(k).map_or(String::new(), |s| s.show(100.0, 2));
+        let _ = writeln!(
+            md,
+            "## Epochs\n\nPer run: **{}** switches; borrows failed for an epoch reason: {} (`epoch_closed`, \
+             `unknown_epoch`, `wrong_key_id`, `no_spendable_token`, `tokens_expired`); at most {} epochs in a member's book and {} in \
+             a lender's spent set at once; {} tokens expired unspent. Announcements refused by members: {:?}; \
+             adopted late: {}.\n",
+            g("switches", 1),
+            g("epoch_failures", 1),
+            g("max_epochs_held", 1),
+            g("max_spent_epochs", 1),
+            g("tokens_expired", 1),
+            self.adoption_rejections,
+            self.adoptions_deferred
+        );
+        let _ = writeln!(
+            md,
+            "Minutes on the admin's clock; counts are means across seeds. Borrows count in the epoch that was \
+             current when they started; *served with its tokens* counts by the token's epoch (spends in the grace \
+             period included); *borrowing, not refilled* counts members that borrowed in the epoch but got no token \
+             of it.\n\n\
+             | epoch | start | end | tokens taken until | issued | members refilled | borrows | served | failed | \
+             borrowing, not refilled | served with its tokens | expired unspent | spent set at retirement |\n\
+             |---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        );
+        for e in &self.epochs {
+            let note = if e.cancelled {
+                " (cancelled)"
+            } else if e.ended_by_rotation {
+                " (rotated out)"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                md,
+                "| {}{note} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | \
+                 {:.1} |",
+                e.epoch,
+                e.start_min,
+                e.end_min,
+                e.accepted_until_min,
+                e.tokens_issued.mean,
+                e.members_refilled.mean,
+                e.borrows.mean,
+                e.borrows_served.mean,
+                e.borrows_failed.mean,
+                e.borrowing_not_refilled.mean,
+                e.served_with_its_tokens.mean,
+                e.tokens_expired.mean,
+                e.spent_at_retirement.mean,
+            );
+        }
+        let _ = writeln!(
+            md,
+            "\n### Served demand across switches\n\nServed fraction of the requests made in the {w} minutes before \
+             and the {w} minutes after each switch, all seeds pooled (all switches, mean ± 95 % CI across seeds: {} % \
+             before, {} % after).\n\n\
+             | switch to | at (min) | served before (oracle) | served after (oracle) | borrows before: failed, for an \
+             epoch reason | borrows after: failed, for an epoch reason |\n\
+             |---|---|---|---|---|---|",
+            pct("served_before_switch"),
+            pct("served_after_switch"),
+            w = self.switch_window_minutes
+        );
+        for sw in &self.switches {
+            let rot = if sw.rotation { " (rotation)" } else { "" };
+            let _ = writeln!(
+                md,
+                "| {}{rot} | {:.2} | {:.2} % ({:.2} %) of {} | {:.2} % ({:.2} %) of {} | {}: {}, {} | {}: {}, {} |",
+                sw.epoch,
+                sw.at_min,
+                sw.before.served_fraction() * 100.0,
+                ratio(sw.before.oracle as f64, sw.before.demand as f64) * 100.0,
+                sw.before.demand,
+                sw.after.served_fraction() * 100.0,
+                ratio(sw.after.oracle as f64, sw.after.demand as f64) * 100.0,
+                sw.after.demand,
+                sw.before.borrows,
+                sw.before.borrows_failed,
+                sw.before.epoch_failures,
+                sw.after.borrows,
+                sw.after.borrows_failed,
+                sw.after.epoch_failures,
+            );
+        }
+        let _ = writeln!(
+            md,
+            "\nAt a rotation, the first member holding a token of the rotated-out epoch, and of a cancelled next epoch, \
+             keeps one and presents it to every other member a minute later (a removed member's leftover tokens): \
+             `rotated_out_token` and `cancelled_epoch_token` under *Adversary members*. A lender the rotation has \
+             reached refuses them (serving one is a violation); one it has not reached yet (a partition) still takes \
+             them (`served_before_the_rotation_reached_it`)."
+        );
+        md.push('\n');
+    }
+}
+
+fn add(into: &mut Window, w: &Window) {
+    into.demand += w.demand;
+    into.served += w.served;
+    into.oracle += w.oracle;
+    into.borrows += w.borrows;
+    into.borrows_failed += w.borrows_failed;
+    into.epoch_failures += w.epoch_failures;
+}
+
 /// Everything across the seeds of one scenario and policy.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Report {
@@ -88,6 +372,9 @@ pub struct Report {
     pub lender_load: Vec<u64>,
     /// Events processed, all seeds.
     pub events: u64,
+    /// Epochs (scenarios with `[epochs]` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<EpochReport>,
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -208,6 +495,7 @@ impl Report {
             latency_cdf,
             lender_load,
             events: runs.iter().map(|r| r.events).sum(),
+            epochs: EpochReport::build(&runs.iter().filter_map(|r| r.epochs.as_ref()).collect::<Vec<_>>()),
         }
     }
 
@@ -287,9 +575,13 @@ impl Report {
         for (c, st) in &self.failures {
             let _ = writeln!(md, "| {c} | {} |", st.show(100.0, 3));
         }
+        md.push('\n');
+        if let Some(e) = &self.epochs {
+            e.to_markdown(&mut md);
+        }
         let _ = writeln!(
             md,
-            "\n## Linkage: who made this borrow?\n\nEach attacker alone names a borrower for every borrow it \
+            "## Linkage: who made this borrow?\n\nEach attacker alone names a borrower for every borrow it \
              sees; chance is 1 / (members it cannot rule out).\n\n| attacker | accuracy % | chance % | guesses |\n|---|---|---|---|"
         );
         for (name, l) in &self.linkage {

@@ -285,6 +285,35 @@ impl Default for Tokens {
     }
 }
 
+/// Epochs (DESIGN §8): issuer key rotation, grace periods and pruning. Without this table the run is one epoch that
+/// outlasts it (and quotas are unlimited), as in every scenario written before epochs were simulated.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Epochs {
+    /// Epoch length in minutes (the admin announces the next epoch a third of this before the current one ends).
+    pub epoch_minutes: f64,
+    /// After an epoch ends, lenders still take its tokens for this long, minutes (at most `epoch_minutes`).
+    #[serde(default)]
+    pub grace_minutes: f64,
+    /// Tokens the issuer signs per member per epoch.
+    #[serde(default = "quota_per_epoch")]
+    pub quota_per_epoch: u32,
+    /// An immediate rotation at this minute (`group remove --rotate`): the current epoch ends at once with no
+    /// grace, an announced next epoch is cancelled, and a new epoch with a new key starts.
+    #[serde(default)]
+    pub rotate_at_minutes: Option<f64>,
+}
+
+/// The roster's quota when a scenario sets none: unlimited in practice.
+pub const UNLIMITED_QUOTA: u32 = u32::MAX / 2;
+
+fn quota_per_epoch() -> u32 {
+    UNLIMITED_QUOTA
+}
+
+/// The most epochs a run may go through (each one is a row of the report).
+pub const MAX_EPOCHS_PER_RUN: f64 = 1_000.0;
+
 /// A whole scenario.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -324,6 +353,9 @@ pub struct Scenario {
     /// Adversaries.
     #[serde(default)]
     pub adversaries: Adversaries,
+    /// Epochs; absent: one epoch longer than the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<Epochs>,
 }
 
 /// Both finite, non-negative, and `a <= b`.
@@ -481,6 +513,43 @@ impl Scenario {
         if !finite_pos(a.period_s) {
             return Err(bad("adversaries.period_s", "must be positive"));
         }
+        if let Some(e) = &self.epochs {
+            let min_minutes = 1.0;
+            let max_minutes = lendmesh_protocol::epoch::MAX_EPOCH_MS as f64 / 60_000.0;
+            if !(e.epoch_minutes.is_finite() && (min_minutes..=max_minutes).contains(&e.epoch_minutes)) {
+                return Err(bad(
+                    "epochs.epoch_minutes",
+                    format!("must be in [{min_minutes}, {max_minutes}]"),
+                ));
+            }
+            let minutes = self.duration_hours * 60.0;
+            if minutes / e.epoch_minutes > MAX_EPOCHS_PER_RUN {
+                return Err(bad(
+                    "epochs.epoch_minutes",
+                    format!("the run would go through more than {MAX_EPOCHS_PER_RUN} epochs"),
+                ));
+            }
+            if !finite_nonneg(e.grace_minutes) || e.grace_minutes > e.epoch_minutes {
+                return Err(bad(
+                    "epochs.grace_minutes",
+                    "must be in [0, epoch_minutes] (the protocol refuses a grace longer than the epoch)",
+                ));
+            }
+            if !(1..=UNLIMITED_QUOTA).contains(&e.quota_per_epoch) {
+                return Err(bad(
+                    "epochs.quota_per_epoch",
+                    format!("must be in 1..={UNLIMITED_QUOTA}"),
+                ));
+            }
+            if let Some(r) = e.rotate_at_minutes
+                && !(r.is_finite() && r > 0.0 && r < minutes)
+            {
+                return Err(bad(
+                    "epochs.rotate_at_minutes",
+                    "must be inside the run, after its start",
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -498,6 +567,7 @@ mod tests {
             "test-skew",
             "test-stale",
             "test-adversaries",
+            "test-epochs",
         ] {
             let path = format!("{}/scenarios/{name}.toml", env!("CARGO_MANIFEST_DIR"));
             let s = Scenario::from_file(std::path::Path::new(&path));
@@ -535,5 +605,43 @@ mod tests {
             Scenario::from_toml(&big),
             Err(ScenarioError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn epoch_fields_are_validated() {
+        let path = format!("{}/scenarios/test-epochs.toml", env!("CARGO_MANIFEST_DIR"));
+        let good = std::fs::read_to_string(path).unwrap();
+        let s = Scenario::from_toml(&good).unwrap();
+        let e = s.epochs.as_ref().unwrap();
+        assert_eq!((e.epoch_minutes, e.grace_minutes), (20.0, 5.0));
+        for (from, to) in [
+            ("epoch_minutes = 20.0", "epoch_minutes = 0.5"),
+            ("epoch_minutes = 20.0", "epoch_minutes = nan"),
+            ("epoch_minutes = 20.0", "epoch_minutes = 0.1\ngrace_minutes_x = 1"),
+            ("grace_minutes = 5.0", "grace_minutes = 25.0"),
+            ("grace_minutes = 5.0", "grace_minutes = -1.0"),
+            ("quota_per_epoch = 60", "quota_per_epoch = 0"),
+            ("rotate_at_minutes = 75.0", "rotate_at_minutes = 500.0"),
+            ("rotate_at_minutes = 75.0", "rotate_at_minutes = 0.0"),
+            ("epoch_minutes = 20.0", "epoch_minutes = 20.0\nsurprise = 1"),
+        ] {
+            let text = good.replace(from, to);
+            assert_ne!(text, good, "{from}");
+            assert!(Scenario::from_toml(&text).is_err(), "{to} was accepted");
+        }
+        // Too many epochs for one run.
+        let many = good
+            .replace("epoch_minutes = 20.0", "epoch_minutes = 1.0")
+            .replace("duration_hours = 2.0", "duration_hours = 24.0");
+        assert!(Scenario::from_toml(&many).is_err());
+        // Without the table: no epochs, and the scenario serializes as before.
+        let small = std::fs::read_to_string(format!(
+            "{}/scenarios/small-team.toml",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let s = Scenario::from_toml(&small).unwrap();
+        assert!(s.epochs.is_none());
+        assert!(!serde_json::to_string(&s).unwrap().contains("epochs"));
     }
 }

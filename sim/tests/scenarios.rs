@@ -155,3 +155,145 @@ fn clocks_beyond_the_window_cut_members_off() {
     );
     assert!(r.attestation_rejections.values().sum::<u64>() > 0);
 }
+
+/// Issue 9 item 7: several epochs on the protocol's machines, with an immediate rotation.
+#[test]
+fn epochs_switch_without_failed_borrows_and_a_rotation_drops_the_old_tokens() {
+    let s = scenario("test-epochs");
+    let quota = s.epochs.as_ref().map(|e| u64::from(e.quota_per_epoch)).unwrap();
+    let all = runs(&s, 21..24);
+    let r = Report::build(&s, &all);
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+    assert_eq!(all[0], run_seed(&s, 21, &mut |_| {}), "same seed, same run");
+    for run in &all {
+        let seed = run.seed;
+        let e = run
+            .epochs
+            .as_ref()
+            .expect("a scenario with [epochs] reports them");
+        assert!(
+            e.adoption_rejections.is_empty(),
+            "seed {seed}: {:?}",
+            e.adoption_rejections
+        );
+        // At least three regular switches, and the rotation.
+        let regular: Vec<_> = e.switches.iter().filter(|x| !x.rotation).collect();
+        let rotation: Vec<_> = e.switches.iter().filter(|x| x.rotation).collect();
+        assert!(
+            regular.len() >= 3,
+            "seed {seed}: {} regular switches",
+            regular.len()
+        );
+        assert_eq!(rotation.len(), 1, "seed {seed}: one rotation");
+        // No borrow failed because of a switch: no lender refused a token's epoch, and no borrower lacked a
+        // spendable token while it had quota left (see `EpochRun::epoch_failures`), around any regular switch or
+        // anywhere else. Only the rotation (no grace: every wallet empties at once) may cost the borrows made
+        // before the refill lands, a fraction of a second.
+        for x in &regular {
+            assert_eq!(
+                x.before.epoch_failures + x.after.epoch_failures,
+                0,
+                "seed {seed}: switch to epoch {}",
+                x.epoch
+            );
+        }
+        assert!(
+            regular
+                .iter()
+                .any(|x| x.before.borrows > 0 && x.after.borrows > 0),
+            "seed {seed}: no switch with borrowing on both sides"
+        );
+        let at_rotation = rotation[0].after.epoch_failures;
+        assert_eq!(
+            e.epoch_failures, at_rotation,
+            "seed {seed}: epoch failures away from the rotation"
+        );
+        assert!(
+            at_rotation <= 2,
+            "seed {seed}: {at_rotation} borrows lost to the rotation"
+        );
+        assert!(
+            !run.failures.contains_key("quota_exhausted"),
+            "seed {seed}: {:?}",
+            run.failures
+        );
+        // Each epoch brought fresh quota: every member that borrowed in an epoch got tokens of it, and nobody got
+        // more than its quota per epoch in any epoch.
+        let live: Vec<_> = e.rows.iter().filter(|x| !x.cancelled).collect();
+        assert!(live.len() >= 5, "seed {seed}: {} epochs", live.len());
+        for x in &live {
+            assert_eq!(x.borrowing_not_refilled, 0, "seed {seed}: epoch {}", x.epoch);
+            assert!(x.max_issued_per_member <= quota, "seed {seed}: epoch {}", x.epoch);
+            if x.members_borrowing > 0 {
+                assert!(
+                    x.members_refilled >= x.members_borrowing,
+                    "seed {seed}: epoch {}",
+                    x.epoch
+                );
+            }
+        }
+        // Pruning: members hold at most three epochs, lenders' spent sets at most three, and every epoch over before
+        // the end was retired by every member (its spent-set size recorded, then pruned: a spent-set entry of a
+        // retired epoch left behind is a violation).
+        assert!(
+            e.max_epochs_held <= 3,
+            "seed {seed}: {} epochs held",
+            e.max_epochs_held
+        );
+        assert!(
+            e.max_spent_epochs <= 3,
+            "seed {seed}: {} spent sets",
+            e.max_spent_epochs
+        );
+        let end_min = s.duration_hours * 60.0;
+        for x in e.rows.iter().filter(|x| x.accepted_until_min + 1.0 < end_min) {
+            assert_eq!(
+                x.retired_by, s.members as u64,
+                "seed {seed}: epoch {} not retired everywhere",
+                x.epoch
+            );
+        }
+        let pruned: u64 = e.rows.iter().map(|x| x.spent_at_retirement).sum();
+        assert!(pruned > 0, "seed {seed}: no spent-set entries were ever pruned");
+        // The rotation cut its epoch short without grace and cancelled the announced next one.
+        assert!(
+            e.rows
+                .iter()
+                .any(|x| x.ended_by_rotation && x.accepted_until_min == x.end_min)
+        );
+        assert!(
+            e.rows.iter().any(|x| x.cancelled && x.tokens_issued > 0),
+            "seed {seed}: nothing to cancel"
+        );
+    }
+    // After the rotation, tokens of the rotated-out and of the cancelled epoch are refused by every lender.
+    let attempts = |k: &str| r.attacks.attempts.get(k).copied().unwrap_or(0);
+    let outcome = |k: &str| r.attacks.outcomes.get(k).copied().unwrap_or(0);
+    for kind in ["rotated_out_token", "cancelled_epoch_token"] {
+        assert!(attempts(kind) > 0, "no {kind} presented");
+        assert_eq!(outcome(&format!("{kind}/served")), 0, "{:?}", r.attacks.outcomes);
+        // No partition here: the rotation reached every lender before the tokens did.
+        assert_eq!(
+            outcome(&format!("{kind}/served_before_the_rotation_reached_it")),
+            0,
+            "{:?}",
+            r.attacks.outcomes
+        );
+        let refused_for_epoch = outcome(&format!("{kind}/refused:unknown_epoch"))
+            + outcome(&format!("{kind}/refused:epoch_closed"));
+        assert!(refused_for_epoch > 0, "{:?}", r.attacks.outcomes);
+    }
+    // Served demand across switches: on either side of every switch, within a request or two of the oracle pool
+    // (what is not served there is capacity the whole group lacked, not the switch).
+    let e = r.epochs.as_ref().unwrap();
+    for x in &e.switches {
+        for (side, w) in [("before", &x.before), ("after", &x.after)] {
+            let slack = (w.demand / 50).max(2);
+            assert!(
+                w.served + slack >= w.oracle,
+                "{side} the switch to {}: {w:?}",
+                x.epoch
+            );
+        }
+    }
+}

@@ -106,6 +106,7 @@ fn oversized_frames_and_garbage_gossip_are_counted_and_the_node_keeps_running() 
     let psk = *parsed.psk.as_bytes();
     let topic = format!("/lendmesh/{}/v1", parsed.group_id);
 
+    let bad_group_material = bad_group_material(admin.path(), &rogue_key_bytes);
     let node = RunningNode::start(admin.path(), &[]);
     let addr: libp2p::Multiaddr = node.p2p_addr.parse().unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -144,6 +145,10 @@ fn oversized_frames_and_garbage_gossip_are_counted_and_the_node_keeps_running() 
         // A well-formed attestation tagged with the wrong group key (a forger without the key).
         let forged = forged_attestation(&rogue_key_bytes, parsed.group_id);
         rogue.publish_when_ready(&topic, peer, forged).await;
+        // Epoch announcements and a roster that must be refused (issue 9).
+        for msg in &bad_group_material {
+            rogue.publish_when_ready(&topic, peer, msg.clone()).await;
+        }
     });
     let mut node = node;
     let counter = |n: &RunningNode, name: &str| n.get("/v1/node").1["counters"][name].as_u64().unwrap_or(0);
@@ -160,6 +165,15 @@ fn oversized_frames_and_garbage_gossip_are_counted_and_the_node_keeps_running() 
         Duration::from_secs(20),
         |n| counter(n, "attestations_rejected") >= 1,
     );
+    // Every bad epoch announcement and roster is refused, by reason, and counted.
+    for reason in ["invalid", "skipped", "backwards", "overlap", "reused_key", "roster_invalid"] {
+        node.wait_until(&format!("a `{reason}` refusal"), Duration::from_secs(20), |n| {
+            let m = http_get_raw(&n.api, "/metrics", None).1;
+            m.lines()
+                .any(|l| l.starts_with(&format!("lendmesh_group_rejections_total{{reason=\"{reason}\"}} ")))
+        });
+    }
+    assert_eq!(node.get("/v1/node").1["epoch"], 1, "the node still holds epoch 1 only");
     // Still serving.
     let (status, body) = node.get("/v1/node");
     assert_eq!(status, 200);
@@ -182,4 +196,60 @@ fn forged_attestation(seed: &[u8; 32], group: lendmesh_protocol::GroupId) -> Vec
     };
     let att = Attestation::create(body, &AttestationKey::from_bytes([9; 32]), &key).unwrap();
     lendmesh_protocol::wire::encode(&lendmesh_protocol::wire::GossipMessage::Attestation(att)).unwrap()
+}
+
+/// Gossip the node must refuse: an announcement signed by a member, and admin-signed announcements that skip an
+/// epoch, go backwards, start before the current epoch, or reuse its key; and a roster signed by a member.
+fn bad_group_material(admin_home: &std::path::Path, rogue_seed: &[u8; 32]) -> Vec<Vec<u8>> {
+    use lendmesh_protocol::group::{Roster, SignedEpochAnnouncement};
+    use lendmesh_protocol::wire::{GossipMessage, encode};
+    let store = lendmesh_node::store::Store::open(admin_home).unwrap();
+    let admin_key = store.identity().unwrap().unwrap();
+    let group = store.group().unwrap().unwrap();
+    drop(store);
+    let rogue = ed25519_dalek::SigningKey::from_bytes(rogue_seed);
+    let current = group.epochs.get(1).unwrap().signed.announcement.clone();
+    let fresh_key = lendmesh_protocol::blind_rsa::SecretKey::generate(
+        lendmesh_protocol::blind_rsa::KeySize::Rsa2048,
+        &mut rand::rngs::OsRng,
+    )
+    .unwrap();
+    let length = current.ends_at_ms - current.starts_at_ms;
+    let variant = |epoch: u32, start: u64, spki: Vec<u8>| {
+        let mut a = current.clone();
+        a.epoch = epoch;
+        a.starts_at_ms = start;
+        a.ends_at_ms = start + length;
+        a.issuer_key_spki = spki;
+        a
+    };
+    let spki = fresh_key.public_key().spki_der().to_vec();
+    let epoch = |s: SignedEpochAnnouncement| encode(&GossipMessage::Epoch(Box::new(s))).unwrap();
+    let mut out = vec![
+        // Signed by a member, not the admin.
+        epoch(SignedEpochAnnouncement {
+            announcement: variant(2, current.ends_at_ms, spki.clone()),
+            signature: {
+                use ed25519_dalek::Signer;
+                rogue.sign(b"not the admin").to_bytes()
+            },
+        }),
+        epoch(variant(3, current.ends_at_ms, spki.clone()).sign(&admin_key).unwrap()),
+        epoch(variant(0, current.starts_at_ms - length, spki.clone()).sign(&admin_key).unwrap()),
+        epoch(variant(2, current.starts_at_ms - 1, spki).sign(&admin_key).unwrap()),
+        epoch(variant(2, current.ends_at_ms, current.issuer_key_spki.clone()).sign(&admin_key).unwrap()),
+    ];
+    // A roster edit signed by a member claiming to be the admin.
+    let mut roster: Roster = group.roster.roster.clone();
+    roster.version += 1;
+    roster.members.clear();
+    let forged = lendmesh_protocol::group::SignedRoster {
+        roster,
+        signature: {
+            use ed25519_dalek::Signer;
+            rogue.sign(b"forged roster").to_bytes()
+        },
+    };
+    out.push(encode(&GossipMessage::Roster(forged)).unwrap());
+    out
 }

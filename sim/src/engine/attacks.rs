@@ -50,11 +50,12 @@ impl Sim<'_> {
         if self.net.is_down(a, t) {
             return;
         }
+        self.sync_member(a, t);
         let local = self.local(a, t);
         match self.members[a].role {
             Role::Honest => {}
             Role::DoubleSpender => {
-                let Some(tok) = self.members[a].wallet.take(|e| e == 0) else {
+                let Some(tok) = self.take_token(a, t, None) else {
                     return self.maybe_refill(t, a, true);
                 };
                 let l1 = self.other(&[a]);
@@ -73,10 +74,18 @@ impl Sim<'_> {
                 self.send_adv_spend(t + 400, a, l2, s2, "rebound_other_lender");
             }
             Role::Forger => {
-                let mut sig = vec![0u8; self.issuer_pk.modulus_len()];
+                // A token of the current epoch, under its key, with a made-up signature.
+                let Some((epoch, key_id, len)) = self.members[a]
+                    .book
+                    .current(local)
+                    .map(|i| (i.epoch(), i.key_id, i.key.modulus_len()))
+                else {
+                    return;
+                };
+                let mut sig = vec![0u8; len];
                 self.adv_rng.fill_bytes(&mut sig);
                 let secret = lendmesh_protocol::token::SpendSecret::generate(&mut self.adv_rng);
-                let input = TokenInput::new(0, self.issuer_pk.key_id(), secret.public_key());
+                let input = TokenInput::new(epoch, key_id, secret.public_key());
                 let fake = WalletToken {
                     token: Token {
                         input,

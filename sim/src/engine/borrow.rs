@@ -13,8 +13,10 @@ use crate::scenario::PrivacyMode;
 
 impl Sim<'_> {
     pub(super) fn start_borrow(&mut self, t: Ms, m: usize) {
-        let Some(token) = self.members[m].wallet.take(|e| e == 0) else {
-            self.fail_cause("no_token");
+        self.note_borrow(t, m);
+        let Some(token) = self.take_token(m, t, None) else {
+            let cause = self.no_token_cause(m, self.local(m, t));
+            self.fail_cause(cause, t);
             return;
         };
         let mut digest = [0u8; 32];
@@ -40,8 +42,10 @@ impl Sim<'_> {
         self.route(t, id);
     }
 
-    pub(super) fn fail_cause(&mut self, cause: &str) {
+    /// Counts an unserved request of a borrow started at `started`.
+    pub(super) fn fail_cause(&mut self, cause: &str, started: Ms) {
         *self.out.failures.entry(cause.to_owned()).or_default() += 1;
+        self.note_borrow_failed(started, cause);
     }
 
     /// Picks a lender and relay for borrow `id` and sends the spend, or gives up.
@@ -53,6 +57,19 @@ impl Sim<'_> {
         if b.tried.len() >= self.s.routing.max_attempts {
             let cause = b.last_cause;
             return self.give_up(id, cause, true);
+        }
+        let epoch = b.token.token.input.epoch;
+        self.sync_member(m, t);
+        if !self.spendable(m, t, epoch) {
+            // Its spend window closed during failover: spend a token of a live epoch instead.
+            let Some(fresh) = self.take_token(m, t, None) else {
+                let cause = self.no_token_cause(m, self.local(m, t));
+                return self.give_up(id, cause, true);
+            };
+            if let Some(b) = self.borrows.get_mut(&id) {
+                let old = std::mem::replace(&mut b.token, fresh);
+                self.members[m].wallet.put_back(old);
+            }
         }
         for p in 0..self.n {
             if p != m {
@@ -154,10 +171,15 @@ impl Sim<'_> {
         let window_ms = self.window_ms;
         let local = self.local(l, t);
         let via = via.map(|r| self.members[r].id);
+        self.sync_member(l, t);
         let lender = &mut self.members[l];
         lender.roll(t, window_ms);
         self.fresh_serve = false;
-        if lender.answered.contains(&spend.request_digest) && lender.spent.contains(0, &spend.token.hash()) {
+        if lender.answered.contains(&spend.request_digest)
+            && lender
+                .spent
+                .contains(spend.token.input.epoch, &spend.token.hash())
+        {
             return Answer::Served;
         }
         if lender.remaining() == 0 {
@@ -182,6 +204,7 @@ impl Sim<'_> {
                 self.out.lender_load[l] += 1;
                 self.fresh_serve = true;
                 self.check_serve(l, &redemption.token_hash);
+                self.note_spent_epochs(l);
                 Answer::Served
             }
             Err(e) => Answer::Refused(e.label()),
@@ -268,6 +291,7 @@ impl Sim<'_> {
                     self.out.served_borrowed += 1;
                     self.out.borrow_latency_ms.push(t - b.started);
                     self.out.bins[(b.started / self.bin_ms) as usize].served += 1;
+                    self.note_borrow_served(b.started, b.token.token.input.epoch);
                 }
             }
             Answer::NoHeadroom { retry_after_ms } => {
@@ -289,11 +313,28 @@ impl Sim<'_> {
                 } else {
                     reason
                 };
+                let epoch = b.token.token.input.epoch;
                 if reason == "double_spend" {
                     // The token is spent (an earlier attempt's claim whose answer was lost): a fresh one.
-                    match self.members[m].wallet.take(|e| e == 0) {
-                        Some(tok) => b.token = tok,
-                        None => return self.give_up(id, "no_token", false),
+                    match self.take_token(m, t, None) {
+                        Some(tok) => {
+                            if let Some(b) = self.borrows.get_mut(&id) {
+                                b.token = tok;
+                            }
+                        }
+                        None => {
+                            let cause = self.no_token_cause(m, self.local(m, t));
+                            return self.give_up(id, cause, false);
+                        }
+                    }
+                } else if matches!(reason, "epoch_closed" | "unknown_epoch" | "wrong_key_id") {
+                    // This lender does not take the token's epoch (its clock or its book differs): try the next
+                    // lender with a token of another epoch if there is one; the refused token stays unspent.
+                    if let Some(tok) = self.take_token(m, t, Some(epoch))
+                        && let Some(b) = self.borrows.get_mut(&id)
+                    {
+                        let old = std::mem::replace(&mut b.token, tok);
+                        self.members[m].wallet.put_back(old);
                     }
                 }
                 self.route(t, id);
@@ -316,9 +357,11 @@ impl Sim<'_> {
         }
         // The token may have been claimed: a fresh token elsewhere.
         let m = b.borrower;
-        match self.members[m].wallet.take(|e| e == 0) {
+        match self.take_token(m, t, None) {
             Some(tok) => {
-                b.token = tok;
+                if let Some(b) = self.borrows.get_mut(&id) {
+                    b.token = tok;
+                }
                 self.route(t, id);
             }
             None => self.give_up(id, "timeout", false),
@@ -330,7 +373,7 @@ impl Sim<'_> {
             if put_back {
                 self.members[b.borrower].wallet.put_back(b.token);
             }
-            self.fail_cause(cause);
+            self.fail_cause(cause, b.started);
         }
     }
 
