@@ -166,14 +166,28 @@ fn oversized_frames_and_garbage_gossip_are_counted_and_the_node_keeps_running() 
         |n| counter(n, "attestations_rejected") >= 1,
     );
     // Every bad epoch announcement and roster is refused, by reason, and counted.
-    for reason in ["invalid", "skipped", "backwards", "overlap", "reused_key", "roster_invalid"] {
+    for reason in [
+        "invalid",
+        "skipped",
+        "backwards",
+        "overlap",
+        "reused_key",
+        "roster_invalid",
+    ] {
         node.wait_until(&format!("a `{reason}` refusal"), Duration::from_secs(20), |n| {
             let m = http_get_raw(&n.api, "/metrics", None).1;
-            m.lines()
-                .any(|l| l.starts_with(&format!("lendmesh_group_rejections_total{{reason=\"{reason}\"}} ")))
+            m.lines().any(|l| {
+                l.starts_with(&format!(
+                    "lendmesh_group_rejections_total{{reason=\"{reason}\"}} "
+                ))
+            })
         });
     }
-    assert_eq!(node.get("/v1/node").1["epoch"], 1, "the node still holds epoch 1 only");
+    assert_eq!(
+        node.get("/v1/node").1["epoch"],
+        1,
+        "the node still holds epoch 1 only"
+    );
     // Still serving.
     let (status, body) = node.get("/v1/node");
     assert_eq!(status, 200);
@@ -234,10 +248,26 @@ fn bad_group_material(admin_home: &std::path::Path, rogue_seed: &[u8; 32]) -> Ve
                 rogue.sign(b"not the admin").to_bytes()
             },
         }),
-        epoch(variant(3, current.ends_at_ms, spki.clone()).sign(&admin_key).unwrap()),
-        epoch(variant(0, current.starts_at_ms - length, spki.clone()).sign(&admin_key).unwrap()),
-        epoch(variant(2, current.starts_at_ms - 1, spki).sign(&admin_key).unwrap()),
-        epoch(variant(2, current.ends_at_ms, current.issuer_key_spki.clone()).sign(&admin_key).unwrap()),
+        epoch(
+            variant(3, current.ends_at_ms, spki.clone())
+                .sign(&admin_key)
+                .unwrap(),
+        ),
+        epoch(
+            variant(0, current.starts_at_ms - length, spki.clone())
+                .sign(&admin_key)
+                .unwrap(),
+        ),
+        epoch(
+            variant(2, current.starts_at_ms - 1, spki)
+                .sign(&admin_key)
+                .unwrap(),
+        ),
+        epoch(
+            variant(2, current.ends_at_ms, current.issuer_key_spki.clone())
+                .sign(&admin_key)
+                .unwrap(),
+        ),
     ];
     // A roster edit signed by a member claiming to be the admin.
     let mut roster: Roster = group.roster.roster.clone();
