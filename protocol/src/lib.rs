@@ -45,10 +45,12 @@
 pub mod attestation;
 pub mod backoff;
 pub mod blind_rsa;
+pub mod borrow;
 pub mod epoch;
 pub mod group;
 pub mod ids;
 pub mod issuer;
+pub mod lend;
 pub mod redeemer;
 pub mod refill;
 pub mod routing;

@@ -4,9 +4,20 @@
 //! announced, the next, so the switch finds tokens ready). It never asks for more than its quota has left: the
 //! issuer says how many are left in every answer (and in an over-quota refusal), and before any answer the roster's
 //! quota is the bound. An epoch whose quota is spent is not asked for again; the next epoch brings a fresh quota.
-//! Pure: the node's member actor and the simulator drive it.
+//! A failed refill (issuer unreachable, busy) is retried with exponential backoff and jitter
+//! ([`REFILL_BACKOFF_BASE_MS`] doubling to [`REFILL_BACKOFF_MAX_MS`]); a success, or the issuer becoming reachable,
+//! resets it. Pure: the node's member actor and the simulator drive it.
 
 use std::collections::BTreeMap;
+
+use rand_core::RngCore;
+
+use crate::backoff::Backoff;
+
+/// First wait after a failed refill.
+pub const REFILL_BACKOFF_BASE_MS: u64 = 2_000;
+/// Longest wait between refill attempts.
+pub const REFILL_BACKOFF_MAX_MS: u64 = 60_000;
 
 /// One request to make.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,12 +28,13 @@ pub struct RefillStep {
     pub count: u32,
 }
 
-/// What the member knows of its quota, per epoch.
-#[derive(Clone, Debug, Default)]
+/// What the member knows of its quota, per epoch, and when it may try again after a failure.
+#[derive(Clone, Debug)]
 pub struct RefillPlanner {
     low_water: u32,
     batch: u32,
     remaining: BTreeMap<u32, u32>,
+    backoff: Backoff,
 }
 
 impl RefillPlanner {
@@ -32,7 +44,23 @@ impl RefillPlanner {
             low_water,
             batch: batch.max(1),
             remaining: BTreeMap::new(),
+            backoff: Backoff::new(REFILL_BACKOFF_BASE_MS, REFILL_BACKOFF_MAX_MS),
         }
+    }
+
+    /// Whether a refill may be attempted at `now` (not backing off).
+    pub fn due(&self, now_ms: u64) -> bool {
+        self.backoff.ready(now_ms)
+    }
+
+    /// A refill failed at `now`; returns the wait before the next try.
+    pub fn failed(&mut self, now_ms: u64, rng: &mut impl RngCore) -> u64 {
+        self.backoff.failed(now_ms, rng)
+    }
+
+    /// A refill succeeded, or the issuer became reachable: no more backing off.
+    pub fn reset_backoff(&mut self) {
+        self.backoff.succeeded();
     }
 
     /// The next request to make, if any. `epochs` are the signable epochs with this member's quota in each
@@ -74,6 +102,7 @@ impl RefillPlanner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand_core::SeedableRng;
 
     #[test]
     fn never_asks_beyond_the_quota_and_stops_at_zero() {
@@ -89,6 +118,23 @@ mod tests {
         assert_eq!(p.next(&epochs, |_| 1), Some(RefillStep { epoch: 1, count: 3 }));
         // A roster quota lowered below what the issuer last said bounds it.
         assert_eq!(p.remaining(1, 2), 2);
+    }
+
+    #[test]
+    fn failures_back_off_with_jitter_and_a_success_resets() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(3);
+        let mut p = RefillPlanner::new(5, 8);
+        assert!(p.due(0));
+        let first = p.failed(0, &mut rng);
+        assert!((1_000..=2_000).contains(&first));
+        assert!(!p.due(first - 1) && p.due(first));
+        let second = p.failed(first, &mut rng);
+        assert!((2_000..=4_000).contains(&second));
+        for _ in 0..10 {
+            assert!(p.failed(0, &mut rng) <= REFILL_BACKOFF_MAX_MS);
+        }
+        p.reset_backoff();
+        assert!(p.due(0));
     }
 
     #[test]

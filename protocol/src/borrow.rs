@@ -1,0 +1,484 @@
+//! The borrower's rules (DESIGN §6 steps 2–6) as a state machine: which lender and relay to try next, what to do
+//! with the token after each outcome, when to cool a lender down, and when to give up.
+//!
+//! The node and the simulator both drive one [`BorrowRun`] per request:
+//! ```text
+//! loop {
+//!     match run.decide(&view, rng) {
+//!         Decision::TakeToken => match wallet.take() { Some(t) => run.token_taken(), None => run.no_token(why) },
+//!         Decision::Send { lender, relay, same_request } => {
+//!             // bind the token to `lender` (a fresh request id unless `same_request`), seal, send
+//!             for effect in run.record(outcome, now, rng) { /* cool down, drop the token, count */ }
+//!         }
+//!         Decision::Finish(finish) => break, // return the token to the wallet if `finish.return_token`
+//!     }
+//! }
+//! ```
+//! The rules, each decided once here for both drivers:
+//! - A lender is chosen by the routing policy among fresh attestations, never self, never one already tried for this
+//!   request, never one cooling down; the relay uniformly among connected members other than self and the lender.
+//!   With no relay, `strict` privacy gives up and `best-effort` goes direct.
+//! - **Refused before any claim** (no headroom, upstream 429/503, lender busy, stale key config, unreachable): the
+//!   token is unspent; the lender cools down until its `Retry-After` (capped at [`MAX_COOLDOWN_MS`] so one answer
+//!   cannot drop a lender for hours: its attestations say when it recovers) or [`DEFAULT_COOLDOWN_MS`], with
+//!   jitter, and the same token is re-bound to the next lender.
+//! - **Token rejected**: burnt only when the rejection says the token is unusable anywhere (double spend, bad
+//!   signature, wrong key id or type, bad spend signature). A rejection that is this lender's view — its epoch window
+//!   or clock (`epoch_closed`, `unknown_epoch`, `time_skew`) — keeps the token for another lender and cools this one
+//!   down: burning a good token because one lender's clock is off would waste the member's quota.
+//! - **No answer after the request may have reached the lender** (ambiguous): retried once with the same request id
+//!   and spend at the same lender through another relay (the lender answers a known request id from its cache);
+//!   still ambiguous, the token is given up as spent — never spent twice — and a fresh one goes elsewhere.
+//! - **Failed after the claim** (upstream error, unreadable request): the token is spent; the borrow fails.
+//! - At most `max_attempts` lenders per request (a setting: [`DEFAULT_MAX_ATTEMPTS`]).
+
+use rand_core::RngCore;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::PeerId;
+use crate::routing::{self, Candidate, LenderQuery, Policy, RoutingParams};
+
+/// Lenders tried per request at most, by default.
+pub const DEFAULT_MAX_ATTEMPTS: usize = 6;
+/// Cooldown after a refusal that named no retry time.
+pub const DEFAULT_COOLDOWN_MS: u64 = 15_000;
+/// Longest cooldown a lender's `Retry-After` can impose.
+pub const MAX_COOLDOWN_MS: u64 = 5 * 60_000;
+
+/// Whether a borrow may skip the relay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PrivacyMode {
+    /// Never borrow without a relay (default).
+    #[default]
+    Strict,
+    /// Go direct to the lender when no relay is available (the lender then sees this node's identity).
+    BestEffort,
+}
+
+impl std::str::FromStr for PrivacyMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "strict" => Ok(PrivacyMode::Strict),
+            "best-effort" => Ok(PrivacyMode::BestEffort),
+            other => Err(format!(
+                "unknown privacy mode '{other}'; use strict or best-effort"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for PrivacyMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PrivacyMode::Strict => "strict",
+            PrivacyMode::BestEffort => "best-effort",
+        })
+    }
+}
+
+/// Borrowing settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BorrowConfig {
+    /// Lender choice.
+    pub policy: Policy,
+    /// Routing tunables.
+    pub params: RoutingParams,
+    /// Relay requirement.
+    pub privacy: PrivacyMode,
+    /// Lenders tried per request at most.
+    pub max_attempts: usize,
+}
+
+impl Default for BorrowConfig {
+    fn default() -> Self {
+        BorrowConfig {
+            policy: Policy::default(),
+            params: RoutingParams::default(),
+            privacy: PrivacyMode::Strict,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+        }
+    }
+}
+
+/// What the borrower knows when it routes: fresh lender candidates, connected members (relay candidates).
+#[derive(Clone, Copy, Debug)]
+pub struct RouteView<'a> {
+    /// This node.
+    pub me: &'a PeerId,
+    /// Lenders with fresh attestations.
+    pub candidates: &'a [Candidate],
+    /// Connected active members.
+    pub connected: &'a [PeerId],
+    /// Roster members besides this node.
+    pub known: usize,
+    /// Now (the borrower's clock).
+    pub now_ms: u64,
+}
+
+/// Why the wallet had no token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoToken {
+    /// Empty for now; it refills from the issuer.
+    Empty,
+    /// The quota of the current epoch is spent.
+    QuotaExhausted {
+        /// When the next epoch starts, if known.
+        next_epoch_starts_at_ms: Option<u64>,
+    },
+}
+
+/// How one attempt ended, as the driver saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AttemptResult {
+    /// The lender served it.
+    Served,
+    /// Refused before any claim: the token is unspent. `delivered`: the lender's own answer came back (not a
+    /// relay's or the network's).
+    Refused {
+        /// The lender's `Retry-After`, if any.
+        retry_after_ms: Option<u64>,
+        /// What happened.
+        why: String,
+        /// The lender answered (vs. the relay or the network).
+        delivered: bool,
+    },
+    /// The lender rejected the token (its redeemer's label).
+    TokenRejected {
+        /// The rejection label (`double_spend`, `epoch_closed`, …).
+        label: String,
+    },
+    /// It may have reached the lender, and no answer settles whether the token was claimed.
+    Ambiguous {
+        /// What happened.
+        why: String,
+    },
+    /// Failed after the claim: the token is spent.
+    Spent {
+        /// What happened.
+        why: String,
+    },
+}
+
+/// Redeemer labels that make a token unusable anywhere (burnt); any other rejection is one lender's view.
+pub const BURNING_REJECTIONS: [&str; 5] = [
+    "double_spend",
+    "bad_signature",
+    "wrong_key_id",
+    "wrong_token_type",
+    "bad_spend_signature",
+];
+
+/// Why a borrow failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BorrowFailure {
+    /// No eligible lender.
+    NoLender {
+        /// Roster members besides this node.
+        known: usize,
+        /// Fresh candidates (cooling or not).
+        fresh: usize,
+        /// Suggested wait in seconds.
+        retry_s: u64,
+    },
+    /// No relay and strict privacy.
+    NoRelay {
+        /// Connected members.
+        connected: usize,
+    },
+    /// No token.
+    NoToken(NoToken),
+    /// Every attempt was ambiguous.
+    Timeout {
+        /// Lenders tried.
+        tried: usize,
+    },
+    /// Every attempt failed, or one failed after the claim.
+    Failed {
+        /// Lenders tried.
+        tried: usize,
+        /// The last failure.
+        last: String,
+    },
+}
+
+/// The end of a run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finish {
+    /// Served, or why not.
+    pub result: Result<(), BorrowFailure>,
+    /// The driver still holds an unspent token: put it back in the wallet.
+    pub return_token: bool,
+}
+
+/// What to do next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Take a token from the wallet; answer with [`BorrowRun::token_taken`] or [`BorrowRun::no_token`].
+    TakeToken,
+    /// Bind the token to `lender` and send through `relay` (direct when `None`). `same_request`: resend the previous
+    /// request id and spend unchanged (the idempotent retry); otherwise a fresh request id.
+    Send {
+        /// The lender.
+        lender: PeerId,
+        /// The relay.
+        relay: Option<PeerId>,
+        /// Resend the previous attempt unchanged.
+        same_request: bool,
+    },
+    /// Done.
+    Finish(Finish),
+}
+
+/// A side effect of an attempt's outcome, for the driver to carry out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Do not route to `peer` before `until_ms`.
+    CoolDown {
+        /// The lender.
+        peer: PeerId,
+        /// Until then.
+        until_ms: u64,
+    },
+    /// The token is gone (spent, burnt, or possibly claimed): drop it, never return it to the wallet.
+    DropToken,
+}
+
+#[derive(Clone, Debug)]
+struct Pending {
+    lender: PeerId,
+    relay: Option<PeerId>,
+    retry: bool,
+    first_why: Option<String>,
+}
+
+/// One request's borrow: see the module doc.
+#[derive(Clone, Debug)]
+pub struct BorrowRun {
+    cfg: BorrowConfig,
+    tried: Vec<PeerId>,
+    has_token: bool,
+    token_problem: Option<NoToken>,
+    pending: Option<Pending>,
+    /// An ambiguous first try to repeat at the same lender.
+    retry: Option<Pending>,
+    timeouts: usize,
+    last: String,
+    finished: Option<Finish>,
+}
+
+impl BorrowRun {
+    /// A run with no token yet.
+    pub fn new(cfg: BorrowConfig) -> Self {
+        BorrowRun {
+            cfg,
+            tried: Vec::new(),
+            has_token: false,
+            token_problem: None,
+            pending: None,
+            retry: None,
+            timeouts: 0,
+            last: "no attempt".into(),
+            finished: None,
+        }
+    }
+
+    /// Lenders tried so far.
+    pub fn tried(&self) -> &[PeerId] {
+        &self.tried
+    }
+
+    /// The driver took a token.
+    pub fn token_taken(&mut self) {
+        self.has_token = true;
+    }
+
+    /// The wallet had none.
+    pub fn no_token(&mut self, why: NoToken) {
+        self.token_problem = Some(why);
+    }
+
+    fn finish(&mut self, result: Result<(), BorrowFailure>) -> Decision {
+        let finish = Finish {
+            result,
+            return_token: self.has_token,
+        };
+        self.has_token = false;
+        self.finished = Some(finish.clone());
+        Decision::Finish(finish)
+    }
+
+    /// The next step. `view` is read fresh for every decision (attestations and cooldowns change during a run).
+    pub fn decide(&mut self, view: &RouteView<'_>, rng: &mut impl RngCore) -> Decision {
+        if let Some(f) = &self.finished {
+            return Decision::Finish(f.clone());
+        }
+        if let Some(why) = self.token_problem {
+            return self.finish(Err(BorrowFailure::NoToken(why)));
+        }
+        if let Some(retry) = self.retry.take() {
+            // The idempotent retry: same lender, same request, another relay if there is one.
+            let lender = retry.lender;
+            let relay = routing::choose_relay(view.me, &lender, view.connected, rng).or(retry.relay);
+            self.pending = Some(Pending { relay, ..retry });
+            return Decision::Send {
+                lender,
+                relay,
+                same_request: true,
+            };
+        }
+        if self.tried.len() >= self.cfg.max_attempts {
+            return self.give_up();
+        }
+        let q = LenderQuery {
+            me: view.me,
+            candidates: view.candidates,
+            tried: &self.tried,
+            now_ms: view.now_ms,
+            sticky: None,
+        };
+        let Some(lender) = routing::choose_lender(self.cfg.policy, &q, &self.cfg.params, rng) else {
+            if !self.tried.is_empty() {
+                return self.give_up();
+            }
+            let retry_s = view
+                .candidates
+                .iter()
+                .filter_map(|c| c.cooling_until_ms)
+                .map(|t| t.saturating_sub(view.now_ms) / 1000 + 1)
+                .min()
+                .unwrap_or(20);
+            return self.finish(Err(BorrowFailure::NoLender {
+                known: view.known,
+                fresh: view.candidates.len(),
+                retry_s,
+            }));
+        };
+        let relay = routing::choose_relay(view.me, &lender, view.connected, rng);
+        if relay.is_none() && self.cfg.privacy == PrivacyMode::Strict {
+            return self.finish(Err(BorrowFailure::NoRelay {
+                connected: view.connected.len(),
+            }));
+        }
+        if !self.has_token {
+            return Decision::TakeToken;
+        }
+        self.pending = Some(Pending {
+            lender,
+            relay,
+            retry: false,
+            first_why: None,
+        });
+        Decision::Send {
+            lender,
+            relay,
+            same_request: false,
+        }
+    }
+
+    fn give_up(&mut self) -> Decision {
+        let tried = self.tried.len();
+        let failure = if self.timeouts > 0 && self.timeouts == tried {
+            BorrowFailure::Timeout { tried }
+        } else {
+            BorrowFailure::Failed {
+                tried,
+                last: self.last.clone(),
+            }
+        };
+        self.finish(Err(failure))
+    }
+
+    /// Records the outcome of the last [`Decision::Send`]; returns what the driver must do about it.
+    pub fn record(&mut self, result: AttemptResult, now_ms: u64, rng: &mut impl RngCore) -> Vec<Effect> {
+        let Some(p) = self.pending.take() else {
+            return vec![];
+        };
+        // On the idempotent retry only the lender's own answer settles it.
+        let result = match result {
+            AttemptResult::Refused {
+                why,
+                delivered: false,
+                ..
+            } if p.retry => AttemptResult::Ambiguous {
+                why: format!("{}; retry: {why}", p.first_why.clone().unwrap_or_default()),
+            },
+            other => other,
+        };
+        match result {
+            AttemptResult::Served => {
+                self.tried.push(p.lender);
+                self.has_token = false;
+                self.finished = Some(Finish {
+                    result: Ok(()),
+                    return_token: false,
+                });
+                vec![]
+            }
+            AttemptResult::Refused {
+                retry_after_ms, why, ..
+            } => {
+                self.tried.push(p.lender);
+                self.last = why;
+                vec![Effect::CoolDown {
+                    peer: p.lender,
+                    until_ms: cooldown_until(now_ms, retry_after_ms, rng),
+                }]
+            }
+            AttemptResult::TokenRejected { label } => {
+                self.tried.push(p.lender);
+                self.last = format!("token rejected: {label}");
+                if BURNING_REJECTIONS.contains(&label.as_str()) {
+                    self.has_token = false;
+                    vec![Effect::DropToken]
+                } else {
+                    vec![Effect::CoolDown {
+                        peer: p.lender,
+                        until_ms: cooldown_until(now_ms, None, rng),
+                    }]
+                }
+            }
+            AttemptResult::Ambiguous { why } if !p.retry => {
+                self.retry = Some(Pending {
+                    retry: true,
+                    first_why: Some(why),
+                    ..p
+                });
+                vec![]
+            }
+            AttemptResult::Ambiguous { why } => {
+                // It may have been claimed: never spend it again.
+                self.tried.push(p.lender);
+                self.timeouts += 1;
+                self.last = why;
+                self.has_token = false;
+                vec![Effect::DropToken]
+            }
+            AttemptResult::Spent { why } => {
+                self.tried.push(p.lender);
+                self.has_token = false;
+                let tried = self.tried.len();
+                self.finished = Some(Finish {
+                    result: Err(BorrowFailure::Failed { tried, last: why }),
+                    return_token: false,
+                });
+                vec![Effect::DropToken]
+            }
+        }
+    }
+}
+
+/// When a refused lender may be tried again: its `Retry-After` capped at [`MAX_COOLDOWN_MS`], or the default, with
+/// jitter (see [`routing::cooldown_until`]).
+pub fn cooldown_until(now_ms: u64, retry_after_ms: Option<u64>, rng: &mut impl RngCore) -> u64 {
+    routing::cooldown_until(
+        now_ms,
+        retry_after_ms.map(|r| r.min(MAX_COOLDOWN_MS)),
+        DEFAULT_COOLDOWN_MS,
+        rng,
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,324 @@
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+
+use super::*;
+use crate::attestation::HeadroomBucket;
+
+fn pid(seed: u8) -> PeerId {
+    PeerId::from_public_key(&ed25519_dalek::SigningKey::from_bytes(&[seed; 32]).verifying_key())
+}
+
+fn cand(seed: u8, cooling_until_ms: Option<u64>) -> Candidate {
+    Candidate {
+        peer: pid(seed),
+        headroom: HeadroomBucket::High,
+        attestation_age_ms: 0,
+        cooling_until_ms,
+    }
+}
+
+struct World {
+    me: PeerId,
+    candidates: Vec<Candidate>,
+    connected: Vec<PeerId>,
+    rng: ChaCha20Rng,
+}
+
+impl World {
+    fn new(lenders: &[u8]) -> World {
+        let candidates: Vec<Candidate> = lenders.iter().map(|s| cand(*s, None)).collect();
+        let mut connected: Vec<PeerId> = candidates.iter().map(|c| c.peer).collect();
+        connected.push(pid(99));
+        World {
+            me: pid(1),
+            candidates,
+            connected,
+            rng: ChaCha20Rng::seed_from_u64(7),
+        }
+    }
+
+    fn decide(&mut self, run: &mut BorrowRun) -> Decision {
+        let view = RouteView {
+            me: &self.me,
+            candidates: &self.candidates,
+            connected: &self.connected,
+            known: self.candidates.len() + 1,
+            now_ms: 1_000,
+        };
+        run.decide(&view, &mut self.rng)
+    }
+
+    /// Decides, taking a token when asked; returns the Send or Finish.
+    fn next(&mut self, run: &mut BorrowRun) -> Decision {
+        match self.decide(run) {
+            Decision::TakeToken => {
+                run.token_taken();
+                self.decide(run)
+            }
+            d => d,
+        }
+    }
+}
+
+fn send(d: &Decision) -> (PeerId, Option<PeerId>, bool) {
+    match d {
+        Decision::Send {
+            lender,
+            relay,
+            same_request,
+        } => (*lender, *relay, *same_request),
+        other => panic!("expected a send, got {other:?}"),
+    }
+}
+
+fn refused() -> AttemptResult {
+    AttemptResult::Refused {
+        retry_after_ms: None,
+        why: "no headroom".into(),
+        delivered: true,
+    }
+}
+
+#[test]
+fn served_first_time_spends_the_token() {
+    let mut w = World::new(&[2, 3]);
+    let mut run = BorrowRun::new(BorrowConfig::default());
+    assert_eq!(
+        w.decide(&mut run),
+        Decision::TakeToken,
+        "a token is taken only once a lender is found"
+    );
+    run.token_taken();
+    let (lender, relay, same) = send(&w.decide(&mut run));
+    assert!(lender != w.me && relay != Some(lender) && relay != Some(w.me) && relay.is_some() && !same);
+    assert!(run.record(AttemptResult::Served, 1_000, &mut w.rng).is_empty());
+    assert_eq!(
+        w.decide(&mut run),
+        Decision::Finish(Finish {
+            result: Ok(()),
+            return_token: false
+        })
+    );
+}
+
+#[test]
+fn a_refusal_cools_the_lender_and_rebinds_the_same_token_elsewhere() {
+    let mut w = World::new(&[2, 3]);
+    let mut run = BorrowRun::new(BorrowConfig::default());
+    let (first, ..) = send(&w.next(&mut run));
+    let effects = run.record(
+        AttemptResult::Refused {
+            retry_after_ms: Some(3_600_000),
+            why: "upstream 429".into(),
+            delivered: true,
+        },
+        1_000,
+        &mut w.rng,
+    );
+    // Retry-After is honoured but capped: one answer cannot drop a lender for an hour.
+    match effects.as_slice() {
+        [Effect::CoolDown { peer, until_ms }] => {
+            assert_eq!(*peer, first);
+            assert!(*until_ms > 1_000 && *until_ms <= 1_000 + MAX_COOLDOWN_MS * 2);
+        }
+        other => panic!("{other:?}"),
+    }
+    // The next decision sends elsewhere without taking another token.
+    let (second, _, same) = send(&w.decide(&mut run));
+    assert!(second != first && !same);
+    run.record(refused(), 1_000, &mut w.rng);
+    // Both tried: give up and hand the unspent token back.
+    match w.decide(&mut run) {
+        Decision::Finish(Finish {
+            result: Err(BorrowFailure::Failed { tried: 2, .. }),
+            return_token: true,
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_burning_rejection_drops_the_token_and_a_lender_view_keeps_it() {
+    let mut w = World::new(&[2, 3, 4]);
+    let mut run = BorrowRun::new(BorrowConfig::default());
+    send(&w.next(&mut run));
+    let effects = run.record(
+        AttemptResult::TokenRejected {
+            label: "epoch_closed".into(),
+        },
+        1_000,
+        &mut w.rng,
+    );
+    assert!(
+        matches!(effects.as_slice(), [Effect::CoolDown { .. }]),
+        "kept: {effects:?}"
+    );
+    // Still holding the token: the next lender gets it without a take.
+    send(&w.decide(&mut run));
+    let effects = run.record(
+        AttemptResult::TokenRejected {
+            label: "double_spend".into(),
+        },
+        1_000,
+        &mut w.rng,
+    );
+    assert_eq!(effects, vec![Effect::DropToken]);
+    // A fresh token is taken for the third lender.
+    assert_eq!(w.decide(&mut run), Decision::TakeToken);
+}
+
+#[test]
+fn an_ambiguous_attempt_is_retried_once_unchanged_then_the_token_is_given_up() {
+    let mut w = World::new(&[2, 3]);
+    let mut run = BorrowRun::new(BorrowConfig::default());
+    let (lender, ..) = send(&w.next(&mut run));
+    let ambiguous = || AttemptResult::Ambiguous {
+        why: "timeout".into(),
+    };
+    assert!(run.record(ambiguous(), 1_000, &mut w.rng).is_empty());
+    let (again, _, same) = send(&w.decide(&mut run));
+    assert_eq!((again, same), (lender, true), "same lender, same request");
+    // A relay's failure on the retry does not settle it.
+    let effects = run.record(
+        AttemptResult::Refused {
+            retry_after_ms: None,
+            why: "relay busy".into(),
+            delivered: false,
+        },
+        1_000,
+        &mut w.rng,
+    );
+    assert_eq!(
+        effects,
+        vec![Effect::DropToken],
+        "possibly claimed: never spent again"
+    );
+    // A fresh token goes to the other lender.
+    assert_eq!(w.decide(&mut run), Decision::TakeToken);
+    run.token_taken();
+    let (other, _, same) = send(&w.decide(&mut run));
+    assert!(other != lender && !same);
+    run.record(ambiguous(), 1_000, &mut w.rng);
+    send(&w.decide(&mut run));
+    run.record(ambiguous(), 1_000, &mut w.rng);
+    match w.decide(&mut run) {
+        Decision::Finish(Finish {
+            result: Err(BorrowFailure::Timeout { tried: 2 }),
+            return_token: false,
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_lender_answering_the_retry_settles_it() {
+    let mut w = World::new(&[2]);
+    let mut run = BorrowRun::new(BorrowConfig::default());
+    send(&w.next(&mut run));
+    run.record(
+        AttemptResult::Ambiguous {
+            why: "timeout".into(),
+        },
+        1_000,
+        &mut w.rng,
+    );
+    send(&w.decide(&mut run));
+    assert!(run.record(AttemptResult::Served, 1_000, &mut w.rng).is_empty());
+    assert!(matches!(
+        w.decide(&mut run),
+        Decision::Finish(Finish { result: Ok(()), .. })
+    ));
+}
+
+#[test]
+fn failure_after_the_claim_ends_the_borrow() {
+    let mut w = World::new(&[2, 3]);
+    let mut run = BorrowRun::new(BorrowConfig::default());
+    send(&w.next(&mut run));
+    let effects = run.record(
+        AttemptResult::Spent {
+            why: "upstream 500".into(),
+        },
+        1_000,
+        &mut w.rng,
+    );
+    assert_eq!(effects, vec![Effect::DropToken]);
+    match w.decide(&mut run) {
+        Decision::Finish(Finish {
+            result: Err(BorrowFailure::Failed { tried: 1, last }),
+            return_token: false,
+        }) => assert!(last.contains("500")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn no_lender_no_relay_no_token_and_the_attempt_budget() {
+    // Every lender cooling down: no lender, with a retry hint.
+    let mut w = World::new(&[2]);
+    w.candidates = vec![cand(2, Some(11_000))];
+    let mut run = BorrowRun::new(BorrowConfig::default());
+    match w.decide(&mut run) {
+        Decision::Finish(Finish {
+            result: Err(BorrowFailure::NoLender { retry_s: 11, .. }),
+            return_token: false,
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+    // Strict privacy and no relay besides the lender.
+    let mut w = World::new(&[2]);
+    w.connected = vec![pid(2)];
+    let mut run = BorrowRun::new(BorrowConfig::default());
+    assert!(matches!(
+        w.decide(&mut run),
+        Decision::Finish(Finish {
+            result: Err(BorrowFailure::NoRelay { connected: 1 }),
+            ..
+        })
+    ));
+    // Best effort goes direct.
+    let mut run = BorrowRun::new(BorrowConfig {
+        privacy: PrivacyMode::BestEffort,
+        ..BorrowConfig::default()
+    });
+    assert_eq!(send(&w.next(&mut run)).1, None);
+    // The wallet is empty.
+    let mut w = World::new(&[2]);
+    let mut run = BorrowRun::new(BorrowConfig::default());
+    assert_eq!(w.decide(&mut run), Decision::TakeToken);
+    run.no_token(NoToken::QuotaExhausted {
+        next_epoch_starts_at_ms: Some(9),
+    });
+    assert!(matches!(
+        w.decide(&mut run),
+        Decision::Finish(Finish {
+            result: Err(BorrowFailure::NoToken(NoToken::QuotaExhausted { .. })),
+            ..
+        })
+    ));
+    // The attempt budget is a setting.
+    let mut w = World::new(&[2, 3, 4, 5]);
+    let mut run = BorrowRun::new(BorrowConfig {
+        max_attempts: 2,
+        ..BorrowConfig::default()
+    });
+    for _ in 0..2 {
+        send(&w.next(&mut run));
+        run.record(refused(), 1_000, &mut w.rng);
+    }
+    assert!(matches!(
+        w.decide(&mut run),
+        Decision::Finish(Finish {
+            result: Err(BorrowFailure::Failed { tried: 2, .. }),
+            return_token: true
+        })
+    ));
+}
+
+#[test]
+fn privacy_mode_parses_and_prints() {
+    for m in [PrivacyMode::Strict, PrivacyMode::BestEffort] {
+        assert_eq!(m.to_string().parse::<PrivacyMode>(), Ok(m));
+    }
+    assert!("loose".parse::<PrivacyMode>().is_err());
+}
