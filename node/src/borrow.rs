@@ -1,30 +1,24 @@
 //! The borrower: what a member's node does when its own capacity is gone (DESIGN §6 steps 2–6).
 //!
-//! For each attempt: pick a lender from fresh attestations (the routing policy, never self, never a peer already
-//! tried or cooling down) and a relay (uniformly among connected members, never self or the lender); take a token
-//! (durably removed from the wallet); bind it to that lender and to the request's digest; seal the request and the
-//! spend to the lender's OHTTP key; send it through the relay. Outcomes:
-//! - served → done (the token is spent);
-//! - refused before any claim (no headroom, upstream 429/503, stale key, lender unreachable) → cool the lender
-//!   down (honouring `Retry-After`, with jitter) and try the next one **with the same token**, re-bound;
-//! - token rejected → the token is burnt; a fresh one is taken;
-//! - no answer after the request may have reached the lender → retry the same request id and spend at the same
-//!   lender once (it answers idempotently), then give the token up as spent and go elsewhere with a fresh one —
-//!   never spending a possibly-claimed token twice.
-//!
-//! A token left unspent at the end goes back to the wallet. In `strict` privacy mode (default) there is no borrow
-//! without a relay; `best-effort` goes direct (and counts it).
+//! The rules — which lender and relay, what a refusal, a rejected token or a missing answer mean for the token, when
+//! to cool a lender down and when to give up — are `protocol`'s [`BorrowRun`] state machine, which the simulator
+//! drives too. This driver only moves data: it reads the routing view from the PeerBook, takes and returns tokens
+//! through the member actor, binds the token to the chosen lender, seals the request to the lender's OHTTP key
+//! (RFC 9458), sends it through the relay, and reports each attempt's [`AttemptResult`] back to the machine.
 
 use std::sync::Arc;
 
 use lendmesh_protocol::PeerId;
-use lendmesh_protocol::routing::{self, Candidate, LenderQuery, Policy, RoutingParams};
+pub use lendmesh_protocol::borrow::PrivacyMode;
+use lendmesh_protocol::borrow::{
+    AttemptResult, BorrowConfig, BorrowFailure, BorrowRun, Decision, Effect, RouteView,
+};
+use lendmesh_protocol::routing::{Candidate, Policy, RoutingParams};
 use lendmesh_protocol::token::WalletToken;
 use lendmesh_protocol::wire::{
     self, BorrowRefusal, BorrowRequest, BorrowResponse, DeliveryFailure, HttpRequest, HttpResponse,
     InnerBorrowRequest, InnerBorrowResponse, RelayRequest, RelayResponse,
 };
-use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
 use crate::member::{MemberHandle, NoToken};
@@ -32,22 +26,6 @@ use crate::metrics::Counters;
 use crate::network::{NetError, NetworkHandle};
 use crate::now_ms;
 use crate::peerbook::{AttemptOutcome, PeerBookHandle};
-
-/// Lenders tried per request at most.
-const MAX_ATTEMPTS: usize = 6;
-/// Cooldown after a refusal that named no retry time.
-const DEFAULT_COOLDOWN_MS: u64 = 15_000;
-
-/// Whether a borrow may skip the relay.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum PrivacyMode {
-    /// Never borrow without a relay (default).
-    #[default]
-    Strict,
-    /// Go direct to the lender when no relay is available (the lender then sees this node's identity).
-    BestEffort,
-}
 
 /// Why a borrow failed; each maps to an HTTP status and a sentence for the tool.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +89,31 @@ fn quota_message(next: Option<u64>) -> String {
     }
 }
 
+impl From<BorrowFailure> for BorrowError {
+    fn from(f: BorrowFailure) -> Self {
+        match f {
+            BorrowFailure::NoLender {
+                known,
+                fresh,
+                retry_s,
+            } => BorrowError::NoLender {
+                known,
+                fresh,
+                retry_s,
+            },
+            BorrowFailure::NoRelay { connected } => BorrowError::NoRelay { connected },
+            BorrowFailure::NoToken(NoToken::Empty) => BorrowError::WalletEmpty,
+            BorrowFailure::NoToken(NoToken::QuotaExhausted {
+                next_epoch_starts_at_ms,
+            }) => BorrowError::QuotaExhausted {
+                next_epoch_starts_at_ms,
+            },
+            BorrowFailure::Timeout { tried } => BorrowError::Timeout { tried },
+            BorrowFailure::Failed { tried, last } => BorrowError::Failed { tried, last },
+        }
+    }
+}
+
 impl BorrowError {
     /// A machine-readable code.
     pub fn code(&self) -> &'static str {
@@ -170,25 +173,8 @@ pub struct Borrower {
     pub counters: Arc<Counters>,
 }
 
-/// What one attempt at one lender came to.
-enum Attempt {
-    Served(HttpResponse),
-    /// Refused before any claim: the token is still good. `delivered`: the lender's own answer came back.
-    Unspent {
-        retry_after_ms: Option<u64>,
-        why: String,
-        delivered: bool,
-    },
-    /// The token was refused (burnt).
-    TokenBurnt(String),
-    /// Unclear whether the lender claimed the token.
-    Ambiguous(String),
-    /// The upstream failed after the claim (token spent).
-    Spent(String),
-}
-
 impl Borrower {
-    /// Borrows one request; see the module doc.
+    /// Borrows one request, driving `protocol`'s [`BorrowRun`].
     pub async fn borrow(&self, http: HttpRequest) -> Result<HttpResponse, BorrowError> {
         let started = std::time::Instant::now();
         let http_bytes = wire::encode(&http).map_err(|e| BorrowError::Failed {
@@ -196,148 +182,93 @@ impl Borrower {
             last: e.to_string(),
         })?;
         let digest = wire::request_digest(&http_bytes);
-        let mut tried: Vec<PeerId> = Vec::new();
-        let mut token: Option<WalletToken> = None;
-        let mut last = String::from("no attempt");
-        let mut timeouts = 0;
+        let mut run = BorrowRun::new(BorrowConfig {
+            policy: self.policy,
+            params: self.params,
+            privacy: self.privacy,
+            ..BorrowConfig::default()
+        });
         let mut rng = rand::rngs::OsRng;
-        let result = loop {
-            if tried.len() >= MAX_ATTEMPTS {
-                break Err(if timeouts > 0 && timeouts == tried.len() {
-                    BorrowError::Timeout { tried: tried.len() }
-                } else {
-                    BorrowError::Failed {
-                        tried: tried.len(),
-                        last,
-                    }
-                });
-            }
+        let mut token: Option<WalletToken> = None;
+        let mut sent: Option<(InnerBorrowRequest, Vec<u8>)> = None;
+        let mut served: Option<HttpResponse> = None;
+        let finish = loop {
             let view = self.peerbook.routing().await;
-            let now = now_ms();
             let candidates: Vec<Candidate> = view.lenders.iter().map(|l| l.candidate.clone()).collect();
-            let q = LenderQuery {
+            let route = RouteView {
                 me: &self.me,
                 candidates: &candidates,
-                tried: &tried,
-                now_ms: now,
-                sticky: None,
+                connected: &view.connected,
+                known: view.known,
+                now_ms: now_ms(),
             };
-            let Some(lender) = routing::choose_lender(self.policy, &q, &self.params, &mut rng) else {
-                if !tried.is_empty() {
-                    break Err(BorrowError::Failed {
-                        tried: tried.len(),
-                        last,
-                    });
-                }
-                let retry_s = view
-                    .lenders
-                    .iter()
-                    .filter_map(|l| l.candidate.cooling_until_ms)
-                    .map(|t| t.saturating_sub(now) / 1000 + 1)
-                    .min()
-                    .unwrap_or(20);
-                break Err(BorrowError::NoLender {
-                    known: view.known,
-                    fresh: view.lenders.len(),
-                    retry_s,
-                });
-            };
-            let key_config = view
-                .lenders
-                .iter()
-                .find(|l| l.candidate.peer == lender)
-                .map(|l| l.key_config.clone());
-            let Some(key_config) = key_config else { continue };
-            let relay = routing::choose_relay(&self.me, &lender, &view.connected, &mut rng);
-            if relay.is_none() && self.privacy == PrivacyMode::Strict {
-                break Err(BorrowError::NoRelay {
-                    connected: view.connected.len(),
-                });
-            }
-            if token.is_none() {
-                match self.member.take().await {
-                    Ok(t) => token = Some(t),
-                    Err(NoToken::Empty) => break Err(BorrowError::WalletEmpty),
-                    Err(NoToken::QuotaExhausted {
-                        next_epoch_starts_at_ms,
-                    }) => {
-                        break Err(BorrowError::QuotaExhausted {
-                            next_epoch_starts_at_ms,
-                        });
+            match run.decide(&route, &mut rng) {
+                Decision::TakeToken => match self.member.take().await {
+                    Ok(t) => {
+                        token = Some(t);
+                        run.token_taken();
+                    }
+                    Err(why) => run.no_token(why),
+                },
+                Decision::Send {
+                    lender,
+                    relay,
+                    same_request,
+                } => {
+                    let key_config = view
+                        .lenders
+                        .iter()
+                        .find(|l| l.candidate.peer == lender)
+                        .map(|l| l.key_config.clone())
+                        .or_else(|| sent.as_ref().map(|(_, k)| k.clone()))
+                        .unwrap_or_default();
+                    let inner = match (&sent, same_request, &token) {
+                        (Some((inner, _)), true, _) => inner.clone(),
+                        (_, _, Some(t)) => {
+                            let mut request_id = [0u8; 16];
+                            rand_core::RngCore::fill_bytes(&mut rng, &mut request_id);
+                            InnerBorrowRequest {
+                                request_id,
+                                spend: t.spend(lender, digest, now_ms()),
+                                http_request: http_bytes.clone(),
+                            }
+                        }
+                        _ => {
+                            warn!("borrow run asked to send without a token; giving up");
+                            break run_failure("no token to send");
+                        }
+                    };
+                    let (result, response) = self.attempt(lender, relay, &key_config, &inner).await;
+                    sent = Some((inner, key_config));
+                    self.report(lender, relay, &result);
+                    if let AttemptResult::Served = result {
+                        served = response;
+                    }
+                    for effect in run.record(result, now_ms(), &mut rng) {
+                        match effect {
+                            Effect::CoolDown { peer, until_ms } => {
+                                self.peerbook.cool_down(peer, until_ms).await
+                            }
+                            Effect::DropToken => token = None,
+                        }
                     }
                 }
-            }
-            let Some(t) = token.as_ref() else {
-                break Err(BorrowError::WalletEmpty);
-            };
-            let mut request_id = [0u8; 16];
-            rand_core::RngCore::fill_bytes(&mut rng, &mut request_id);
-            let inner = InnerBorrowRequest {
-                request_id,
-                spend: t.spend(lender, digest, now_ms()),
-                http_request: http_bytes.clone(),
-            };
-            let mut attempt = self.attempt(lender, relay, &key_config, &inner).await;
-            if let Attempt::Ambiguous(first) = &attempt {
-                // Same request id and spend, same lender, another relay if there is one: answered idempotently.
-                let first = first.clone();
-                let other = routing::choose_relay(&self.me, &lender, &view.connected, &mut rng);
-                attempt = match self.attempt(lender, other.or(relay), &key_config, &inner).await {
-                    // Only the lender's own answer settles it; a delivery failure leaves it ambiguous.
-                    Attempt::Unspent {
-                        why,
-                        delivered: false,
-                        ..
-                    } => Attempt::Ambiguous(format!("{first}; retry: {why}")),
-                    settled => settled,
-                };
-            }
-            tried.push(lender);
-            let (outcome, delivered) = match &attempt {
-                Attempt::Served(_) => (AttemptOutcome::Served, true),
-                Attempt::Unspent { delivered, .. } => (AttemptOutcome::Refused, *delivered),
-                Attempt::TokenBurnt(_) | Attempt::Spent(_) => (AttemptOutcome::Failed, true),
-                Attempt::Ambiguous(_) => (AttemptOutcome::Failed, false),
-            };
-            self.peerbook.record_outcome(lender, relay, outcome, delivered);
-            match attempt {
-                Attempt::Served(resp) => {
-                    token = None;
-                    break Ok(resp);
-                }
-                Attempt::Unspent {
-                    retry_after_ms, why, ..
-                } => {
-                    let until =
-                        routing::cooldown_until(now_ms(), retry_after_ms, DEFAULT_COOLDOWN_MS, &mut rng);
-                    self.peerbook.cool_down(lender, until).await;
-                    debug!(lender = %lender.short(), %why, "lender refused before claiming; trying another");
-                    last = why;
-                }
-                Attempt::TokenBurnt(why) => {
-                    warn!(lender = %lender.short(), %why, "token refused; using a fresh one");
-                    token = None;
-                    last = why;
-                }
-                Attempt::Ambiguous(why) => {
-                    // It may have been claimed: never spend it again.
-                    warn!(lender = %lender.short(), %why, "no answer from the lender; giving the token up as spent");
-                    token = None;
-                    timeouts += 1;
-                    last = why;
-                }
-                Attempt::Spent(why) => {
-                    token = None;
-                    break Err(BorrowError::Failed {
-                        tried: tried.len(),
-                        last: why,
-                    });
-                }
+                Decision::Finish(finish) => break finish,
             }
         };
-        if let Some(t) = token {
+        if let Some(t) = token.take()
+            && finish.return_token
+        {
             self.member.put_back(t).await;
         }
+        let result = match (finish.result, served) {
+            (Ok(()), Some(resp)) => Ok(resp),
+            (Ok(()), None) => Err(BorrowError::Failed {
+                tried: run.tried().len(),
+                last: "served without a response".into(),
+            }),
+            (Err(f), _) => Err(BorrowError::from(f)),
+        };
         match &result {
             Ok(_) => {
                 self.counters.inc(&self.counters.borrows_ok);
@@ -354,24 +285,49 @@ impl Borrower {
         result
     }
 
+    /// Tells the PeerBook how an attempt went (per-peer outcomes on `/v1/peers`).
+    fn report(&self, lender: PeerId, relay: Option<PeerId>, result: &AttemptResult) {
+        let (outcome, delivered) = match result {
+            AttemptResult::Served => (AttemptOutcome::Served, true),
+            AttemptResult::Refused { delivered, why, .. } => {
+                debug!(lender = %lender.short(), %why, "lender refused before claiming");
+                (AttemptOutcome::Refused, *delivered)
+            }
+            AttemptResult::TokenRejected { label } => {
+                warn!(lender = %lender.short(), %label, "token rejected");
+                (AttemptOutcome::Failed, true)
+            }
+            AttemptResult::Spent { .. } => (AttemptOutcome::Failed, true),
+            AttemptResult::Ambiguous { why } => {
+                warn!(lender = %lender.short(), %why, "no answer settles whether the lender claimed the token");
+                (AttemptOutcome::Failed, false)
+            }
+        };
+        self.peerbook.record_outcome(lender, relay, outcome, delivered);
+    }
+
+    /// One attempt: seal, send through the relay (or direct), open the answer.
     async fn attempt(
         &self,
         lender: PeerId,
         relay: Option<PeerId>,
         key_config: &[u8],
         inner: &InnerBorrowRequest,
-    ) -> Attempt {
+    ) -> (AttemptResult, Option<HttpResponse>) {
         let sealed = match wire::encode(inner).map_err(|e| e.to_string()).and_then(|bytes| {
             let client = ohttp::ClientRequest::from_encoded_config(key_config).map_err(|e| e.to_string())?;
             client.encapsulate(&bytes).map_err(|e| e.to_string())
         }) {
             Ok(s) => s,
             Err(e) => {
-                return Attempt::Unspent {
-                    retry_after_ms: None,
-                    why: format!("cannot seal to the lender: {e}"),
-                    delivered: false,
-                };
+                return (
+                    AttemptResult::Refused {
+                        retry_after_ms: None,
+                        why: format!("cannot seal to the lender: {e}"),
+                        delivered: false,
+                    },
+                    None,
+                );
             }
         };
         let (enc, client_response) = sealed;
@@ -389,7 +345,7 @@ impl Borrower {
         };
         let sealed = match delivered {
             Ok(s) => s,
-            Err(a) => return a,
+            Err(a) => return (a, None),
         };
         let inner_resp = match client_response
             .decapsulate(&sealed)
@@ -397,65 +353,96 @@ impl Borrower {
             .and_then(|plain| wire::decode::<InnerBorrowResponse>(&plain).map_err(|e| e.to_string()))
         {
             Ok(r) => r,
-            Err(e) => return Attempt::Ambiguous(format!("unreadable response: {e}")),
+            Err(e) => {
+                return (
+                    AttemptResult::Ambiguous {
+                        why: format!("unreadable response: {e}"),
+                    },
+                    None,
+                );
+            }
         };
         match inner_resp {
             InnerBorrowResponse::Served { http_response } => {
                 match wire::decode::<HttpResponse>(&http_response) {
-                    Ok(r) => Attempt::Served(r),
-                    Err(e) => Attempt::Spent(format!("malformed response from the lender: {e}")),
+                    Ok(r) => (AttemptResult::Served, Some(r)),
+                    Err(e) => (
+                        AttemptResult::Spent {
+                            why: format!("malformed response from the lender: {e}"),
+                        },
+                        None,
+                    ),
                 }
             }
             InnerBorrowResponse::Refused {
                 reason,
                 retry_after_ms,
-            } => match reason {
-                BorrowRefusal::NoHeadroom => Attempt::Unspent {
-                    retry_after_ms,
-                    why: "lender has no headroom".into(),
-                    delivered: true,
-                },
-                BorrowRefusal::UpstreamRefused { status } => Attempt::Unspent {
-                    retry_after_ms,
-                    why: format!("lender's upstream refused ({status})"),
-                    delivered: true,
-                },
-                BorrowRefusal::TokenRejected(label) => {
-                    Attempt::TokenBurnt(format!("token rejected: {label}"))
-                }
-                BorrowRefusal::UpstreamFailed(e) => Attempt::Spent(format!("lender's upstream failed: {e}")),
-                BorrowRefusal::BadRequest(e) => {
-                    Attempt::Spent(format!("lender could not read the request: {e}"))
-                }
-            },
+            } => (refusal(reason, retry_after_ms), None),
         }
     }
 }
 
-fn delivery_failure(f: DeliveryFailure) -> Attempt {
+/// What a lender's refusal means to the borrow machine.
+fn refusal(reason: BorrowRefusal, retry_after_ms: Option<u64>) -> AttemptResult {
+    match reason {
+        BorrowRefusal::NoHeadroom => AttemptResult::Refused {
+            retry_after_ms,
+            why: "lender has no headroom".into(),
+            delivered: true,
+        },
+        BorrowRefusal::UpstreamRefused { status } => AttemptResult::Refused {
+            retry_after_ms,
+            why: format!("lender's upstream refused ({status})"),
+            delivered: true,
+        },
+        BorrowRefusal::TokenRejected(label) => AttemptResult::TokenRejected { label },
+        BorrowRefusal::UpstreamFailed(e) => AttemptResult::Spent {
+            why: format!("lender's upstream failed: {e}"),
+        },
+        BorrowRefusal::BadRequest(e) => AttemptResult::Spent {
+            why: format!("lender could not read the request: {e}"),
+        },
+    }
+}
+
+fn run_failure(why: &str) -> lendmesh_protocol::borrow::Finish {
+    lendmesh_protocol::borrow::Finish {
+        result: Err(BorrowFailure::Failed {
+            tried: 0,
+            last: why.into(),
+        }),
+        return_token: true,
+    }
+}
+
+fn delivery_failure(f: DeliveryFailure) -> AttemptResult {
     match f {
         // The relay never reached the lender, or the lender refused before opening it.
         DeliveryFailure::LenderUnreachable
         | DeliveryFailure::RelayBusy
         | DeliveryFailure::StaleKeyConfig
         | DeliveryFailure::LenderBusy
-        | DeliveryFailure::BadLender => Attempt::Unspent {
+        | DeliveryFailure::BadLender => AttemptResult::Refused {
             retry_after_ms: None,
             why: format!("{f:?}"),
             delivered: false,
         },
         // The request may have reached the lender.
-        DeliveryFailure::LenderTimeout => Attempt::Ambiguous("the lender did not answer the relay".into()),
+        DeliveryFailure::LenderTimeout => AttemptResult::Ambiguous {
+            why: "the lender did not answer the relay".into(),
+        },
     }
 }
 
-fn net_failure(e: NetError) -> Attempt {
+fn net_failure(e: NetError) -> AttemptResult {
     match e {
-        NetError::Unreachable { .. } => Attempt::Unspent {
+        NetError::Unreachable { .. } => AttemptResult::Refused {
             retry_after_ms: None,
             why: e.to_string(),
             delivered: false,
         },
-        other => Attempt::Ambiguous(other.to_string()),
+        other => AttemptResult::Ambiguous {
+            why: other.to_string(),
+        },
     }
 }

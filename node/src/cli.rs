@@ -184,7 +184,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "ADDR")]
     pub gateway: Option<String>,
     /// Privacy mode: strict (never borrow without a relay) or best-effort.
-    #[arg(long, value_enum)]
+    #[arg(long)]
     pub privacy: Option<crate::borrow::PrivacyMode>,
     /// Lender choice: p2c, greedy, uniform or weighted.
     #[arg(long)]

@@ -5,7 +5,8 @@
 //! accepted. The attestation carries this node's current OHTTP key config (a fresh X25519 key per start).
 //!
 //! **Borrows.** A relay forwards an OHTTP-sealed [`InnerBorrowRequest`]. The lender opens it (a failure means the
-//! borrower used a stale key config: it is told so in the clear and re-seals), then, in order:
+//! borrower used a stale key config: it is told so in the clear and re-seals), then goes down `protocol`'s lend
+//! ladder (`protocol::lend`, which the simulator drives too), in order:
 //! 1. answers a retry of a known request id from its idempotency cache (or joins the in-flight original);
 //! 2. takes one unit of its upstream's capacity, keeping `reserve` for its own member — **refusing before any
 //!    claim** when there is none, so the token stays unspent;
@@ -24,6 +25,7 @@ use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use lendmesh_protocol::attestation::{Attestation, AttestationBody, AttestationKey, HeadroomBucket};
+use lendmesh_protocol::lend::{self, Admission, LendConfig, LendLadder, UpstreamOutcome, UpstreamVerdict};
 use lendmesh_protocol::redeemer::Redeemer;
 use lendmesh_protocol::wire::{
     self, BorrowRefusal, BorrowRequest, BorrowResponse, DeliveryFailure, GossipMessage, HttpRequest,
@@ -46,11 +48,7 @@ use crate::upstream::{Upstream, UpstreamError, UpstreamRequest};
 /// Messages queued to the lender: 256 (borrows from every member at once in a 100-member group, with room).
 pub const CAPACITY: usize = 256;
 /// Borrows served at once; more are refused with `LenderBusy` (the borrower tries another lender).
-pub const MAX_CONCURRENT_LENDS: usize = 64;
-/// How long a finished borrow's answer is kept for idempotent retries.
-const IDEMPOTENCY_TTL_MS: u64 = 5 * 60 * 1000;
-/// Answers kept for retries at most (about 5 minutes of 3 borrows/s).
-const IDEMPOTENCY_CAPACITY: usize = 1024;
+pub const MAX_CONCURRENT_LENDS: usize = lendmesh_protocol::lend::DEFAULT_MAX_IN_FLIGHT;
 /// Lend records kept for the API.
 const LEND_RECORDS: usize = 1000;
 /// Minimum spacing of extra (non-periodic) attestations.
@@ -225,20 +223,11 @@ pub fn spawn(
         tx: tx.clone(),
         seq,
         last_bucket: None,
-        idem: HashMap::new(),
-        idem_order: VecDeque::new(),
-        in_flight: 0,
+        ladder: LendLadder::new(LendConfig::default()),
+        waiters: HashMap::new(),
         lends: VecDeque::new(),
     };
     (LenderHandle { tx }, tokio::spawn(actor.run(shutdown)))
-}
-
-enum Idem {
-    InFlight(Vec<(ohttp::ServerResponse, ResponseChannel<BorrowResponse>)>),
-    Done {
-        response: InnerBorrowResponse,
-        expires_ms: u64,
-    },
 }
 
 struct Lender {
@@ -250,9 +239,10 @@ struct Lender {
     tx: mpsc::Sender<Msg>,
     seq: u64,
     last_bucket: Option<HeadroomBucket>,
-    idem: HashMap<[u8; 16], Idem>,
-    idem_order: VecDeque<[u8; 16]>,
-    in_flight: usize,
+    /// The lend rules' idempotency cache and bounds (`protocol::lend`).
+    ladder: LendLadder<InnerBorrowResponse>,
+    /// Retries parked until the original answer is ready (at most `max_waiters` per request id, by the ladder).
+    waiters: HashMap<[u8; 16], Vec<(ohttp::ServerResponse, ResponseChannel<BorrowResponse>)>>,
     lends: VecDeque<LendRecord>,
 }
 
@@ -362,30 +352,31 @@ impl Lender {
                 return;
             }
         };
-        self.expire_idem();
-        match self.idem.get_mut(&inner.request_id) {
-            Some(Idem::Done { response, .. }) => {
-                let response = response.clone();
+        match self.ladder.admit(inner.request_id, now_ms()) {
+            Admission::Replay(response) => {
                 self.respond_sealed(server_response, channel, &response).await;
                 return;
             }
-            Some(Idem::InFlight(waiters)) => {
-                waiters.push((server_response, channel));
+            Admission::Join => {
+                self.waiters
+                    .entry(inner.request_id)
+                    .or_default()
+                    .push((server_response, channel));
                 return;
             }
-            None => {}
+            Admission::Busy => {
+                self.net
+                    .respond_borrow(channel, BorrowResponse::Failed(DeliveryFailure::LenderBusy))
+                    .await;
+                return;
+            }
+            Admission::Proceed => {}
         }
-        if self.in_flight >= MAX_CONCURRENT_LENDS {
-            self.net
-                .respond_borrow(channel, BorrowResponse::Failed(DeliveryFailure::LenderBusy))
-                .await;
-            return;
-        }
-        self.in_flight += 1;
         self.counters.inc(&self.counters.lends_in_flight);
-        self.idem
-            .insert(inner.request_id, Idem::InFlight(vec![(server_response, channel)]));
-        self.idem_order.push_back(inner.request_id);
+        self.waiters
+            .entry(inner.request_id)
+            .or_default()
+            .push((server_response, channel));
         let ctx = LendContext {
             counters: self.counters.clone(),
             upstream: self.p.upstream.clone(),
@@ -414,7 +405,6 @@ impl Lender {
         response: InnerBorrowResponse,
         record: LendRecord,
     ) {
-        self.in_flight = self.in_flight.saturating_sub(1);
         self.counters.dec(&self.counters.lends_in_flight);
         match &response {
             InnerBorrowResponse::Served { .. } => self.counters.inc(&self.counters.lends_served),
@@ -427,17 +417,8 @@ impl Lender {
         while self.lends.len() > LEND_RECORDS {
             self.lends.pop_front();
         }
-        let waiters = match self.idem.insert(
-            request_id,
-            Idem::Done {
-                response: response.clone(),
-                expires_ms: now_ms() + IDEMPOTENCY_TTL_MS,
-            },
-        ) {
-            Some(Idem::InFlight(w)) => w,
-            _ => vec![],
-        };
-        for (server_response, channel) in waiters {
+        self.ladder.finish(request_id, response.clone(), now_ms());
+        for (server_response, channel) in self.waiters.remove(&request_id).unwrap_or_default() {
             self.respond_sealed(server_response, channel, &response).await;
         }
     }
@@ -459,25 +440,6 @@ impl Lender {
             }
         };
         self.net.respond_borrow(channel, resp).await;
-    }
-
-    /// Drops finished answers past their TTL, and the oldest beyond the capacity.
-    fn expire_idem(&mut self) {
-        let now = now_ms();
-        while let Some(id) = self.idem_order.front().copied() {
-            let expired = match self.idem.get(&id) {
-                Some(Idem::Done { expires_ms, .. }) => {
-                    *expires_ms <= now || self.idem_order.len() > IDEMPOTENCY_CAPACITY
-                }
-                Some(Idem::InFlight(_)) => false,
-                None => true,
-            };
-            if !expired {
-                break;
-            }
-            self.idem_order.pop_front();
-            self.idem.remove(&id);
-        }
     }
 }
 
@@ -513,19 +475,17 @@ impl LendContext {
             }
         };
         record.request = format!("{} {}", http.method, http.path_and_query);
-        // 1. Headroom, keeping the reserve: refuse before any claim.
-        let Some(permit) = self.upstream.try_acquire(now, self.reserve) else {
-            let h = self.upstream.headroom(now);
+        // 2. Headroom, keeping the reserve: refuse before any claim (`protocol::lend::headroom`).
+        let h = self.upstream.headroom(now);
+        let permit = lend::headroom(h.remaining, self.reserve, h.resets_at_ms, now)
+            .ok()
+            .and_then(|()| self.upstream.try_acquire(now, self.reserve));
+        let Some(permit) = permit else {
             record.outcome = "no_headroom".into();
-            return (
-                refuse(
-                    BorrowRefusal::NoHeadroom,
-                    Some(h.resets_at_ms.saturating_sub(now)),
-                ),
-                record,
-            );
+            let retry = lend::headroom(0, 0, h.resets_at_ms, now).err();
+            return (refuse(BorrowRefusal::NoHeadroom, retry), record);
         };
-        // 2. Redeem and claim durably before any work.
+        // 3. Redeem and claim durably before any work.
         let digest = wire::request_digest(&inner.http_request);
         let (redeemer, store, spend) = (self.redeemer.clone(), self.store.clone(), inner.spend.clone());
         let redeemed =
@@ -546,7 +506,7 @@ impl LendContext {
                 return (refuse(BorrowRefusal::UpstreamFailed(e.to_string()), None), record);
             }
         };
-        // 3. The upstream.
+        // 4. The upstream; what its answer means for the claim is `protocol::lend::after_upstream`.
         let result = self
             .upstream
             .call(
@@ -561,20 +521,30 @@ impl LendContext {
             .await;
         self.counters
             .upstream_call(result.as_ref().ok().map(|r| r.status));
-        match result {
-            Ok(resp) if resp.status == 429 || resp.status == 503 => {
-                // No work was done: release the claim so the token can be spent again.
+        let outcome = match &result {
+            Ok(resp) => UpstreamOutcome::Status(resp.status),
+            Err(
+                UpstreamError::Connect { .. }
+                | UpstreamError::BadUrl { .. }
+                | UpstreamError::InvalidRequest(_)
+                | UpstreamError::ForeignPermit,
+            ) => UpstreamOutcome::Unreachable,
+            Err(_) => UpstreamOutcome::Failed,
+        };
+        match (lend::after_upstream(outcome), result) {
+            (UpstreamVerdict::ReleaseAndRefuse { status }, result) => {
+                // No work was done: release the claim so the token can be spent again elsewhere.
                 if let Err(e) = self.redeemer.release(&redemption, &self.store) {
                     warn!(%e, "could not release a claim");
                 }
-                let retry = retry_after_ms(&resp.headers);
-                record.outcome = format!("upstream_refused:{}", resp.status);
-                (
-                    refuse(BorrowRefusal::UpstreamRefused { status: resp.status }, retry),
-                    record,
-                )
+                let retry = result.as_ref().ok().and_then(|r| retry_after_ms(&r.headers));
+                if let Err(e) = &result {
+                    debug!(%e, "upstream unreachable; claim released");
+                }
+                record.outcome = format!("upstream_refused:{status}");
+                (refuse(BorrowRefusal::UpstreamRefused { status }, retry), record)
             }
-            Ok(resp) => {
+            (UpstreamVerdict::Served, Ok(resp)) => {
                 let http_response = HttpResponse {
                     status: resp.status,
                     headers: resp.headers,
@@ -591,26 +561,12 @@ impl LendContext {
                     }
                 }
             }
-            Err(
-                e @ (UpstreamError::Connect { .. }
-                | UpstreamError::BadUrl { .. }
-                | UpstreamError::InvalidRequest(_)
-                | UpstreamError::ForeignPermit),
-            ) => {
-                // Nothing reached the upstream: release the claim so the token can be spent elsewhere.
-                if let Err(e) = self.redeemer.release(&redemption, &self.store) {
-                    warn!(%e, "could not release a claim");
-                }
-                debug!(%e, "upstream unreachable; claim released");
-                record.outcome = "upstream_refused:502".into();
-                (
-                    refuse(BorrowRefusal::UpstreamRefused { status: 502 }, None),
-                    record,
-                )
-            }
-            Err(e) => {
+            (_, result) => {
                 record.outcome = "upstream_failed".into();
-                (refuse(BorrowRefusal::UpstreamFailed(e.to_string()), None), record)
+                let why = result
+                    .err()
+                    .map_or_else(|| "upstream failed".to_string(), |e| e.to_string());
+                (refuse(BorrowRefusal::UpstreamFailed(why), None), record)
             }
         }
     }

@@ -36,8 +36,6 @@ use crate::store::Store;
 pub const CAPACITY: usize = 64;
 /// How often the wallet level is checked.
 const CHECK_PERIOD: Duration = Duration::from_secs(2);
-/// Longest wait between failed refill attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// Where tokens come from.
 #[derive(Clone, Debug)]
@@ -76,17 +74,7 @@ impl std::fmt::Debug for Msg {
     }
 }
 
-/// Why there is no token to spend.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NoToken {
-    /// The wallet is empty for now; it refills from the issuer.
-    Empty,
-    /// This member's quota for the current epoch is spent; the next epoch brings a fresh one.
-    QuotaExhausted {
-        /// When the next epoch starts (ms since the Unix epoch), if known.
-        next_epoch_starts_at_ms: Option<u64>,
-    },
-}
+pub use lendmesh_protocol::borrow::NoToken;
 
 /// Handle to the member actor.
 #[derive(Clone, Debug)]
@@ -159,7 +147,6 @@ pub fn spawn(
         counters,
         wallet,
         rx,
-        backoff: CHECK_PERIOD,
     };
     Ok((MemberHandle { tx }, tokio::spawn(actor.run(shutdown))))
 }
@@ -174,7 +161,6 @@ struct Member {
     counters: Arc<Counters>,
     wallet: Wallet,
     rx: mpsc::Receiver<Msg>,
-    backoff: Duration,
 }
 
 enum Outcome {
@@ -202,7 +188,7 @@ impl Member {
                     }
                     Msg::PutBack { token } => self.handle_put_back(token),
                     Msg::Nudge => {
-                        self.backoff = CHECK_PERIOD;
+                        self.planner.reset_backoff();
                         next_check = tokio::time::Instant::now();
                     }
                 },
@@ -215,8 +201,14 @@ impl Member {
                 _ = tokio::time::sleep_until(next_check) => {
                     self.handle_expiry();
                     let ok = self.handle_refill(&shutdown).await;
-                    self.backoff = if ok { CHECK_PERIOD } else { (self.backoff * 2).min(MAX_BACKOFF) };
-                    next_check = tokio::time::Instant::now() + self.backoff;
+                    // Failures back off with jitter (`protocol::refill`), successes check again soon.
+                    let wait = if ok {
+                        self.planner.reset_backoff();
+                        CHECK_PERIOD
+                    } else {
+                        Duration::from_millis(self.planner.failed(now_ms(), &mut rand::rngs::OsRng))
+                    };
+                    next_check = tokio::time::Instant::now() + wait;
                 }
             }
         }
