@@ -179,7 +179,9 @@ async fn refresh_gauges(s: &ApiState) {
     c.key_alarms.set(view.refused_epochs.len() as i64);
 }
 
-async fn metrics(State(s): State<Arc<ApiState>>) -> Response {
+/// `/metrics`: OpenMetrics when the `Accept` header asks for `application/openmetrics-text` (Prometheus's scraper
+/// does), the Prometheus text format 0.0.4 otherwise (curl, `promtool check metrics`, older scrapers).
+async fn metrics(State(s): State<Arc<ApiState>>, headers: axum::http::HeaderMap) -> Response {
     refresh_gauges(&s).await;
     let mut body = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut body, &s.registry) {
@@ -189,11 +191,25 @@ async fn metrics(State(s): State<Arc<ApiState>>) -> Response {
         )
             .into_response();
     }
+    let accept = headers
+        .get_all(axum::http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    let (body, content_type) = if crate::metrics::wants_openmetrics(accept) {
+        (body, crate::metrics::OPENMETRICS_CONTENT_TYPE)
+    } else {
+        (
+            crate::metrics::openmetrics_to_prometheus_text(&body),
+            crate::metrics::PROMETHEUS_TEXT_CONTENT_TYPE,
+        )
+    };
     let mut resp = body.into_response();
-    resp.headers_mut().insert(
-        "content-type",
-        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    let headers = resp.headers_mut();
+    headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type),
     );
+    headers.insert(axum::http::header::VARY, HeaderValue::from_static("accept"));
     resp
 }
 
