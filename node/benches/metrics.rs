@@ -7,14 +7,14 @@
 
 use std::time::Instant;
 
-use lendmesh_node::metrics::{Counters, PeerLabel};
+use lendmesh_node::metrics::{NodeMetrics, PeerLabel};
 use prometheus_client::registry::Registry;
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let counters = Counters::default();
+    let counters = NodeMetrics::default();
     let mut registry = Registry::default();
     counters.register(&mut registry);
     let _libp2p = libp2p::metrics::Metrics::new(&mut registry);
@@ -33,7 +33,7 @@ fn main() {
         "lender_timeout",
         "borrow_failed",
     ] {
-        Counters::outcome(&counters.borrows, o);
+        NodeMetrics::outcome(&counters.borrows, o);
     }
     for o in [
         "served",
@@ -43,7 +43,7 @@ fn main() {
         "upstream_failed",
         "stale_key_config",
     ] {
-        Counters::outcome(&counters.lends, o);
+        NodeMetrics::outcome(&counters.lends, o);
     }
     for i in 0..10_000 {
         counters.borrow_latency.observe(0.001 * (i % 500) as f64);

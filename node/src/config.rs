@@ -7,6 +7,9 @@
 use std::path::Path;
 use std::time::Duration;
 
+/// Default request and response body limit of the gateway, each way.
+pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+
 use serde::{Deserialize, Serialize};
 
 /// Largest config file accepted.
@@ -96,7 +99,7 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
             addr: "127.0.0.1:8640".into(),
-            body_limit: crate::gateway::DEFAULT_BODY_LIMIT,
+            body_limit: DEFAULT_BODY_LIMIT,
         }
     }
 }
@@ -106,7 +109,7 @@ impl Default for GatewayConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct BorrowConfig {
     /// `strict` (never without a relay) or `best-effort`.
-    pub privacy: crate::borrow::PrivacyMode,
+    pub privacy: lendmesh_protocol::borrow::PrivacyMode,
     /// Lender choice: `p2c` (default), `greedy`, `uniform`, `weighted`.
     pub policy: lendmesh_protocol::routing::Policy,
 }

@@ -14,11 +14,11 @@ use lendmesh_protocol::blind_rsa::KeySize;
 use rand::SeedableRng;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{create_group, invite_member};
-use crate::cli::init_home;
 use crate::config::Config;
-use crate::group_state::GroupState;
+use crate::group::admin::{create_group, invite_member};
+use crate::group::state::GroupState;
 use crate::node::{RunOptions, StartedNode, start};
+use crate::store::init_home;
 
 /// Demo settings.
 #[derive(Debug, Clone, clap::Args)]

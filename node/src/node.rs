@@ -1,4 +1,10 @@
 //! Wires the actors together and runs a node until shutdown (`lendmesh run`, `lendmesh demo`).
+//!
+//! Shutdown has three phases, so work in flight finishes (bounded) instead of being cut off:
+//! 1. the HTTP servers stop accepting and finish their requests — borrows in flight included — while every actor
+//!    still runs ([`DRAIN_DEADLINE`]); a borrow still running then ends with `503 shutting_down`;
+//! 2. lends and relays in flight (tasks on the node's tracker) finish ([`DRAIN_DEADLINE`]); new ones are refused;
+//! 3. the actors stop ([`JOIN_TIMEOUT`] each).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -6,33 +12,45 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use ed25519_dalek::SigningKey;
 use lendmesh_protocol::PeerId;
-use lendmesh_protocol::issuer::{IssueError, Issuer};
+use lendmesh_protocol::issuer::Issuer;
 use lendmesh_protocol::redeemer::Redeemer;
 use lendmesh_protocol::routing::RoutingParams;
-use lendmesh_protocol::wire::{ClaimResponse, DeliveryFailure, IssueResponse, RelayResponse};
 use libp2p::Multiaddr;
-use tokio::sync::{Semaphore, mpsc, watch};
+use prometheus_client::registry::Registry;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
 
-use crate::borrow::Borrower;
+use crate::clock::now_ms;
 use crate::config::{Config, UpstreamKind};
-use crate::group_state::GroupView;
-use crate::issuer::IssuerHandle;
-use crate::lender::{LenderHandle, OhttpKeys};
-use crate::member::{IssuerRoute, RefillConfig};
-use crate::metrics::Counters;
-use crate::network::{NetError, NetEvent, NetworkHandle, NetworkParams};
-use crate::peerbook::PeerBookHandle;
+use crate::group::state::{GroupState, GroupView};
+use crate::http::limit::LimitedListener;
+use crate::http::{api, gateway};
+use crate::metrics::NodeMetrics;
+use crate::net::{self, NetEvent, NetworkHandle, NetworkParams};
+use crate::roles::borrower::Borrower;
+use crate::roles::dispatch::Dispatcher;
+use crate::roles::lender::{LenderHandle, OhttpKeys};
+use crate::roles::member::{IssuerRoute, MemberHandle, RefillConfig};
+use crate::roles::peerbook::PeerBookHandle;
+use crate::roles::relay::Relay;
+use crate::roles::replica::Replica;
+use crate::roles::{issuer, lender, member, peerbook};
 use crate::store::{Store, StoreError};
-use crate::upstream::{MockUpstream, Upstream};
-use crate::{api, gateway, issuer, lender, member, network, now_ms, peerbook};
+use crate::upstream::{HttpUpstream, HttpUpstreamConfig, MockUpstream, Upstream};
 
-/// How long shutdown waits for each task.
+/// How long shutdown waits for each actor.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// Relays forwarded at once; more are refused with `RelayBusy` (the borrower picks another relay or lender).
-pub const MAX_CONCURRENT_RELAYS: usize = 128;
+/// How long shutdown lets in-flight borrows, lends and relays finish (each phase).
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+/// Gateway connections served at once: a tool's concurrent requests, with room; more get a 503.
+pub const MAX_GATEWAY_CONNECTIONS: usize = 256;
+/// API connections served at once: a scraper, the CLI and a dashboard; more get a 503.
+pub const MAX_API_CONNECTIONS: usize = 32;
 
 /// What `lendmesh run` resolved.
 #[derive(Debug, Clone)]
@@ -54,13 +72,41 @@ pub struct StartedNode {
     pub api_addr: SocketAddr,
     /// The gateway's address.
     pub gateway_addr: SocketAddr,
-    tasks: Vec<(&'static str, tokio::task::JoinHandle<()>)>,
+    http: Vec<(&'static str, JoinHandle<()>)>,
+    tracker: TaskTracker,
+    actors: CancellationToken,
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
 }
 
 impl StartedNode {
-    /// Waits for every task after `shutdown` was cancelled.
+    /// Shuts down in three phases (see the module doc) after `shutdown` was cancelled.
     pub async fn join(self) {
-        for (name, task) in self.tasks {
+        let mut still_running = Vec::new();
+        for (name, mut task) in self.http {
+            match tokio::time::timeout(DRAIN_DEADLINE, &mut task).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(task = name, %e, "task failed"),
+                Err(_) => {
+                    warn!(
+                        server = name,
+                        "requests still running after the drain deadline; ending them"
+                    );
+                    still_running.push((name, task));
+                }
+            }
+        }
+        self.tracker.close();
+        if tokio::time::timeout(DRAIN_DEADLINE, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                tasks = self.tracker.len(),
+                "lends or relays still running after the drain deadline"
+            );
+        }
+        self.actors.cancel();
+        for (name, task) in self.tasks.into_iter().chain(still_running) {
             match tokio::time::timeout(JOIN_TIMEOUT, task).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => warn!(task = name, %e, "task failed"),
@@ -89,7 +135,16 @@ pub fn build_upstream(config: &Config, node_name: String) -> anyhow::Result<Arc<
             u.mock_window,
             u.mock_latency,
         )),
-        UpstreamKind::Http => crate::upstream::http_from_config(u)?,
+        UpstreamKind::Http => Arc::new(HttpUpstream::new(HttpUpstreamConfig {
+            base_url: u.url.clone(),
+            api_key_env: Some(u.key_env.trim())
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned),
+            budget_per_window: u.budget_per_window,
+            window: u.window,
+            timeout: crate::upstream::DEFAULT_TIMEOUT,
+            max_response_bytes: crate::upstream::DEFAULT_MAX_RESPONSE_BYTES,
+        })?),
     })
 }
 
@@ -103,8 +158,137 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Resul
     Ok(())
 }
 
+/// What every part of a node is built from.
+struct Base {
+    store: Store,
+    key: SigningKey,
+    me: PeerId,
+    group: GroupState,
+    is_admin: bool,
+    counters: Arc<NodeMetrics>,
+    registry: Registry,
+    roster_rx: watch::Receiver<Arc<lendmesh_protocol::group::Roster>>,
+    view_rx: watch::Receiver<Arc<GroupView>>,
+}
+
 /// Starts every actor and server; returns once the node listens.
 pub async fn start(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Result<StartedNode> {
+    let config = &opts.config;
+    let (mut base, roster_tx, view_tx) = open_base(&opts)?;
+    // Bind the HTTP servers first: a port in use fails the start before anything else runs.
+    let api_listener = bind_api(config).await?;
+    let gateway_listener = bind_gateway(config).await?;
+    let actors = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let (net, net_events, net_task) = spawn_network(&mut base, config, &actors)?;
+    let upstream = build_upstream(config, base.me.short())?;
+    let (book, book_task) = peerbook::spawn(
+        peerbook::PeerBookParams {
+            me: base.me,
+            admin_key: base.is_admin.then(|| base.key.clone()),
+            group: base.group.clone(),
+            roster_tx,
+            view_tx,
+        },
+        base.store.clone(),
+        net.clone(),
+        base.counters.clone(),
+        actors.clone(),
+    );
+    let mut tasks = vec![("network", net_task), ("peerbook", book_task)];
+    let (issuer, member) = spawn_wallet(&base, config, &net, &book, &actors, &mut tasks)?;
+    let keys = OhttpKeys::generate()?;
+    let ohttp_key_config = keys.encoded_config().to_vec();
+    let lender = spawn_lender(
+        &base, config, &net, &upstream, keys, &tracker, &actors, &mut tasks,
+    );
+    let dispatcher = Dispatcher {
+        admin: base.group.admin,
+        book: book.clone(),
+        issuer,
+        lender: lender.clone(),
+        member: member.clone(),
+        relay: Relay::new(
+            base.me,
+            net.clone(),
+            base.roster_rx.clone(),
+            tracker.clone(),
+            base.counters.clone(),
+        ),
+        replica: Replica::new(base.store.clone(), base.view_rx.clone(), base.counters.clone()),
+        net: net.clone(),
+        counters: base.counters.clone(),
+    };
+    tasks.push(("dispatcher", tokio::spawn(dispatcher.run(net_events))));
+    let borrower = Borrower {
+        me: base.me,
+        peerbook: book.clone(),
+        member: member.clone(),
+        net: net.clone(),
+        policy: config.borrow.policy,
+        params: RoutingParams::default(),
+        privacy: config.borrow.privacy,
+        counters: base.counters.clone(),
+    };
+    let gateway_addr = gateway_listener.local_addr()?;
+    info!("gateway listening on http://{gateway_addr}");
+    let gw = gateway::GatewayState {
+        upstream: upstream.clone(),
+        borrower,
+        counters: base.counters.clone(),
+        body_limit: config.gateway.body_limit,
+        shutdown: shutdown.clone(),
+    };
+    let gateway_listener = LimitedListener::new(
+        gateway_listener,
+        MAX_GATEWAY_CONNECTIONS,
+        "gateway",
+        base.counters.clone(),
+    );
+    let mut http = vec![(
+        "gateway",
+        tokio::spawn(gateway::serve(gateway_listener, gw, shutdown.clone())),
+    )];
+    let api_addr = api_listener.local_addr()?;
+    let peer_id = base.me;
+    let state = api_state(
+        &opts,
+        base,
+        &net,
+        book,
+        member,
+        lender,
+        upstream,
+        ohttp_key_config,
+        api_addr,
+    )?;
+    info!("api listening on http://{api_addr}");
+    let api_listener = LimitedListener::new(api_listener, MAX_API_CONNECTIONS, "API", state.counters.clone());
+    http.push((
+        "api",
+        tokio::spawn(api::serve(api_listener, state, shutdown.clone())),
+    ));
+    Ok(StartedNode {
+        peer_id,
+        p2p_addrs: listen_addrs(&net, &peer_id).await,
+        api_addr,
+        gateway_addr,
+        http,
+        tracker,
+        actors,
+        tasks,
+    })
+}
+
+/// The store, identity, group and shared channels; refuses to start without a group.
+#[allow(clippy::type_complexity)]
+fn open_base(
+    opts: &RunOptions,
+) -> anyhow::Result<(
+    Base,
+    watch::Sender<Arc<lendmesh_protocol::group::Roster>>,
+    watch::Sender<Arc<GroupView>>,
+)> {
     let store = Store::open(&opts.home)?;
     let key = store.identity()?.ok_or_else(|| StoreError::NotInitialized {
         home: opts.home.clone(),
@@ -116,371 +300,217 @@ pub async fn start(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Res
              `lendmesh join INVITE_FILE` (member)"
         )
     })?;
-    let config = &opts.config;
-    if config.gateway.body_limit > lendmesh_protocol::wire::MAX_HTTP_MESSAGE - 64 * 1024 {
-        anyhow::bail!(
-            "gateway body_limit must be at most {} bytes",
-            lendmesh_protocol::wire::MAX_HTTP_MESSAGE - 64 * 1024
-        );
+    let limit = lendmesh_protocol::wire::MAX_HTTP_MESSAGE - 64 * 1024;
+    if opts.config.gateway.body_limit > limit {
+        anyhow::bail!("gateway body_limit must be at most {limit} bytes");
     }
     let is_admin = group.admin == me;
     let now = now_ms();
     if group.epochs.current(now).is_none() {
+        let next = if is_admin {
+            "making the next one"
+        } else {
+            "waiting for the admin to announce the next one"
+        };
         warn!(
             epoch = group.epoch_number(now),
-            "no epoch runs now (the newest has ended); {}",
-            if is_admin {
-                "making the next one"
-            } else {
-                "waiting for the admin to announce the next one"
-            }
+            "no epoch runs now (the newest has ended); {next}"
         );
     }
-    let counters = Arc::new(Counters::default());
-    let mut registry = prometheus_client::registry::Registry::default();
+    let counters = Arc::new(NodeMetrics::default());
+    let mut registry = Registry::default();
     counters.register(&mut registry);
-    let libp2p_metrics = libp2p::metrics::Metrics::new(&mut registry);
     let (roster_tx, roster_rx) = watch::channel(Arc::new(group.roster().clone()));
     let (view_tx, view_rx) = watch::channel(Arc::new(GroupView::of(&group)));
-    // Bind the HTTP servers first: a port in use fails the start before anything else runs.
-    let api_addr: SocketAddr = config
+    info!(peer = %me, group = %group.name, group_id = %group.group_id.short(), admin = is_admin, "starting node");
+    let base = Base {
+        store,
+        key,
+        me,
+        group,
+        is_admin,
+        counters,
+        registry,
+        roster_rx,
+        view_rx,
+    };
+    Ok((base, roster_tx, view_tx))
+}
+
+async fn bind_api(config: &Config) -> anyhow::Result<tokio::net::TcpListener> {
+    let addr: SocketAddr = config
         .api
         .addr
         .parse()
         .with_context(|| format!("API address '{}' is not host:port", config.api.addr))?;
-    let api_listener = api::bind(api_addr, config.api.token.is_some()).await?;
-    let gateway_addr: SocketAddr = config
+    api::bind(addr, config.api.token.is_some()).await
+}
+
+async fn bind_gateway(config: &Config) -> anyhow::Result<tokio::net::TcpListener> {
+    let addr: SocketAddr = config
         .gateway
         .addr
         .parse()
         .with_context(|| format!("gateway address '{}' is not host:port", config.gateway.addr))?;
-    let gateway_listener = tokio::net::TcpListener::bind(gateway_addr)
+    tokio::net::TcpListener::bind(addr)
         .await
-        .with_context(|| format!("cannot bind the gateway on {gateway_addr}"))?;
+        .with_context(|| format!("cannot bind the gateway on {addr}"))
+}
 
-    let mut bootstrap = parse_addrs(&group.bootstrap, "bootstrap")?;
+fn spawn_network(
+    base: &mut Base,
+    config: &Config,
+    actors: &CancellationToken,
+) -> anyhow::Result<(NetworkHandle, mpsc::Receiver<NetEvent>, JoinHandle<()>)> {
+    let mut bootstrap = parse_addrs(&base.group.bootstrap, "bootstrap")?;
     bootstrap.extend(parse_addrs(&config.network.bootstrap, "bootstrap")?);
-    let mut seed = *key.as_bytes();
-    let keypair = libp2p::identity::Keypair::ed25519_from_bytes(&mut seed)?;
+    let mut seed = *base.key.as_bytes();
     let params = NetworkParams {
-        keypair,
-        psk: group.libp2p_psk(),
-        group_id: group.group_id,
+        keypair: libp2p::identity::Keypair::ed25519_from_bytes(&mut seed)?,
+        psk: base.group.libp2p_psk(),
+        group_id: base.group.group_id,
         listen: parse_addrs(&config.network.listen, "listen")?,
         bootstrap,
         mdns: config.network.mdns,
-        roster: roster_rx.clone(),
-        libp2p_metrics,
-        store: store.clone(),
+        roster: base.roster_rx.clone(),
+        libp2p_metrics: libp2p::metrics::Metrics::new(&mut base.registry),
+        store: base.store.clone(),
     };
-    info!(peer = %me, group = %group.name, group_id = %group.group_id.short(), admin = is_admin, "starting node");
-    let (net, net_events, net_task) = network::spawn(params, counters.clone(), shutdown.clone())?;
+    net::spawn(params, base.counters.clone(), actors.clone())
+}
 
-    let upstream = build_upstream(config, me.short())?;
-    let (book, book_task) = peerbook::spawn(
-        peerbook::PeerBookParams {
-            me,
-            admin_key: is_admin.then(|| key.clone()),
-            group: group.clone(),
-            roster_tx,
-            view_tx,
-        },
-        store.clone(),
-        net.clone(),
-        counters.clone(),
-        shutdown.clone(),
-    );
-    let mut tasks = vec![("network", net_task), ("peerbook", book_task)];
-
-    let issuer_handle = if is_admin {
+/// The issuer (admin only) and the member's wallet.
+fn spawn_wallet(
+    base: &Base,
+    config: &Config,
+    net: &NetworkHandle,
+    book: &PeerBookHandle,
+    actors: &CancellationToken,
+    tasks: &mut Vec<(&'static str, JoinHandle<()>)>,
+) -> anyhow::Result<(Option<issuer::IssuerHandle>, MemberHandle)> {
+    let issuer = base.is_admin.then(|| {
         let (h, t) = issuer::spawn(
-            Issuer::empty(group.roster().clone()),
-            store.clone(),
+            Issuer::empty(base.group.roster().clone()),
+            base.store.clone(),
             net.clone(),
-            view_rx.clone(),
-            counters.clone(),
-            shutdown.clone(),
+            base.view_rx.clone(),
+            base.counters.clone(),
+            actors.clone(),
         );
         tasks.push(("issuer", t));
-        Some(h)
-    } else {
-        None
-    };
-
-    let route = match &issuer_handle {
+        h
+    });
+    let route = match &issuer {
         Some(h) => IssuerRoute::Local(h.clone()),
-        None => IssuerRoute::Remote(net.clone(), group.admin),
+        None => IssuerRoute::Remote(net.clone(), base.group.admin),
     };
-    let (member, member_task) = member::spawn(
+    let (member, task) = member::spawn(
         member::MemberParams {
-            me,
+            me: base.me,
             route,
             refill: RefillConfig {
                 low_water: config.wallet.low_water,
                 batch: config.wallet.batch.max(1),
             },
-            view: view_rx.clone(),
+            view: base.view_rx.clone(),
             peerbook: book.clone(),
         },
-        store.clone(),
-        counters.clone(),
-        shutdown.clone(),
+        base.store.clone(),
+        base.counters.clone(),
+        actors.clone(),
     )?;
-    tasks.push(("member", member_task));
+    tasks.push(("member", task));
+    Ok((issuer, member))
+}
 
-    let keys = OhttpKeys::generate()?;
-    let ohttp_key_config = keys.encoded_config().to_vec();
-    let (lender, lender_task) = lender::spawn(
+#[allow(clippy::too_many_arguments)]
+fn spawn_lender(
+    base: &Base,
+    config: &Config,
+    net: &NetworkHandle,
+    upstream: &Arc<dyn Upstream>,
+    keys: OhttpKeys,
+    tracker: &TaskTracker,
+    actors: &CancellationToken,
+    tasks: &mut Vec<(&'static str, JoinHandle<()>)>,
+) -> LenderHandle {
+    let (lender, task) = lender::spawn(
         lender::LenderParams {
-            me,
-            node_key: key.clone(),
-            group_id: group.group_id,
-            attestation_key: group.attestation_key.clone(),
+            me: base.me,
+            node_key: base.key.clone(),
+            group_id: base.group.group_id,
+            attestation_key: base.group.attestation_key.clone(),
             upstream: upstream.clone(),
             reserve: config.lender.reserve,
             period: config.lender.attestation_period,
-            redeemer: Redeemer::new(me),
-            view: view_rx.clone(),
+            redeemer: Redeemer::new(base.me),
+            view: base.view_rx.clone(),
             keys,
+            tasks: tracker.clone(),
         },
-        store.clone(),
+        base.store.clone(),
         net.clone(),
-        counters.clone(),
-        shutdown.clone(),
+        base.counters.clone(),
+        actors.clone(),
     );
-    tasks.push(("lender", lender_task));
+    tasks.push(("lender", task));
+    lender
+}
 
-    let dispatcher = Dispatcher {
-        me,
-        book: book.clone(),
-        issuer: issuer_handle,
-        lender: lender.clone(),
-        member: member.clone(),
-        admin: group.admin,
-        net: net.clone(),
-        store: store.clone(),
-        view: view_rx.clone(),
-        counters: counters.clone(),
-        relays: Arc::new(Semaphore::new(MAX_CONCURRENT_RELAYS)),
-        roster: roster_rx,
-    };
-    tasks.push(("dispatcher", tokio::spawn(dispatcher.run(net_events))));
-
-    let borrower = Borrower {
-        me,
-        peerbook: book.clone(),
-        member: member.clone(),
-        net: net.clone(),
-        policy: config.borrow.policy,
-        params: RoutingParams::default(),
-        privacy: config.borrow.privacy,
-        counters: counters.clone(),
-    };
-    let gateway_addr = gateway_listener.local_addr()?;
-    info!("gateway listening on http://{gateway_addr}");
-    let gw = gateway::GatewayState {
-        upstream: upstream.clone(),
-        borrower,
-        counters: counters.clone(),
-        body_limit: config.gateway.body_limit,
-    };
-    tasks.push((
-        "gateway",
-        tokio::spawn(gateway::serve(gateway_listener, gw, shutdown.clone())),
-    ));
-
-    let api_addr = api_listener.local_addr()?;
+#[allow(clippy::too_many_arguments)]
+fn api_state(
+    opts: &RunOptions,
+    base: Base,
+    net: &NetworkHandle,
+    peerbook: PeerBookHandle,
+    member: MemberHandle,
+    lender: LenderHandle,
+    upstream: Arc<dyn Upstream>,
+    ohttp_key_config: Vec<u8>,
+    api_addr: SocketAddr,
+) -> anyhow::Result<api::ApiState> {
     // Live administration (`lendmesh group …` while this node runs) finds the API and its local admin token here.
     let admin_token = crate::home::write_admin_access(&opts.home, api_addr)?;
-    info!("api listening on http://{api_addr}");
     let mut roles = vec!["member", "lender", "relay"];
-    if is_admin {
+    if base.is_admin {
         roles.extend(["admin", "issuer"]);
     }
-    let state = api::ApiState {
-        peer_id: me,
+    let config = &opts.config;
+    Ok(api::ApiState {
+        peer_id: base.me,
         roles,
         started_ms: now_ms(),
         net: net.clone(),
-        peerbook: book,
+        peerbook,
         member,
         lender,
-        counters,
+        counters: base.counters,
         upstream: upstream.kind(),
         privacy: config.borrow.privacy,
         ohttp_key_config,
-        registry: Arc::new(registry),
+        registry: Arc::new(base.registry),
         token: config.api.token.clone(),
-        store: store.clone(),
-        view: view_rx,
-        admin_token: admin_token.clone(),
+        store: base.store,
+        view: base.view_rx,
+        admin_token,
         reserve: config.lender.reserve,
-        upstream_handle: upstream.clone(),
+        upstream_handle: upstream,
         external_addrs: config.network.external.clone(),
-    };
-    tasks.push((
-        "api",
-        tokio::spawn(api::serve(api_listener, state, shutdown.clone())),
-    ));
+    })
+}
 
-    // Wait (bounded) until the swarm reports its listen addresses.
-    let mut p2p_addrs = Vec::new();
+/// The swarm's listen addresses with `/p2p/<id>`, once it reports them (bounded wait).
+async fn listen_addrs(net: &NetworkHandle, me: &PeerId) -> Vec<Multiaddr> {
+    let mut addrs = Vec::new();
     for _ in 0..100 {
-        p2p_addrs = net.snapshot().await.listen_addrs;
-        if !p2p_addrs.is_empty() {
+        addrs = net.snapshot().await.listen_addrs;
+        if !addrs.is_empty() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let p2p_addrs = p2p_addrs
+    addrs
         .into_iter()
-        .map(|a| a.with(libp2p::multiaddr::Protocol::P2p(crate::to_libp2p(&me))))
-        .collect();
-    Ok(StartedNode {
-        peer_id: me,
-        p2p_addrs,
-        api_addr,
-        gateway_addr,
-        tasks,
-    })
-}
-
-/// Routes network events to the actors that own them, and relays.
-struct Dispatcher {
-    me: PeerId,
-    book: PeerBookHandle,
-    issuer: Option<IssuerHandle>,
-    lender: LenderHandle,
-    member: member::MemberHandle,
-    admin: PeerId,
-    net: NetworkHandle,
-    store: Store,
-    view: watch::Receiver<Arc<GroupView>>,
-    counters: Arc<Counters>,
-    relays: Arc<Semaphore>,
-    roster: watch::Receiver<Arc<lendmesh_protocol::group::Roster>>,
-}
-
-impl Dispatcher {
-    async fn run(self, mut events: mpsc::Receiver<NetEvent>) {
-        while let Some(ev) = events.recv().await {
-            self.handle(ev).await;
-        }
-    }
-
-    async fn handle(&self, ev: NetEvent) {
-        match ev {
-            NetEvent::InboundIssue { peer, req, channel } => match &self.issuer {
-                Some(h) => {
-                    if let Err(channel) = h.try_remote(peer, req, channel) {
-                        warn!(peer = %peer.short(), "issuer busy; refusing the request");
-                        self.net
-                            .respond_issue(channel, IssueResponse::Refused(IssueError::Busy))
-                            .await;
-                    }
-                }
-                None => {
-                    warn!(peer = %peer.short(), "issue request sent to a node that is not the issuer");
-                    self.net
-                        .respond_issue(channel, IssueResponse::Refused(IssueError::NotIssuer))
-                        .await;
-                }
-            },
-            NetEvent::InboundRelay { peer, req, channel } => {
-                let lender = req.lender;
-                let ok_lender =
-                    lender != self.me && lender != peer && self.roster.borrow().is_active(&lender, now_ms());
-                if !ok_lender {
-                    self.counters.inc(&self.counters.relays_failed);
-                    self.net
-                        .respond_relay(channel, RelayResponse::Failed(DeliveryFailure::BadLender))
-                        .await;
-                    return;
-                }
-                let Ok(permit) = self.relays.clone().try_acquire_owned() else {
-                    self.counters.inc(&self.counters.relays_failed);
-                    self.net
-                        .respond_relay(channel, RelayResponse::Failed(DeliveryFailure::RelayBusy))
-                        .await;
-                    return;
-                };
-                let (net, counters) = (self.net.clone(), self.counters.clone());
-                tokio::spawn(async move {
-                    // The relay sees who talks to whom and the sizes; the payload is sealed to the lender.
-                    debug!(borrower = %peer.short(), lender = %lender.short(), bytes = req.sealed.len(), "relaying");
-                    let resp = match net
-                        .borrow(
-                            lender,
-                            lendmesh_protocol::wire::BorrowRequest { sealed: req.sealed },
-                        )
-                        .await
-                    {
-                        Ok(lendmesh_protocol::wire::BorrowResponse::Sealed { sealed }) => {
-                            counters.inc(&counters.relays_ok);
-                            RelayResponse::Delivered { sealed }
-                        }
-                        Ok(lendmesh_protocol::wire::BorrowResponse::Failed(f)) => {
-                            counters.inc(&counters.relays_failed);
-                            RelayResponse::Failed(f)
-                        }
-                        Err(NetError::Unreachable { .. }) => {
-                            counters.inc(&counters.relays_failed);
-                            RelayResponse::Failed(DeliveryFailure::LenderUnreachable)
-                        }
-                        Err(_) => {
-                            counters.inc(&counters.relays_failed);
-                            RelayResponse::Failed(DeliveryFailure::LenderTimeout)
-                        }
-                    };
-                    net.respond_relay(channel, resp).await;
-                    drop(permit);
-                });
-            }
-            NetEvent::InboundBorrow { peer, req, channel } => {
-                if let Err(channel) = self.lender.try_borrow(peer, req, channel) {
-                    self.net
-                        .respond_borrow(
-                            channel,
-                            lendmesh_protocol::wire::BorrowResponse::Failed(DeliveryFailure::LenderBusy),
-                        )
-                        .await;
-                }
-            }
-            NetEvent::InboundClaim { peer, req, channel } => {
-                let known = self.view.borrow().epochs.accepts(req.epoch, now_ms());
-                let resp = if !known {
-                    ClaimResponse::UnknownEpoch
-                } else {
-                    match self.store.record_claim(req.epoch, &req.token_hash, &req.claim_id) {
-                        Ok(true) => ClaimResponse::Granted,
-                        Ok(false) => ClaimResponse::Denied,
-                        Err(e) => {
-                            warn!(peer = %peer.short(), %e, "cannot record a claim");
-                            return;
-                        }
-                    }
-                };
-                self.counters.inc(&self.counters.claims_answered);
-                self.net.respond_claim(channel, resp).await;
-            }
-            NetEvent::Subscribed { peer } => {
-                self.lender.nudge();
-                self.forward(NetEvent::Subscribed { peer });
-            }
-            NetEvent::Connected { peer, addr, outbound } => {
-                if peer == self.admin {
-                    // The issuer is reachable (again): refill now rather than when the backoff runs out.
-                    self.member.nudge();
-                }
-                self.forward(NetEvent::Connected { peer, addr, outbound });
-            }
-            other => self.forward(other),
-        }
-    }
-
-    fn forward(&self, ev: NetEvent) {
-        if !self.book.try_forward(ev) {
-            self.counters.inc(&self.counters.net_events_dropped);
-        }
-    }
+        .map(|a| a.with(libp2p::multiaddr::Protocol::P2p(crate::net::ids::to_libp2p(me))))
+        .collect()
 }

@@ -1,11 +1,14 @@
 //! The discrete-event loop: a binary heap of events keyed by (virtual time, sequence number), one seeded RNG per
-//! concern, and the protocol's own state machines doing every check.
+//! concern, and the protocol's own state machines doing every check and making every decision: borrows run
+//! `protocol::borrow::BorrowRun`, lenders `protocol::lend`'s ladder, refills `protocol::refill::RefillPlanner`
+//! (see [`borrow`] and [`Sim::maybe_refill`]).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 
 use ed25519_dalek::SigningKey;
 use lendmesh_protocol::attestation::{Attestation, AttestationBody, AttestationKey, HeadroomBucket};
+use lendmesh_protocol::borrow::{BorrowConfig, BorrowRun};
 use lendmesh_protocol::epoch::EpochBook;
 use lendmesh_protocol::group::{Roster, RosterEntry};
 use lendmesh_protocol::issuer::{IssueError, Issuer};
@@ -18,7 +21,7 @@ use lendmesh_protocol::{GroupId, PeerId};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
-use crate::member::{Member, Publication, Role};
+use crate::member::{Answer, Member, Publication, Role};
 use crate::net::{Ms, Network, mix};
 use crate::outcome::{Bin, RunResult};
 use crate::scenario::{Scenario, UNLIMITED_QUOTA};
@@ -31,25 +34,20 @@ mod linkage;
 
 use epochs::EpochState;
 
-/// The lender's answer to a spend.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Answer {
-    Served,
-    NoHeadroom { retry_after_ms: u64 },
-    Refused(&'static str),
-}
-
 #[derive(Debug)]
 enum Ev {
     Demand(usize),
     Publish(usize),
     Crash(usize),
     Attack(usize),
+    /// Member `i` checks whether to refill (start, restart, the end of a refill backoff).
+    Refill(usize),
     AtLender {
         borrow: u64,
         attempt: u32,
         lender: usize,
         relay: Option<usize>,
+        request_id: [u8; 16],
         spend: Box<TokenSpend>,
         /// Ground truth for scoring the linkage attackers; the lender's logic never reads it.
         truth: usize,
@@ -69,6 +67,7 @@ enum Ev {
     },
     IssueReply {
         member: usize,
+        request_id: [u8; 16],
         epoch: u32,
         remaining: u32,
         sigs: Vec<Vec<u8>>,
@@ -81,6 +80,7 @@ enum Ev {
     Adopt(usize),
     AdvSpend {
         lender: usize,
+        request_id: [u8; 16],
         spend: Box<TokenSpend>,
         kind: &'static str,
     },
@@ -115,19 +115,45 @@ impl Ord for Item {
     }
 }
 
+/// One borrow in flight: `protocol`'s machine and what the driver holds for it.
 #[derive(Debug)]
 struct Borrow {
     borrower: usize,
     started: Ms,
-    token: WalletToken,
-    tried: Vec<PeerId>,
-    lender: usize,
-    relay: Option<usize>,
+    /// Every rule of this borrow.
+    run: BorrowRun,
+    /// Stands for the request's content (the spend is bound to it).
     digest: [u8; 32],
-    spend: Option<TokenSpend>,
+    /// The token taken for it, until served, dropped or returned.
+    token: Option<WalletToken>,
+    /// The last attempt sent (resent unchanged on the idempotent retry).
+    sent: Option<Sent>,
+    /// Attempts sent, to match answers and timeouts to the one in flight.
     attempt: u32,
-    retried: bool,
+    /// The last unserved attempt's outcome, as a failure cause.
     last_cause: &'static str,
+}
+
+impl Borrow {
+    fn new(borrower: usize, started: Ms, cfg: BorrowConfig, digest: [u8; 32]) -> Self {
+        Borrow {
+            borrower,
+            started,
+            run: BorrowRun::new(cfg),
+            digest,
+            token: None,
+            sent: None,
+            attempt: 0,
+            last_cause: "no_lender_available",
+        }
+    }
+}
+
+/// An attempt as sent: its request id and the token bound to its lender.
+#[derive(Debug)]
+struct Sent {
+    request_id: [u8; 16],
+    spend: TokenSpend,
 }
 
 /// How far back gossip lookups walk (publications); older ones are outside any useful freshness window.
@@ -164,6 +190,7 @@ pub(crate) struct Sim<'a> {
     first_issued: Vec<Option<Ms>>,
     issued: Vec<u64>,
     params: RoutingParams,
+    borrow_cfg: BorrowConfig,
     bin_ms: Ms,
     fresh_serve: bool,
     out: RunResult,
@@ -235,6 +262,10 @@ impl<'a> Sim<'a> {
         }
         let index = members.iter().enumerate().map(|(i, m)| (m.id, i)).collect();
         let bin_ms = (end / 48).max(1);
+        let params = RoutingParams {
+            half_life_ms: (s.routing.half_life_s * 1000.0) as u64,
+            ..RoutingParams::default()
+        };
         let out = RunResult {
             seed,
             lender_load: vec![0; n],
@@ -270,9 +301,12 @@ impl<'a> Sim<'a> {
             admin_sigs: HashMap::new(),
             first_issued: vec![None; n],
             issued: vec![0; n],
-            params: RoutingParams {
-                half_life_ms: (s.routing.half_life_s * 1000.0) as u64,
-                ..RoutingParams::default()
+            params,
+            borrow_cfg: BorrowConfig {
+                policy: s.routing.policy,
+                params,
+                privacy: s.privacy,
+                max_attempts: s.routing.max_attempts,
             },
             bin_ms,
             fresh_serve: false,
@@ -306,8 +340,11 @@ impl<'a> Sim<'a> {
             if self.members[i].role != Role::Honest {
                 self.at(attack / 2 + phase, Ev::Attack(i));
             }
-            for (down, _) in self.net.crash_spans(i) {
+            // A node checks its wallet as it starts, and again when it restarts.
+            self.at(0, Ev::Refill(i));
+            for (down, up) in self.net.crash_spans(i) {
                 self.at(down, Ev::Crash(i));
+                self.at(up, Ev::Refill(i));
             }
         }
         // The admin's epoch schedule (nothing to do in a single-epoch run).
@@ -332,16 +369,23 @@ impl<'a> Sim<'a> {
         match ev {
             Ev::Demand(k) => self.on_demand(t, k),
             Ev::Publish(i) => self.on_publish(t, i),
-            Ev::Crash(i) => self.on_crash(t, i),
+            Ev::Crash(i) => self.on_crash(i),
             Ev::Attack(i) => self.on_attack(t, i),
+            Ev::Refill(i) => {
+                if !self.net.is_down(i, t) {
+                    self.sync_member(i, t);
+                    self.maybe_refill(t, i);
+                }
+            }
             Ev::AtLender {
                 borrow,
                 attempt,
                 lender,
                 relay,
+                request_id,
                 spend,
                 truth,
-            } => self.on_at_lender(t, borrow, attempt, lender, relay, &spend, truth),
+            } => self.on_at_lender(t, borrow, attempt, lender, relay, request_id, &spend, truth),
             Ev::Reply {
                 borrow,
                 attempt,
@@ -351,19 +395,25 @@ impl<'a> Sim<'a> {
             Ev::IssueAtAdmin { member, request } => self.on_issue(t, member, &request),
             Ev::IssueReply {
                 member,
+                request_id,
                 epoch,
                 remaining,
                 sigs,
-            } => self.on_issue_reply(t, member, epoch, remaining, &sigs),
+            } => self.on_issue_reply(t, member, request_id, epoch, remaining, &sigs),
             Ev::Epochs => self.on_admin_epochs(t),
             Ev::Probe => self.on_probe(t),
             Ev::Adopt(i) => self.on_adopt(t, i),
-            Ev::AdvSpend { lender, spend, kind } => {
+            Ev::AdvSpend {
+                lender,
+                request_id,
+                spend,
+                kind,
+            } => {
                 if self.net.is_down(lender, t) {
                     self.out.attacks.outcome(kind, "lost");
                     return;
                 }
-                let answer = self.lend(t, lender, &spend, None);
+                let answer = self.lend(t, lender, request_id, &spend, None);
                 let late = match answer {
                     Answer::Served if self.fresh_serve => self.check_probe_served(lender, kind),
                     _ => None,
@@ -371,8 +421,7 @@ impl<'a> Sim<'a> {
                 let label = match answer {
                     Answer::Served if !self.fresh_serve => "answered_idempotently_no_second_serve".to_owned(),
                     Answer::Served => late.unwrap_or("served").to_owned(),
-                    Answer::NoHeadroom { .. } => "refused:no_headroom".to_owned(),
-                    Answer::Refused(r) => format!("refused:{r}"),
+                    refused => borrow::refusal_label(refused),
                 };
                 self.out.attacks.outcome(kind, &label);
             }
@@ -409,66 +458,93 @@ impl<'a> Sim<'a> {
             self.out.served_own += 1;
             self.out.bins[bin].served += 1;
             self.note_demand(t, true);
-            self.maybe_refill(t, m, false);
             return;
         }
         self.note_demand(t, false);
-        self.maybe_refill(t, m, false);
         self.start_borrow(t, m);
     }
 
-    /// Asks the issuer for tokens when own headroom is under a quarter (or `force`): the planner picks the epoch
-    /// (current first, then the announced next) and the count (never beyond the quota left). A member that holds
-    /// tokens also stocks the epochs after the oldest one it holds, whatever its headroom, and one whose tokens
-    /// expired restocks at once, so that its stock does not run out at a switch (lending can use up its own
-    /// capacity without a demand of its own, and a rotation empties every wallet).
-    fn maybe_refill(&mut self, t: Ms, m: usize, force: bool) {
-        let local = self.local(m, t);
-        let me = &mut self.members[m];
-        let low = me.remaining() * 4 <= me.capacity;
-        if me.refill.is_some() {
+    /// Member `m`'s refill, as the node's member actor makes it: a pending batch is sent again first (same request
+    /// id: the issuer answers it without charging again); otherwise `RefillPlanner::next` over the book's signable
+    /// epochs (the current one and the announced next) says which epoch and how many, or nothing. Nothing while a
+    /// batch is on its way or the planner backs off after a failure.
+    ///
+    /// The node checks every 2 s and after every take; here it is checked exactly when the planner's answer can
+    /// change — a take ([`Sim::take_token`]), an announcement adopted, a batch landed or refused, the backoff over, a
+    /// (re)start — which gives the same refills without the polling. (Expiry and time passing only shrink the
+    /// signable epochs, and the planner never asks for an epoch that is not signable.)
+    pub(super) fn maybe_refill(&mut self, t: Ms, m: usize) {
+        if self.net.is_down(m, t) {
             return;
         }
-        // Epochs it stocks whatever its headroom: those after the oldest it holds, or any if its tokens expired.
-        let stock_from = match me.wallet.iter().map(|x| x.token.input.epoch).min() {
-            Some(oldest) => Some(oldest.saturating_add(1)),
-            None => me.expired_since_refill.then_some(0),
-        };
-        let epochs: Vec<(u32, u32)> = me
-            .book
-            .refill_epochs(local)
-            .into_iter()
-            .filter(|&e| low || force || stock_from.is_some_and(|from| e >= from))
-            .map(|e| {
-                let quota = me
-                    .book
-                    .get(e)
-                    .and_then(|i| i.signed.announcement.roster.roster.entry(&me.id))
-                    .map_or(0, |x| x.quota_per_epoch);
-                (e, quota)
-            })
-            .collect();
-        let wallet = &me.wallet;
-        let Some(step) = me.planner.next(&epochs, |e| wallet.balance_in(e)) else {
+        let local = self.local(m, t);
+        let me = &mut self.members[m];
+        if me.refill_in_flight || !me.planner.due(local) {
             return;
-        };
-        let Some(key) = me.book.get(step.epoch).map(|i| i.key.clone()) else {
-            return;
-        };
-        let Ok((request, batch)) = Wallet::prepare_batch(&key, step.epoch, step.count, &mut me.rng) else {
+        }
+        if me.refill.is_none() {
+            let epochs: Vec<(u32, u32)> = me
+                .book
+                .refill_epochs(local)
+                .into_iter()
+                .map(|e| {
+                    let quota = me
+                        .book
+                        .get(e)
+                        .and_then(|i| i.signed.announcement.roster.roster.entry(&me.id))
+                        .map_or(0, |x| x.quota_per_epoch);
+                    (e, quota)
+                })
+                .collect();
+            let wallet = &me.wallet;
+            let Some(step) = me.planner.next(&epochs, |e| wallet.balance_in(e)) else {
+                return;
+            };
+            let Some(key) = me.book.get(step.epoch).map(|i| i.key.clone()) else {
+                return;
+            };
+            let Ok((_, batch)) = Wallet::prepare_batch(&key, step.epoch, step.count, &mut me.rng) else {
+                return;
+            };
+            me.refill = Some(batch);
+        }
+        let Some(request) = self.members[m].refill.as_ref().map(|b| b.request.clone()) else {
             return;
         };
         let admin = self.net.admin();
-        if let Some(d) = self.net.send(m, admin, t) {
-            self.members[m].refill = Some(batch);
-            self.at(
-                t + d,
-                Ev::IssueAtAdmin {
-                    member: m,
-                    request: Box::new(request),
-                },
-            );
+        match self.net.send(m, admin, t) {
+            Some(d) => {
+                self.members[m].refill_in_flight = true;
+                self.at(
+                    t + d,
+                    Ev::IssueAtAdmin {
+                        member: m,
+                        request: Box::new(request),
+                    },
+                );
+            }
+            None => self.refill_failed(t, m),
         }
+    }
+
+    /// A refill of member `m` failed (lost on the way, refused, or its epoch retired meanwhile; the member learns it
+    /// at once, where a node would wait for its request timeout): the planner's backoff says when to try again.
+    fn refill_failed(&mut self, t: Ms, m: usize) {
+        let local = self.local(m, t);
+        let me = &mut self.members[m];
+        me.refill_in_flight = false;
+        let wait = me.planner.failed(local, &mut me.rng);
+        if t + wait <= self.stop {
+            self.at(t + wait, Ev::Refill(m));
+        }
+    }
+
+    /// Whether `request_id` is member `m`'s pending batch (an answer to an older one changes nothing).
+    fn pending_is(&self, m: usize, request_id: &[u8; 16]) -> bool {
+        self.members[m]
+            .refill
+            .as_ref()
+            .is_some_and(|b| &b.request_id == request_id)
     }
 
     fn on_issue(&mut self, t: Ms, m: usize, request: &IssueRequest) {
@@ -476,23 +552,31 @@ impl<'a> Sim<'a> {
         let now = self.local(self.net.admin(), t);
         let grant = match self.issuer.issue(&peer, request, now, &mut self.admin_rng) {
             Ok(grant) => grant,
+            Err(_) if !self.pending_is(m, &request.request_id) => return,
             Err(e) => {
-                // The refusal travels back (shortcut: the member knows at once), with the quota left if that was it.
+                // The refusal travels back (shortcut: the member knows at once). Every refusal the simulator can
+                // meet (over quota, an epoch no longer signed) makes the node drop its pending batch too.
                 let me = &mut self.members[m];
-                if let IssueError::OverQuota { remaining, .. } = e {
-                    me.planner.record_remaining(request.epoch, remaining);
-                }
+                me.refill_in_flight = false;
                 me.refill = None;
-                return;
+                if let IssueError::OverQuota { remaining, .. } = e {
+                    // Not a failure: ask for what is left, if anything.
+                    me.planner.record_remaining(request.epoch, remaining);
+                    return self.maybe_refill(t, m);
+                }
+                return self.refill_failed(t, m);
             }
         };
-        self.out.tokens_issued += grant.blind_signatures.len() as u64;
-        self.note_issued(request.epoch, m, grant.blind_signatures.len() as u64);
-        // The admin's observation: who got how many blind signatures, when.
-        self.first_issued[m].get_or_insert(t);
-        self.issued[m] += grant.blind_signatures.len() as u64;
-        for sig in &grant.blind_signatures {
-            self.admin_sigs.insert(sig.clone(), m);
+        if grant.charged {
+            let count = grant.blind_signatures.len() as u64;
+            self.out.tokens_issued += count;
+            self.note_issued(request.epoch, m, count);
+            // The admin's observation: who got how many blind signatures, when.
+            self.first_issued[m].get_or_insert(t);
+            self.issued[m] += count;
+            for sig in &grant.blind_signatures {
+                self.admin_sigs.insert(sig.clone(), m);
+            }
         }
         let admin = self.net.admin();
         match self.net.send(admin, m, t) {
@@ -500,32 +584,52 @@ impl<'a> Sim<'a> {
                 t + d,
                 Ev::IssueReply {
                     member: m,
+                    request_id: request.request_id,
                     epoch: request.epoch,
                     remaining: grant.remaining,
                     sigs: grant.blind_signatures,
                 },
             ),
-            None => self.members[m].refill = None,
+            // Lost: the member keeps its pending batch and sends it again after the backoff.
+            None if self.pending_is(m, &request.request_id) => self.refill_failed(t, m),
+            None => {}
         }
     }
 
-    fn on_issue_reply(&mut self, t: Ms, m: usize, epoch: u32, remaining: u32, sigs: &[Vec<u8>]) {
-        let Some(batch) = self.members[m].refill.take() else {
+    fn on_issue_reply(
+        &mut self,
+        t: Ms,
+        m: usize,
+        request_id: [u8; 16],
+        epoch: u32,
+        remaining: u32,
+        sigs: &[Vec<u8>],
+    ) {
+        if self.net.is_down(m, t) || !self.members[m].refill_in_flight || !self.pending_is(m, &request_id) {
             return;
-        };
+        }
         self.sync_member(m, t);
         let me = &mut self.members[m];
+        me.refill_in_flight = false;
         me.planner.record_remaining(epoch, remaining);
-        // The epoch may have been retired while the answer travelled: then its tokens are of no use.
-        let Some(key) = me.book.get(batch.epoch).map(|i| i.key.clone()) else {
+        let Some(batch) = me.refill.take() else {
             return;
         };
-        if me.wallet.finalize(&key, &batch, sigs).is_ok() {
-            me.expired_since_refill = false;
-            for p in &batch.tokens {
-                self.genuine.insert(p.input.hash());
-            }
+        // The epoch may have been retired while the answer travelled: then its tokens are of no use.
+        let Some(key) = me.book.get(batch.epoch).map(|i| i.key.clone()) else {
+            return self.refill_failed(t, m);
+        };
+        if me.wallet.finalize(&key, &batch, sigs).is_err() {
+            me.refill = Some(batch);
+            return self.refill_failed(t, m);
         }
+        me.expired_since_refill = false;
+        me.planner.reset_backoff();
+        for p in &batch.tokens {
+            self.genuine.insert(p.input.hash());
+        }
+        // The next step, if any (the node's refill loop goes on until the planner has nothing to ask).
+        self.maybe_refill(t, m);
     }
 
     // ---- attestations and gossip -------------------------------------------------------------------------
@@ -705,6 +809,119 @@ mod tests {
         sim.check_serve(2, &TokenHash([8; 32]));
         assert_eq!(sim.out.violations.len(), 3, "over capacity");
         assert!(sim.out.violations.iter().all(|v| v.starts_with("seed 1:")));
+    }
+
+    /// Member `m` gets one token of the first epoch from the real issuer.
+    fn issue_one(sim: &mut Sim<'_>, m: usize) -> WalletToken {
+        let key = sim.members[m].book.get(0).unwrap().key.clone();
+        let (request, batch) = Wallet::prepare_batch(&key, 0, 1, &mut sim.members[m].rng).unwrap();
+        let now = sim.local(sim.net.admin(), 0);
+        let peer = sim.members[m].id;
+        let grant = sim
+            .issuer
+            .issue(&peer, &request, now, &mut sim.admin_rng)
+            .unwrap();
+        let me = &mut sim.members[m];
+        me.wallet.finalize(&key, &batch, &grant.blind_signatures).unwrap();
+        sim.genuine.insert(batch.tokens[0].input.hash());
+        sim.members[m].wallet.take(|_| true).unwrap()
+    }
+
+    #[test]
+    fn a_lender_answers_a_request_id_once_and_forgets_it_in_a_crash() {
+        let s = small();
+        let mut sim = Sim::new(&s, 1).unwrap();
+        let token = issue_one(&mut sim, 0);
+        let (lender, t) = (1, 1_000);
+        let spend = token.spend(sim.members[lender].id, [3; 32], sim.local(0, t));
+        assert_eq!(sim.lend(t, lender, [1; 16], &spend, Some(2)), Answer::Served);
+        assert!(sim.fresh_serve);
+        // The borrower's retry (same request id, through another relay): the cached answer, no second serve.
+        assert_eq!(sim.lend(t + 10, lender, [1; 16], &spend, Some(3)), Answer::Served);
+        assert!(!sim.fresh_serve);
+        // Replays are keyed by request id, not by content: the same spend under another id is a double spend.
+        assert_eq!(
+            sim.lend(t + 20, lender, [2; 16], &spend, Some(3)),
+            Answer::TokenRejected("double_spend")
+        );
+        // The cache is memory: after a crash the retry meets the durable spent set.
+        sim.on_crash(lender);
+        assert_eq!(
+            sim.lend(t + 30, lender, [1; 16], &spend, Some(2)),
+            Answer::TokenRejected("double_spend")
+        );
+        assert_eq!(sim.out.lender_load[lender], 1);
+        assert!(sim.out.violations.is_empty(), "{:?}", sim.out.violations);
+    }
+
+    #[test]
+    fn refusals_cool_lenders_down_with_a_capped_retry_after_and_the_same_token_goes_elsewhere() {
+        use lendmesh_protocol::borrow::MAX_COOLDOWN_MS;
+        let s = small();
+        let mut sim = Sim::new(&s, 5).unwrap();
+        let token = issue_one(&mut sim, 0);
+        let hash = token.token.hash();
+        sim.members[0].wallet.put_back(token);
+        let t = 1_000;
+        let local = sim.local(0, t);
+        // Member 0 sees every other member with headroom; all but member 2 are in fact exhausted for the window.
+        for p in 1..sim.n {
+            let issued_at_ms = sim.local(p, t);
+            sim.members[0].table[p] = Some(crate::member::PeerView {
+                headroom: HeadroomBucket::High,
+                issued_at_ms,
+            });
+            if p != 2 {
+                sim.members[p].used = sim.members[p].capacity;
+            }
+        }
+        sim.start_borrow(t, 0);
+        while let Some(Reverse(item)) = sim.queue.pop() {
+            sim.handle(item.t, item.ev);
+        }
+        assert_eq!(sim.out.served_borrowed, 1, "{:?}", sim.out.failures);
+        assert!(
+            sim.members[2].spent.contains(0, &hash),
+            "the token refused elsewhere, spent here"
+        );
+        let cooled: Vec<u64> = sim.members[0].cooling.iter().flatten().copied().collect();
+        assert!(!cooled.is_empty(), "some exhausted lender was tried first");
+        for until in cooled {
+            // The refusals said "retry in ~30 min" (the window's reset); the cooldown is capped at 5 min (+ jitter).
+            assert!(until >= local + MAX_COOLDOWN_MS && until <= local + MAX_COOLDOWN_MS * 5 / 4 + 10_000);
+        }
+        assert!(sim.out.violations.is_empty(), "{:?}", sim.out.violations);
+    }
+
+    #[test]
+    fn every_member_refills_to_the_planners_level_at_start_whatever_its_headroom() {
+        let s = small();
+        let mut sim = Sim::new(&s, 3).unwrap();
+        for i in 0..sim.n {
+            sim.handle(0, Ev::Refill(i));
+        }
+        while let Some(Reverse(item)) = sim.queue.pop() {
+            assert!(
+                matches!(
+                    item.ev,
+                    Ev::IssueAtAdmin { .. } | Ev::IssueReply { .. } | Ev::Refill(_)
+                ),
+                "{:?}",
+                item.ev
+            );
+            sim.handle(item.t, item.ev);
+        }
+        for i in 0..sim.n {
+            let me = &sim.members[i];
+            assert_eq!(me.used, 0, "nothing used: own headroom is full");
+            assert_eq!(me.wallet.balance(), s.tokens.refill_batch as usize, "member {i}");
+            assert!(me.refill.is_none() && !me.refill_in_flight);
+            let wallet = &me.wallet;
+            assert_eq!(
+                me.planner.next(&[(0, UNLIMITED_QUOTA)], |e| wallet.balance_in(e)),
+                None
+            );
+        }
     }
 
     #[test]

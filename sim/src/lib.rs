@@ -14,7 +14,14 @@
 //!   avoids key generation), spend tokens bound to the lender, and lenders check them with the real
 //!   [`Redeemer`](lendmesh_protocol::redeemer::Redeemer) and a memory spent set. Headroom travels as real,
 //!   tagged and signed [`Attestation`](lendmesh_protocol::attestation::Attestation)s checked by each member's
-//!   own acceptor; lender and relay are chosen by [`routing`](lendmesh_protocol::routing).
+//!   own acceptor.
+//! - **The node's rules, not a model of them.** Every borrow is driven through `protocol`'s
+//!   [`BorrowRun`](lendmesh_protocol::borrow::BorrowRun) (lender and relay choice, failover, cooldowns with the
+//!   capped `Retry-After`, what a refusal means for the token, the idempotent retry, the attempt budget), every
+//!   lender goes down [`lend`](lendmesh_protocol::lend)'s ladder (idempotency by request id, headroom, redeem and
+//!   claim, what the upstream's answer means for the claim), and every refill is the
+//!   [`RefillPlanner`](lendmesh_protocol::refill::RefillPlanner)'s decision with its backoff — the very machines the
+//!   node drives. The simulator only moves data between them and the simulated world, and measures.
 //! - **Epochs** (scenarios with `[epochs]`): the admin announces each next epoch ahead with a new issuer key (a pool
 //!   of four 2048-bit keys: the test key and three generated once per process from a fixed seed), rotates on
 //!   demand, and signs only for the current and the announced next epoch with a fresh quota each; every member

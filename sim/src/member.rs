@@ -1,5 +1,5 @@
-//! One simulated member: its capacity window, wallet, lender state (redeemer, spent set, records) and its view
-//! of the others (attestation acceptor and peer table).
+//! One simulated member: its capacity window, wallet and refill planner, lender state (lend ladder, redeemer, spent
+//! set, records) and its view of the others (attestation acceptor and peer table).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -8,6 +8,7 @@ use lendmesh_protocol::GroupId;
 use lendmesh_protocol::PeerId;
 use lendmesh_protocol::attestation::{AcceptorConfig, AttestationAcceptor, AttestationKey, HeadroomBucket};
 use lendmesh_protocol::epoch::EpochBook;
+use lendmesh_protocol::lend::{LendConfig, LendLadder};
 use lendmesh_protocol::redeemer::{MemorySpentSet, Redeemer};
 use lendmesh_protocol::refill::RefillPlanner;
 use lendmesh_protocol::token::TokenHash;
@@ -37,6 +38,30 @@ pub struct LenderRecord {
     pub request_digest: [u8; 32],
     /// The relay the request arrived from.
     pub via: Option<PeerId>,
+}
+
+/// A simulated lender's answer to one borrow request (what the node seals back to the borrower), cached by its
+/// [`LendLadder`] under the request id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// Served: the token is spent.
+    Served,
+    /// No headroom left after the reserve: refused before any claim.
+    NoHeadroom {
+        /// When the lender's window resets (`protocol::lend::headroom`).
+        retry_after_ms: u64,
+    },
+    /// The redeemer refused the token (its label).
+    TokenRejected(&'static str),
+    /// The upstream refused without doing any work: the claim was released (`protocol::lend::after_upstream`).
+    UpstreamRefused {
+        /// The upstream's status.
+        status: u16,
+    },
+    /// The upstream failed after the claim: the token stays spent.
+    UpstreamFailed,
+    /// Too many lends in flight, or too many retries waiting on one request id.
+    Busy,
 }
 
 /// A role an adversarial member plays besides being an ordinary member.
@@ -71,9 +96,14 @@ pub struct Member {
     pub window: u64,
     /// Tokens.
     pub wallet: Wallet,
-    /// A refill in flight.
+    /// The pending refill batch, kept until its tokens are in the wallet or the issuer refused it (durable, as in
+    /// the node's store: a lost answer or a crash resends the same request, which the issuer answers without
+    /// charging again).
     pub refill: Option<PendingBatch>,
-    /// Which epoch to refill next and how many (durable).
+    /// The pending batch is on its way to the issuer or back (memory).
+    pub refill_in_flight: bool,
+    /// Which epoch to refill next and how many, and the backoff after failed refills (memory, as in the node: a
+    /// restart begins with a fresh planner, see `Sim::on_crash`).
     pub planner: RefillPlanner,
     /// The epochs this member holds, adopted from the admin's announcements (durable).
     pub book: EpochBook,
@@ -83,7 +113,8 @@ pub struct Member {
     pub last_arrival: Ms,
     /// An announcement it could not adopt yet, and since when it has been trying.
     pub deferred: Option<(usize, Ms)>,
-    /// Tokens of its expired since its last refill landed (an empty wallet is then an epoch effect).
+    /// Tokens of its expired since its last refill landed (statistics only: an empty wallet is then an epoch
+    /// effect).
     pub expired_since_refill: bool,
     /// Epochs retired from its book whose spent-set entries are not pruned yet (the spent set prunes "every epoch
     /// before", so an epoch retired while an older one is still in its grace waits for that one).
@@ -92,8 +123,8 @@ pub struct Member {
     pub redeemer: Redeemer,
     /// Spent tokens (durable: survives a crash).
     pub spent: MemorySpentSet,
-    /// Request digests answered (idempotent retries), durable.
-    pub answered: BTreeSet<[u8; 32]>,
+    /// The lend ladder's idempotency cache (by request id) and concurrency bounds (memory, as in the node).
+    pub ladder: LendLadder<Answer>,
     /// Served borrows.
     pub records: Vec<LenderRecord>,
     /// Attestation checks (memory: lost on crash).
@@ -136,6 +167,7 @@ impl Member {
             window: 0,
             wallet: Wallet::new(),
             refill: None,
+            refill_in_flight: false,
             planner,
             book,
             adopted: 1,
@@ -145,7 +177,7 @@ impl Member {
             unpruned: BTreeSet::new(),
             redeemer,
             spent: MemorySpentSet::new(),
-            answered: BTreeSet::new(),
+            ladder: LendLadder::new(LendConfig::default()),
             records: Vec::new(),
             acceptor: AttestationAcceptor::new(group, att_key, AcceptorConfig::default()),
             table: vec![None; n],
@@ -170,13 +202,15 @@ impl Member {
         self.capacity.saturating_sub(self.used)
     }
 
-    /// Forgets everything held in memory (a crash); durable state stays.
+    /// Forgets everything held in memory (a crash) but the refill planner (the simulator renews it with the
+    /// scenario's settings); durable state (wallet, pending batch, spent set, book) stays.
     pub fn crash(&mut self, group: GroupId, att_key: AttestationKey) {
         self.acceptor = AttestationAcceptor::new(group, att_key, AcceptorConfig::default());
         self.table.iter_mut().for_each(|v| *v = None);
         self.fed_seq.iter_mut().for_each(|s| *s = 0);
         self.cooling.iter_mut().for_each(|c| *c = None);
-        self.refill = None;
+        self.refill_in_flight = false;
+        self.ladder = LendLadder::new(LendConfig::default());
     }
 }
 

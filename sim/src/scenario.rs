@@ -1,5 +1,6 @@
 //! Scenarios: what group to simulate, read from TOML (untrusted input: size-limited, validated, never a panic).
 
+use lendmesh_protocol::borrow::DEFAULT_MAX_ATTEMPTS;
 use lendmesh_protocol::routing::Policy;
 use serde::{Deserialize, Serialize};
 
@@ -41,16 +42,9 @@ pub enum ScenarioError {
     },
 }
 
-/// Whether a borrower may go without a relay (DESIGN §6 step 6).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum PrivacyMode {
-    /// Refuse to borrow without a relay.
-    #[default]
-    Strict,
-    /// Go direct when no relay is available, and count it.
-    BestEffort,
-}
+/// Whether a borrower may go without a relay (DESIGN §6 step 6): `protocol`'s own setting, so a scenario's
+/// `privacy = "strict"` / `"best-effort"` means what the node's `privacy` borrow setting means.
+pub use lendmesh_protocol::borrow::PrivacyMode;
 
 /// Per-member capacity: uniform between `min` and `max` requests per window.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -211,7 +205,8 @@ impl Default for Adversaries {
     }
 }
 
-/// Routing and borrowing tunables.
+/// Routing and borrowing tunables. The borrow rules themselves (failover, cooldowns and their cap, what happens to
+/// the token) are `protocol::borrow`'s, as in the node; only these settings are the scenario's.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Routing {
@@ -221,12 +216,16 @@ pub struct Routing {
     /// Age at which an attestation's score halves, seconds.
     #[serde(default = "half_life")]
     pub half_life_s: f64,
-    /// Lenders tried per request before giving up.
+    /// Lenders tried per request before giving up (`BorrowConfig::max_attempts`). The node always uses
+    /// `protocol`'s default, [`DEFAULT_MAX_ATTEMPTS`], which is this field's default too: set it only to study
+    /// another budget.
     #[serde(default = "attempts")]
     pub max_attempts: usize,
-    /// Cooldown after a refusal, seconds.
-    #[serde(default = "cooldown")]
-    pub cooldown_s: f64,
+    /// No longer a setting: the cooldown after a refusal is `protocol::borrow`'s (the lender's `Retry-After`, capped
+    /// at `MAX_COOLDOWN_MS`, or `DEFAULT_COOLDOWN_MS`), as in the node. Accepted only to refuse it with that
+    /// explanation.
+    #[serde(default, skip_serializing)]
+    pub cooldown_s: Option<f64>,
     /// A borrower waits this long for an answer, ms.
     #[serde(default = "timeout")]
     pub timeout_ms: f64,
@@ -236,10 +235,7 @@ fn half_life() -> f64 {
     30.0
 }
 fn attempts() -> usize {
-    3
-}
-fn cooldown() -> f64 {
-    30.0
+    DEFAULT_MAX_ATTEMPTS
 }
 fn timeout() -> f64 {
     3_000.0
@@ -251,7 +247,7 @@ impl Default for Routing {
             policy: Policy::default(),
             half_life_s: half_life(),
             max_attempts: attempts(),
-            cooldown_s: cooldown(),
+            cooldown_s: None,
             timeout_ms: timeout(),
         }
     }
@@ -264,7 +260,8 @@ pub struct Tokens {
     /// Tokens per issuance batch.
     #[serde(default = "batch")]
     pub refill_batch: u32,
-    /// Refill when the wallet holds fewer than this and own headroom is under a quarter.
+    /// Refill an epoch the issuer signs for (the current one, and the next once announced) when the wallet holds
+    /// fewer of its tokens than this (`protocol::refill::RefillPlanner`, as in the node).
     #[serde(default = "low_water")]
     pub low_water: u32,
 }
@@ -472,8 +469,15 @@ impl Scenario {
         if !(1..=16).contains(&r.max_attempts) {
             return Err(bad("routing.max_attempts", "must be in 1..=16"));
         }
-        if !finite_pos(r.half_life_s) || !finite_nonneg(r.cooldown_s) || !finite_pos(r.timeout_ms) {
-            return Err(bad("routing", "half_life_s and timeout_ms > 0, cooldown_s >= 0"));
+        if !finite_pos(r.half_life_s) || !finite_pos(r.timeout_ms) {
+            return Err(bad("routing", "half_life_s and timeout_ms must be > 0"));
+        }
+        if r.cooldown_s.is_some() {
+            return Err(bad(
+                "routing.cooldown_s",
+                "is no longer a setting: a refused lender cools down as the node does (its Retry-After, capped at \
+                 5 min, or 15 s), by protocol::borrow; remove the line",
+            ));
         }
         if !(1..=64).contains(&self.tokens.refill_batch) {
             return Err(bad(
@@ -605,6 +609,28 @@ mod tests {
             Scenario::from_toml(&big),
             Err(ScenarioError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn borrow_settings_follow_the_node() {
+        let path = format!("{}/scenarios/small-team.toml", env!("CARGO_MANIFEST_DIR"));
+        let good = std::fs::read_to_string(path).unwrap();
+        let s = Scenario::from_toml(&good).unwrap();
+        assert_eq!(
+            s.routing.max_attempts, DEFAULT_MAX_ATTEMPTS,
+            "the node's budget by default"
+        );
+        assert_eq!(s.privacy, PrivacyMode::Strict);
+        let best = Scenario::from_toml(&format!("privacy = \"best-effort\"\n{good}")).unwrap();
+        assert_eq!(best.privacy, PrivacyMode::BestEffort);
+        assert!(
+            serde_json::to_string(&best)
+                .unwrap()
+                .contains("\"privacy\":\"best-effort\"")
+        );
+        let err = Scenario::from_toml(&format!("{good}\n[routing]\ncooldown_s = 30.0\n")).unwrap_err();
+        assert!(err.to_string().contains("no longer a setting"), "{err}");
+        assert!(!serde_json::to_string(&s).unwrap().contains("cooldown_s"));
     }
 
     #[test]

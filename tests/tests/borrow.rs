@@ -143,14 +143,14 @@ fn fifty_requests_borrowed_through_relays_never_reveal_the_borrower() {
         l.wait_until("the lend log lines", WAIT, |l| {
             l.log()
                 .lines()
-                .filter(|line| line.contains("lendmesh_node::lender") && line.contains("outcome"))
+                .filter(|line| line.contains("lendmesh_node::roles::lender") && line.contains("outcome"))
                 .count()
                 >= records
         });
         let lend_lines: Vec<String> = l
             .log()
             .lines()
-            .filter(|line| line.contains("lendmesh_node::lender") && line.contains("outcome"))
+            .filter(|line| line.contains("lendmesh_node::roles::lender") && line.contains("outcome"))
             .map(String::from)
             .collect();
         assert!(!lend_lines.is_empty(), "no lend lines:\n{}", l.log());

@@ -20,11 +20,21 @@ impl Sim<'_> {
         }
     }
 
+    /// A fresh request id for an adversary's spend.
+    pub(super) fn adv_request_id(&mut self) -> [u8; 16] {
+        let mut id = [0u8; 16];
+        self.adv_rng.fill_bytes(&mut id);
+        id
+    }
+
+    /// Sends a spend under `request_id` (the same id again is a replay of the same request).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn send_adv_spend(
         &mut self,
         t: Ms,
         from: usize,
         lender: usize,
+        request_id: [u8; 16],
         spend: TokenSpend,
         kind: &'static str,
     ) {
@@ -34,6 +44,7 @@ impl Sim<'_> {
                 t + d,
                 Ev::AdvSpend {
                     lender,
+                    request_id,
                     spend: Box::new(spend),
                     kind,
                 },
@@ -55,23 +66,27 @@ impl Sim<'_> {
         match self.members[a].role {
             Role::Honest => {}
             Role::DoubleSpender => {
-                let Some(tok) = self.take_token(a, t, None) else {
-                    return self.maybe_refill(t, a, true);
+                let Some(tok) = self.take_token(a, t) else {
+                    return;
                 };
                 let l1 = self.other(&[a]);
                 let l2 = self.other(&[a, l1]);
                 let mut digest = [0u8; 32];
                 self.adv_rng.fill_bytes(&mut digest);
                 let s1 = tok.spend(self.members[l1].id, digest, local);
-                self.send_adv_spend(t, a, l1, s1.clone(), "first_spend");
-                self.send_adv_spend(t + 200, a, l1, s1.clone(), "replay_same_lender");
-                self.send_adv_spend(t, a, l2, s1, "spend_at_wrong_lender");
+                // The same request (same id) sent twice, and to a lender it is not bound to.
+                let r1 = self.adv_request_id();
+                self.send_adv_spend(t, a, l1, r1, s1.clone(), "first_spend");
+                self.send_adv_spend(t + 200, a, l1, r1, s1.clone(), "replay_same_lender");
+                self.send_adv_spend(t, a, l2, r1, s1, "spend_at_wrong_lender");
                 let mut d2 = [0u8; 32];
                 self.adv_rng.fill_bytes(&mut d2);
                 let again = tok.spend(self.members[l1].id, d2, local);
-                self.send_adv_spend(t + 300, a, l1, again, "respend_same_lender");
+                let r2 = self.adv_request_id();
+                self.send_adv_spend(t + 300, a, l1, r2, again, "respend_same_lender");
                 let s2 = tok.spend(self.members[l2].id, d2, local);
-                self.send_adv_spend(t + 400, a, l2, s2, "rebound_other_lender");
+                let r3 = self.adv_request_id();
+                self.send_adv_spend(t + 400, a, l2, r3, s2, "rebound_other_lender");
             }
             Role::Forger => {
                 // A token of the current epoch, under its key, with a made-up signature.
@@ -97,7 +112,8 @@ impl Sim<'_> {
                 let mut digest = [0u8; 32];
                 self.adv_rng.fill_bytes(&mut digest);
                 let spend = fake.spend(self.members[l].id, digest, local);
-                self.send_adv_spend(t, a, l, spend, "forged_token");
+                let r = self.adv_request_id();
+                self.send_adv_spend(t, a, l, r, spend, "forged_token");
             }
             Role::AttestationReplayer => {
                 let p = self.other(&[a]);

@@ -1,45 +1,99 @@
-//! Borrowing (DESIGN §6): token, lender and relay choice, the spend through the relay, the lender's checks,
-//! refusals with cooldown and failover, timeouts with an idempotent retry, and the safety invariants on every serve.
+//! Borrowing (DESIGN §6), driven exactly as the node drives it: every borrow is one `protocol::borrow::BorrowRun`,
+//! every lender goes down `protocol::lend`'s ladder. This file only moves data between those machines and the
+//! simulated world, and measures; it decides nothing.
+//!
+//! **Borrower** ([`Sim::drive`]). Each step reads the member's own view (its peer table, refreshed from gossip, with
+//! its cooldowns; relays are the members with a fresh attestation) and asks the run to `decide`:
+//! - `TakeToken`: the oldest spendable token from the member's wallet, or `no_token`;
+//! - `Send`: the token bound to the chosen lender under a fresh request id (or, when `same_request`, the previous
+//!   request id and spend unchanged), through the chosen relay, with the scenario's timeout;
+//! - `Finish`: the token goes back to the wallet if the run says so; the borrow is counted served or failed.
+//!
+//! Each lender's answer, or the timeout, becomes an `AttemptResult` passed to `record`, whose effects are carried
+//! out: a cooldown in the member's table, or the token dropped. What a refusal means for the token, how long a
+//! lender cools down (its `Retry-After` capped, or the default), the idempotent retry after a timeout and the attempt
+//! budget are all the machine's (see its module doc).
+//!
+//! **Lender** ([`Sim::lend`]). `LendLadder::admit` by request id (a known id gets its cached answer again), then
+//! `lend::headroom` (no reserve is modelled), the real `Redeemer` claiming into the member's spent set, and
+//! `lend::after_upstream` on what the simulated upstream did. The upstream is capacity only: a request that got a
+//! unit of capacity is served (status 200).
+//!
+//! Failure causes in the report are the simulator's measurement: a `BorrowFailure` names the cause, and `Failed`
+//! takes the label of the last attempt's outcome (`no_lender_headroom`, `token_already_spent`, a redeemer label,
+//! `timeout`, …).
 
 use lendmesh_protocol::PeerId;
-use lendmesh_protocol::routing::{self, Candidate, LenderQuery};
+use lendmesh_protocol::borrow::{AttemptResult, BorrowFailure, Decision, Effect, Finish, NoToken, RouteView};
+use lendmesh_protocol::lend::{self, Admission, UpstreamOutcome, UpstreamVerdict};
+use lendmesh_protocol::refill::RefillPlanner;
+use lendmesh_protocol::routing::Candidate;
 use lendmesh_protocol::token::{TokenHash, TokenSpend};
 use rand_core::RngCore;
 
-use super::{Answer, Borrow, Ev, Sim};
-use crate::member::LenderRecord;
+use super::{Borrow, Ev, Sent, Sim};
+use crate::member::{Answer, LenderRecord};
 use crate::net::Ms;
-use crate::scenario::PrivacyMode;
+
+/// Units of capacity a lender keeps for itself (`lend::headroom`'s reserve; the node's `reserve` setting). The
+/// simulator models no reserve.
+const LEND_RESERVE: u64 = 0;
+
+/// The failure-cause label of a lender's answer (for the report; `Served` has none).
+fn cause_of(answer: Answer) -> &'static str {
+    match answer {
+        Answer::Served => "served",
+        Answer::NoHeadroom { .. } => "no_lender_headroom",
+        Answer::TokenRejected("double_spend") => "token_already_spent",
+        Answer::TokenRejected(label) => label,
+        Answer::UpstreamRefused { .. } => "upstream_refused",
+        Answer::UpstreamFailed => "upstream_failed",
+        Answer::Busy => "lender_busy",
+    }
+}
+
+/// What a lender's answer means to the borrow machine (as the node's borrower reads the sealed answer).
+fn attempt_result(answer: Answer) -> AttemptResult {
+    let refused = |retry_after_ms, delivered| AttemptResult::Refused {
+        retry_after_ms,
+        why: cause_of(answer).into(),
+        delivered,
+    };
+    match answer {
+        Answer::Served => AttemptResult::Served,
+        Answer::NoHeadroom { retry_after_ms } => refused(Some(retry_after_ms), true),
+        Answer::TokenRejected(label) => AttemptResult::TokenRejected { label: label.into() },
+        Answer::UpstreamRefused { .. } => refused(None, true),
+        Answer::UpstreamFailed => AttemptResult::Spent {
+            why: cause_of(answer).into(),
+        },
+        // The node's `DeliveryFailure::LenderBusy`: the lender refused before opening the request.
+        Answer::Busy => refused(None, false),
+    }
+}
+
+/// How an adversary's spend was answered, for the attack tally.
+pub(super) fn refusal_label(answer: Answer) -> String {
+    match answer {
+        Answer::Served => "served".into(),
+        Answer::NoHeadroom { .. } => "refused:no_headroom".into(),
+        Answer::TokenRejected(label) => format!("refused:{label}"),
+        Answer::UpstreamRefused { status } => format!("refused:upstream_{status}"),
+        Answer::UpstreamFailed => "refused:upstream_failed".into(),
+        Answer::Busy => "refused:lender_busy".into(),
+    }
+}
 
 impl Sim<'_> {
     pub(super) fn start_borrow(&mut self, t: Ms, m: usize) {
         self.note_borrow(t, m);
-        let Some(token) = self.take_token(m, t, None) else {
-            let cause = self.no_token_cause(m, self.local(m, t));
-            self.fail_cause(cause, t);
-            return;
-        };
         let mut digest = [0u8; 32];
         self.members[m].rng.fill_bytes(&mut digest);
         let id = self.next_borrow;
         self.next_borrow += 1;
-        self.borrows.insert(
-            id,
-            Borrow {
-                borrower: m,
-                started: t,
-                token,
-                tried: Vec::new(),
-                lender: m,
-                relay: None,
-                digest,
-                spend: None,
-                attempt: 0,
-                retried: false,
-                last_cause: "no_lender_available",
-            },
-        );
-        self.route(t, id);
+        self.borrows
+            .insert(id, Borrow::new(m, t, self.borrow_cfg, digest));
+        self.drive(t, id);
     }
 
     /// Counts an unserved request of a borrow started at `started`.
@@ -48,35 +102,9 @@ impl Sim<'_> {
         self.note_borrow_failed(started, cause);
     }
 
-    /// Picks a lender and relay for borrow `id` and sends the spend, or gives up.
-    pub(super) fn route(&mut self, t: Ms, id: u64) {
-        let Some(b) = self.borrows.get(&id) else {
-            return;
-        };
-        let m = b.borrower;
-        if b.tried.len() >= self.s.routing.max_attempts {
-            let cause = b.last_cause;
-            return self.give_up(id, cause, true);
-        }
-        let epoch = b.token.token.input.epoch;
-        self.sync_member(m, t);
-        if !self.spendable(m, t, epoch) {
-            // Its spend window closed during failover: spend a token of a live epoch instead.
-            let Some(fresh) = self.take_token(m, t, None) else {
-                let cause = self.no_token_cause(m, self.local(m, t));
-                return self.give_up(id, cause, true);
-            };
-            if let Some(b) = self.borrows.get_mut(&id) {
-                let old = std::mem::replace(&mut b.token, fresh);
-                self.members[m].wallet.put_back(old);
-            }
-        }
-        for p in 0..self.n {
-            if p != m {
-                self.refresh_one(m, p, t);
-            }
-        }
-        let local = self.local(m, t);
+    /// Member `m`'s routing view at its clock `local`: lenders it holds an attestation of (with its cooldowns), and
+    /// the members it can relay through (a fresh attestation stands for a live connection).
+    fn route_view(&self, m: usize, local: u64) -> (Vec<Candidate>, Vec<PeerId>) {
         let me = &self.members[m];
         let candidates: Vec<Candidate> = (0..self.n)
             .filter(|&p| p != m)
@@ -89,59 +117,123 @@ impl Sim<'_> {
                 })
             })
             .collect();
-        let connected: Vec<PeerId> = candidates
+        let connected = candidates
             .iter()
             .filter(|c| c.attestation_age_ms <= self.params.max_age_ms)
             .map(|c| c.peer)
             .collect();
-        let Some(b) = self.borrows.get_mut(&id) else {
-            return;
-        };
-        let my_id = self.members[m].id;
-        let q = LenderQuery {
-            me: &my_id,
-            candidates: &candidates,
-            tried: &b.tried,
-            now_ms: local,
-            sticky: None,
-        };
-        let rng = &mut self.members[m].rng;
-        let Some(lender_id) = routing::choose_lender(self.s.routing.policy, &q, &self.params, rng) else {
-            let cause = if b.tried.is_empty() {
-                "no_lender_available"
-            } else {
-                b.last_cause
-            };
-            return self.give_up(id, cause, true);
-        };
-        let relay = routing::choose_relay(&my_id, &lender_id, &connected, rng)
-            .and_then(|r| self.index.get(&r).copied());
-        if relay.is_none() && self.s.privacy == PrivacyMode::Strict {
-            return self.give_up(id, "no_relay", true);
-        }
-        let lender = self.index.get(&lender_id).copied().unwrap_or(m);
-        b.tried.push(lender_id);
-        b.lender = lender;
-        b.relay = relay;
-        b.retried = false;
-        b.spend = Some(b.token.spend(lender_id, b.digest, local));
-        if relay.is_none() {
-            self.out.direct_borrows += 1;
-        }
-        self.send_spend(t, id);
+        (candidates, connected)
     }
 
-    /// Sends the borrow's current spend to its lender via its relay, with a timeout.
-    pub(super) fn send_spend(&mut self, t: Ms, id: u64) {
+    /// Runs borrow `id`'s machine until it sends an attempt (then the answer or the timeout drives it on) or
+    /// finishes.
+    pub(super) fn drive(&mut self, t: Ms, id: u64) {
+        let Some(m) = self.borrows.get(&id).map(|b| b.borrower) else {
+            return;
+        };
+        self.sync_member(m, t);
+        for p in (0..self.n).filter(|&p| p != m) {
+            self.refresh_one(m, p, t);
+        }
+        let local = self.local(m, t);
+        let (candidates, connected) = self.route_view(m, local);
+        let me = self.members[m].id;
+        loop {
+            let view = RouteView {
+                me: &me,
+                candidates: &candidates,
+                connected: &connected,
+                known: self.n - 1,
+                now_ms: local,
+            };
+            let Some(b) = self.borrows.get_mut(&id) else {
+                return;
+            };
+            match b.run.decide(&view, &mut self.members[m].rng) {
+                Decision::TakeToken => {
+                    let token = self.take_token(m, t);
+                    let why = match token {
+                        Some(_) => None,
+                        None if self.no_token_cause(m, local) == "quota_exhausted" => {
+                            Some(NoToken::QuotaExhausted {
+                                next_epoch_starts_at_ms: self.members[m].book.next_start_ms(local),
+                            })
+                        }
+                        None => Some(NoToken::Empty),
+                    };
+                    let Some(b) = self.borrows.get_mut(&id) else {
+                        return;
+                    };
+                    match why {
+                        None => {
+                            b.token = token;
+                            b.run.token_taken();
+                        }
+                        Some(why) => b.run.no_token(why),
+                    }
+                }
+                Decision::Send {
+                    lender,
+                    relay,
+                    same_request,
+                } => return self.send_attempt(t, id, lender, relay, same_request),
+                Decision::Finish(finish) => return self.finish_borrow(t, id, finish),
+            }
+        }
+    }
+
+    /// Binds the token to `lender` (or resends the previous request unchanged) and sends it through `relay`, with a
+    /// timeout.
+    fn send_attempt(
+        &mut self,
+        t: Ms,
+        id: u64,
+        lender_id: PeerId,
+        relay_id: Option<PeerId>,
+        same_request: bool,
+    ) {
         let timeout = self.s.routing.timeout_ms as Ms;
+        let Some(m) = self.borrows.get(&id).map(|b| b.borrower) else {
+            return;
+        };
+        let local = self.local(m, t);
+        let lender = self.index.get(&lender_id).copied();
+        let relay = relay_id.and_then(|r| self.index.get(&r).copied());
         let Some(b) = self.borrows.get_mut(&id) else {
             return;
         };
-        b.attempt += 1;
-        let (m, lender, relay, attempt) = (b.borrower, b.lender, b.relay, b.attempt);
-        let Some(spend) = b.spend.clone() else {
+        let resend = match &b.sent {
+            Some(s) if same_request => Some((s.request_id, s.spend.clone())),
+            _ => None,
+        };
+        let fresh = match (&b.token, resend) {
+            (_, Some(again)) => Some(again),
+            (Some(token), None) => {
+                let mut request_id = [0u8; 16];
+                self.members[m].rng.fill_bytes(&mut request_id);
+                Some((request_id, token.spend(lender_id, b.digest, local)))
+            }
+            (None, None) => None,
+        };
+        let (Some(lender), Some((request_id, spend))) = (lender, fresh) else {
+            // The machine never sends without a token, and only to a member's attestation.
+            self.violation(format!(
+                "borrow {id}: asked to send without a token or to a stranger"
+            ));
+            if let Some(b) = self.borrows.remove(&id) {
+                self.fail_cause("internal", b.started);
+            }
             return;
         };
+        if !same_request && relay.is_none() {
+            self.out.direct_borrows += 1;
+        }
+        b.attempt += 1;
+        let attempt = b.attempt;
+        b.sent = Some(Sent {
+            request_id,
+            spend: spend.clone(),
+        });
         self.out.borrow_messages += 1;
         let hop = match relay {
             Some(r) => self
@@ -158,6 +250,7 @@ impl Sim<'_> {
                     attempt,
                     lender,
                     relay,
+                    request_id,
                     spend: Box::new(spend),
                     truth: m,
                 },
@@ -166,49 +259,138 @@ impl Sim<'_> {
         self.at(t + timeout, Ev::Timeout { borrow: id, attempt });
     }
 
-    /// The lender's side: idempotent retries, headroom, then the protocol's redeemer (checks + claim).
-    pub(super) fn lend(&mut self, t: Ms, l: usize, spend: &TokenSpend, via: Option<usize>) -> Answer {
+    /// Hands the outcome of borrow `id`'s attempt to its machine and carries out the effects.
+    fn record(&mut self, t: Ms, id: u64, result: AttemptResult, cause: &'static str) {
+        let Some(m) = self.borrows.get(&id).map(|b| b.borrower) else {
+            return;
+        };
+        let local = self.local(m, t);
+        let Some(b) = self.borrows.get_mut(&id) else {
+            return;
+        };
+        if result != AttemptResult::Served {
+            b.last_cause = cause;
+        }
+        let effects = b.run.record(result, local, &mut self.members[m].rng);
+        for effect in effects {
+            match effect {
+                Effect::CoolDown { peer, until_ms } => {
+                    if let Some(&p) = self.index.get(&peer) {
+                        self.members[m].cooling[p] = Some(until_ms);
+                    }
+                }
+                Effect::DropToken => {
+                    if let Some(b) = self.borrows.get_mut(&id) {
+                        b.token = None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ends borrow `id` as its machine decided.
+    fn finish_borrow(&mut self, t: Ms, id: u64, finish: Finish) {
+        let Some(mut b) = self.borrows.remove(&id) else {
+            return;
+        };
+        let m = b.borrower;
+        if finish.return_token
+            && let Some(token) = b.token.take()
+        {
+            self.members[m].wallet.put_back(token);
+        }
+        match finish.result {
+            Ok(()) => {
+                self.out.served_borrowed += 1;
+                self.out.borrow_latency_ms.push(t - b.started);
+                self.out.bins[(b.started / self.bin_ms) as usize].served += 1;
+                let epoch = b.sent.map_or(0, |s| s.spend.token.input.epoch);
+                self.note_borrow_served(b.started, epoch);
+            }
+            Err(failure) => {
+                let cause = match failure {
+                    BorrowFailure::NoLender { .. } => "no_lender_available",
+                    BorrowFailure::NoRelay { .. } => "no_relay",
+                    BorrowFailure::NoToken(_) => self.no_token_cause(m, self.local(m, t)),
+                    BorrowFailure::Timeout { .. } => "timeout",
+                    BorrowFailure::Failed { .. } => b.last_cause,
+                };
+                self.fail_cause(cause, b.started);
+            }
+        }
+    }
+
+    /// The lender's side, `protocol::lend`'s ladder: a known request id gets its answer again; then headroom, the
+    /// redeemer's checks and claim, and what the upstream's answer means for the claim.
+    pub(super) fn lend(
+        &mut self,
+        t: Ms,
+        l: usize,
+        request_id: [u8; 16],
+        spend: &TokenSpend,
+        via: Option<usize>,
+    ) -> Answer {
         let window_ms = self.window_ms;
         let local = self.local(l, t);
-        let via = via.map(|r| self.members[r].id);
         self.sync_member(l, t);
+        self.fresh_serve = false;
         let lender = &mut self.members[l];
         lender.roll(t, window_ms);
-        self.fresh_serve = false;
-        if lender.answered.contains(&spend.request_digest)
-            && lender
-                .spent
-                .contains(spend.token.input.epoch, &spend.token.hash())
+        // 1. Lends finish at once here, so no request id is ever in flight to join.
+        match lender.ladder.admit(request_id, local) {
+            Admission::Replay(answer) => return answer,
+            Admission::Join | Admission::Busy => return Answer::Busy,
+            Admission::Proceed => {}
+        }
+        let answer = self.lend_new(t, l, spend, via, local);
+        self.members[l].ladder.finish(request_id, answer, local);
+        answer
+    }
+
+    /// Steps 2–4 of the ladder for a new request id.
+    fn lend_new(&mut self, t: Ms, l: usize, spend: &TokenSpend, via: Option<usize>, local: u64) -> Answer {
+        let window_ms = self.window_ms;
+        let via = via.map(|r| self.members[r].id);
+        let lender = &mut self.members[l];
+        // 2. Headroom, keeping the reserve: refused before any claim.
+        let resets = crate::net::EPOCH_START_MS + (lender.window + 1) * window_ms;
+        if let Err(retry_after_ms) =
+            lend::headroom(u64::from(lender.remaining()), LEND_RESERVE, resets, local)
         {
-            return Answer::Served;
+            return Answer::NoHeadroom { retry_after_ms };
         }
-        if lender.remaining() == 0 {
-            let resets = crate::net::EPOCH_START_MS + (lender.window + 1) * window_ms;
-            return Answer::NoHeadroom {
-                retry_after_ms: resets.saturating_sub(local).max(1000),
-            };
-        }
-        match lender
+        // 3. Redeem and claim before any work.
+        let redemption = match lender
             .redeemer
             .redeem(spend, &spend.request_digest, local, &lender.spent)
         {
-            Ok(redemption) => {
-                lender.used += 1;
-                lender.answered.insert(spend.request_digest);
-                lender.records.push(LenderRecord {
-                    at: t,
-                    token_hash: redemption.token_hash,
-                    request_digest: spend.request_digest,
-                    via,
-                });
-                self.out.lender_load[l] += 1;
-                self.fresh_serve = true;
-                self.check_serve(l, &redemption.token_hash);
-                self.note_spent_epochs(l);
-                Answer::Served
+            Ok(r) => r,
+            Err(e) => return Answer::TokenRejected(e.label()),
+        };
+        // 4. The simulated upstream is capacity only: with a unit of capacity the request is served.
+        match lend::after_upstream(UpstreamOutcome::Status(200)) {
+            UpstreamVerdict::Served => {}
+            UpstreamVerdict::ReleaseAndRefuse { status } => {
+                // No work done: the token can be spent elsewhere.
+                if let Err(e) = lender.redeemer.release(&redemption, &lender.spent) {
+                    self.violation(format!("lender {l} could not release a claim: {e}"));
+                }
+                return Answer::UpstreamRefused { status };
             }
-            Err(e) => Answer::Refused(e.label()),
+            UpstreamVerdict::Failed => return Answer::UpstreamFailed,
         }
+        lender.used += 1;
+        lender.records.push(LenderRecord {
+            at: t,
+            token_hash: redemption.token_hash,
+            request_digest: spend.request_digest,
+            via,
+        });
+        self.out.lender_load[l] += 1;
+        self.fresh_serve = true;
+        self.check_serve(l, &redemption.token_hash);
+        self.note_spent_epochs(l);
+        Answer::Served
     }
 
     /// Safety invariants, checked on every serve.
@@ -243,10 +425,11 @@ impl Sim<'_> {
         attempt: u32,
         l: usize,
         relay: Option<usize>,
+        request_id: [u8; 16],
         spend: &TokenSpend,
         truth: usize,
     ) {
-        let answer = self.lend(t, l, spend, relay);
+        let answer = self.lend(t, l, request_id, spend, relay);
         // The lender's records must never name the borrower.
         if let Some(rec) = self.members[l].records.last()
             && rec.request_digest == spend.request_digest
@@ -277,109 +460,33 @@ impl Sim<'_> {
     }
 
     pub(super) fn on_reply(&mut self, t: Ms, id: u64, attempt: u32, answer: Answer) {
-        let Some(b) = self.borrows.get_mut(&id) else {
-            return;
-        };
-        if b.attempt != attempt {
+        if self.borrows.get(&id).is_none_or(|b| b.attempt != attempt) {
             return;
         }
-        let (m, l) = (b.borrower, b.lender);
-        match answer {
-            Answer::Served => {
-                let b = self.borrows.remove(&id);
-                if let Some(b) = b {
-                    self.out.served_borrowed += 1;
-                    self.out.borrow_latency_ms.push(t - b.started);
-                    self.out.bins[(b.started / self.bin_ms) as usize].served += 1;
-                    self.note_borrow_served(b.started, b.token.token.input.epoch);
-                }
-            }
-            Answer::NoHeadroom { retry_after_ms } => {
-                b.last_cause = "no_lender_headroom";
-                let local = self.local(m, t);
-                let default_ms = (self.s.routing.cooldown_s * 1000.0) as u64;
-                let me = &mut self.members[m];
-                me.cooling[l] = Some(routing::cooldown_until(
-                    local,
-                    Some(retry_after_ms.min(default_ms.max(1) * 20)),
-                    default_ms,
-                    &mut me.rng,
-                ));
-                self.route(t, id);
-            }
-            Answer::Refused(reason) => {
-                b.last_cause = if reason == "double_spend" {
-                    "token_already_spent"
-                } else {
-                    reason
-                };
-                let epoch = b.token.token.input.epoch;
-                if reason == "double_spend" {
-                    // The token is spent (an earlier attempt's claim whose answer was lost): a fresh one.
-                    match self.take_token(m, t, None) {
-                        Some(tok) => {
-                            if let Some(b) = self.borrows.get_mut(&id) {
-                                b.token = tok;
-                            }
-                        }
-                        None => {
-                            let cause = self.no_token_cause(m, self.local(m, t));
-                            return self.give_up(id, cause, false);
-                        }
-                    }
-                } else if matches!(reason, "epoch_closed" | "unknown_epoch" | "wrong_key_id") {
-                    // This lender does not take the token's epoch (its clock or its book differs): try the next
-                    // lender with a token of another epoch if there is one; the refused token stays unspent.
-                    if let Some(tok) = self.take_token(m, t, Some(epoch))
-                        && let Some(b) = self.borrows.get_mut(&id)
-                    {
-                        let old = std::mem::replace(&mut b.token, tok);
-                        self.members[m].wallet.put_back(old);
-                    }
-                }
-                self.route(t, id);
-            }
-        }
+        self.record(t, id, attempt_result(answer), cause_of(answer));
+        self.drive(t, id);
     }
 
+    /// No answer in time: it may have reached the lender.
     pub(super) fn on_timeout(&mut self, t: Ms, id: u64, attempt: u32) {
-        let Some(b) = self.borrows.get_mut(&id) else {
+        if self.borrows.get(&id).is_none_or(|b| b.attempt != attempt) {
             return;
+        }
+        let ambiguous = AttemptResult::Ambiguous {
+            why: "timeout".into(),
         };
-        if b.attempt != attempt {
-            return;
-        }
-        b.last_cause = "timeout";
-        if !b.retried {
-            // Same request id and token at the same lender: it answers idempotently.
-            b.retried = true;
-            return self.send_spend(t, id);
-        }
-        // The token may have been claimed: a fresh token elsewhere.
-        let m = b.borrower;
-        match self.take_token(m, t, None) {
-            Some(tok) => {
-                if let Some(b) = self.borrows.get_mut(&id) {
-                    b.token = tok;
-                }
-                self.route(t, id);
-            }
-            None => self.give_up(id, "timeout", false),
-        }
+        self.record(t, id, ambiguous, "timeout");
+        self.drive(t, id);
     }
 
-    pub(super) fn give_up(&mut self, id: u64, cause: &str, put_back: bool) {
-        if let Some(b) = self.borrows.remove(&id) {
-            if put_back {
-                self.members[b.borrower].wallet.put_back(b.token);
-            }
-            self.fail_cause(cause, b.started);
-        }
-    }
-
-    pub(super) fn on_crash(&mut self, t: Ms, i: usize) {
+    /// A crash: memory is lost (peer table, cooldowns, lend cache, refill planner and its backoff), and the member's
+    /// borrows in flight end; their tokens are lost, as in the node (a token leaves the store before it is bound
+    /// and sent, and only a finished run returns it).
+    pub(super) fn on_crash(&mut self, i: usize) {
         let (group, key) = (self.group, self.att_key.clone());
-        self.members[i].crash(group, key);
+        let me = &mut self.members[i];
+        me.crash(group, key);
+        me.planner = RefillPlanner::new(self.s.tokens.low_water, self.s.tokens.refill_batch);
         let pending: Vec<u64> = self
             .borrows
             .iter()
@@ -387,8 +494,9 @@ impl Sim<'_> {
             .map(|(id, _)| *id)
             .collect();
         for id in pending {
-            self.give_up(id, "borrower_crashed", true);
+            if let Some(b) = self.borrows.remove(&id) {
+                self.fail_cause("borrower_crashed", b.started);
+            }
         }
-        let _ = t;
     }
 }

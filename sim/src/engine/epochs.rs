@@ -9,11 +9,11 @@
 //!
 //! **Members** get the announcements by gossip (in publication order, one gossip delay from the admin, held back by
 //! partitions, taken on restart by a member that was down) and adopt them into their own book, checked by the
-//! protocol ([`EpochBook::adopt`]); a member whose own headroom is low, or whose tokens are about to expire,
-//! refills as soon as one arrives. From the book, each member refills through a [`RefillPlanner`] over [`EpochBook::refill_epochs`], spends only
-//! [`EpochBook::spendable`] tokens, sets its redeemer's windows ([`Redeemer::accept_book`]) and retires epochs
-//! ([`EpochBook::retire`]): tokens of epochs no lender takes any more leave its wallet, counted as expired, and the
-//! retired epochs' entries leave its spent set.
+//! protocol ([`EpochBook::adopt`]). From the book, each member refills through a [`RefillPlanner`] over
+//! [`EpochBook::refill_epochs`] (so it stocks an announced next epoch as soon as it adopts it, as the node does),
+//! spends only [`EpochBook::spendable`] tokens, sets its redeemer's windows ([`Redeemer::accept_book`]) and retires
+//! epochs ([`EpochBook::retire`]): tokens of epochs no lender takes any more leave its wallet, counted as expired, and
+//! the retired epochs' entries leave its spent set.
 //!
 //! Without `[epochs]` in the scenario the run has one epoch, starting before and ending long after the run, under
 //! the fixed test key and an unlimited quota: the time rules never bind and results are those of the single-epoch
@@ -464,7 +464,8 @@ impl Sim<'_> {
                 let mut digest = [0u8; 32];
                 self.adv_rng.fill_bytes(&mut digest);
                 let spend = token.spend(self.members[l].id, digest, local);
-                self.send_adv_spend(t, owner, l, spend, kind);
+                let r = self.adv_request_id();
+                self.send_adv_spend(t, owner, l, r, spend, kind);
             }
         }
     }
@@ -491,14 +492,14 @@ impl Sim<'_> {
 
     // ---- members -----------------------------------------------------------------------------------------
 
-    /// Announcements reach member `i`: it adopts them and, if its own headroom is low, refills at once (a new epoch
-    /// may be signable, or a rotation emptied its wallet).
+    /// Announcements reach member `i`: it adopts them and checks its refill (a new epoch may be signable: the
+    /// planner stocks it, as the node's member does on a new group view).
     pub(super) fn on_adopt(&mut self, t: Ms, i: usize) {
         if self.net.is_down(i, t) {
             return;
         }
         self.sync_member(i, t);
-        self.maybe_refill(t, i, false);
+        self.maybe_refill(t, i);
     }
 
     /// Brings member `i`'s epochs up to date at `t`: retires what is over, adopts the announcements that reached it,
@@ -652,18 +653,15 @@ impl Sim<'_> {
         }
     }
 
-    /// Takes the token member `m` spends next: the oldest spendable one at its clock.
-    pub(super) fn take_token(&mut self, m: usize, t: Ms, except_epoch: Option<u32>) -> Option<WalletToken> {
+    /// Takes the token member `m` spends next: the oldest spendable one at its clock. Then, as the node's member
+    /// does after every take, it checks its refill.
+    pub(super) fn take_token(&mut self, m: usize, t: Ms) -> Option<WalletToken> {
         let local = self.local(m, t);
         let me = &mut self.members[m];
         let book = &me.book;
-        me.wallet
-            .take(|e| Some(e) != except_epoch && book.spendable(e, local))
-    }
-
-    /// Whether member `m` would spend a token of `epoch` at `t`.
-    pub(super) fn spendable(&self, m: usize, t: Ms, epoch: u32) -> bool {
-        self.members[m].book.spendable(epoch, self.local(m, t))
+        let token = me.wallet.take(|e| book.spendable(e, local));
+        self.maybe_refill(t, m);
+        token
     }
 
     /// After a serve: how many epochs the lender's spent set holds entries for.

@@ -19,10 +19,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::group_state::GroupView;
-use crate::metrics::Counters;
-use crate::network::NetworkHandle;
-use crate::now_ms;
+use crate::clock::now_ms;
+use crate::group::state::GroupView;
+use crate::metrics::NodeMetrics;
+use crate::net::NetworkHandle;
 use crate::store::Store;
 
 /// Issue requests queued: 64 (one batch per member at a time; a 100-member group refilling together waits).
@@ -83,7 +83,7 @@ pub fn spawn(
     store: Store,
     net: NetworkHandle,
     view: watch::Receiver<Arc<GroupView>>,
-    counters: Arc<Counters>,
+    counters: Arc<NodeMetrics>,
     shutdown: CancellationToken,
 ) -> (IssuerHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(CAPACITY);
@@ -105,7 +105,7 @@ struct IssuerActor {
     store: Store,
     net: NetworkHandle,
     view: watch::Receiver<Arc<GroupView>>,
-    counters: Arc<Counters>,
+    counters: Arc<NodeMetrics>,
     rx: mpsc::Receiver<Msg>,
 }
 

@@ -22,12 +22,13 @@ use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{AdminError, epoch_summaries};
-use crate::group_state::GroupView;
-use crate::member::MemberHandle;
-use crate::metrics::{Counters, PeerLabel};
-use crate::network::NetworkHandle;
-use crate::peerbook::{AdminOp, AdminReply, PeerBookHandle};
+use crate::group::admin::{AdminError, epoch_summaries};
+use crate::group::state::GroupView;
+use crate::http::limit::PeerAddr;
+use crate::metrics::{NodeMetrics, PeerLabel};
+use crate::net::NetworkHandle;
+use crate::roles::member::MemberHandle;
+use crate::roles::peerbook::{AdminOp, AdminReply, PeerBookHandle};
 use crate::store::Store;
 use crate::upstream::Upstream;
 
@@ -47,13 +48,13 @@ pub struct ApiState {
     /// Member.
     pub member: MemberHandle,
     /// Lender.
-    pub lender: crate::lender::LenderHandle,
+    pub lender: crate::roles::lender::LenderHandle,
     /// Metrics.
-    pub counters: Arc<Counters>,
+    pub counters: Arc<NodeMetrics>,
     /// Upstream kind.
     pub upstream: &'static str,
     /// Privacy mode.
-    pub privacy: crate::borrow::PrivacyMode,
+    pub privacy: lendmesh_protocol::borrow::PrivacyMode,
     /// This lender's OHTTP key config (public: it is in every attestation).
     pub ohttp_key_config: Vec<u8>,
     /// lendmesh and libp2p metrics.
@@ -96,7 +97,11 @@ pub async fn bind(addr: SocketAddr, has_token: bool) -> anyhow::Result<tokio::ne
 }
 
 /// Serves until shutdown.
-pub async fn serve(listener: tokio::net::TcpListener, state: ApiState, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: crate::http::limit::LimitedListener,
+    state: ApiState,
+    shutdown: CancellationToken,
+) {
     let state = Arc::new(state);
     let app = Router::new()
         .route("/metrics", get(metrics))
@@ -109,7 +114,7 @@ pub async fn serve(listener: tokio::net::TcpListener, state: ApiState, shutdown:
         .route("/v1/group/remove", post(group_remove))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .with_state(state);
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
+    let app = app.into_make_service_with_connect_info::<PeerAddr>();
     let _ = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await;
@@ -159,7 +164,8 @@ async fn refresh_gauges(s: &ApiState) {
                 .set(a.age_ms as f64 / 1000.0);
         }
     }
-    let (bucket, _) = crate::lender::lendable_bucket(&*s.upstream_handle, s.reserve, crate::now_ms());
+    let (bucket, _) =
+        crate::roles::lender::lendable_bucket(&*s.upstream_handle, s.reserve, crate::clock::now_ms());
     c.headroom_bucket.set(bucket as i64);
     // One series per epoch with a spent set: a retired epoch's series disappears when its rows are pruned.
     if let Ok(epochs) = s.store.spent_epochs() {
@@ -173,7 +179,7 @@ async fn refresh_gauges(s: &ApiState) {
         }
     }
     let view = s.view.borrow().clone();
-    let now = crate::now_ms();
+    let now = crate::clock::now_ms();
     c.epoch_current
         .set(view.epochs.current(now).map_or(0, |i| i64::from(i.epoch())));
     c.key_alarms.set(view.refused_epochs.len() as i64);
@@ -246,8 +252,8 @@ async fn node(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
     let snap = s.net.snapshot().await;
     let group = s.peerbook.group().await;
     let balance = s.member.balance().await;
-    let now = crate::now_ms();
-    let (bucket, _) = crate::lender::lendable_bucket(&*s.upstream_handle, s.reserve, now);
+    let now = crate::clock::now_ms();
+    let (bucket, _) = crate::roles::lender::lendable_bucket(&*s.upstream_handle, s.reserve, now);
     Json(json!({
         "peer_id": s.peer_id.to_string(),
         "short_id": s.peer_id.short(),
@@ -261,14 +267,14 @@ async fn node(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
         "external_addrs": s.external_addrs,
         "connected_peers": snap.connected.len(),
         "version": env!("CARGO_PKG_VERSION"),
-        "uptime_s": crate::now_ms().saturating_sub(s.started_ms) / 1000,
+        "uptime_s": crate::clock::now_ms().saturating_sub(s.started_ms) / 1000,
         "wallet_balance": balance,
         "headroom_bucket": bucket.label(),
         "upstream": s.upstream,
         "privacy_mode": s.privacy,
         "ohttp_key_config": hex::encode(&s.ohttp_key_config),
-        "tokens_received": Counters::get(&s.counters.tokens_received),
-        "tokens_issued": Counters::get(&s.counters.tokens_issued),
+        "tokens_received": NodeMetrics::get(&s.counters.tokens_received),
+        "tokens_issued": NodeMetrics::get(&s.counters.tokens_issued),
         "counters": counters_json(&s.counters),
     }))
 }
@@ -281,30 +287,30 @@ async fn peers(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
     Json(json!({ "peers": s.peerbook.peers().await }))
 }
 
-fn counters_json(c: &Counters) -> serde_json::Value {
+fn counters_json(c: &NodeMetrics) -> serde_json::Value {
     json!({
-        "connections_refused": Counters::get(&c.connections_refused),
-        "connection_errors": Counters::get(&c.connection_errors),
-        "inbound_failures": Counters::get(&c.inbound_failures),
-        "gossip_malformed": Counters::get(&c.gossip_malformed),
-        "net_events_dropped": Counters::get(&c.net_events_dropped),
-        "attestations_accepted": Counters::get(&c.attestations_accepted),
-        "attestations_rejected": Counters::get(&c.attestations_rejected),
-        "attestations_published": Counters::get(&c.attestations_published),
-        "issue_refused": Counters::get(&c.issue_refused),
-        "tokens_spent": Counters::get(&c.tokens_spent),
-        "served_locally": Counters::get(&c.served_locally),
-        "borrows_ok": Counters::get(&c.borrows_ok),
-        "borrows_failed": Counters::get(&c.borrows_failed),
-        "lends_served": Counters::get(&c.lends_served),
-        "lends_refused": Counters::get(&c.lends_refused),
-        "relays_ok": Counters::get(&c.relays_ok),
-        "relays_failed": Counters::get(&c.relays_failed),
-        "claims_answered": Counters::get(&c.claims_answered),
-        "lends_in_flight": Counters::get(&c.lends_in_flight),
-        "tokens_expired": Counters::get(&c.tokens_expired),
-        "epochs_pruned": Counters::get(&c.epochs_pruned),
-        "key_alarms_raised": Counters::get(&c.key_alarms_raised),
+        "connections_refused": NodeMetrics::get(&c.connections_refused),
+        "connection_errors": NodeMetrics::get(&c.connection_errors),
+        "inbound_failures": NodeMetrics::get(&c.inbound_failures),
+        "gossip_malformed": NodeMetrics::get(&c.gossip_malformed),
+        "net_events_dropped": NodeMetrics::get(&c.net_events_dropped),
+        "attestations_accepted": NodeMetrics::get(&c.attestations_accepted),
+        "attestations_rejected": NodeMetrics::get(&c.attestations_rejected),
+        "attestations_published": NodeMetrics::get(&c.attestations_published),
+        "issue_refused": NodeMetrics::get(&c.issue_refused),
+        "tokens_spent": NodeMetrics::get(&c.tokens_spent),
+        "served_locally": NodeMetrics::get(&c.served_locally),
+        "borrows_ok": NodeMetrics::get(&c.borrows_ok),
+        "borrows_failed": NodeMetrics::get(&c.borrows_failed),
+        "lends_served": NodeMetrics::get(&c.lends_served),
+        "lends_refused": NodeMetrics::get(&c.lends_refused),
+        "relays_ok": NodeMetrics::get(&c.relays_ok),
+        "relays_failed": NodeMetrics::get(&c.relays_failed),
+        "claims_answered": NodeMetrics::get(&c.claims_answered),
+        "lends_in_flight": NodeMetrics::get(&c.lends_in_flight),
+        "tokens_expired": NodeMetrics::get(&c.tokens_expired),
+        "epochs_pruned": NodeMetrics::get(&c.epochs_pruned),
+        "key_alarms_raised": NodeMetrics::get(&c.key_alarms_raised),
     })
 }
 
@@ -344,7 +350,7 @@ fn admin_error(e: AdminError) -> Response {
 
 async fn group_show(
     State(s): State<Arc<ApiState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     headers: axum::http::HeaderMap,
 ) -> Response {
     if let Err(r) = admin_allowed(&s, &peer, &headers) {
@@ -387,7 +393,7 @@ fn parse_peer(s: &str) -> Result<lendmesh_protocol::PeerId, AdminError> {
 
 async fn group_invite(
     State(s): State<Arc<ApiState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     headers: axum::http::HeaderMap,
     Json(body): Json<InviteBody>,
 ) -> Response {
@@ -416,7 +422,7 @@ async fn group_invite(
 
 async fn group_remove(
     State(s): State<Arc<ApiState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     headers: axum::http::HeaderMap,
     Json(body): Json<RemoveBody>,
 ) -> Response {
@@ -432,7 +438,7 @@ async fn group_remove(
             return admin_error(AdminError::Invalid("the node is shutting down".into()));
         };
         // RSA key generation takes seconds: off the async threads, before the PeerBook is involved.
-        match tokio::task::spawn_blocking(move || crate::admin::generate_epoch_key(&group)).await {
+        match tokio::task::spawn_blocking(move || crate::group::admin::generate_epoch_key(&group)).await {
             Ok(Ok(key)) => Some(Box::new(key)),
             Ok(Err(e)) => return admin_error(e),
             Err(e) => return admin_error(AdminError::Invalid(format!("key generation failed: {e}"))),

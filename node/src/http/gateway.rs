@@ -1,7 +1,7 @@
 //! The gateway tools call (DESIGN §11): any method and path on `127.0.0.1:8640` by default.
 //!
 //! While this member's own upstream has headroom the request is served from it, with no token; otherwise it is
-//! borrowed (see [`crate::borrow`]). The response keeps its status and headers (hop-by-hop ones removed).
+//! borrowed (see [`crate::roles::borrower`]). The response keeps its status and headers (hop-by-hop ones removed).
 //!
 //! Before a request leaves the node these request headers are stripped:
 //! - hop-by-hop: `Connection`, `Keep-Alive`, `Proxy-Connection`, `Proxy-Authenticate`, `Proxy-Authorization`, `TE`,
@@ -23,13 +23,12 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::borrow::Borrower;
-use crate::metrics::Counters;
-use crate::now_ms;
+use crate::clock::now_ms;
+use crate::metrics::NodeMetrics;
+use crate::roles::borrower::Borrower;
 use crate::upstream::{Upstream, UpstreamRequest};
 
-/// Default request and response body limit.
-pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+pub use crate::config::DEFAULT_BODY_LIMIT;
 
 const HOP_BY_HOP: &[&str] = &[
     "connection",
@@ -63,10 +62,12 @@ pub struct GatewayState {
     pub upstream: Arc<dyn Upstream>,
     /// The borrower.
     pub borrower: Borrower,
-    /// Counters.
-    pub counters: Arc<Counters>,
+    /// NodeMetrics.
+    pub counters: Arc<NodeMetrics>,
     /// Body limit, each way.
     pub body_limit: usize,
+    /// Cancelled when the node shuts down (a borrow cut short then says so).
+    pub shutdown: CancellationToken,
 }
 
 impl std::fmt::Debug for GatewayState {
@@ -78,7 +79,11 @@ impl std::fmt::Debug for GatewayState {
 }
 
 /// Serves the gateway until shutdown.
-pub async fn serve(listener: tokio::net::TcpListener, state: GatewayState, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: crate::http::limit::LimitedListener,
+    state: GatewayState,
+    shutdown: CancellationToken,
+) {
     let app = Router::new().fallback(handle).with_state(Arc::new(state));
     let _ = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -178,8 +183,16 @@ async fn handle(State(s): State<Arc<GatewayState>>, req: Request) -> Response<Bo
         Ok(resp) => to_response(resp, s.body_limit),
         Err(e) => {
             debug!(code = e.code(), %e, "borrow failed");
+            if s.shutdown.is_cancelled() {
+                return error_response(
+                    503,
+                    "shutting_down",
+                    "this node is shutting down and could not finish the request; retry once it is back",
+                    Some(5),
+                );
+            }
             let mut resp = error_response(e.status(), e.code(), &e.to_string(), e.retry_after_s());
-            if let crate::borrow::BorrowError::QuotaExhausted {
+            if let crate::roles::borrower::BorrowError::QuotaExhausted {
                 next_epoch_starts_at_ms: Some(at),
             } = e
             {

@@ -11,19 +11,19 @@ use lendmesh_protocol::wire::{self, WireMessage};
 use libp2p::StreamProtocol;
 use tracing::warn;
 
-use crate::metrics::Counters;
+use crate::metrics::NodeMetrics;
 
 /// Codec for one protocol's request and response types. It counts refused frames itself: request-response does not
 /// report a failed `read_request` to the behaviour.
 #[derive(Debug)]
 pub struct WireCodec<Req, Resp> {
-    counters: Arc<Counters>,
+    counters: Arc<NodeMetrics>,
     _types: PhantomData<fn() -> (Req, Resp)>,
 }
 
 impl<Req, Resp> WireCodec<Req, Resp> {
     /// A codec that counts refused frames in `counters.inbound_failures`.
-    pub fn new(counters: Arc<Counters>) -> Self {
+    pub fn new(counters: Arc<NodeMetrics>) -> Self {
         WireCodec {
             counters,
             _types: PhantomData,

@@ -38,10 +38,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::group_state::GroupView;
-use crate::metrics::Counters;
-use crate::network::NetworkHandle;
-use crate::now_ms;
+use crate::clock::now_ms;
+use crate::group::state::GroupView;
+use crate::metrics::NodeMetrics;
+use crate::net::NetworkHandle;
 use crate::store::Store;
 use crate::upstream::{Upstream, UpstreamError, UpstreamRequest};
 
@@ -183,6 +183,8 @@ pub struct LenderParams {
     pub view: watch::Receiver<Arc<GroupView>>,
     /// The OHTTP key.
     pub keys: OhttpKeys,
+    /// Lends run here, so shutdown waits for them (bounded).
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 impl std::fmt::Debug for LenderParams {
@@ -209,7 +211,7 @@ pub fn spawn(
     params: LenderParams,
     store: Store,
     net: NetworkHandle,
-    counters: Arc<Counters>,
+    counters: Arc<NodeMetrics>,
     shutdown: CancellationToken,
 ) -> (LenderHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(CAPACITY);
@@ -234,7 +236,7 @@ struct Lender {
     p: LenderParams,
     store: Store,
     net: NetworkHandle,
-    counters: Arc<Counters>,
+    counters: Arc<NodeMetrics>,
     rx: mpsc::Receiver<Msg>,
     tx: mpsc::Sender<Msg>,
     seq: u64,
@@ -334,7 +336,7 @@ impl Lender {
     ) {
         let Ok((plain, server_response)) = self.p.keys.server.decapsulate(&req.sealed) else {
             self.counters.inc(&self.counters.lends_refused);
-            Counters::outcome(&self.counters.lends, "stale_key_config");
+            NodeMetrics::outcome(&self.counters.lends, "stale_key_config");
             debug!(relay = %relay.short(), "could not open a sealed request (stale key config?)");
             self.net
                 .respond_borrow(channel, BorrowResponse::Failed(DeliveryFailure::StaleKeyConfig))
@@ -352,6 +354,13 @@ impl Lender {
                 return;
             }
         };
+        if self.p.tasks.is_closed() {
+            // Shutting down: refuse before any claim; the borrower tries another lender with the same token.
+            self.net
+                .respond_borrow(channel, BorrowResponse::Failed(DeliveryFailure::LenderBusy))
+                .await;
+            return;
+        }
         match self.ladder.admit(inner.request_id, now_ms()) {
             Admission::Replay(response) => {
                 self.respond_sealed(server_response, channel, &response).await;
@@ -385,7 +394,7 @@ impl Lender {
             reserve: self.p.reserve,
         };
         let tx = self.tx.clone();
-        tokio::spawn(async move {
+        self.p.tasks.spawn(async move {
             let request_id = inner.request_id;
             let (response, mut record) = ctx.serve(inner).await;
             record.relay = relay.short();
@@ -411,7 +420,7 @@ impl Lender {
             InnerBorrowResponse::Refused { .. } => self.counters.inc(&self.counters.lends_refused),
         }
         let kind = record.outcome.split(':').next().unwrap_or("unknown");
-        Counters::outcome(&self.counters.lends, kind);
+        NodeMetrics::outcome(&self.counters.lends, kind);
         info!(token = %record.token_hash.get(..16).unwrap_or(""), relay = %record.relay, outcome = %record.outcome, "lend");
         self.lends.push_back(record);
         while self.lends.len() > LEND_RECORDS {
@@ -445,7 +454,7 @@ impl Lender {
 
 /// What a borrow task needs (cheap clones of shared handles; no domain state).
 struct LendContext {
-    counters: Arc<Counters>,
+    counters: Arc<NodeMetrics>,
     upstream: Arc<dyn Upstream>,
     redeemer: Redeemer,
     store: Store,

@@ -14,8 +14,8 @@ use lendmesh_protocol::group::{EpochAnnouncement, Invite, PreSharedKey, Roster, 
 use lendmesh_protocol::{GroupId, PeerId};
 use serde::{Deserialize, Serialize};
 
-use crate::group_state::GroupState;
-use crate::now_ms;
+use crate::clock::now_ms;
+use crate::group::state::GroupState;
 use crate::store::Store;
 
 const DAY_MS: u64 = 86_400_000;

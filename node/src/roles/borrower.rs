@@ -21,11 +21,11 @@ use lendmesh_protocol::wire::{
 };
 use tracing::{debug, warn};
 
-use crate::member::{MemberHandle, NoToken};
-use crate::metrics::Counters;
-use crate::network::{NetError, NetworkHandle};
-use crate::now_ms;
-use crate::peerbook::{AttemptOutcome, PeerBookHandle};
+use crate::clock::now_ms;
+use crate::metrics::NodeMetrics;
+use crate::net::{NetError, NetworkHandle};
+use crate::roles::member::{MemberHandle, NoToken};
+use crate::roles::peerbook::{AttemptOutcome, PeerBookHandle};
 
 /// Why a borrow failed; each maps to an HTTP status and a sentence for the tool.
 #[derive(Debug, thiserror::Error)]
@@ -169,8 +169,8 @@ pub struct Borrower {
     pub params: RoutingParams,
     /// Relay requirement.
     pub privacy: PrivacyMode,
-    /// Counters.
-    pub counters: Arc<Counters>,
+    /// NodeMetrics.
+    pub counters: Arc<NodeMetrics>,
 }
 
 impl Borrower {
@@ -272,14 +272,14 @@ impl Borrower {
         match &result {
             Ok(_) => {
                 self.counters.inc(&self.counters.borrows_ok);
-                Counters::outcome(&self.counters.borrows, "ok");
+                NodeMetrics::outcome(&self.counters.borrows, "ok");
                 self.counters
                     .borrow_latency
                     .observe(started.elapsed().as_secs_f64());
             }
             Err(e) => {
                 self.counters.inc(&self.counters.borrows_failed);
-                Counters::outcome(&self.counters.borrows, e.code());
+                NodeMetrics::outcome(&self.counters.borrows, e.code());
             }
         }
         result

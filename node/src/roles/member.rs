@@ -24,12 +24,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::group_state::GroupView;
-use crate::issuer::IssuerHandle;
-use crate::metrics::Counters;
-use crate::network::NetworkHandle;
-use crate::now_ms;
-use crate::peerbook::PeerBookHandle;
+use crate::clock::now_ms;
+use crate::group::state::GroupView;
+use crate::metrics::NodeMetrics;
+use crate::net::NetworkHandle;
+use crate::roles::issuer::IssuerHandle;
+use crate::roles::peerbook::PeerBookHandle;
 use crate::store::Store;
 
 /// Commands queued to the member: 64.
@@ -132,7 +132,7 @@ pub struct MemberParams {
 pub fn spawn(
     params: MemberParams,
     store: Store,
-    counters: Arc<Counters>,
+    counters: Arc<NodeMetrics>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(MemberHandle, tokio::task::JoinHandle<()>)> {
     let wallet = Wallet::from(store.wallet_tokens()?);
@@ -158,7 +158,7 @@ struct Member {
     view: watch::Receiver<Arc<GroupView>>,
     peerbook: PeerBookHandle,
     store: Store,
-    counters: Arc<Counters>,
+    counters: Arc<NodeMetrics>,
     wallet: Wallet,
     rx: mpsc::Receiver<Msg>,
 }

@@ -37,11 +37,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::admin::{self, AdminError, GroupSummary};
-use crate::group_state::{GroupState, GroupView};
-use crate::metrics::Counters;
-use crate::network::{NetEvent, NetworkHandle};
-use crate::now_ms;
+use crate::clock::now_ms;
+use crate::group::admin::{self, AdminError, GroupSummary};
+use crate::group::state::{GroupState, GroupView};
+use crate::metrics::NodeMetrics;
+use crate::net::{NetEvent, NetworkHandle};
 use crate::store::Store;
 
 /// Messages queued to the PeerBook: 1024, as many as the network's event queue.
@@ -344,7 +344,7 @@ pub fn spawn(
     params: PeerBookParams,
     store: Store,
     net: NetworkHandle,
-    counters: Arc<Counters>,
+    counters: Arc<NodeMetrics>,
     shutdown: CancellationToken,
 ) -> (PeerBookHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(CAPACITY);
@@ -385,7 +385,7 @@ struct PeerBook {
     net: NetworkHandle,
     roster_tx: watch::Sender<Arc<Roster>>,
     view_tx: watch::Sender<Arc<GroupView>>,
-    counters: Arc<Counters>,
+    counters: Arc<NodeMetrics>,
     acceptor: AttestationAcceptor,
     peers: BTreeMap<PeerId, PeerEntry>,
     /// Key-consistency alarms: epoch → who disagreed (peer short ids, or "admin" for a conflicting announcement).
@@ -452,178 +452,6 @@ impl PeerBook {
                 o.relay_failed += 1
             }
         }
-    }
-
-    /// Once a second: logs a switch, retires epochs past their grace (persist, prune the store), and on the admin
-    /// starts making the next epoch when the newest ends within the lead time.
-    fn handle_epoch_tick(&mut self) {
-        let now = now_ms();
-        let current = self.group.epochs.current(now).map(|i| i.epoch());
-        if current != self.current_epoch {
-            match current {
-                Some(e) => info!(epoch = e, "epoch {e} started"),
-                None => warn!(
-                    "no epoch runs now: the next one has not been announced (is the admin node running?)"
-                ),
-            }
-            self.current_epoch = current;
-            self.counters.epoch_current.set(current.map_or(0, i64::from));
-        }
-        let retired = self.group.epochs.retire(now);
-        if !retired.is_empty() {
-            for e in &retired {
-                self.alarms.remove(e);
-            }
-            let oldest_kept = self.group.epochs.iter().next().map_or(0, |i| i.epoch());
-            match self.store.prune_epochs_before(oldest_kept) {
-                Ok(p) => {
-                    self.counters
-                        .add(&self.counters.epochs_pruned, retired.len() as u64);
-                    info!(epochs = ?retired, spent = p.spent, claims = p.claims, quota = p.quota, "retired epochs pruned");
-                }
-                Err(e) => warn!(%e, "could not prune retired epochs"),
-            }
-            self.persist_group("epoch retirement");
-        }
-        if self.admin_key.is_some() && !self.key_in_flight && self.group.epochs.needs_next(now) {
-            self.key_in_flight = true;
-            let (group, tx) = (self.group.clone(), self.tx.clone());
-            tokio::spawn(async move {
-                let result = tokio::task::spawn_blocking(move || admin::generate_epoch_key(&group))
-                    .await
-                    .unwrap_or_else(|e| Err(AdminError::Invalid(format!("key generation failed: {e}"))));
-                let _ = tx
-                    .send(Msg::EpochKey {
-                        result: Box::new(result),
-                    })
-                    .await;
-            });
-        }
-    }
-
-    /// The admin's next-epoch key is ready: store it, announce the epoch, gossip it.
-    async fn handle_epoch_key(&mut self, result: Result<SecretKey, AdminError>) {
-        self.key_in_flight = false;
-        let Some(admin_key) = self.admin_key.clone() else {
-            return;
-        };
-        let now = now_ms();
-        if !self.group.epochs.needs_next(now) {
-            return;
-        }
-        let announced = result
-            .and_then(|secret| admin::announce_next(&self.store, &admin_key, &mut self.group, &secret, now));
-        match announced {
-            Ok(epoch) => {
-                let info = self.group.epochs.get(epoch);
-                info!(
-                    epoch,
-                    starts_at_ms = info.map(|i| i.starts_at_ms()),
-                    ends_at_ms = info.map(|i| i.effective_end_ms),
-                    "announced the next epoch"
-                );
-                self.persist_group("epoch");
-                self.publish_group().await;
-            }
-            Err(e) => warn!(%e, "could not make the next epoch; will retry"),
-        }
-    }
-
-    fn handle_admin(&mut self, op: AdminOp) -> Result<AdminReply, AdminError> {
-        let key = self
-            .admin_key
-            .clone()
-            .ok_or_else(|| AdminError::NotAdmin(self.group.admin.short()))?;
-        let reply = match op {
-            AdminOp::Invite {
-                member,
-                quota,
-                days,
-                bootstrap,
-            } => {
-                let mut group = self.group.clone();
-                let invite = admin::invite_member(&key, &mut group, member, quota, days, bootstrap)?;
-                self.store.put_group(&group)?;
-                self.group = group;
-                info!(peer = %member.short(), quota, "member invited (live)");
-                AdminReply::Invite(invite.to_file_text())
-            }
-            AdminOp::Remove { member, rotate } => {
-                let mut group = self.group.clone();
-                admin::remove_member(&key, &mut group, member)?;
-                let rotated_to = match rotate {
-                    Some(secret) => Some(admin::rotate_now(
-                        &self.store,
-                        &key,
-                        &mut group,
-                        &secret,
-                        now_ms(),
-                    )?),
-                    None => None,
-                };
-                self.store.put_group(&group)?;
-                self.group = group;
-                let _ = self.store.drop_peer_addrs(&member);
-                info!(peer = %member.short(), ?rotated_to, "member removed (live)");
-                AdminReply::Removed {
-                    roster_version: self.group.roster().version,
-                    rotated_to,
-                }
-            }
-        };
-        self.persist_group("roster");
-        Ok(reply)
-    }
-
-    /// Gossips the roster and every held epoch announcement, oldest first (the order rotations need).
-    async fn publish_group(&self) {
-        let _ = self
-            .net
-            .publish(GossipMessage::Roster(self.group.roster.clone()))
-            .await;
-        for a in self.group.epochs.announcements() {
-            let _ = self.net.publish(GossipMessage::Epoch(Box::new(a.clone()))).await;
-        }
-    }
-
-    fn raise_alarm(&mut self, epoch: u32, source: String) {
-        if self.group.epochs.get(epoch).is_none() {
-            return;
-        }
-        let sources = self.alarms.entry(epoch).or_default();
-        if sources.insert(source.clone()) {
-            self.counters.inc(&self.counters.key_alarms_raised);
-            tracing::error!(
-                epoch,
-                %source,
-                "KEY CONSISTENCY ALARM: {source} holds another issuer key for epoch {epoch}; a member-specific key \
-                 would unmask that member. Refusing to spend or accept tokens of epoch {epoch} until resolved"
-            );
-            self.publish_view();
-        }
-    }
-
-    fn clear_alarm(&mut self, epoch: u32, source: &str) {
-        let Some(sources) = self.alarms.get_mut(&epoch) else {
-            return;
-        };
-        if sources.remove(source) {
-            info!(epoch, %source, "key consistency restored with {source} for epoch {epoch}");
-            if sources.is_empty() {
-                self.alarms.remove(&epoch);
-            }
-            self.publish_view();
-        }
-    }
-
-    fn publish_view(&self) {
-        let view = GroupView {
-            roster: self.group.roster().clone(),
-            epochs: self.group.epochs.clone(),
-            refused_epochs: self.alarms.keys().copied().collect(),
-        };
-        self.counters.key_alarms.set(view.refused_epochs.len() as i64);
-        self.view_tx.send_replace(Arc::new(view));
     }
 
     fn entry(&mut self, peer: PeerId) -> &mut PeerEntry {
@@ -763,30 +591,6 @@ impl PeerBook {
         }
     }
 
-    fn persist_group(&mut self, what: &str) {
-        if let Err(e) = self.store.put_group(&self.group) {
-            warn!(%e, "could not persist the new {what}");
-        }
-        let roster = self.group.roster().clone();
-        debug!(
-            version = roster.version,
-            members = roster.members.len(),
-            epochs = ?self.group.epochs.iter().map(|i| i.epoch()).collect::<Vec<_>>(),
-            "group state updated: {what}"
-        );
-        self.acceptor.retain_roster(&roster);
-        if **self.roster_tx.borrow() != roster {
-            info!(
-                version = roster.version,
-                members = roster.members.len(),
-                "adopted roster version {}",
-                roster.version
-            );
-            self.roster_tx.send_replace(Arc::new(roster));
-        }
-        self.publish_view();
-    }
-
     fn handle_prune(&mut self) {
         let now = now_ms();
         let window = AcceptorConfig::default().window_ms;
@@ -799,89 +603,7 @@ impl PeerBook {
             }
         }
     }
-
-    fn routing_view(&self) -> RoutingView {
-        let now = now_ms();
-        let roster = self.group.roster();
-        let window = AcceptorConfig::default().window_ms;
-        let active = |p: &PeerId| p != &self.me && roster.is_active(p, now);
-        let lenders = self
-            .peers
-            .iter()
-            .filter(|(p, _)| active(p))
-            .filter_map(|(p, e)| {
-                let (att, _) = e.attestation.as_ref()?;
-                let age = now.saturating_sub(att.body.issued_at_ms);
-                (age <= window && !att.body.ohttp_key_config.is_empty()).then(|| LenderCandidate {
-                    candidate: lendmesh_protocol::routing::Candidate {
-                        peer: *p,
-                        headroom: att.body.headroom,
-                        attestation_age_ms: age,
-                        cooling_until_ms: e.cooling_until_ms,
-                    },
-                    key_config: att.body.ohttp_key_config.clone(),
-                })
-            })
-            .collect();
-        let connected = self
-            .peers
-            .iter()
-            .filter(|(p, e)| e.connected && active(p))
-            .map(|(p, _)| *p)
-            .collect();
-        let known = roster.member_ids().filter(|p| *p != &self.me).count();
-        RoutingView {
-            lenders,
-            connected,
-            known,
-        }
-    }
-
-    fn views(&self) -> Vec<PeerView> {
-        let now = now_ms();
-        let roster = self.group.roster();
-        let mut ids: Vec<PeerId> = roster.members.iter().map(|e| e.peer).collect();
-        ids.extend(self.peers.keys().copied());
-        ids.sort();
-        ids.dedup();
-        ids.retain(|p| p != &self.me);
-        ids.into_iter()
-            .map(|id| {
-                let e = self.peers.get(&id).cloned().unwrap_or_default();
-                let entry = roster.members.iter().find(|m| m.peer == id);
-                let status = if roster.is_removed(&id) {
-                    "removed"
-                } else if let Some(m) = entry {
-                    if now < m.expires_at_ms {
-                        "member"
-                    } else {
-                        "expired"
-                    }
-                } else {
-                    "unknown"
-                };
-                PeerView {
-                    peer_id: id.to_string(),
-                    short_id: id.short(),
-                    roster_status: status,
-                    quota_per_epoch: entry.map(|m| m.quota_per_epoch),
-                    connected: e.connected,
-                    direction: e
-                        .connected
-                        .then_some(if e.outbound { "outbound" } else { "inbound" }),
-                    addresses: e.addrs.iter().map(|a| a.to_string()).collect(),
-                    rtt_ms: e.rtt.map(|r| r.as_secs_f64() * 1000.0),
-                    agent_version: e.agent.clone(),
-                    attestation: e.attestation.as_ref().map(|(a, _)| AttestationView {
-                        bucket: a.body.headroom.label(),
-                        issued_at_ms: a.body.issued_at_ms,
-                        age_ms: now.saturating_sub(a.body.issued_at_ms),
-                        seq: a.body.seq,
-                    }),
-                    last_seen_ago_ms: e.last_seen_ms.map(|t| now.saturating_sub(t)),
-                    outcomes: e.outcomes,
-                }
-            })
-            .collect()
-    }
 }
+
+mod epochs;
+mod view;

@@ -1,0 +1,121 @@
+//! `lendmesh status` and `lendmesh peers`: read the running node's API and print tables (or JSON).
+
+use super::*;
+
+pub(super) fn cmd_inspect(config: &Config, args: &ApiArgs, peers: bool) -> anyhow::Result<()> {
+    let addr = args.api.clone().unwrap_or_else(|| config.api.addr.clone());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let get = |path: &'static str| {
+        let (addr, token) = (addr.clone(), args.api_token.clone());
+        async move {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()?;
+            let mut req = client.get(format!("http://{addr}{path}"));
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            let resp = req.send().await.map_err(|_| {
+                anyhow::anyhow!(
+                    "no lendmesh node is answering at http://{addr} (start one with `lendmesh run`, or pass --api ADDR)"
+                )
+            })?;
+            if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
+                bail!("the node's API needs a token: pass --api-token or set LENDMESH_API_TOKEN");
+            }
+            Ok::<serde_json::Value, anyhow::Error>(resp.json().await?)
+        }
+    };
+    if peers {
+        let v = rt.block_on(get("/v1/peers"))?;
+        if args.json {
+            out(serde_json::to_string_pretty(&v)?);
+            return Ok(());
+        }
+        out(format!(
+            "{:<10} {:<8} {:<5} {:<9} {:>8} {:<7} {:>8} {:>6}  {}",
+            "PEER", "ROSTER", "CONN", "DIR", "RTT", "BUCKET", "ATT AGE", "SEQ", "AGENT"
+        ));
+        for p in v["peers"].as_array().cloned().unwrap_or_default() {
+            let att = &p["attestation"];
+            out(format!(
+                "{:<10} {:<8} {:<5} {:<9} {:>8} {:<7} {:>8} {:>6}  {}",
+                p["short_id"].as_str().unwrap_or("?"),
+                p["roster_status"].as_str().unwrap_or("?"),
+                if p["connected"].as_bool().unwrap_or(false) {
+                    "yes"
+                } else {
+                    "no"
+                },
+                p["direction"].as_str().unwrap_or("-"),
+                p["rtt_ms"].as_f64().map_or("-".into(), |r| format!("{r:.1}ms")),
+                att["bucket"].as_str().unwrap_or("-"),
+                att["age_ms"]
+                    .as_u64()
+                    .map_or("-".into(), |a| format!("{:.1}s", a as f64 / 1000.0)),
+                att["seq"].as_u64().map_or("-".into(), |s| s.to_string()),
+                p["agent_version"].as_str().unwrap_or("-"),
+            ));
+        }
+    } else {
+        let v = rt.block_on(get("/v1/node"))?;
+        if args.json {
+            out(serde_json::to_string_pretty(&v)?);
+            return Ok(());
+        }
+        let c = &v["counters"];
+        out(format!(
+            "node      {} ({})",
+            v["short_id"].as_str().unwrap_or("?"),
+            v["peer_id"].as_str().unwrap_or("?")
+        ));
+        out(format!(
+            "group     {} ({})",
+            v["group"]["name"].as_str().unwrap_or("?"),
+            v["group"]["id"].as_str().unwrap_or("?")
+        ));
+        out(format!(
+            "roles     {}",
+            v["roles"].as_array().map_or(String::new(), |r| r
+                .iter()
+                .filter_map(|x| x.as_str())
+                .collect::<Vec<_>>()
+                .join(", "))
+        ));
+        out(format!(
+            "epoch     {} (roster version {})",
+            v["epoch"], v["roster_version"]
+        ));
+        out(format!(
+            "uptime    {} s, version {}",
+            v["uptime_s"],
+            v["version"].as_str().unwrap_or("?")
+        ));
+        out(format!("wallet    {} tokens", v["wallet_balance"]));
+        out(format!(
+            "headroom  {} ({} upstream)",
+            v["headroom_bucket"].as_str().unwrap_or("?"),
+            v["upstream"].as_str().unwrap_or("?")
+        ));
+        out(format!(
+            "peers     {} connected; privacy mode {}",
+            v["connected_peers"],
+            v["privacy_mode"].as_str().unwrap_or("?")
+        ));
+        out(format!(
+            "traffic   served locally {}, borrowed {} (failed {}), lent {} (refused {}), relayed {}",
+            c["served_locally"],
+            c["borrows_ok"],
+            c["borrows_failed"],
+            c["lends_served"],
+            c["lends_refused"],
+            c["relays_ok"]
+        ));
+        for a in v["listen_addrs"].as_array().cloned().unwrap_or_default() {
+            out(format!("listen    {}", a.as_str().unwrap_or("?")));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,437 @@
+//! The node's metrics: prometheus-client counters, gauges and a histogram, shared by the actors (each metric is an
+//! atomic; no domain state lives here), registered next to libp2p-metrics and served on `/metrics` as OpenMetrics to a
+//! client whose `Accept` asks for it, as the Prometheus text format 0.0.4 otherwise
+//! ([`wants_openmetrics`], [`openmetrics_to_prometheus_text`]).
+//!
+//! Plain counters keep the `inc` / `add` / `get` helpers the actors use; labelled families (outcomes, reasons, status
+//! classes) are bumped with [`NodeMetrics::outcome`]. Gauges that describe state other actors own (wallet balance,
+//! connected peers, per-peer RTT and attestation age) are set by the API just before each scrape.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::AtomicU64;
+
+/// A label set with one label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// The outcome (`ok`, `no_lender_available`, `served`, `no_headroom`, …).
+    pub outcome: String,
+}
+
+/// A label set naming a rejection reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// The reason (`bad_tag`, `too_old`, …).
+    pub reason: String,
+}
+
+/// A label set naming an HTTP status class.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabel {
+    /// `2xx` … `5xx`, or `error`.
+    pub class: String,
+}
+
+/// A label set naming an epoch.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EpochLabel {
+    /// The epoch number.
+    pub epoch: u32,
+}
+
+/// A label set naming a peer (short id).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabel {
+    /// Short peer id.
+    pub peer: String,
+}
+
+/// A metric the helpers can bump and read.
+pub trait Metric {
+    /// Adds `n`.
+    fn bump(&self, n: u64);
+    /// The current value (gauges below zero read as 0).
+    fn value(&self) -> u64;
+}
+
+impl Metric for Counter {
+    fn bump(&self, n: u64) {
+        self.inc_by(n);
+    }
+    fn value(&self) -> u64 {
+        self.get()
+    }
+}
+
+impl Metric for Gauge {
+    fn bump(&self, n: u64) {
+        self.inc_by(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    fn value(&self) -> u64 {
+        u64::try_from(self.get()).unwrap_or(0)
+    }
+}
+
+/// A float gauge (seconds).
+pub type SecondsGauge = Gauge<f64, AtomicU64>;
+
+/// Every lendmesh metric.
+#[derive(Debug)]
+pub struct NodeMetrics {
+    /// Connections closed because the peer is not an active roster member.
+    pub connections_refused: Counter,
+    /// Failed connection attempts (a wrong group key shows up here).
+    pub connection_errors: Counter,
+    /// Inbound request-response failures (oversized or malformed frames, timeouts).
+    pub inbound_failures: Counter,
+    /// Gossip messages that did not decode.
+    pub gossip_malformed: Counter,
+    /// Network events dropped because a consumer lagged.
+    pub net_events_dropped: Counter,
+    /// Attestations accepted.
+    pub attestations_accepted: Counter,
+    /// Attestations rejected (any reason; by reason in `attestation_rejections`).
+    pub attestations_rejected: Counter,
+    /// Attestations rejected, by reason.
+    pub attestation_rejections: Family<ReasonLabel, Counter>,
+    /// Attestations this node published.
+    pub attestations_published: Counter,
+    /// Tokens this issuer signed.
+    pub tokens_issued: Counter,
+    /// Issue requests refused.
+    pub issue_refused: Counter,
+    /// Tokens this member received (finalized and stored).
+    pub tokens_received: Counter,
+    /// Tokens taken from the wallet for borrows, net of those returned unspent.
+    pub tokens_spent: Gauge,
+    /// Requests served from this member's own upstream.
+    pub served_locally: Counter,
+    /// Borrows that got a response.
+    pub borrows_ok: Counter,
+    /// Borrows that failed (every cause).
+    pub borrows_failed: Counter,
+    /// Borrows by outcome (`ok` or the error code).
+    pub borrows: Family<OutcomeLabel, Counter>,
+    /// Borrow latency, gateway to answer.
+    pub borrow_latency: Histogram,
+    /// Borrows this lender served.
+    pub lends_served: Counter,
+    /// Borrows this lender refused (no headroom, bad token, stale key, upstream refusal).
+    pub lends_refused: Counter,
+    /// Lends by outcome.
+    pub lends: Family<OutcomeLabel, Counter>,
+    /// Borrows being served right now.
+    pub lends_in_flight: Gauge,
+    /// Sealed requests relayed.
+    pub relays_ok: Counter,
+    /// Relays that failed.
+    pub relays_failed: Counter,
+    /// Claims answered as a replica.
+    pub claims_answered: Counter,
+    /// Upstream calls by status class.
+    pub upstream_calls: Family<ClassLabel, Counter>,
+    /// Tokens in the wallet (set at scrape).
+    pub wallet_balance: Gauge,
+    /// Spent token hashes per epoch (set at scrape).
+    pub spent_set: Family<EpochLabel, Gauge>,
+    /// Connected peers (set at scrape).
+    pub peers_connected: Gauge,
+    /// Peers with a fresh attestation (set at scrape).
+    pub fresh_attestations: Gauge,
+    /// Own headroom bucket: 0 none, 1 low, 2 medium, 3 high (set at scrape). Exposed as `lendmesh_headroom_level`:
+    /// a name ending in `_bucket` is reserved for histogram buckets.
+    pub headroom_bucket: Gauge,
+    /// Per-peer ping RTT (set at scrape).
+    pub peer_rtt: Family<PeerLabel, SecondsGauge>,
+    /// Per-peer age of the last accepted attestation (set at scrape).
+    pub peer_attestation_age: Family<PeerLabel, SecondsGauge>,
+    /// Wallet tokens dropped because their epoch retired before they were spent.
+    pub tokens_expired: Counter,
+    /// Epoch announcements and rosters refused, by reason.
+    pub group_rejections: Family<ReasonLabel, Counter>,
+    /// Epochs under a key-consistency alarm now (set at scrape).
+    pub key_alarms: Gauge,
+    /// Key-consistency alarms raised (a peer or an announcement named another key for an epoch held).
+    pub key_alarms_raised: Counter,
+    /// The current epoch number (set at scrape).
+    pub epoch_current: Gauge,
+    /// Retired epochs whose stored rows were pruned.
+    pub epochs_pruned: Counter,
+    /// HTTP connections refused with a 503 because the server was at its connection limit.
+    pub connections_over_limit: Counter,
+}
+
+impl Default for NodeMetrics {
+    fn default() -> Self {
+        NodeMetrics {
+            connections_refused: Counter::default(),
+            connection_errors: Counter::default(),
+            inbound_failures: Counter::default(),
+            gossip_malformed: Counter::default(),
+            net_events_dropped: Counter::default(),
+            attestations_accepted: Counter::default(),
+            attestations_rejected: Counter::default(),
+            attestation_rejections: Family::default(),
+            attestations_published: Counter::default(),
+            tokens_issued: Counter::default(),
+            issue_refused: Counter::default(),
+            tokens_received: Counter::default(),
+            tokens_spent: Gauge::default(),
+            served_locally: Counter::default(),
+            borrows_ok: Counter::default(),
+            borrows_failed: Counter::default(),
+            borrows: Family::default(),
+            // 1 ms to ~16 s.
+            borrow_latency: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            lends_served: Counter::default(),
+            lends_refused: Counter::default(),
+            lends: Family::default(),
+            lends_in_flight: Gauge::default(),
+            relays_ok: Counter::default(),
+            relays_failed: Counter::default(),
+            claims_answered: Counter::default(),
+            upstream_calls: Family::default(),
+            wallet_balance: Gauge::default(),
+            spent_set: Family::default(),
+            peers_connected: Gauge::default(),
+            fresh_attestations: Gauge::default(),
+            headroom_bucket: Gauge::default(),
+            peer_rtt: Family::default(),
+            peer_attestation_age: Family::default(),
+            tokens_expired: Counter::default(),
+            group_rejections: Family::default(),
+            key_alarms: Gauge::default(),
+            key_alarms_raised: Counter::default(),
+            epoch_current: Gauge::default(),
+            epochs_pruned: Counter::default(),
+            connections_over_limit: Counter::default(),
+        }
+    }
+}
+
+impl NodeMetrics {
+    /// Adds one.
+    pub fn inc(&self, m: &impl Metric) {
+        m.bump(1);
+    }
+
+    /// Adds `n`.
+    pub fn add(&self, m: &impl Metric, n: u64) {
+        m.bump(n);
+    }
+
+    /// Subtracts one from a gauge.
+    pub fn dec(&self, g: &Gauge) {
+        g.dec();
+    }
+
+    /// Reads a metric.
+    pub fn get(m: &impl Metric) -> u64 {
+        m.value()
+    }
+
+    /// Bumps a labelled outcome counter.
+    pub fn outcome(family: &Family<OutcomeLabel, Counter>, outcome: &str) {
+        family
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts an upstream call by its status (None for a transport error).
+    pub fn upstream_call(&self, status: Option<u16>) {
+        let class = match status {
+            Some(s) => format!("{}xx", s / 100),
+            None => "error".to_string(),
+        };
+        self.upstream_calls.get_or_create(&ClassLabel { class }).inc();
+    }
+
+    /// Registers every metric under `lendmesh_`.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("lendmesh");
+        r.register(
+            "borrows",
+            "Borrows by outcome (ok or the error code the tool got)",
+            self.borrows.clone(),
+        );
+        r.register_with_unit(
+            "borrow_latency",
+            "Borrow latency from the gateway to the answer",
+            Unit::Seconds,
+            self.borrow_latency.clone(),
+        );
+        r.register(
+            "lends",
+            "Borrows this lender handled, by outcome",
+            self.lends.clone(),
+        );
+        r.register(
+            "lends_in_flight",
+            "Borrows this lender is serving now",
+            self.lends_in_flight.clone(),
+        );
+        r.register(
+            "relays",
+            "Sealed requests relayed successfully",
+            self.relays_ok.clone(),
+        );
+        r.register("relay_failures", "Relays that failed", self.relays_failed.clone());
+        r.register(
+            "tokens_issued",
+            "Tokens this issuer signed",
+            self.tokens_issued.clone(),
+        );
+        r.register(
+            "issue_refusals",
+            "Issue requests this issuer refused",
+            self.issue_refused.clone(),
+        );
+        r.register(
+            "tokens_received",
+            "Tokens this member received from the issuer",
+            self.tokens_received.clone(),
+        );
+        r.register(
+            "tokens_spent",
+            "Tokens taken for borrows, net of those returned unspent",
+            self.tokens_spent.clone(),
+        );
+        r.register(
+            "served_locally",
+            "Gateway requests served from this member's own upstream",
+            self.served_locally.clone(),
+        );
+        r.register(
+            "wallet_balance",
+            "Tokens in the wallet",
+            self.wallet_balance.clone(),
+        );
+        r.register(
+            "tokens_expired",
+            "Wallet tokens dropped because their epoch retired before they were spent",
+            self.tokens_expired.clone(),
+        );
+        r.register(
+            "group_rejections",
+            "Epoch announcements and rosters refused, by reason",
+            self.group_rejections.clone(),
+        );
+        r.register(
+            "key_consistency_alarms",
+            "Epochs under a key-consistency alarm (their tokens are neither spent nor accepted)",
+            self.key_alarms.clone(),
+        );
+        r.register(
+            "key_consistency_alarms_raised",
+            "Key-consistency alarms raised",
+            self.key_alarms_raised.clone(),
+        );
+        r.register("epoch", "The current epoch number", self.epoch_current.clone());
+        r.register(
+            "http_connections_over_limit",
+            "HTTP connections refused with a 503 because the gateway or API was at its connection limit",
+            self.connections_over_limit.clone(),
+        );
+        r.register(
+            "epochs_pruned",
+            "Retired epochs whose spent set, claims and quota records were pruned",
+            self.epochs_pruned.clone(),
+        );
+        r.register(
+            "spent_set_size",
+            "Spent token hashes held, per epoch",
+            self.spent_set.clone(),
+        );
+        r.register(
+            "attestations_accepted",
+            "Attestations accepted",
+            self.attestations_accepted.clone(),
+        );
+        r.register(
+            "attestations_rejected",
+            "Attestations rejected, by reason",
+            self.attestation_rejections.clone(),
+        );
+        r.register(
+            "attestations_published",
+            "Attestations this node published",
+            self.attestations_published.clone(),
+        );
+        r.register(
+            "peers_connected",
+            "Roster members connected",
+            self.peers_connected.clone(),
+        );
+        r.register(
+            "fresh_attestations",
+            "Peers with a fresh attestation",
+            self.fresh_attestations.clone(),
+        );
+        r.register(
+            "headroom_level",
+            "Own headroom bucket as attested (0 none, 1 low, 2 medium, 3 high)",
+            self.headroom_bucket.clone(),
+        );
+        r.register_with_unit(
+            "peer_rtt",
+            "Ping round-trip time per peer",
+            Unit::Seconds,
+            self.peer_rtt.clone(),
+        );
+        r.register_with_unit(
+            "peer_attestation_age",
+            "Age of each peer's last accepted attestation",
+            Unit::Seconds,
+            self.peer_attestation_age.clone(),
+        );
+        r.register(
+            "upstream_calls",
+            "Calls to this member's upstream, by status class",
+            self.upstream_calls.clone(),
+        );
+        r.register(
+            "connections_refused",
+            "Connections closed: not an active roster member",
+            self.connections_refused.clone(),
+        );
+        r.register(
+            "connection_errors",
+            "Failed connections (a wrong group key shows up here)",
+            self.connection_errors.clone(),
+        );
+        r.register(
+            "inbound_failures",
+            "Refused inbound frames (oversized, malformed) and failed requests",
+            self.inbound_failures.clone(),
+        );
+        r.register(
+            "gossip_malformed",
+            "Gossip messages that did not decode",
+            self.gossip_malformed.clone(),
+        );
+        r.register(
+            "net_events_dropped",
+            "Network events dropped because a consumer lagged",
+            self.net_events_dropped.clone(),
+        );
+        r.register(
+            "claims_answered",
+            "Claims answered as a replica",
+            self.claims_answered.clone(),
+        );
+    }
+}
+
+mod text;
+pub use text::{
+    OPENMETRICS_CONTENT_TYPE, PROMETHEUS_TEXT_CONTENT_TYPE, openmetrics_to_prometheus_text, wants_openmetrics,
+};

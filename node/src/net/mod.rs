@@ -1,0 +1,416 @@
+//! The Network actor: the only owner of the libp2p `Swarm` (DESIGN §10).
+//!
+//! Transport: TCP → pnet handshake with the group's pre-shared key → noise → yamux, and no other transport (QUIC
+//! and friends cannot carry pnet and would let non-members in around the key). A wrong key is not reported as such
+//! by libp2p (the noise handshake just fails), so connection errors say "check the group key" and the key's
+//! fingerprint (never the key) is logged at start.
+//!
+//! Behaviours: identify, ping, gossipsub (signed messages, strict validation: every message is held until
+//! `protocol` code accepts it), Kademlia (group-specific protocol name, forced server mode, fed identify's listen
+//! addresses), optional mDNS, and request-response for `/lendmesh/{issue,relay,borrow,claim}/1` with the size-limited
+//! postcard [`WireCodec`]. Connections from peers that are not active roster members are closed.
+//!
+//! **Reconnection.** Every roster member this node is not connected to is redialled — at every address learned for
+//! it (identify, outbound connections, bootstrap addresses that name it; persisted in the store so a restarted node
+//! finds the group without bootstrap flags) and those Kademlia knows — with exponential backoff and jitter per peer
+//! (0.5 s doubling to a 60 s cap, `protocol`'s [`Backoff`]). While connected to no member at all it also redials
+//! every bootstrap address on its own backoff. So nodes may start in any order: one that starts before its
+//! bootstrap peer keeps trying until that peer is up. A failed dial says "check the group key" only when the
+//! failure can be a wrong key (the connection opened and the handshake died), never for a refused connection.
+//!
+//! Other actors talk to it through a [`NetworkHandle`] (bounded channel, oneshot replies); it reports inbound
+//! traffic as [`NetEvent`]s on a bounded channel, dropping (and counting) when the consumer lags.
+
+pub mod codec;
+mod dial;
+pub mod ids;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use lendmesh_protocol::backoff::Backoff;
+use lendmesh_protocol::group::Roster;
+use lendmesh_protocol::wire::{
+    self, BorrowRequest, BorrowResponse, ClaimRequest, ClaimResponse, GossipMessage, IssueRequest,
+    IssueResponse, RelayRequest, RelayResponse,
+};
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::upgrade::Version;
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageId};
+use libp2p::metrics::{Metrics as Libp2pMetrics, Recorder};
+use libp2p::pnet::PnetConfig;
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, StreamProtocol, Swarm, Transport, identify, kad, mdns, noise, ping, tcp, yamux};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use self::codec::WireCodec;
+use self::ids::{to_libp2p, to_proto};
+use crate::metrics::NodeMetrics;
+use crate::store::{MAX_ADDRS_PER_PEER, Store};
+
+/// Commands queued to the network actor. 256: a burst of a few requests per peer in a 100-member group.
+pub const COMMAND_CAPACITY: usize = 256;
+/// Events queued from the network actor. 1024: gossip from 100 peers arriving together, with room to spare.
+pub const EVENT_CAPACITY: usize = 1024;
+/// How long a request may take, responder's work included.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often redials are considered (each peer's own backoff decides whether it is due).
+const REDIAL_TICK: Duration = Duration::from_millis(250);
+/// First redial delay; doubles per consecutive failure.
+const REDIAL_BASE_MS: u64 = 500;
+/// Longest redial delay: about a minute, so a member that comes back is found within a minute.
+const REDIAL_MAX_MS: u64 = 60_000;
+/// Idle connections are kept this long (a small group stays fully connected).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Largest gossip message (an epoch announcement with a full roster); matches the wire limit.
+const MAX_GOSSIP: usize = 128 * 1024;
+
+/// The `/lendmesh/issue/1` protocol.
+pub const ISSUE_PROTOCOL: StreamProtocol = StreamProtocol::new("/lendmesh/issue/1");
+/// The `/lendmesh/relay/1` protocol (borrower → relay).
+pub const RELAY_PROTOCOL: StreamProtocol = StreamProtocol::new("/lendmesh/relay/1");
+/// The `/lendmesh/borrow/1` protocol (relay → lender).
+pub const BORROW_PROTOCOL: StreamProtocol = StreamProtocol::new("/lendmesh/borrow/1");
+/// The `/lendmesh/claim/1` protocol (lender → replica).
+pub const CLAIM_PROTOCOL: StreamProtocol = StreamProtocol::new("/lendmesh/claim/1");
+
+/// Network failures as other actors see them.
+#[derive(Debug, thiserror::Error, Clone)]
+pub enum NetError {
+    /// The peer could not be reached at all: the request was never delivered.
+    #[error("cannot reach {peer}: {detail}")]
+    Unreachable {
+        /// Short peer id.
+        peer: String,
+        /// What libp2p said.
+        detail: String,
+    },
+    /// The request may have been delivered but was not answered (timeout, connection lost, stream error).
+    #[error("request to {peer} failed: {detail}")]
+    Request {
+        /// Short peer id.
+        peer: String,
+        /// What libp2p said.
+        detail: String,
+    },
+    /// Publishing on gossipsub failed (e.g. no peer subscribed yet).
+    #[error("publish failed: {0}")]
+    Publish(String),
+    /// The network actor has stopped.
+    #[error("the network actor has stopped")]
+    Stopped,
+}
+
+/// What the network actor reports.
+#[derive(Debug)]
+pub enum NetEvent {
+    /// A member asks this node (the issuer) for tokens.
+    InboundIssue {
+        /// The authenticated remote.
+        peer: lendmesh_protocol::PeerId,
+        /// The request.
+        req: IssueRequest,
+        /// Where to answer.
+        channel: ResponseChannel<IssueResponse>,
+    },
+    /// A member asks this node to relay a sealed request to a lender.
+    InboundRelay {
+        /// The borrower (a roster member).
+        peer: lendmesh_protocol::PeerId,
+        /// The request.
+        req: RelayRequest,
+        /// Where to answer.
+        channel: ResponseChannel<RelayResponse>,
+    },
+    /// A relay forwards a sealed borrow request to this node (the lender).
+    InboundBorrow {
+        /// The relay (or, in best-effort mode, the borrower).
+        peer: lendmesh_protocol::PeerId,
+        /// The request.
+        req: BorrowRequest,
+        /// Where to answer.
+        channel: ResponseChannel<BorrowResponse>,
+    },
+    /// A lender asks this node (a replica) to record a claim.
+    InboundClaim {
+        /// The lender.
+        peer: lendmesh_protocol::PeerId,
+        /// The request.
+        req: ClaimRequest,
+        /// Where to answer.
+        channel: ResponseChannel<ClaimResponse>,
+    },
+    /// A gossip message awaiting validation (report it with [`NetworkHandle::report`]).
+    Gossip {
+        /// Its id.
+        msg_id: MessageId,
+        /// Who forwarded it.
+        propagation_source: libp2p::PeerId,
+        /// The decoded message (boxed: an attestation is much larger than the other events).
+        msg: Box<GossipMessage>,
+    },
+    /// A peer subscribed to the group topic (a fresh attestation helps it).
+    Subscribed {
+        /// The peer.
+        peer: lendmesh_protocol::PeerId,
+    },
+    /// A connection to an allowed peer was established.
+    Connected {
+        /// The peer.
+        peer: lendmesh_protocol::PeerId,
+        /// Its address.
+        addr: Multiaddr,
+        /// Whether we dialed.
+        outbound: bool,
+    },
+    /// The last connection to a peer closed.
+    Disconnected {
+        /// The peer.
+        peer: lendmesh_protocol::PeerId,
+    },
+    /// A ping round trip.
+    Rtt {
+        /// The peer.
+        peer: lendmesh_protocol::PeerId,
+        /// Round-trip time.
+        rtt: Duration,
+    },
+    /// identify told us about a peer.
+    Identified {
+        /// The peer.
+        peer: lendmesh_protocol::PeerId,
+        /// Its agent string.
+        agent: String,
+        /// Its listen addresses.
+        listen_addrs: Vec<Multiaddr>,
+    },
+}
+
+/// What the node knows about its connections.
+#[derive(Clone, Debug, Default)]
+pub struct NetSnapshot {
+    /// Addresses we listen on.
+    pub listen_addrs: Vec<Multiaddr>,
+    /// Connected peers.
+    pub connected: Vec<lendmesh_protocol::PeerId>,
+}
+
+enum Command {
+    Issue {
+        peer: lendmesh_protocol::PeerId,
+        req: IssueRequest,
+        reply: oneshot::Sender<Result<IssueResponse, NetError>>,
+    },
+    RespondIssue {
+        channel: ResponseChannel<IssueResponse>,
+        resp: IssueResponse,
+    },
+    Relay {
+        peer: lendmesh_protocol::PeerId,
+        req: RelayRequest,
+        reply: oneshot::Sender<Result<RelayResponse, NetError>>,
+    },
+    RespondRelay {
+        channel: ResponseChannel<RelayResponse>,
+        resp: RelayResponse,
+    },
+    Borrow {
+        peer: lendmesh_protocol::PeerId,
+        req: BorrowRequest,
+        reply: oneshot::Sender<Result<BorrowResponse, NetError>>,
+    },
+    RespondBorrow {
+        channel: ResponseChannel<BorrowResponse>,
+        resp: BorrowResponse,
+    },
+    RespondClaim {
+        channel: ResponseChannel<ClaimResponse>,
+        resp: ClaimResponse,
+    },
+    Publish {
+        msg: GossipMessage,
+        reply: oneshot::Sender<Result<(), NetError>>,
+    },
+    Report {
+        msg_id: MessageId,
+        source: libp2p::PeerId,
+        acceptance: MessageAcceptance,
+    },
+    Snapshot {
+        reply: oneshot::Sender<NetSnapshot>,
+    },
+}
+
+/// A cheap handle to the network actor.
+#[derive(Clone, Debug)]
+pub struct NetworkHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Command::Issue { .. } => "Issue",
+            Command::RespondIssue { .. } => "RespondIssue",
+            Command::Relay { .. } => "Relay",
+            Command::RespondRelay { .. } => "RespondRelay",
+            Command::Borrow { .. } => "Borrow",
+            Command::RespondBorrow { .. } => "RespondBorrow",
+            Command::RespondClaim { .. } => "RespondClaim",
+            Command::Publish { .. } => "Publish",
+            Command::Report { .. } => "Report",
+            Command::Snapshot { .. } => "Snapshot",
+        })
+    }
+}
+
+impl NetworkHandle {
+    /// Asks `peer` (the issuer) to sign a batch.
+    pub async fn issue(
+        &self,
+        peer: lendmesh_protocol::PeerId,
+        req: IssueRequest,
+    ) -> Result<IssueResponse, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Issue { peer, req, reply })
+            .await
+            .map_err(|_| NetError::Stopped)?;
+        rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// Answers an inbound issue request.
+    pub async fn respond_issue(&self, channel: ResponseChannel<IssueResponse>, resp: IssueResponse) {
+        let _ = self.tx.send(Command::RespondIssue { channel, resp }).await;
+    }
+
+    /// Sends a sealed request to `relay` for `req.lender`.
+    pub async fn relay(
+        &self,
+        relay: lendmesh_protocol::PeerId,
+        req: RelayRequest,
+    ) -> Result<RelayResponse, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Relay {
+                peer: relay,
+                req,
+                reply,
+            })
+            .await
+            .map_err(|_| NetError::Stopped)?;
+        rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// Sends a sealed borrow request to a lender.
+    pub async fn borrow(
+        &self,
+        lender: lendmesh_protocol::PeerId,
+        req: BorrowRequest,
+    ) -> Result<BorrowResponse, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Borrow {
+                peer: lender,
+                req,
+                reply,
+            })
+            .await
+            .map_err(|_| NetError::Stopped)?;
+        rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// Answers an inbound relay request.
+    pub async fn respond_relay(&self, channel: ResponseChannel<RelayResponse>, resp: RelayResponse) {
+        let _ = self.tx.send(Command::RespondRelay { channel, resp }).await;
+    }
+
+    /// Answers an inbound borrow request.
+    pub async fn respond_borrow(&self, channel: ResponseChannel<BorrowResponse>, resp: BorrowResponse) {
+        let _ = self.tx.send(Command::RespondBorrow { channel, resp }).await;
+    }
+
+    /// Answers an inbound claim request.
+    pub async fn respond_claim(&self, channel: ResponseChannel<ClaimResponse>, resp: ClaimResponse) {
+        let _ = self.tx.send(Command::RespondClaim { channel, resp }).await;
+    }
+
+    /// Publishes on the group topic.
+    pub async fn publish(&self, msg: GossipMessage) -> Result<(), NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Publish { msg, reply })
+            .await
+            .map_err(|_| NetError::Stopped)?;
+        rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// Reports a gossip message's validation result.
+    pub async fn report(&self, msg_id: MessageId, source: libp2p::PeerId, acceptance: MessageAcceptance) {
+        let _ = self
+            .tx
+            .send(Command::Report {
+                msg_id,
+                source,
+                acceptance,
+            })
+            .await;
+    }
+
+    /// Listen addresses and connected peers.
+    pub async fn snapshot(&self) -> NetSnapshot {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::Snapshot { reply }).await.is_err() {
+            return NetSnapshot::default();
+        }
+        rx.await.unwrap_or_default()
+    }
+}
+
+/// Everything the network actor needs to start.
+pub struct NetworkParams {
+    /// The node key.
+    pub keypair: libp2p::identity::Keypair,
+    /// The group's network key.
+    pub psk: libp2p::pnet::PreSharedKey,
+    /// The group id (names the topic and the Kademlia protocol).
+    pub group_id: lendmesh_protocol::GroupId,
+    /// Where to listen.
+    pub listen: Vec<Multiaddr>,
+    /// Whom to dial first.
+    pub bootstrap: Vec<Multiaddr>,
+    /// mDNS on or off.
+    pub mdns: bool,
+    /// The current roster (connections from others are closed).
+    pub roster: watch::Receiver<Arc<Roster>>,
+    /// libp2p's own metrics, recorded on every swarm event.
+    pub libp2p_metrics: Libp2pMetrics,
+    /// Where learned addresses are kept.
+    pub store: Store,
+}
+
+impl std::fmt::Debug for NetworkParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetworkParams")
+            .field("group_id", &self.group_id)
+            .field("listen", &self.listen)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The group's gossip topic.
+pub fn topic(group: &lendmesh_protocol::GroupId) -> IdentTopic {
+    IdentTopic::new(format!("/lendmesh/{group}/v1"))
+}
+
+mod actor;
+mod swarm;
+
+pub use actor::spawn;

@@ -1,0 +1,104 @@
+//! The swarm: the transport (TCP → pnet → noise → yamux, and nothing else) and the combined behaviour.
+
+use super::*;
+
+/// The combined behaviour. (libp2p behaviours do not implement `Debug`.)
+#[allow(missing_debug_implementations)]
+#[derive(NetworkBehaviour)]
+pub(super) struct Behaviour {
+    pub(super) identify: identify::Behaviour,
+    pub(super) ping: ping::Behaviour,
+    pub(super) gossipsub: gossipsub::Behaviour,
+    pub(super) kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub(super) mdns: Toggle<mdns::tokio::Behaviour>,
+    pub(super) issue: request_response::Behaviour<WireCodec<IssueRequest, IssueResponse>>,
+    pub(super) relay: request_response::Behaviour<WireCodec<RelayRequest, RelayResponse>>,
+    pub(super) borrow: request_response::Behaviour<WireCodec<BorrowRequest, BorrowResponse>>,
+    pub(super) claim: request_response::Behaviour<WireCodec<ClaimRequest, ClaimResponse>>,
+}
+
+pub(super) fn build_swarm(
+    p: &NetworkParams,
+    counters: &Arc<NodeMetrics>,
+) -> anyhow::Result<Swarm<Behaviour>> {
+    let psk = p.psk;
+    let kad_protocol = StreamProtocol::try_from_owned(format!("/lendmesh/{}/kad/1", p.group_id))?;
+    let mdns_on = p.mdns;
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(p.keypair.clone())
+        .with_tokio()
+        .with_other_transport(
+            move |key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+                let noise = noise::Config::new(key)?;
+                Ok(tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                    .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+                    .upgrade(Version::V1Lazy)
+                    .authenticate(noise)
+                    .multiplex(yamux::Config::default())
+                    .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer))))
+            },
+        )?
+        .with_behaviour(
+            |key| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+                let peer_id = key.public().to_peer_id();
+                let gossip_config = gossipsub::ConfigBuilder::default()
+                    .validation_mode(gossipsub::ValidationMode::Strict)
+                    .validate_messages()
+                    .max_transmit_size(MAX_GOSSIP)
+                    .heartbeat_interval(Duration::from_millis(700))
+                    .build()?;
+                let gossipsub = gossipsub::Behaviour::new(
+                    gossipsub::MessageAuthenticity::Signed(key.clone()),
+                    gossip_config,
+                )?;
+                let mut kad = kad::Behaviour::with_config(
+                    peer_id,
+                    kad::store::MemoryStore::new(peer_id),
+                    kad::Config::new(kad_protocol),
+                );
+                kad.set_mode(Some(kad::Mode::Server));
+                let mdns = if mdns_on {
+                    Toggle::from(Some(mdns::tokio::Behaviour::new(
+                        mdns::Config::default(),
+                        peer_id,
+                    )?))
+                } else {
+                    Toggle::from(None)
+                };
+                let rr = request_response::Config::default().with_request_timeout(REQUEST_TIMEOUT);
+                Ok(Behaviour {
+                    identify: identify::Behaviour::new(
+                        identify::Config::new("/lendmesh/id/1".into(), key.public())
+                            .with_agent_version(format!("lendmesh/{}", env!("CARGO_PKG_VERSION"))),
+                    ),
+                    ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(5))),
+                    gossipsub,
+                    kad,
+                    mdns,
+                    issue: request_response::Behaviour::with_codec(
+                        WireCodec::new(counters.clone()),
+                        [(ISSUE_PROTOCOL, ProtocolSupport::Full)],
+                        rr.clone(),
+                    ),
+                    relay: request_response::Behaviour::with_codec(
+                        WireCodec::new(counters.clone()),
+                        [(RELAY_PROTOCOL, ProtocolSupport::Full)],
+                        rr.clone(),
+                    ),
+                    borrow: request_response::Behaviour::with_codec(
+                        WireCodec::new(counters.clone()),
+                        [(BORROW_PROTOCOL, ProtocolSupport::Full)],
+                        rr.clone(),
+                    ),
+                    claim: request_response::Behaviour::with_codec(
+                        WireCodec::new(counters.clone()),
+                        [(CLAIM_PROTOCOL, ProtocolSupport::Full)],
+                        rr,
+                    ),
+                })
+            },
+        )
+        .map_err(|e| anyhow::anyhow!("building the network behaviour failed: {e}"))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_TIMEOUT))
+        .build();
+    Ok(swarm)
+}

@@ -1,0 +1,112 @@
+//! Routes the network actor's inbound events to the role that owns them: issue requests to the issuer (or a
+//! `NotIssuer` refusal), relay requests to the relay, borrows to the lender, claims to the replica, and everything
+//! else (gossip, connections, RTTs) to the PeerBook. A full queue is answered "busy" or counted as dropped, never
+//! waited on.
+
+use lendmesh_protocol::PeerId;
+use lendmesh_protocol::issuer::IssueError;
+use lendmesh_protocol::wire::{BorrowResponse, DeliveryFailure, IssueResponse};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use crate::metrics::NodeMetrics;
+use crate::net::{NetEvent, NetworkHandle};
+use crate::roles::issuer::IssuerHandle;
+use crate::roles::lender::LenderHandle;
+use crate::roles::member::MemberHandle;
+use crate::roles::peerbook::PeerBookHandle;
+use crate::roles::relay::Relay;
+use crate::roles::replica::Replica;
+
+/// The dispatcher's targets.
+#[derive(Debug)]
+pub struct Dispatcher {
+    /// The group's admin (a connection to it nudges the member's refill).
+    pub admin: PeerId,
+    /// The PeerBook.
+    pub book: PeerBookHandle,
+    /// The issuer, on the admin node.
+    pub issuer: Option<IssuerHandle>,
+    /// The lender.
+    pub lender: LenderHandle,
+    /// The member.
+    pub member: MemberHandle,
+    /// The relay.
+    pub relay: Relay,
+    /// The replica.
+    pub replica: Replica,
+    /// Answers go back through the network.
+    pub net: NetworkHandle,
+    /// Metrics.
+    pub counters: Arc<NodeMetrics>,
+}
+
+impl Dispatcher {
+    /// Runs until the network's event stream ends.
+    pub async fn run(self, mut events: mpsc::Receiver<NetEvent>) {
+        while let Some(ev) = events.recv().await {
+            self.handle(ev).await;
+        }
+    }
+
+    async fn handle(&self, ev: NetEvent) {
+        match ev {
+            NetEvent::InboundIssue { peer, req, channel } => self.handle_issue(peer, req, channel).await,
+            NetEvent::InboundRelay { peer, req, channel } => self.relay.handle(peer, req, channel).await,
+            NetEvent::InboundBorrow { peer, req, channel } => {
+                if let Err(channel) = self.lender.try_borrow(peer, req, channel) {
+                    let busy = BorrowResponse::Failed(DeliveryFailure::LenderBusy);
+                    self.net.respond_borrow(channel, busy).await;
+                }
+            }
+            NetEvent::InboundClaim { peer, req, channel } => {
+                if let Some(resp) = self.replica.answer(peer, req).await {
+                    self.net.respond_claim(channel, resp).await;
+                }
+            }
+            NetEvent::Subscribed { peer } => {
+                self.lender.nudge();
+                self.forward(NetEvent::Subscribed { peer });
+            }
+            NetEvent::Connected { peer, addr, outbound } => {
+                if peer == self.admin {
+                    // The issuer is reachable (again): refill now rather than when the backoff runs out.
+                    self.member.nudge();
+                }
+                self.forward(NetEvent::Connected { peer, addr, outbound });
+            }
+            other => self.forward(other),
+        }
+    }
+
+    async fn handle_issue(
+        &self,
+        peer: PeerId,
+        req: lendmesh_protocol::wire::IssueRequest,
+        channel: libp2p::request_response::ResponseChannel<IssueResponse>,
+    ) {
+        let refusal = match &self.issuer {
+            Some(h) => match h.try_remote(peer, req, channel) {
+                Ok(()) => return,
+                Err(channel) => {
+                    warn!(peer = %peer.short(), "issuer busy; refusing the request");
+                    (channel, IssueError::Busy)
+                }
+            },
+            None => {
+                warn!(peer = %peer.short(), "issue request sent to a node that is not the issuer");
+                (channel, IssueError::NotIssuer)
+            }
+        };
+        self.net
+            .respond_issue(refusal.0, IssueResponse::Refused(refusal.1))
+            .await;
+    }
+
+    fn forward(&self, ev: NetEvent) {
+        if !self.book.try_forward(ev) {
+            self.counters.inc(&self.counters.net_events_dropped);
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! The PeerBook's read side: what the borrower routes on and what the API shows.
+
+use super::*;
+
+impl PeerBook {
+    pub(super) fn routing_view(&self) -> RoutingView {
+        let now = now_ms();
+        let roster = self.group.roster();
+        let window = AcceptorConfig::default().window_ms;
+        let active = |p: &PeerId| p != &self.me && roster.is_active(p, now);
+        let lenders = self
+            .peers
+            .iter()
+            .filter(|(p, _)| active(p))
+            .filter_map(|(p, e)| {
+                let (att, _) = e.attestation.as_ref()?;
+                let age = now.saturating_sub(att.body.issued_at_ms);
+                (age <= window && !att.body.ohttp_key_config.is_empty()).then(|| LenderCandidate {
+                    candidate: lendmesh_protocol::routing::Candidate {
+                        peer: *p,
+                        headroom: att.body.headroom,
+                        attestation_age_ms: age,
+                        cooling_until_ms: e.cooling_until_ms,
+                    },
+                    key_config: att.body.ohttp_key_config.clone(),
+                })
+            })
+            .collect();
+        let connected = self
+            .peers
+            .iter()
+            .filter(|(p, e)| e.connected && active(p))
+            .map(|(p, _)| *p)
+            .collect();
+        let known = roster.member_ids().filter(|p| *p != &self.me).count();
+        RoutingView {
+            lenders,
+            connected,
+            known,
+        }
+    }
+
+    pub(super) fn views(&self) -> Vec<PeerView> {
+        let now = now_ms();
+        let roster = self.group.roster();
+        let mut ids: Vec<PeerId> = roster.members.iter().map(|e| e.peer).collect();
+        ids.extend(self.peers.keys().copied());
+        ids.sort();
+        ids.dedup();
+        ids.retain(|p| p != &self.me);
+        ids.into_iter()
+            .map(|id| {
+                let e = self.peers.get(&id).cloned().unwrap_or_default();
+                let entry = roster.members.iter().find(|m| m.peer == id);
+                let status = if roster.is_removed(&id) {
+                    "removed"
+                } else if let Some(m) = entry {
+                    if now < m.expires_at_ms {
+                        "member"
+                    } else {
+                        "expired"
+                    }
+                } else {
+                    "unknown"
+                };
+                PeerView {
+                    peer_id: id.to_string(),
+                    short_id: id.short(),
+                    roster_status: status,
+                    quota_per_epoch: entry.map(|m| m.quota_per_epoch),
+                    connected: e.connected,
+                    direction: e
+                        .connected
+                        .then_some(if e.outbound { "outbound" } else { "inbound" }),
+                    addresses: e.addrs.iter().map(|a| a.to_string()).collect(),
+                    rtt_ms: e.rtt.map(|r| r.as_secs_f64() * 1000.0),
+                    agent_version: e.agent.clone(),
+                    attestation: e.attestation.as_ref().map(|(a, _)| AttestationView {
+                        bucket: a.body.headroom.label(),
+                        issued_at_ms: a.body.issued_at_ms,
+                        age_ms: now.saturating_sub(a.body.issued_at_ms),
+                        seq: a.body.seq,
+                    }),
+                    last_seen_ago_ms: e.last_seen_ms.map(|t| now.saturating_sub(t)),
+                    outcomes: e.outcomes,
+                }
+            })
+            .collect()
+    }
+}

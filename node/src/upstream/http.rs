@@ -1,0 +1,426 @@
+//! The HTTP upstream: forwards to a real rate-limited API, reading its rate-limit headers for headroom.
+
+use super::*;
+
+/// Settings for [`HttpUpstream`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpUpstreamConfig {
+    /// Base URL, e.g. `https://api.openai.com/` or `http://127.0.0.1:8080/v1`; request paths are joined below
+    /// it.
+    pub base_url: String,
+    /// Environment variable holding the API key (sent as `Authorization: Bearer <key>`); `None` sends no key.
+    pub api_key_env: Option<String>,
+    /// Requests per window assumed when the upstream sends no rate-limit headers.
+    pub budget_per_window: u64,
+    /// Window for that budget (aligned to multiples of it since the Unix epoch; at least 1 ms).
+    pub window: Duration,
+    /// Total timeout per call (connect, headers and body).
+    pub timeout: Duration,
+    /// Largest response body accepted.
+    pub max_response_bytes: usize,
+}
+
+/// The local estimate of the upstream's window.
+#[derive(Debug)]
+struct HttpState {
+    /// Limit learned from headers, if any; replaces the configured budget.
+    limit: Option<u64>,
+    remaining: u64,
+    resets_at_ms: u64,
+    /// Bumped whenever `remaining` is reset wholesale (new window, refusal), so that releasing an older
+    /// permit does not add a unit the reset already accounted for.
+    epoch: u64,
+}
+
+/// An upstream reached over HTTP(S) with an optional bearer key.
+pub struct HttpUpstream {
+    id: u64,
+    client: reqwest::Client,
+    /// Normalised base: no query or fragment, path ends in `/`.
+    base: Url,
+    /// `Authorization` value, marked sensitive.
+    pub(super) auth: Option<HeaderValue>,
+    api_key_env: Option<String>,
+    budget: u64,
+    window_ms: u64,
+    timeout: Duration,
+    max_response_bytes: usize,
+    state: Mutex<HttpState>,
+    in_flight: Arc<AtomicU64>,
+}
+
+impl fmt::Debug for HttpUpstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpUpstream")
+            .field("base_url", &self.base.as_str())
+            .field("api_key_env", &self.api_key_env)
+            .field(
+                "api_key",
+                &if self.auth.is_some() {
+                    "<redacted>"
+                } else {
+                    "<none>"
+                },
+            )
+            .field("budget_per_window", &self.budget)
+            .field("window_ms", &self.window_ms)
+            .field("timeout", &self.timeout)
+            .field("max_response_bytes", &self.max_response_bytes)
+            .field("state", &*lock(&self.state))
+            .finish()
+    }
+}
+
+/// Reads the API key from `var` through `lookup` (normally [`std::env::var_os`]); unset, empty or non-UTF-8
+/// is an error naming the variable.
+pub fn read_api_key(
+    var: &str,
+    lookup: impl FnOnce(&str) -> Option<std::ffi::OsString>,
+) -> Result<String, UpstreamError> {
+    match lookup(var).and_then(|v| v.into_string().ok()) {
+        Some(key) if !key.trim().is_empty() => Ok(key.trim().to_owned()),
+        _ => Err(UpstreamError::MissingApiKey { var: var.to_owned() }),
+    }
+}
+
+impl HttpUpstream {
+    /// Builds the upstream, reading the API key from `config.api_key_env` (if named) now.
+    pub fn new(config: HttpUpstreamConfig) -> Result<Self, UpstreamError> {
+        let key = match &config.api_key_env {
+            Some(var) => Some(read_api_key(var, |v| std::env::var_os(v))?),
+            None => None,
+        };
+        Self::with_api_key(config, key)
+    }
+
+    /// Builds the upstream with an API key obtained elsewhere (a secrets file, tests); `config.api_key_env`
+    /// is then used only to name the key's origin in errors.
+    pub fn with_api_key(config: HttpUpstreamConfig, api_key: Option<String>) -> Result<Self, UpstreamError> {
+        let base = normalize_base_url(&config.base_url)?;
+        let auth = match api_key {
+            Some(key) => {
+                let origin = config
+                    .api_key_env
+                    .clone()
+                    .unwrap_or_else(|| "the configured API key".to_owned());
+                let mut value = HeaderValue::try_from(format!("Bearer {key}"))
+                    .map_err(|_| UpstreamError::InvalidApiKey { origin })?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+            None => None,
+        };
+        let client = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(UpstreamError::Client)?;
+        Ok(HttpUpstream {
+            id: NEXT_UPSTREAM_ID.fetch_add(1, Ordering::Relaxed),
+            client,
+            base,
+            auth,
+            api_key_env: config.api_key_env,
+            budget: config.budget_per_window,
+            window_ms: duration_ms(config.window).max(1),
+            timeout: config.timeout,
+            max_response_bytes: config.max_response_bytes,
+            state: Mutex::new(HttpState {
+                limit: None,
+                remaining: 0,
+                resets_at_ms: 0,
+                epoch: 0,
+            }),
+            in_flight: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    fn capacity(&self, st: &HttpState) -> u64 {
+        st.limit.unwrap_or(self.budget)
+    }
+
+    /// The estimate rolled forward to `now_ms`: once the reset instant has passed, a new aligned window
+    /// starts full.
+    fn state(&self, now_ms: u64) -> MutexGuard<'_, HttpState> {
+        let mut st = lock(&self.state);
+        if now_ms >= st.resets_at_ms {
+            st.remaining = self.capacity(&st);
+            st.resets_at_ms = aligned_window_end(now_ms, self.window_ms);
+            st.epoch += 1;
+        }
+        st
+    }
+
+    /// Gives one unit back if the estimate has not been reset since the permit was taken.
+    fn give_back(&self, window: u64) {
+        let mut st = lock(&self.state);
+        if st.epoch == window {
+            let ceiling = self.capacity(&st).max(st.remaining);
+            st.remaining = st.remaining.saturating_add(1).min(ceiling);
+        }
+    }
+
+    /// Folds what a response taught us into the estimate (`now_ms` from the wall clock).
+    pub(super) fn learn(&self, status: u16, headers: &[(String, Vec<u8>)], now_ms: u64) {
+        let learned = parse_rate_limit(headers, now_ms);
+        // This call's own permit is still alive, so it is among the in-flight ones; the upstream already
+        // counted it.
+        let others = self.in_flight.load(Ordering::Acquire).saturating_sub(1);
+        let mut st = self.state(now_ms);
+        if let Some(l) = learned {
+            if let Some(limit) = l.limit {
+                st.limit = Some(limit);
+            }
+            if let Some(remaining) = l.remaining {
+                st.remaining = remaining.saturating_sub(others);
+            }
+            if let Some(reset) = l.resets_at_ms.filter(|&r| r > now_ms) {
+                st.resets_at_ms = reset;
+            }
+            debug!(
+                source = ?l.source,
+                limit = ?l.limit,
+                remaining = ?l.remaining,
+                "upstream rate limit learned"
+            );
+        }
+        let refused = status == 429 || status == 503;
+        let retry_after = learned.and_then(|l| l.retry_after_ms);
+        let block_until = if refused {
+            let header_instant = retry_after.max(learned.and_then(|l| l.resets_at_ms));
+            Some(
+                header_instant
+                    .unwrap_or_else(|| st.resets_at_ms.max(now_ms.saturating_add(MIN_REFUSAL_BACKOFF_MS))),
+            )
+        } else {
+            retry_after
+        };
+        if let Some(until) = block_until.filter(|&u| u > now_ms) {
+            st.remaining = 0;
+            st.resets_at_ms = until;
+            st.epoch += 1;
+            drop(st);
+            warn!(
+                status,
+                blocked_for_ms = until - now_ms,
+                "upstream refused or asked to back off; no headroom until then"
+            );
+        }
+    }
+
+    fn classify(&self, err: reqwest::Error) -> UpstreamError {
+        if err.is_timeout() {
+            UpstreamError::Timeout {
+                timeout: self.timeout,
+            }
+        } else if err.is_connect() {
+            UpstreamError::Connect {
+                base_url: self.base.to_string(),
+                source: err,
+            }
+        } else if err.is_builder() {
+            UpstreamError::InvalidRequest(err.to_string())
+        } else {
+            UpstreamError::Http(err)
+        }
+    }
+
+    fn outgoing_headers(&self, headers: &[(String, Vec<u8>)]) -> Result<HeaderMap, UpstreamError> {
+        const REPLACED: [&str; 4] = ["host", "authorization", "content-length", "transfer-encoding"];
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            if REPLACED.iter().any(|r| name.eq_ignore_ascii_case(r)) {
+                continue;
+            }
+            let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                UpstreamError::InvalidRequest(format!("header name {name:?} is not valid HTTP"))
+            })?;
+            let v = HeaderValue::from_bytes(value).map_err(|_| {
+                UpstreamError::InvalidRequest(format!("value of header {name:?} is not valid HTTP"))
+            })?;
+            map.append(n, v);
+        }
+        if let Some(auth) = &self.auth {
+            map.insert(reqwest::header::AUTHORIZATION, auth.clone());
+        }
+        Ok(map)
+    }
+
+    /// Sends the request; errors before anything reached the upstream are flagged `true` (unit can be
+    /// refunded).
+    async fn forward(&self, req: UpstreamRequest) -> Result<UpstreamResponse, (UpstreamError, bool)> {
+        let url = join_url(&self.base, &req.path_and_query).map_err(|e| (e, true))?;
+        let method = reqwest::Method::from_bytes(req.method.as_bytes()).map_err(|_| {
+            (
+                UpstreamError::InvalidRequest(format!("{:?} is not a valid HTTP method", req.method)),
+                true,
+            )
+        })?;
+        let headers = self.outgoing_headers(&req.headers).map_err(|e| (e, true))?;
+        let mut builder = self.client.request(method, url).headers(headers);
+        if !req.body.is_empty() {
+            builder = builder.body(req.body);
+        }
+        let resp = builder.send().await.map_err(|e| {
+            let err = self.classify(e);
+            let refundable = matches!(
+                err,
+                UpstreamError::Connect { .. } | UpstreamError::InvalidRequest(_)
+            );
+            (err, refundable)
+        })?;
+        let status = resp.status().as_u16();
+        let headers: Vec<(String, Vec<u8>)> = resp
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+            .collect();
+        self.learn(status, &headers, wall_clock_ms());
+        let body = self.read_limited(resp).await.map_err(|e| (e, false))?;
+        Ok(UpstreamResponse {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// Reads the body chunk by chunk, refusing as soon as it would exceed `max_response_bytes`.
+    async fn read_limited(&self, mut resp: reqwest::Response) -> Result<Vec<u8>, UpstreamError> {
+        let limit = self.max_response_bytes;
+        let announced = resp.content_length();
+        if announced.is_some_and(|n| n > u64::try_from(limit).unwrap_or(u64::MAX)) {
+            return Err(UpstreamError::BodyTooLarge { limit });
+        }
+        let mut body = Vec::with_capacity(
+            announced
+                .map_or(0, |n| usize::try_from(n).unwrap_or(limit))
+                .min(limit),
+        );
+        while let Some(chunk) = resp.chunk().await.map_err(|e| self.classify(e))? {
+            if chunk.len() > limit - body.len() {
+                return Err(UpstreamError::BodyTooLarge { limit });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+}
+
+impl Upstream for HttpUpstream {
+    fn kind(&self) -> &'static str {
+        "http"
+    }
+
+    fn headroom(&self, now_ms: u64) -> Headroom {
+        let st = self.state(now_ms);
+        Headroom {
+            remaining: st.remaining,
+            capacity: self.capacity(&st).max(st.remaining),
+            resets_at_ms: st.resets_at_ms,
+        }
+    }
+
+    fn try_acquire(&self, now_ms: u64, reserve: u64) -> Option<Permit> {
+        let mut st = self.state(now_ms);
+        (st.remaining > reserve).then(|| {
+            st.remaining -= 1;
+            Permit {
+                owner: self.id,
+                window: st.epoch,
+                _flight: Some(InFlight::new(&self.in_flight)),
+            }
+        })
+    }
+
+    fn release(&self, permit: Permit) {
+        if permit.owner != self.id {
+            warn!("permit released to an http upstream that did not issue it; ignored");
+            return;
+        }
+        self.give_back(permit.window);
+    }
+
+    fn call(
+        &self,
+        permit: Permit,
+        req: UpstreamRequest,
+    ) -> BoxFuture<'_, Result<UpstreamResponse, UpstreamError>> {
+        Box::pin(async move {
+            if permit.owner != self.id {
+                return Err(UpstreamError::ForeignPermit);
+            }
+            // The permit stays alive (counted in flight) until the response has been learned from.
+            match self.forward(req).await {
+                Ok(resp) => Ok(resp),
+                Err((err, refundable)) => {
+                    if refundable {
+                        self.give_back(permit.window);
+                    }
+                    debug!(%err, refundable, "upstream call failed");
+                    Err(err)
+                }
+            }
+        })
+    }
+}
+
+/// Parses and normalises a base URL: http(s) only, a host, no credentials, query or fragment; path ends in
+/// `/`.
+pub(super) fn normalize_base_url(raw: &str) -> Result<Url, UpstreamError> {
+    let bad = |reason: &str| UpstreamError::BadUrl {
+        url: raw.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let mut url =
+        Url::parse(raw.trim()).map_err(|e| bad(&format!("{e}; expected e.g. https://api.example.com/v1")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad("only http and https are supported"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(bad("it has no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        // Never echo the credentials back in the error.
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+        return Err(UpstreamError::BadUrl {
+            url: url.to_string(),
+            reason: "it contains credentials; put the API key in the environment variable instead".into(),
+        });
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(bad("a base URL cannot have a query or fragment"));
+    }
+    if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
+    }
+    Ok(url)
+}
+
+/// Joins `path_and_query` below `base` (exactly one `/` between them) and checks the result stays below it:
+/// same scheme, host and port, and no `..` segment escaping the base path.
+pub(super) fn join_url(base: &Url, path_and_query: &str) -> Result<Url, UpstreamError> {
+    if path_and_query.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        return Err(UpstreamError::InvalidRequest(
+            "path contains whitespace or control characters".into(),
+        ));
+    }
+    let joined = format!("{}{}", base.as_str(), path_and_query.trim_start_matches('/'));
+    let bad = |reason: &str| UpstreamError::BadUrl {
+        url: joined.clone(),
+        reason: reason.to_owned(),
+    };
+    let url = Url::parse(&joined).map_err(|e| bad(&e.to_string()))?;
+    if url.scheme() != base.scheme()
+        || url.host_str() != base.host_str()
+        || url.port_or_known_default() != base.port_or_known_default()
+    {
+        return Err(bad("the request path changes the upstream host"));
+    }
+    if !url.path().starts_with(base.path()) {
+        return Err(bad("the request path escapes the base URL's path"));
+    }
+    Ok(url)
+}

@@ -1,0 +1,347 @@
+use super::*;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap as AxumHeaders, Method, Uri};
+use axum::response::Response;
+use serde_json::Value;
+
+/// Upper bound on every network wait in these tests.
+const WAIT: Duration = Duration::from_secs(10);
+const KEY: &str = "sk-test-SECRET-4f9a2c";
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn h(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+    pairs
+        .iter()
+        .map(|(n, v)| ((*n).to_owned(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+fn req(method: &str, path: &str) -> UpstreamRequest {
+    UpstreamRequest {
+        method: method.into(),
+        path_and_query: path.into(),
+        ..Default::default()
+    }
+}
+
+// ----- mock --------------------------------------------------------------------------------------------
+
+#[test]
+fn mock_capacity_per_window_and_reserve() {
+    let m = MockUpstream::new("alice".into(), 3, MINUTE, Duration::ZERO);
+    let now = 60_000 * 10 + 5;
+    assert_eq!(
+        m.headroom(now),
+        Headroom {
+            remaining: 3,
+            capacity: 3,
+            resets_at_ms: 60_000 * 11
+        }
+    );
+    assert!(m.try_acquire(now, 2).is_some(), "3 remaining > reserve 2");
+    assert!(m.try_acquire(now, 2).is_none(), "2 remaining is not > reserve 2");
+    let _a = m.try_acquire(now, 0).expect("second unit");
+    let _b = m.try_acquire(now + 1, 0).expect("third unit");
+    assert!(m.try_acquire(now + 2, 0).is_none(), "window exhausted");
+    assert_eq!(m.headroom(now).remaining, 0);
+}
+
+#[test]
+fn mock_zero_capacity_never_has_headroom() {
+    let m = MockUpstream::new("bob".into(), 0, MINUTE, Duration::ZERO);
+    for now in [0, 1, 59_999, 60_000, 10_000_000] {
+        assert!(m.try_acquire(now, 0).is_none());
+        assert_eq!(m.headroom(now).remaining, 0);
+    }
+}
+
+#[test]
+fn mock_release_gives_back_only_in_same_window() {
+    let m = MockUpstream::new("carol".into(), 1, MINUTE, Duration::ZERO);
+    let p = m.try_acquire(1_000, 0).expect("unit");
+    assert!(m.try_acquire(1_000, 0).is_none());
+    m.release(p);
+    assert_eq!(m.headroom(1_000).remaining, 1);
+    let old = m.try_acquire(1_000, 0).expect("unit again");
+    let _new = m.try_acquire(61_000, 0).expect("next window is full");
+    m.release(old); // from the previous window: must not inflate the new one
+    assert_eq!(m.headroom(61_000).remaining, 0);
+}
+
+#[test]
+fn mock_window_rollover_is_epoch_aligned() {
+    let m = MockUpstream::new("dave".into(), 2, Duration::from_secs(10), Duration::ZERO);
+    let _a = m.try_acquire(19_999, 0).expect("unit");
+    let _b = m.try_acquire(19_999, 0).expect("unit");
+    assert!(m.try_acquire(19_999, 0).is_none());
+    assert_eq!(m.headroom(19_999).resets_at_ms, 20_000);
+    // 20_000 starts a new window even though only 1 ms passed since the units were taken.
+    assert_eq!(
+        m.headroom(20_000),
+        Headroom {
+            remaining: 2,
+            capacity: 2,
+            resets_at_ms: 30_000
+        }
+    );
+    // Time going backwards (a caller's stale `now_ms`) does not bring the old window back.
+    let _c = m.try_acquire(20_000, 0).expect("unit in the new window");
+    assert_eq!(
+        m.headroom(19_999),
+        Headroom {
+            remaining: 1,
+            capacity: 2,
+            resets_at_ms: 30_000
+        }
+    );
+}
+
+#[test]
+fn permits_are_bound_to_their_issuer() {
+    let a = MockUpstream::new("a".into(), 1, MINUTE, Duration::ZERO);
+    let b = MockUpstream::new("b".into(), 1, MINUTE, Duration::ZERO);
+    let _held = b.try_acquire(0, 0).expect("b unit");
+    let p = a.try_acquire(0, 0).expect("a unit");
+    b.release(p);
+    assert_eq!(b.headroom(0).remaining, 0, "a's permit must not refill b");
+    let p = a.try_acquire(60_000, 0).expect("a unit");
+    let res = futures::executor::block_on(b.call(p, req("GET", "/")));
+    assert!(matches!(res, Err(UpstreamError::ForeignPermit)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn mock_call_names_node_and_honours_latency() {
+    let latency = Duration::from_millis(250);
+    let m = MockUpstream::new("erin".into(), 5, MINUTE, latency);
+    let now = wall_clock_ms();
+    let p = m.try_acquire(now, 0).expect("unit");
+    let too_early =
+        tokio::time::timeout(latency - Duration::from_millis(1), m.call(p, req("GET", "/x"))).await;
+    assert!(too_early.is_err(), "answered before its latency elapsed");
+    assert_eq!(m.calls(), 0);
+
+    let p = m.try_acquire(now, 0).expect("unit");
+    let start = tokio::time::Instant::now();
+    let mut r = req("POST", "/v1/chat?x=1");
+    r.body = b"hello".to_vec();
+    let resp = m.call(p, r).await.expect("mock answers");
+    assert!(start.elapsed() >= latency);
+    assert_eq!(m.calls(), 1);
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        resp.headers,
+        vec![("content-type".to_owned(), b"application/json".to_vec())]
+    );
+    let v: Value = serde_json::from_slice(&resp.body).expect("json");
+    assert_eq!(v["served_by"], "erin");
+    assert_eq!(v["method"], "POST");
+    assert_eq!(v["path"], "/v1/chat?x=1");
+    assert_eq!(v["request_body_bytes"], 5);
+    assert_eq!(v["window_remaining"], 3);
+}
+
+// ----- http: local estimate (no network) ---------------------------------------------------------------
+
+fn config(base: &str) -> HttpUpstreamConfig {
+    HttpUpstreamConfig {
+        base_url: base.into(),
+        api_key_env: Some("LENDMESH_TEST_UPSTREAM_KEY".into()),
+        budget_per_window: 5,
+        window: MINUTE,
+        timeout: Duration::from_secs(5),
+        max_response_bytes: 64 * 1024,
+    }
+}
+
+fn http(base: &str) -> HttpUpstream {
+    HttpUpstream::with_api_key(config(base), Some(KEY.into())).expect("valid upstream")
+}
+
+#[test]
+fn http_budget_fallback_and_local_decrements() {
+    let up = http("http://127.0.0.1:9/");
+    assert_eq!(up.kind(), "http");
+    assert_eq!(
+        up.headroom(60_500),
+        Headroom {
+            remaining: 5,
+            capacity: 5,
+            resets_at_ms: 120_000
+        }
+    );
+    let permits: Vec<Permit> = (0..5)
+        .map(|_| up.try_acquire(60_500, 0).expect("budget"))
+        .collect();
+    assert!(up.try_acquire(60_500, 0).is_none());
+    drop(permits); // dropping does not give units back
+    assert_eq!(up.headroom(60_500).remaining, 0);
+    assert_eq!(
+        up.headroom(120_000).remaining,
+        5,
+        "new aligned window restores the budget"
+    );
+    let p = up.try_acquire(120_000, 3).expect("5 > 3");
+    assert!(up.try_acquire(120_000, 3).is_some());
+    assert!(up.try_acquire(120_000, 3).is_none(), "3 left is not > reserve 3");
+    up.release(p);
+    assert_eq!(up.headroom(120_000).remaining, 4);
+}
+
+#[test]
+fn http_learned_values_replace_estimate_minus_other_in_flight() {
+    let up = http("http://127.0.0.1:9/");
+    let now = 1_000;
+    let answered = up.try_acquire(now, 0).expect("unit");
+    let other = up.try_acquire(now, 0).expect("unit");
+    up.learn(
+        200,
+        &h(&[
+            ("x-ratelimit-limit-requests", "100"),
+            ("x-ratelimit-remaining-requests", "10"),
+            ("x-ratelimit-reset-requests", "20s"),
+        ]),
+        now,
+    );
+    // The upstream counted `answered`, not `other`, which this node has already promised.
+    assert_eq!(
+        up.headroom(now),
+        Headroom {
+            remaining: 9,
+            capacity: 100,
+            resets_at_ms: 21_000
+        }
+    );
+    drop(answered);
+    up.release(other);
+    assert_eq!(up.headroom(now).remaining, 10);
+    assert_eq!(
+        up.headroom(21_000),
+        Headroom {
+            remaining: 100,
+            capacity: 100,
+            resets_at_ms: 60_000
+        }
+    );
+}
+
+#[test]
+fn http_refusals_block_until_retry_after_or_reset() {
+    let up = http("http://127.0.0.1:9/");
+    let now = 1_000;
+    let held = up.try_acquire(now, 0).expect("unit");
+    up.learn(429, &h(&[("retry-after", "120")]), now);
+    assert_eq!(up.headroom(now).remaining, 0);
+    assert_eq!(up.headroom(now).resets_at_ms, 121_000);
+    up.release(held);
+    assert_eq!(
+        up.headroom(now).remaining,
+        0,
+        "a release must not reopen a refused window"
+    );
+    assert!(up.try_acquire(120_999, 0).is_none());
+    assert_eq!(up.headroom(121_000).remaining, 5);
+
+    // 503 with a reset header later than Retry-After: the later instant wins.
+    up.learn(
+        503,
+        &h(&[
+            ("retry-after", "1"),
+            ("ratelimit", "limit=10, remaining=3, reset=30"),
+        ]),
+        200_000,
+    );
+    assert_eq!(
+        up.headroom(200_000),
+        Headroom {
+            remaining: 0,
+            capacity: 10,
+            resets_at_ms: 230_000
+        }
+    );
+    // 429 with nothing to go on: blocked until the current window ends.
+    up.learn(429, &[], 230_000);
+    assert_eq!(up.headroom(230_000).remaining, 0);
+    assert_eq!(up.headroom(230_000).resets_at_ms, 240_000);
+    // Retry-After on a success still means "not before then".
+    up.learn(200, &h(&[("retry-after", "2")]), 300_000);
+    assert_eq!(up.headroom(300_000).remaining, 0);
+    assert_eq!(up.headroom(302_000).remaining, 10);
+}
+
+#[test]
+fn urls_join_without_double_slashes_and_stay_below_base() {
+    let base = normalize_base_url("http://h:8080/api").expect("base");
+    assert_eq!(base.as_str(), "http://h:8080/api/");
+    let join = |p: &str| join_url(&base, p).map(|u| u.to_string());
+    assert_eq!(join("/v1/x").ok().as_deref(), Some("http://h:8080/api/v1/x"));
+    assert_eq!(
+        join("v1/x?a=1&b=2").ok().as_deref(),
+        Some("http://h:8080/api/v1/x?a=1&b=2")
+    );
+    assert_eq!(join("").ok().as_deref(), Some("http://h:8080/api/"));
+    assert_eq!(
+        join("//evil.example/x").ok().as_deref(),
+        Some("http://h:8080/api/evil.example/x")
+    );
+    for escape in ["/../admin", "/v1/../../admin", "/%2e%2e/admin"] {
+        assert!(
+            matches!(join(escape), Err(UpstreamError::BadUrl { .. })),
+            "{escape}"
+        );
+    }
+    assert!(matches!(join("/a b"), Err(UpstreamError::InvalidRequest(_))));
+    assert_eq!(
+        normalize_base_url("https://api.example.com")
+            .expect("root")
+            .as_str(),
+        "https://api.example.com/"
+    );
+    for bad in [
+        "ftp://h/",
+        "not a url",
+        "http://h/?q=1",
+        "http://h/#f",
+        "unix:/tmp/sock",
+    ] {
+        assert!(
+            matches!(normalize_base_url(bad), Err(UpstreamError::BadUrl { .. })),
+            "{bad}"
+        );
+    }
+    let err = normalize_base_url("https://user:hunter2@h/").expect_err("credentials");
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+}
+
+#[test]
+fn api_key_from_environment() {
+    let var = "LENDMESH_TEST_SURELY_UNSET_7F3A";
+    let cfg = HttpUpstreamConfig {
+        api_key_env: Some(var.into()),
+        ..config("http://h/")
+    };
+    let err = HttpUpstream::new(cfg).expect_err("unset variable");
+    assert!(matches!(&err, UpstreamError::MissingApiKey { .. }));
+    assert!(err.to_string().contains(var), "{err}");
+    let err = read_api_key(var, |_| None).expect_err("unset");
+    assert!(err.to_string().contains(var), "{err}");
+    let err = read_api_key(var, |_| Some("  ".into())).expect_err("empty");
+    assert!(err.to_string().contains(var), "{err}");
+    assert_eq!(
+        read_api_key(var, |_| Some(" sk-abc\n".into())).expect("set"),
+        "sk-abc"
+    );
+    let none = HttpUpstream::new(HttpUpstreamConfig {
+        api_key_env: None,
+        ..config("http://h/")
+    })
+    .expect("no key");
+    assert!(none.auth.is_none());
+    let err =
+        HttpUpstream::with_api_key(config("http://h/"), Some("sk-\u{7}secret".into())).expect_err("bad key");
+    assert!(matches!(&err, UpstreamError::InvalidApiKey { .. }));
+    assert!(err.to_string().contains("LENDMESH_TEST_UPSTREAM_KEY") && !err.to_string().contains("secret"));
+}
+
+mod headers;
+mod server;
