@@ -1,4 +1,4 @@
-//! The borrower's rules (DESIGN §6 steps 2–6) as a state machine: which lender and relay to try next, what to do
+//! The borrower's rules (docs/design.md §6 steps 2–6) as a state machine: which lender and relay to try next, what to do
 //! with the token after each outcome, when to cool a lender down, and when to give up.
 //!
 //! The node and the simulator both drive one [`BorrowRun`] per request:

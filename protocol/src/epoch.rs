@@ -1,4 +1,4 @@
-//! Epochs (DESIGN §8): the verified epoch announcements a node holds, and every time rule that follows from them.
+//! Epochs (docs/design.md §8): the verified epoch announcements a node holds, and every time rule that follows from them.
 //!
 //! An epoch is a span of time with its own issuer key and roster snapshot, announced and signed by the admin
 //! *ahead* of its start ([`announce_lead_ms`] before the previous one ends), so members refill for it in time.
@@ -14,7 +14,7 @@
 //!
 //! Announcements are checked before they are adopted, and refused with a typed [`EpochError`]: a bad signature,
 //! an epoch number that goes backwards or skips ahead while the newest known epoch still runs, an epoch that starts
-//! before the previous one, a next-epoch key equal to one already in use, and — the privacy alarm of DESIGN §4 — a
+//! before the previous one, a next-epoch key equal to one already in use, and — the privacy alarm of docs/design.md §4 — a
 //! second, different key for an epoch already known (a member-specific key would unmask that member).
 //!
 //! **Rotation.** An immediate rotation (`group remove --rotate`) re-announces the current epoch with an end of
@@ -458,7 +458,7 @@ impl EpochBook {
             .collect()
     }
 
-    /// Key consistency (DESIGN §4): the epochs for which `theirs` names another key than this book holds.
+    /// Key consistency (docs/design.md §4): the epochs for which `theirs` names another key than this book holds.
     /// Epochs this book does not hold are not compared (the peer is ahead or behind).
     pub fn key_mismatches(&self, theirs: &[(u32, [u8; 32])]) -> Vec<u32> {
         theirs
@@ -482,8 +482,7 @@ impl EpochBook {
     }
 }
 
-/// Most `(epoch, key id)` pairs an attestation carries.
-pub const MAX_ANNOUNCED_KEYS: usize = 4;
+pub use crate::attestation::MAX_ANNOUNCED_KEYS;
 
 fn check_span(signed: &SignedEpochAnnouncement) -> Result<(), EpochError> {
     let a = &signed.announcement;

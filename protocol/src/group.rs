@@ -1,4 +1,4 @@
-//! Group material (DESIGN §3): the pre-shared network key, the signed roster, the epoch announcement, and the
+//! Group material (docs/design.md §3): the pre-shared network key, the signed roster, the epoch announcement, and the
 //! invite bundle an admin hands a new member.
 //!
 //! Everything the admin vouches for (roster, epoch announcement) is signed with the admin node's ed25519 key over
@@ -12,13 +12,13 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroize;
 
-use crate::attestation::AttestationKey;
+use crate::attestation::key::AttestationKey;
 use crate::blind_rsa::PublicKey;
 use crate::ids::{GroupId, PeerId, serde_bytes_compat};
 
 const ROSTER_DOMAIN: &[u8] = b"lendmesh/roster/v1";
 const EPOCH_DOMAIN: &[u8] = b"lendmesh/epoch/v1";
-/// The largest roster accepted (DESIGN §1 groups are 3–100; headroom for growth).
+/// The largest roster accepted (docs/design.md §1 groups are 3–100; headroom for growth).
 pub const MAX_ROSTER_MEMBERS: usize = 1024;
 /// The longest group name.
 pub const MAX_GROUP_NAME: usize = 64;
@@ -247,7 +247,7 @@ impl SignedRoster {
     }
 }
 
-/// An epoch: its issuer key, validity and roster snapshot (DESIGN §8), announced ahead of time by the admin.
+/// An epoch: its issuer key, validity and roster snapshot (docs/design.md §8), announced ahead of time by the admin.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct EpochAnnouncement {
     /// The group.
@@ -258,7 +258,7 @@ pub struct EpochAnnouncement {
     pub starts_at_ms: u64,
     /// End of validity. A re-announcement may move it earlier (an immediate rotation), never later.
     pub ends_at_ms: u64,
-    /// After `ends_at_ms`, lenders still accept this epoch's tokens for this long (DESIGN §8 grace period).
+    /// After `ends_at_ms`, lenders still accept this epoch's tokens for this long (docs/design.md §8 grace period).
     pub grace_ms: u64,
     /// The issuer's RSA public key for this epoch, SPKI DER.
     #[serde(with = "serde_bytes_compat::vec")]
@@ -424,7 +424,7 @@ impl Invite {
         if hex::encode(Sha256::digest(&payload)) != checksum.to_ascii_lowercase() {
             return Err(GroupError::InviteChecksum);
         }
-        crate::wire::decode_plain(&payload, MAX_INVITE_BYTES)
+        crate::wire::codec::decode_plain(&payload, MAX_INVITE_BYTES)
             .map_err(|e| GroupError::MalformedInvite(e.to_string()))
     }
 }

@@ -1,4 +1,4 @@
-//! The issuer: blind-signs token batches for roster members within their per-epoch quota (DESIGN §4).
+//! The issuer: blind-signs token batches for roster members within their per-epoch quota (docs/design.md §4).
 //!
 //! The state is the epoch's secret key, the roster, and a quota counter per member. [`Issuer::issue`] checks the
 //! request (member known and not expired, current epoch and key, batch size, each blinded message well-formed,
@@ -6,7 +6,7 @@
 //! **must persist before the signatures leave**: after a crash the counter is then never below what was handed
 //! out, so no member can exceed its quota across restarts.
 //!
-//! The issuer holds a key per epoch it signs for: the current epoch and, once announced, the next one (DESIGN §8),
+//! The issuer holds a key per epoch it signs for: the current epoch and, once announced, the next one (docs/design.md §8),
 //! each with its own quota counters. [`Issuer::retire_before`] drops retired epochs. Every grant says how many tokens
 //! the member has left in that epoch, so a member never asks for more than that.
 //!
@@ -23,7 +23,38 @@ use sha2::{Digest, Sha256};
 use crate::blind_rsa::SecretKey;
 use crate::group::Roster;
 use crate::ids::PeerId;
-use crate::wire::IssueRequest;
+use crate::ids::serde_bytes_compat;
+
+/// A member asks the issuer to blind-sign a batch (`/lendmesh/issue/1`).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct IssueRequest {
+    /// Random; a retry of the same batch reuses it.
+    pub request_id: [u8; 16],
+    /// The epoch asked for.
+    pub epoch: u32,
+    /// The epoch key's id.
+    pub key_id: [u8; 32],
+    /// Blinded messages, each of the modulus length.
+    #[serde(with = "serde_bytes_compat::vec_vec")]
+    pub blinded: Vec<Vec<u8>>,
+}
+
+/// The issuer's answer.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum IssueResponse {
+    /// Signed.
+    Granted {
+        /// The request answered.
+        request_id: [u8; 16],
+        /// Blind signatures in request order.
+        #[serde(with = "serde_bytes_compat::vec_vec")]
+        blind_signatures: Vec<Vec<u8>>,
+        /// Tokens the member has left in this epoch after this batch.
+        remaining: u32,
+    },
+    /// Refused, with the reason.
+    Refused(IssueError),
+}
 
 /// Default largest batch one request may ask for.
 pub const DEFAULT_MAX_BATCH: u32 = 64;

@@ -1,4 +1,4 @@
-//! The lender's rules (DESIGN §4 redemption, §6 step 4) as a state machine: the order of the checks a lender makes
+//! The lender's rules (docs/design.md §4 redemption, §6 step 4) as a state machine: the order of the checks a lender makes
 //! before and after its upstream call, and its bounded idempotency cache.
 //!
 //! For each opened request the node and the simulator both go down the same ladder:

@@ -1,4 +1,4 @@
-//! The redeemer: what a lender checks before doing any work for a token (DESIGN §4).
+//! The redeemer: what a lender checks before doing any work for a token (docs/design.md §4).
 //!
 //! In order: token type, epoch in the accepted window, key id of that epoch, the issuer's RSASSA-PSS signature
 //! (ring), and the spend binding (this lender, this request, about now, signed by the token's spend key). Only then
@@ -7,7 +7,7 @@
 //! upstream refused before doing any work.
 //!
 //! The spent set is a trait: the node backs it with redb, the simulator and tests with [`MemorySpentSet`]. Group-wide
-//! single spend (replica claims, DESIGN §7) composes on top: a lender claims locally, then at the replicas.
+//! single spend (replica claims, docs/design.md §7) composes on top: a lender claims locally, then at the replicas.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;

@@ -1,4 +1,4 @@
-//! Refill planning (DESIGN §4, member side): which epoch to ask the issuer for next, and how many tokens.
+//! Refill planning (docs/design.md §4, member side): which epoch to ask the issuer for next, and how many tokens.
 //!
 //! A member keeps at least `low_water` tokens for every epoch the issuer signs for (the current one and, once it is
 //! announced, the next, so the switch finds tokens ready). It never asks for more than its quota has left: the
@@ -13,11 +13,22 @@ use std::collections::BTreeMap;
 use rand_core::RngCore;
 
 use crate::backoff::Backoff;
+use crate::borrow::NoToken;
+use crate::issuer::IssueError;
 
 /// First wait after a failed refill.
 pub const REFILL_BACKOFF_BASE_MS: u64 = 2_000;
 /// Longest wait between refill attempts.
 pub const REFILL_BACKOFF_MAX_MS: u64 = 60_000;
+
+/// What happens to a pending batch the issuer refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchFate {
+    /// It will never be signed: forget it (nothing was charged).
+    Drop,
+    /// Send it again later, unchanged.
+    Keep,
+}
 
 /// One request to make.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,6 +104,47 @@ impl RefillPlanner {
         self.remaining.insert(epoch, remaining);
     }
 
+    /// The issuer refused a batch of `epoch`: records how many tokens it says are left, and says whether the
+    /// pending batch can ever be signed. A refusal about this batch (over quota, wrong epoch or key, not a member,
+    /// malformed) drops it — nothing was charged; a refusal about the issuer's state (busy, signing or storage
+    /// failed, asked the wrong node) keeps it, to be sent again unchanged with the same request id.
+    pub fn refused(&mut self, epoch: u32, err: &IssueError) -> BatchFate {
+        match err {
+            IssueError::OverQuota { remaining, .. } => {
+                self.record_remaining(epoch, *remaining);
+                BatchFate::Drop
+            }
+            IssueError::Busy
+            | IssueError::SigningFailed
+            | IssueError::StoreFailed
+            | IssueError::NotIssuer => BatchFate::Keep,
+            IssueError::UnknownMember
+            | IssueError::MemberExpired { .. }
+            | IssueError::WrongEpoch { .. }
+            | IssueError::WrongKey
+            | IssueError::EmptyBatch
+            | IssueError::BatchTooLarge { .. }
+            | IssueError::MalformedBlindedMessage { .. }
+            | IssueError::RequestIdReused => BatchFate::Drop,
+        }
+    }
+
+    /// Why the wallet has no token to spend: the current epoch's quota is spent (or no epoch runs), or it is merely
+    /// empty until the next refill.
+    pub fn no_token(
+        &self,
+        current_epoch: Option<u32>,
+        quota: u32,
+        next_epoch_starts_at_ms: Option<u64>,
+    ) -> NoToken {
+        match current_epoch {
+            Some(e) if !self.exhausted(e, quota) => NoToken::Empty,
+            _ => NoToken::QuotaExhausted {
+                next_epoch_starts_at_ms,
+            },
+        }
+    }
+
     /// Forgets epochs that are no longer signable.
     pub fn retain(&mut self, live: impl Fn(u32) -> bool) {
         self.remaining.retain(|e, _| live(*e));
@@ -118,6 +170,41 @@ mod tests {
         assert_eq!(p.next(&epochs, |_| 1), Some(RefillStep { epoch: 1, count: 3 }));
         // A roster quota lowered below what the issuer last said bounds it.
         assert_eq!(p.remaining(1, 2), 2);
+    }
+
+    #[test]
+    fn refusals_decide_the_batch_and_the_empty_wallet_reason() {
+        let mut p = RefillPlanner::new(5, 16);
+        let over = IssueError::OverQuota {
+            requested: 16,
+            remaining: 3,
+        };
+        assert_eq!(p.refused(1, &over), BatchFate::Drop);
+        assert_eq!(p.remaining(1, 200), 3);
+        assert_eq!(p.refused(1, &IssueError::Busy), BatchFate::Keep);
+        assert_eq!(p.refused(1, &IssueError::StoreFailed), BatchFate::Keep);
+        assert_eq!(
+            p.refused(
+                1,
+                &IssueError::WrongEpoch {
+                    requested: 1,
+                    current: 2
+                }
+            ),
+            BatchFate::Drop
+        );
+        assert_eq!(p.no_token(Some(1), 200, Some(9)), NoToken::Empty);
+        p.record_remaining(1, 0);
+        assert_eq!(
+            p.no_token(Some(1), 200, Some(9)),
+            NoToken::QuotaExhausted {
+                next_epoch_starts_at_ms: Some(9)
+            }
+        );
+        assert!(matches!(
+            p.no_token(None, 200, None),
+            NoToken::QuotaExhausted { .. }
+        ));
     }
 
     #[test]

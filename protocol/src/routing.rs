@@ -1,4 +1,4 @@
-//! Routing policy: which lender and which relay a borrower uses (DESIGN §6 step 2). Pure functions of a peer table,
+//! Routing policy: which lender and which relay a borrower uses (docs/design.md §6 step 2). Pure functions of a peer table,
 //! the time and an RNG, shared by the node and the simulator.
 //!
 //! A candidate is **eligible** as lender if it is not the borrower, was not tried for this request, is not cooling

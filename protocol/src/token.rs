@@ -1,4 +1,4 @@
-//! Tokens: the signed token input, its hash, and the spend binding (DESIGN §4).
+//! Tokens: the signed token input, its hash, and the spend binding (docs/design.md §4).
 //!
 //! Token input, 70 bytes, big-endian:
 //!
@@ -177,7 +177,7 @@ pub struct WalletToken {
 }
 
 impl WalletToken {
-    /// Binds this token to one lender and one request (DESIGN §4 spend binding).
+    /// Binds this token to one lender and one request (docs/design.md §4 spend binding).
     pub fn spend(&self, lender: PeerId, request_digest: [u8; 32], time_ms: u64) -> TokenSpend {
         let msg = spend_message(&self.token.hash(), &lender, &request_digest, time_ms);
         let signature = self.spend_secret.signing_key().sign(&msg).to_bytes();

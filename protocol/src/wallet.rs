@@ -1,5 +1,5 @@
 //! The member's wallet: prepares blinded batches, finalizes the issuer's answers into verified tokens, and hands
-//! tokens out for spends (DESIGN §4).
+//! tokens out for spends (docs/design.md §4).
 //!
 //! Refill is two steps so the node can make each one durable:
 //! 1. [`Wallet::prepare_batch`] makes fresh spend keys and token inputs, blinds them, and returns the

@@ -12,6 +12,7 @@ use lendmesh_protocol::borrow::{BorrowConfig, BorrowRun};
 use lendmesh_protocol::epoch::EpochBook;
 use lendmesh_protocol::group::{Roster, RosterEntry};
 use lendmesh_protocol::issuer::{IssueError, Issuer};
+use lendmesh_protocol::refill::BatchFate;
 use lendmesh_protocol::refill::RefillPlanner;
 use lendmesh_protocol::routing::RoutingParams;
 use lendmesh_protocol::token::{TokenHash, TokenSpend, WalletToken};
@@ -554,14 +555,15 @@ impl<'a> Sim<'a> {
             Ok(grant) => grant,
             Err(_) if !self.pending_is(m, &request.request_id) => return,
             Err(e) => {
-                // The refusal travels back (shortcut: the member knows at once). Every refusal the simulator can
-                // meet (over quota, an epoch no longer signed) makes the node drop its pending batch too.
+                // The refusal travels back (shortcut: the member knows at once); which refusals drop the pending
+                // batch is `protocol::refill`'s rule, as in the node.
                 let me = &mut self.members[m];
                 me.refill_in_flight = false;
-                me.refill = None;
-                if let IssueError::OverQuota { remaining, .. } = e {
+                if me.planner.refused(request.epoch, &e) == BatchFate::Drop {
+                    me.refill = None;
+                }
+                if let IssueError::OverQuota { .. } = e {
                     // Not a failure: ask for what is left, if anything.
-                    me.planner.record_remaining(request.epoch, remaining);
                     return self.maybe_refill(t, m);
                 }
                 return self.refill_failed(t, m);

@@ -1,6 +1,6 @@
 //! # lendmesh-sim
 //!
-//! Runs whole lendmesh groups on `lendmesh-protocol`'s own state machines in virtual time (DESIGN §12), so that a
+//! Runs whole lendmesh groups on `lendmesh-protocol`'s own state machines in virtual time (docs/design.md §12), so that a
 //! group can decide whether pooling is worth it, an operator can tune routing, and every safety and privacy claim
 //! is backed by a number.
 //!

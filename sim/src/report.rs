@@ -597,7 +597,7 @@ impl Report {
             md,
             "\n- `lender`: sees arrival time and everyone's attested headroom **bucket**; guesses the lowest.\n\
              - `lender-exact`: the same attack if attestations carried exact headroom — the gap is what bucketing buys.\n\
-             - `relay`: knows the borrower's network identity **by design** (DESIGN §6: sealed sender hides it from the \
+             - `relay`: knows the borrower's network identity **by design** (docs/design.md §6: sealed sender hides it from the \
              lender, not the relay); it never sees the token or the content.\n\
              - `admin`: sees only issuance (who got how many blind signatures, when) and, worst case, the spent \
              token; blinding makes the token unlinkable, so it can only guess among members holding tokens.\n\
@@ -615,7 +615,7 @@ impl Report {
         let _ = writeln!(
             md,
             "\n`rebound_other_lender` (the same token re-signed for a second lender) can be served: spent sets are \
-             per lender until group-wide claims land (DESIGN §7). No lender serves a token twice.\n"
+             per lender until group-wide claims land (docs/design.md §7). No lender serves a token twice.\n"
         );
         if !self.attestation_rejections.is_empty() {
             let _ = writeln!(

@@ -42,7 +42,7 @@ pub enum ScenarioError {
     },
 }
 
-/// Whether a borrower may go without a relay (DESIGN §6 step 6): `protocol`'s own setting, so a scenario's
+/// Whether a borrower may go without a relay (docs/design.md §6 step 6): `protocol`'s own setting, so a scenario's
 /// `privacy = "strict"` / `"best-effort"` means what the node's `privacy` borrow setting means.
 pub use lendmesh_protocol::borrow::PrivacyMode;
 
@@ -282,7 +282,7 @@ impl Default for Tokens {
     }
 }
 
-/// Epochs (DESIGN §8): issuer key rotation, grace periods and pruning. Without this table the run is one epoch that
+/// Epochs (docs/design.md §8): issuer key rotation, grace periods and pruning. Without this table the run is one epoch that
 /// outlasts it (and quotas are unlimited), as in every scenario written before epochs were simulated.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1,4 +1,4 @@
-//! Small scenarios with asserted outcomes (DESIGN §12, issue 6 "Done when"). Each runs in seconds.
+//! Small scenarios with asserted outcomes (docs/design.md §12, issue 6 "Done when"). Each runs in seconds.
 
 use lendmesh_protocol::routing::Policy;
 use lendmesh_sim::outcome::RunResult;

@@ -1,4 +1,4 @@
-//! The admin's operations on the group (DESIGN §3, §8): create it, invite and remove members, make the next epoch,
+//! The admin's operations on the group (docs/design.md §3, §8): create it, invite and remove members, make the next epoch,
 //! rotate at once. Each one changes a [`GroupState`] and the store; the same functions serve `lendmesh group …` on a
 //! stopped node and the running admin node (its PeerBook, reached through the API's local admin endpoints), which
 //! then gossips the change.

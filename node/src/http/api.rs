@@ -1,4 +1,4 @@
-//! The HTTP API (DESIGN §11): `/metrics` (OpenMetrics), `/v1/node`, `/v1/peers`, `/v1/lends`, `/health`, and the
+//! The HTTP API (docs/design.md §11): `/metrics` (OpenMetrics), `/v1/node`, `/v1/peers`, `/v1/lends`, `/health`, and the
 //! local administration endpoints `GET /v1/group`, `POST /v1/group/invite`, `POST /v1/group/remove` that
 //! `lendmesh group …` uses while the node runs. Those answer only connections from loopback that carry the node's
 //! local admin token (`X-Lendmesh-Admin-Token`, the 0600 file `admin.token` in the home, fresh at every start).

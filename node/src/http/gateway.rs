@@ -1,4 +1,4 @@
-//! The gateway tools call (DESIGN §11): any method and path on `127.0.0.1:8640` by default.
+//! The gateway tools call (docs/design.md §11): any method and path on `127.0.0.1:8640` by default.
 //!
 //! While this member's own upstream has headroom the request is served from it, with no token; otherwise it is
 //! borrowed (see [`crate::roles::borrower`]). The response keeps its status and headers (hop-by-hop ones removed).

@@ -1,4 +1,4 @@
-//! The Network actor: the only owner of the libp2p `Swarm` (DESIGN §10).
+//! The Network actor: the only owner of the libp2p `Swarm` (docs/design.md §10).
 //!
 //! Transport: TCP → pnet handshake with the group's pre-shared key → noise → yamux, and no other transport (QUIC
 //! and friends cannot carry pnet and would let non-members in around the key). A wrong key is not reported as such

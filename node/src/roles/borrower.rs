@@ -1,4 +1,4 @@
-//! The borrower: what a member's node does when its own capacity is gone (DESIGN §6 steps 2–6).
+//! The borrower: what a member's node does when its own capacity is gone (docs/design.md §6 steps 2–6).
 //!
 //! The rules — which lender and relay, what a refusal, a rejected token or a missing answer mean for the token, when
 //! to cool a lender down and when to give up — are `protocol`'s [`BorrowRun`] state machine, which the simulator

@@ -5,8 +5,8 @@
 //! store before the signatures leave** — after a crash the counter is never below what was handed out. Signing is
 //! CPU-bound (≈10 ms per token at 3072 bits), so it runs on a blocking thread while the actor waits.
 //!
-//! It signs for every epoch the group view names as signable (the current one and the announced next one, DESIGN
-//! §8), loading each epoch's secret key from the store (the admin stores it before announcing the epoch), and drops
+//! It signs for every epoch the group view names as signable (the current one and the announced next one;
+//! docs/design.md §8), loading each epoch's secret key from the store (the admin stores it before announcing the epoch), and drops
 //! retired epochs with their counters.
 
 use std::sync::Arc;
@@ -28,7 +28,7 @@ use crate::store::Store;
 /// Issue requests queued: 64 (one batch per member at a time; a 100-member group refilling together waits).
 pub const CAPACITY: usize = 64;
 
-enum Msg {
+enum Command {
     Remote {
         peer: PeerId,
         req: IssueRequest,
@@ -41,16 +41,16 @@ enum Msg {
     },
 }
 
-impl std::fmt::Debug for Msg {
+impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("IssuerMsg")
+        f.write_str("IssuerCommand")
     }
 }
 
 /// Handle to the Issuer.
 #[derive(Clone, Debug)]
 pub struct IssuerHandle {
-    tx: mpsc::Sender<Msg>,
+    tx: mpsc::Sender<Command>,
 }
 
 impl IssuerHandle {
@@ -62,9 +62,9 @@ impl IssuerHandle {
         channel: ResponseChannel<IssueResponse>,
     ) -> Result<(), ResponseChannel<IssueResponse>> {
         self.tx
-            .try_send(Msg::Remote { peer, req, channel })
+            .try_send(Command::Remote { peer, req, channel })
             .map_err(|e| match e.into_inner() {
-                Msg::Remote { channel, .. } => channel,
+                Command::Remote { channel, .. } => channel,
                 _ => unreachable!("we sent a Remote"),
             })
     }
@@ -72,7 +72,7 @@ impl IssuerHandle {
     /// Issues to this (admin) node's own wallet.
     pub async fn local(&self, peer: PeerId, req: IssueRequest) -> Option<IssueResponse> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Msg::Local { peer, req, reply }).await.ok()?;
+        self.tx.send(Command::Local { peer, req, reply }).await.ok()?;
         rx.await.ok()
     }
 }
@@ -106,7 +106,7 @@ struct IssuerActor {
     net: NetworkHandle,
     view: watch::Receiver<Arc<GroupView>>,
     counters: Arc<NodeMetrics>,
-    rx: mpsc::Receiver<Msg>,
+    rx: mpsc::Receiver<Command>,
 }
 
 impl IssuerActor {
@@ -117,11 +117,11 @@ impl IssuerActor {
                 _ = shutdown.cancelled() => break,
                 Ok(()) = self.view.changed() => self.sync_epochs(),
                 Some(msg) = self.rx.recv() => match msg {
-                    Msg::Remote { peer, req, channel } => {
+                    Command::Remote { peer, req, channel } => {
                         let resp = self.handle_issue(peer, req).await;
                         self.net.respond_issue(channel, resp).await;
                     }
-                    Msg::Local { peer, req, reply } => {
+                    Command::Local { peer, req, reply } => {
                         let resp = self.handle_issue(peer, req).await;
                         let _ = reply.send(resp);
                     }

@@ -1,4 +1,4 @@
-//! The Lender actor: announces this member's headroom (DESIGN §5) and serves borrows sealed to it (DESIGN §6).
+//! The Lender actor: announces this member's headroom (docs/design.md §5) and serves borrows sealed to it (docs/design.md §6).
 //!
 //! **Attestations.** Published on a timer (default 10 s), when the bucket changes, and when a peer joins the topic
 //! (debounced). Each `seq` is persisted before the attestation is published, so a restart never reuses one peers
@@ -84,6 +84,59 @@ impl OhttpKeys {
     }
 }
 
+/// How one lend ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LendOutcome {
+    /// Not decided yet.
+    Pending,
+    /// Served: the token is spent.
+    Served,
+    /// The request inside the envelope did not decode.
+    BadRequest,
+    /// No headroom beyond the reserve: refused before any claim.
+    NoHeadroom,
+    /// The token was rejected (the redeemer's label).
+    TokenRejected(&'static str),
+    /// The redemption task failed.
+    Internal,
+    /// The upstream refused or was unreachable: the claim was released.
+    UpstreamRefused(u16),
+    /// The upstream failed after it got the request: the token stays spent.
+    UpstreamFailed,
+}
+
+impl LendOutcome {
+    /// The metric label: the outcome without its detail.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LendOutcome::Pending => "pending",
+            LendOutcome::Served => "served",
+            LendOutcome::BadRequest => "bad_request",
+            LendOutcome::NoHeadroom => "no_headroom",
+            LendOutcome::TokenRejected(_) => "token_rejected",
+            LendOutcome::Internal => "internal",
+            LendOutcome::UpstreamRefused(_) => "upstream_refused",
+            LendOutcome::UpstreamFailed => "upstream_failed",
+        }
+    }
+}
+
+impl std::fmt::Display for LendOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LendOutcome::TokenRejected(label) => write!(f, "token_rejected:{label}"),
+            LendOutcome::UpstreamRefused(status) => write!(f, "upstream_refused:{status}"),
+            other => f.write_str(other.kind()),
+        }
+    }
+}
+
+impl Serialize for LendOutcome {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// One borrow this lender handled, as it saw it.
 #[derive(Clone, Debug, Serialize)]
 pub struct LendRecord {
@@ -95,13 +148,13 @@ pub struct LendRecord {
     pub relay: String,
     /// The token's epoch.
     pub epoch: u32,
-    /// `served`, `no_headroom`, `token_rejected:<reason>`, `upstream_refused:<status>`, `upstream_failed`, …
-    pub outcome: String,
+    /// How it ended (shown as `served`, `no_headroom`, `token_rejected:<reason>`, `upstream_refused:<status>`, …).
+    pub outcome: LendOutcome,
     /// Method and path of the request.
     pub request: String,
 }
 
-enum Msg {
+enum Command {
     Nudge,
     Borrow {
         peer: PeerId,
@@ -121,19 +174,19 @@ enum Msg {
 /// Handle to the lender.
 #[derive(Clone, Debug)]
 pub struct LenderHandle {
-    tx: mpsc::Sender<Msg>,
+    tx: mpsc::Sender<Command>,
 }
 
-impl std::fmt::Debug for Msg {
+impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("LenderMsg")
+        f.write_str("LenderCommand")
     }
 }
 
 impl LenderHandle {
     /// Asks for an attestation soon (a peer joined).
     pub fn nudge(&self) {
-        let _ = self.tx.try_send(Msg::Nudge);
+        let _ = self.tx.try_send(Command::Nudge);
     }
 
     /// Queues an inbound borrow; hands the channel back when the queue is full.
@@ -144,9 +197,9 @@ impl LenderHandle {
         channel: ResponseChannel<BorrowResponse>,
     ) -> Result<(), ResponseChannel<BorrowResponse>> {
         self.tx
-            .try_send(Msg::Borrow { peer, req, channel })
+            .try_send(Command::Borrow { peer, req, channel })
             .map_err(|e| match e.into_inner() {
-                Msg::Borrow { channel, .. } => channel,
+                Command::Borrow { channel, .. } => channel,
                 _ => unreachable!("we sent a Borrow"),
             })
     }
@@ -154,7 +207,7 @@ impl LenderHandle {
     /// Recent lend records, newest last.
     pub async fn lends(&self) -> Vec<LendRecord> {
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Msg::Lends { reply }).await.is_err() {
+        if self.tx.send(Command::Lends { reply }).await.is_err() {
             return vec![];
         }
         rx.await.unwrap_or_default()
@@ -237,8 +290,8 @@ struct Lender {
     store: Store,
     net: NetworkHandle,
     counters: Arc<NodeMetrics>,
-    rx: mpsc::Receiver<Msg>,
-    tx: mpsc::Sender<Msg>,
+    rx: mpsc::Receiver<Command>,
+    tx: mpsc::Sender<Command>,
     seq: u64,
     last_bucket: Option<HeadroomBucket>,
     /// The lend rules' idempotency cache and bounds (`protocol::lend`).
@@ -259,15 +312,15 @@ impl Lender {
                 biased;
                 _ = shutdown.cancelled() => break,
                 Some(msg) = self.rx.recv() => match msg {
-                    Msg::Nudge => {
+                    Command::Nudge => {
                         if last_sent.elapsed() >= DEBOUNCE {
                             self.handle_publish().await;
                             last_sent = tokio::time::Instant::now();
                         }
                     }
-                    Msg::Borrow { peer, req, channel } => self.handle_borrow(peer, req, channel).await,
-                    Msg::Finished { request_id, response, record } => self.handle_finished(request_id, response, record).await,
-                    Msg::Lends { reply } => { let _ = reply.send(self.lends.iter().cloned().collect()); }
+                    Command::Borrow { peer, req, channel } => self.handle_borrow(peer, req, channel).await,
+                    Command::Finished { request_id, response, record } => self.handle_finished(request_id, response, record).await,
+                    Command::Lends { reply } => { let _ = reply.send(self.lends.iter().cloned().collect()); }
                 },
                 Ok(()) = self.p.view.changed() => self.handle_view(),
                 _ = periodic.tick() => {
@@ -399,7 +452,7 @@ impl Lender {
             let (response, mut record) = ctx.serve(inner).await;
             record.relay = relay.short();
             let _ = tx
-                .send(Msg::Finished {
+                .send(Command::Finished {
                     request_id,
                     response,
                     record,
@@ -419,8 +472,7 @@ impl Lender {
             InnerBorrowResponse::Served { .. } => self.counters.inc(&self.counters.lends_served),
             InnerBorrowResponse::Refused { .. } => self.counters.inc(&self.counters.lends_refused),
         }
-        let kind = record.outcome.split(':').next().unwrap_or("unknown");
-        NodeMetrics::outcome(&self.counters.lends, kind);
+        NodeMetrics::outcome(&self.counters.lends, record.outcome.kind());
         info!(token = %record.token_hash.get(..16).unwrap_or(""), relay = %record.relay, outcome = %record.outcome, "lend");
         self.lends.push_back(record);
         while self.lends.len() > LEND_RECORDS {
@@ -469,7 +521,7 @@ impl LendContext {
             token_hash: inner.spend.token.hash().to_string(),
             relay: String::new(),
             epoch: inner.spend.token.input.epoch,
-            outcome: String::new(),
+            outcome: LendOutcome::Pending,
             request: String::new(),
         };
         let refuse = |reason: BorrowRefusal, retry_after_ms: Option<u64>| InnerBorrowResponse::Refused {
@@ -479,7 +531,7 @@ impl LendContext {
         let http = match wire::decode::<HttpRequest>(&inner.http_request) {
             Ok(h) => h,
             Err(e) => {
-                record.outcome = "bad_request".into();
+                record.outcome = LendOutcome::BadRequest;
                 return (refuse(BorrowRefusal::BadRequest(e.to_string()), None), record);
             }
         };
@@ -490,7 +542,7 @@ impl LendContext {
             .ok()
             .and_then(|()| self.upstream.try_acquire(now, self.reserve));
         let Some(permit) = permit else {
-            record.outcome = "no_headroom".into();
+            record.outcome = LendOutcome::NoHeadroom;
             let retry = lend::headroom(0, 0, h.resets_at_ms, now).err();
             return (refuse(BorrowRefusal::NoHeadroom, retry), record);
         };
@@ -503,7 +555,7 @@ impl LendContext {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 self.upstream.release(permit);
-                record.outcome = format!("token_rejected:{}", e.label());
+                record.outcome = LendOutcome::TokenRejected(e.label());
                 return (
                     refuse(BorrowRefusal::TokenRejected(e.label().into()), None),
                     record,
@@ -511,7 +563,7 @@ impl LendContext {
             }
             Err(e) => {
                 self.upstream.release(permit);
-                record.outcome = "internal".into();
+                record.outcome = LendOutcome::Internal;
                 return (refuse(BorrowRefusal::UpstreamFailed(e.to_string()), None), record);
             }
         };
@@ -550,7 +602,7 @@ impl LendContext {
                 if let Err(e) = &result {
                     debug!(%e, "upstream unreachable; claim released");
                 }
-                record.outcome = format!("upstream_refused:{status}");
+                record.outcome = LendOutcome::UpstreamRefused(status);
                 (refuse(BorrowRefusal::UpstreamRefused { status }, retry), record)
             }
             (UpstreamVerdict::Served, Ok(resp)) => {
@@ -561,17 +613,17 @@ impl LendContext {
                 };
                 match wire::encode(&http_response) {
                     Ok(bytes) => {
-                        record.outcome = "served".into();
+                        record.outcome = LendOutcome::Served;
                         (InnerBorrowResponse::Served { http_response: bytes }, record)
                     }
                     Err(e) => {
-                        record.outcome = "upstream_failed".into();
+                        record.outcome = LendOutcome::UpstreamFailed;
                         (refuse(BorrowRefusal::UpstreamFailed(e.to_string()), None), record)
                     }
                 }
             }
             (_, result) => {
-                record.outcome = "upstream_failed".into();
+                record.outcome = LendOutcome::UpstreamFailed;
                 let why = result
                     .err()
                     .map_or_else(|| "upstream failed".to_string(), |e| e.to_string());

@@ -1,4 +1,4 @@
-//! The Member actor: the wallet and its refills (DESIGN §4 issuance, member side).
+//! The Member actor: the wallet and its refills (docs/design.md §4 issuance, member side).
 //!
 //! Below the low-water mark the member prepares a blinded batch, **persists the pending batch (with its secrets)
 //! before sending**, asks the issuer, finalizes and verifies every signature, and **commits the tokens (and drops
@@ -6,7 +6,7 @@
 //! same request id; the issuer answers a retry of its last batch without charging again and the store never adds a
 //! token twice, so a crash at any point loses no token and duplicates none.
 //!
-//! Epochs (DESIGN §8): `protocol`'s [`RefillPlanner`] decides which epoch to refill and how many tokens — the current
+//! Epochs (docs/design.md §8): `protocol`'s [`RefillPlanner`] decides which epoch to refill and how many tokens — the current
 //! epoch and, once announced, the next, never more than the quota has left (the issuer says how many in every
 //! answer). A spent quota is not asked for again until the next epoch. Tokens are spent oldest epoch first while
 //! lenders still take them; tokens of retired epochs leave the wallet and are counted (`tokens_expired`).
@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use lendmesh_protocol::PeerId;
 use lendmesh_protocol::issuer::IssueError;
-use lendmesh_protocol::refill::{RefillPlanner, RefillStep};
+use lendmesh_protocol::refill::{BatchFate, RefillPlanner, RefillStep};
 use lendmesh_protocol::token::WalletToken;
 use lendmesh_protocol::wallet::{PendingBatch, Wallet};
 use lendmesh_protocol::wire::IssueResponse;
@@ -55,7 +55,7 @@ pub struct RefillConfig {
     pub batch: u32,
 }
 
-enum Msg {
+enum Command {
     Balance {
         reply: oneshot::Sender<usize>,
     },
@@ -68,9 +68,9 @@ enum Msg {
     Nudge,
 }
 
-impl std::fmt::Debug for Msg {
+impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("MemberMsg")
+        f.write_str("MemberCommand")
     }
 }
 
@@ -79,7 +79,7 @@ pub use lendmesh_protocol::borrow::NoToken;
 /// Handle to the member actor.
 #[derive(Clone, Debug)]
 pub struct MemberHandle {
-    tx: mpsc::Sender<Msg>,
+    tx: mpsc::Sender<Command>,
 }
 
 impl MemberHandle {
@@ -87,7 +87,7 @@ impl MemberHandle {
     pub async fn take(&self) -> Result<WalletToken, NoToken> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Msg::Take { reply })
+            .send(Command::Take { reply })
             .await
             .map_err(|_| NoToken::Empty)?;
         rx.await.unwrap_or(Err(NoToken::Empty))
@@ -95,18 +95,18 @@ impl MemberHandle {
 
     /// Refill now (the issuer became reachable), dropping any backoff.
     pub fn nudge(&self) {
-        let _ = self.tx.try_send(Msg::Nudge);
+        let _ = self.tx.try_send(Command::Nudge);
     }
 
     /// Returns a token that was refused before any claim.
     pub async fn put_back(&self, token: WalletToken) {
-        let _ = self.tx.send(Msg::PutBack { token }).await;
+        let _ = self.tx.send(Command::PutBack { token }).await;
     }
 
     /// Tokens in the wallet.
     pub async fn balance(&self) -> usize {
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Msg::Balance { reply }).await.is_err() {
+        if self.tx.send(Command::Balance { reply }).await.is_err() {
             return 0;
         }
         rx.await.unwrap_or(0)
@@ -160,7 +160,7 @@ struct Member {
     store: Store,
     counters: Arc<NodeMetrics>,
     wallet: Wallet,
-    rx: mpsc::Receiver<Msg>,
+    rx: mpsc::Receiver<Command>,
 }
 
 enum Outcome {
@@ -179,15 +179,15 @@ impl Member {
                 biased;
                 _ = shutdown.cancelled() => break,
                 Some(msg) = self.rx.recv() => match msg {
-                    Msg::Balance { reply } => { let _ = reply.send(self.wallet.balance()); }
-                    Msg::Take { reply } => {
+                    Command::Balance { reply } => { let _ = reply.send(self.wallet.balance()); }
+                    Command::Take { reply } => {
                         let token = self.handle_take();
                         let _ = reply.send(token);
                         // Refill as soon as any signable epoch (the current one above all) drops below the mark.
                         if self.next_refill().is_some() { next_check = tokio::time::Instant::now(); }
                     }
-                    Msg::PutBack { token } => self.handle_put_back(token),
-                    Msg::Nudge => {
+                    Command::PutBack { token } => self.handle_put_back(token),
+                    Command::Nudge => {
                         self.planner.reset_backoff();
                         next_check = tokio::time::Instant::now();
                     }
@@ -239,18 +239,10 @@ impl Member {
         let view = self.view.borrow().clone();
         let now = now_ms();
         let Some(token) = self.wallet.take(|e| view.spendable(e, now)) else {
-            let quota = self.quota(&view);
-            let exhausted = view
-                .epochs
-                .current(now)
-                .is_none_or(|c| self.planner.exhausted(c.epoch(), quota));
-            return Err(if exhausted {
-                NoToken::QuotaExhausted {
-                    next_epoch_starts_at_ms: view.epochs.next_start_ms(now),
-                }
-            } else {
-                NoToken::Empty
-            });
+            let current = view.epochs.current(now).map(|c| c.epoch());
+            return Err(self
+                .planner
+                .no_token(current, self.quota(&view), view.epochs.next_start_ms(now)));
         };
         match self.store.take_token(&token.token.hash()) {
             Ok(_) => {
@@ -357,36 +349,31 @@ impl Member {
     async fn complete(&mut self, batch: PendingBatch) -> bool {
         match self.request(&batch).await {
             Outcome::Done => true,
-            Outcome::Refused(IssueError::OverQuota { remaining, .. }) => {
-                // Not charged: the batch will never be signed. Ask for what is left (or nothing) next time.
-                let _ = self.store.drop_pending(&batch.request_id);
-                self.planner.record_remaining(batch.epoch, remaining);
-                if remaining == 0 {
-                    info!(
-                        epoch = batch.epoch,
-                        "quota for epoch {} is spent; waiting for the next epoch", batch.epoch
-                    );
-                } else {
-                    info!(
-                        epoch = batch.epoch,
-                        remaining, "asked for more than the quota has left; asking for {remaining}"
-                    );
-                }
-                true
-            }
             Outcome::Refused(e) => {
-                warn!(%e, "the issuer refused the refill; will retry later");
-                if matches!(
-                    e,
-                    IssueError::RequestIdReused
-                        | IssueError::WrongEpoch { .. }
-                        | IssueError::WrongKey
-                        | IssueError::UnknownMember
-                        | IssueError::MemberExpired { .. }
-                ) {
+                // Which refusals drop the batch is `protocol::refill`'s rule.
+                if self.planner.refused(batch.epoch, &e) == BatchFate::Drop {
                     let _ = self.store.drop_pending(&batch.request_id);
                 }
-                false
+                match e {
+                    IssueError::OverQuota { remaining: 0, .. } => {
+                        info!(
+                            epoch = batch.epoch,
+                            "quota for epoch {} is spent; waiting for the next epoch", batch.epoch
+                        );
+                        true
+                    }
+                    IssueError::OverQuota { remaining, .. } => {
+                        info!(
+                            epoch = batch.epoch,
+                            remaining, "asked for more than the quota has left; asking for {remaining}"
+                        );
+                        true
+                    }
+                    e => {
+                        warn!(%e, "the issuer refused the refill; will retry later");
+                        false
+                    }
+                }
             }
             Outcome::Retry(why) => {
                 warn!(%why, "refill failed; will retry the same batch");

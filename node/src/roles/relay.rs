@@ -1,4 +1,4 @@
-//! The relay role (DESIGN §6 step 3): forwards a borrower's sealed request to the lender it names and the sealed
+//! The relay role (docs/design.md §6 step 3): forwards a borrower's sealed request to the lender it names and the sealed
 //! answer back. It sees who talks to whom and the sizes, never the token or the content (sealed to the lender).
 //!
 //! At most [`MAX_CONCURRENT_RELAYS`] forwards run at once (more are refused with `RelayBusy`, and the borrower picks

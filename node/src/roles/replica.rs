@@ -1,4 +1,4 @@
-//! The replica role (DESIGN §7): records the first claim of a token hash durably and answers whether a claim is
+//! The replica role (docs/design.md §7): records the first claim of a token hash durably and answers whether a claim is
 //! it. Lenders do not send claims yet (group-wide single spend is issue 12); the handler is complete so that they
 //! can. Claims of epochs this node does not accept are answered `UnknownEpoch`.
 

@@ -142,7 +142,7 @@ impl Store {
 }
 
 impl Store {
-    /// As a replica (DESIGN §7): records the first claim of a token durably; answers whether `claim_id` is it.
+    /// As a replica (docs/design.md §7): records the first claim of a token durably; answers whether `claim_id` is it.
     pub fn record_claim(
         &self,
         epoch: u32,

@@ -1,4 +1,4 @@
-//! Borrowing (DESIGN §6), driven exactly as the node drives it: every borrow is one `protocol::borrow::BorrowRun`,
+//! Borrowing (docs/design.md §6), driven exactly as the node drives it: every borrow is one `protocol::borrow::BorrowRun`,
 //! every lender goes down `protocol::lend`'s ladder. This file only moves data between those machines and the
 //! simulated world, and measures; it decides nothing.
 //!
@@ -24,7 +24,7 @@
 //! `timeout`, …).
 
 use lendmesh_protocol::PeerId;
-use lendmesh_protocol::borrow::{AttemptResult, BorrowFailure, Decision, Effect, Finish, NoToken, RouteView};
+use lendmesh_protocol::borrow::{AttemptResult, BorrowFailure, Decision, Effect, Finish, RouteView};
 use lendmesh_protocol::lend::{self, Admission, UpstreamOutcome, UpstreamVerdict};
 use lendmesh_protocol::refill::RefillPlanner;
 use lendmesh_protocol::routing::Candidate;
@@ -154,12 +154,17 @@ impl Sim<'_> {
                     let token = self.take_token(m, t);
                     let why = match token {
                         Some(_) => None,
-                        None if self.no_token_cause(m, local) == "quota_exhausted" => {
-                            Some(NoToken::QuotaExhausted {
-                                next_epoch_starts_at_ms: self.members[m].book.next_start_ms(local),
-                            })
+                        // Empty or quota spent: `protocol::refill`'s rule, as in the node.
+                        None => {
+                            let me = &self.members[m];
+                            let current = me.book.current(local).map(|c| c.epoch());
+                            let quota = me
+                                .book
+                                .get(current.unwrap_or(0))
+                                .and_then(|i| i.signed.announcement.roster.roster.entry(&me.id))
+                                .map_or(0, |x| x.quota_per_epoch);
+                            Some(me.planner.no_token(current, quota, me.book.next_start_ms(local)))
                         }
-                        None => Some(NoToken::Empty),
                     };
                     let Some(b) = self.borrows.get_mut(&id) else {
                         return;

@@ -1,4 +1,4 @@
-//! Epochs (DESIGN §8) in virtual time, on the protocol's own machines.
+//! Epochs (docs/design.md §8) in virtual time, on the protocol's own machines.
 //!
 //! The **admin** holds an [`EpochBook`] and the [`Issuer`](lendmesh_protocol::issuer::Issuer). When its book says
 //! the next epoch is due ([`EpochBook::needs_next`], a third of an epoch before the newest ends), it schedules it

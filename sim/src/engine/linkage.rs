@@ -19,7 +19,7 @@ impl Sim<'_> {
         truth: usize,
     ) {
         let n = self.n;
-        // Relay: sees the borrower's connection directly (by design, DESIGN §6), never the token or content.
+        // Relay: sees the borrower's connection directly (by design, docs/design.md §6), never the token or content.
         if relay.is_some() {
             self.out
                 .linkage

@@ -43,7 +43,7 @@ impl PeerBook {
                     .await
                     .unwrap_or_else(|e| Err(AdminError::Invalid(format!("key generation failed: {e}"))));
                 let _ = tx
-                    .send(Msg::EpochKey {
+                    .send(Command::EpochKey {
                         result: Box::new(result),
                     })
                     .await;

@@ -5,14 +5,14 @@
 //! (`AttestationAcceptor`, admin signatures) and reports accept / reject / ignore back to the network actor.
 //! Attestations older than the acceptance window expire from the book.
 //!
-//! **Epochs** (DESIGN §8). The book adopts epoch announcements through `protocol`'s `EpochBook` rules (typed,
+//! **Epochs** (docs/design.md §8). The book adopts epoch announcements through `protocol`'s `EpochBook` rules (typed,
 //! counted refusals) and, once a second, retires epochs past their grace period: the group state is persisted and
 //! the store's rows of retired epochs are pruned. On the admin node it also makes the next epoch ahead of time (a
 //! fresh issuer key generated off the actor, stored, then announced) and applies live administration (invite,
 //! remove, rotate) sent through the API. Every change goes to the other actors as a [`GroupView`] on a watch
 //! channel, and the admin gossips roster and announcements on change, when a peer joins, and periodically.
 //!
-//! **Key consistency** (DESIGN §4). Attestations carry the `(epoch, key id)` pairs their sender holds; a pair that
+//! **Key consistency** (docs/design.md §4). Attestations carry the `(epoch, key id)` pairs their sender holds; a pair that
 //! differs from this node's, or an admin-signed announcement of a second key for a held epoch, raises an alarm for
 //! that epoch (error log, metric, `/health` reason): its tokens are neither spent nor accepted until every peer
 //! that disagreed attests the same key again.
@@ -165,7 +165,7 @@ pub struct RoutingView {
     pub known: usize,
 }
 
-enum Msg {
+enum Command {
     Net(Box<NetEvent>),
     Routing {
         reply: oneshot::Sender<RoutingView>,
@@ -239,26 +239,26 @@ pub enum AdminReply {
 /// Handle to the PeerBook.
 #[derive(Clone, Debug)]
 pub struct PeerBookHandle {
-    tx: mpsc::Sender<Msg>,
+    tx: mpsc::Sender<Command>,
     me: PeerId,
 }
 
-impl std::fmt::Debug for Msg {
+impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PeerBookMsg")
+        f.write_str("PeerBookCommand")
     }
 }
 
 impl PeerBookHandle {
     /// Forwards a network event (dropped and counted by the caller if the book is full).
     pub fn try_forward(&self, ev: NetEvent) -> bool {
-        self.tx.try_send(Msg::Net(Box::new(ev))).is_ok()
+        self.tx.try_send(Command::Net(Box::new(ev))).is_ok()
     }
 
     /// Every roster member and connected peer, as views.
     pub async fn peers(&self) -> Vec<PeerView> {
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Msg::Peers { reply }).await.is_err() {
+        if self.tx.send(Command::Peers { reply }).await.is_err() {
             return vec![];
         }
         rx.await.unwrap_or_default()
@@ -267,7 +267,7 @@ impl PeerBookHandle {
     /// Lenders, relays and counts for routing one request.
     pub async fn routing(&self) -> RoutingView {
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Msg::Routing { reply }).await.is_err() {
+        if self.tx.send(Command::Routing { reply }).await.is_err() {
             return RoutingView::default();
         }
         rx.await.unwrap_or_default()
@@ -281,7 +281,7 @@ impl PeerBookHandle {
         outcome: AttemptOutcome,
         delivered: bool,
     ) {
-        let _ = self.tx.try_send(Msg::Outcome {
+        let _ = self.tx.try_send(Command::Outcome {
             lender,
             relay,
             outcome,
@@ -291,14 +291,14 @@ impl PeerBookHandle {
 
     /// Marks a lender as cooling down after a refusal.
     pub async fn cool_down(&self, peer: PeerId, until_ms: u64) {
-        let _ = self.tx.send(Msg::CoolDown { peer, until_ms }).await;
+        let _ = self.tx.send(Command::CoolDown { peer, until_ms }).await;
     }
 
     /// Applies a live administration request (admin node only).
     pub async fn admin(&self, op: AdminOp) -> Result<AdminReply, AdminError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Msg::Admin { op, reply })
+            .send(Command::Admin { op, reply })
             .await
             .map_err(|_| AdminError::Invalid("the node is shutting down".into()))?;
         rx.await
@@ -307,7 +307,7 @@ impl PeerBookHandle {
 
     /// Raises a key-consistency alarm for `epoch` (e.g. a wallet token under another key).
     pub fn key_alarm(&self, epoch: u32, source: String) {
-        let _ = self.tx.try_send(Msg::KeyAlarm { epoch, source });
+        let _ = self.tx.try_send(Command::KeyAlarm { epoch, source });
     }
 
     /// The group as `lendmesh group show` prints it.
@@ -319,7 +319,7 @@ impl PeerBookHandle {
     /// The current group state.
     pub async fn group(&self) -> Option<GroupState> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Msg::Group { reply }).await.ok()?;
+        self.tx.send(Command::Group { reply }).await.ok()?;
         rx.await.ok()
     }
 }
@@ -394,8 +394,8 @@ struct PeerBook {
     key_in_flight: bool,
     /// The epoch that was current at the last tick (to log switches).
     current_epoch: Option<u32>,
-    tx: mpsc::Sender<Msg>,
-    rx: mpsc::Receiver<Msg>,
+    tx: mpsc::Sender<Command>,
+    rx: mpsc::Receiver<Command>,
 }
 
 impl PeerBook {
@@ -411,21 +411,21 @@ impl PeerBook {
                 _ = prune.tick() => self.handle_prune(),
                 _ = republish.tick(), if self.admin_key.is_some() => self.publish_group().await,
                 Some(msg) = self.rx.recv() => match msg {
-                    Msg::Peers { reply } => { let _ = reply.send(self.views()); }
-                    Msg::Group { reply } => { let _ = reply.send(self.group.clone()); }
-                    Msg::Routing { reply } => { let _ = reply.send(self.routing_view()); }
-                    Msg::CoolDown { peer, until_ms } => self.entry(peer).cooling_until_ms = Some(until_ms),
-                    Msg::Outcome { lender, relay, outcome, delivered } => self.handle_outcome(lender, relay, outcome, delivered),
-                    Msg::Admin { op, reply } => {
+                    Command::Peers { reply } => { let _ = reply.send(self.views()); }
+                    Command::Group { reply } => { let _ = reply.send(self.group.clone()); }
+                    Command::Routing { reply } => { let _ = reply.send(self.routing_view()); }
+                    Command::CoolDown { peer, until_ms } => self.entry(peer).cooling_until_ms = Some(until_ms),
+                    Command::Outcome { lender, relay, outcome, delivered } => self.handle_outcome(lender, relay, outcome, delivered),
+                    Command::Admin { op, reply } => {
                         let result = self.handle_admin(op);
                         if result.is_ok() {
                             self.publish_group().await;
                         }
                         let _ = reply.send(result);
                     }
-                    Msg::EpochKey { result } => self.handle_epoch_key(*result).await,
-                    Msg::KeyAlarm { epoch, source } => self.raise_alarm(epoch, source),
-                    Msg::Net(ev) => self.handle_net(*ev).await,
+                    Command::EpochKey { result } => self.handle_epoch_key(*result).await,
+                    Command::KeyAlarm { epoch, source } => self.raise_alarm(epoch, source),
+                    Command::Net(ev) => self.handle_net(*ev).await,
                 },
             }
         }

@@ -1,4 +1,4 @@
-//! Headroom attestations with a replay window (DESIGN §5).
+//! Headroom attestations with a replay window (docs/design.md §5).
 //!
 //! A lender periodically announces how much capacity it can lend, in a coarse [`HeadroomBucket`] (exact numbers
 //! would single out the exhausted member, i.e. the likely borrower), with its OHTTP key config so borrowers can
@@ -11,73 +11,26 @@
 //! [`AttestationRejection`] with a metric label.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::fmt;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier};
-use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
-use zeroize::Zeroize;
 
 use crate::group::Roster;
-use crate::ids::{GroupId, PeerId, serde_bytes_compat};
 
-const TAG_DOMAIN: &[u8] = b"lendmesh/attestation-tag/v1";
+pub mod key;
+use crate::ids::{GroupId, PeerId, serde_bytes_compat};
+pub use key::{AttestationKey, hmac_sha256};
+
 const SIG_DOMAIN: &[u8] = b"lendmesh/attestation-sig/v1";
 /// Default acceptance window either side of now: 5 minutes.
 pub const DEFAULT_WINDOW_MS: u64 = 5 * 60 * 1000;
 /// Default replay-cache size: a 100-member group attesting every 10 s fills 3 000 entries in a 5-minute window;
 /// 4 096 leaves headroom, and at ~50 bytes an entry costs about 200 KiB.
 pub const DEFAULT_REPLAY_CACHE: usize = 4096;
+/// Most `(epoch, key id)` pairs an attestation carries (previous, current, next, and one to spare).
+pub const MAX_ANNOUNCED_KEYS: usize = 4;
 /// Largest OHTTP key config carried (an X25519 config is 41 bytes; a few configs fit).
 pub const MAX_KEY_CONFIG_LEN: usize = 512;
-
-/// HMAC-SHA256 of `data` under `key` (RFC 2104 / RFC 4231).
-pub fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
-    // HMAC accepts keys of any length.
-    let mut mac =
-        <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!("any key length"));
-    mac.update(data);
-    mac.finalize().into_bytes().into()
-}
-
-/// The group's attestation key (32 bytes, HMAC-SHA256). Secret: zeroized on drop, never printed.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AttestationKey([u8; 32]);
-
-impl Drop for AttestationKey {
-    fn drop(&mut self) {
-        self.0.zeroize();
-    }
-}
-
-impl fmt::Debug for AttestationKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("AttestationKey(<redacted>)")
-    }
-}
-
-impl AttestationKey {
-    /// A fresh random key.
-    pub fn random(rng: &mut impl rand_core::CryptoRngCore) -> Self {
-        let mut k = [0u8; 32];
-        rng.fill_bytes(&mut k);
-        let key = AttestationKey(k);
-        k.zeroize();
-        key
-    }
-
-    /// Wraps raw key bytes.
-    pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        AttestationKey(bytes)
-    }
-
-    fn tag(&self, body: &[u8]) -> [u8; 32] {
-        let mut data = TAG_DOMAIN.to_vec();
-        data.extend_from_slice(body);
-        hmac_sha256(&self.0, &data)
-    }
-}
 
 /// Coarse headroom: what a lender can lend before its window resets.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
@@ -148,7 +101,7 @@ pub struct AttestationBody {
     #[serde(with = "serde_bytes_compat::vec")]
     pub ohttp_key_config: Vec<u8>,
     /// `(epoch, issuer key id)` of the epochs the lender holds (at most
-    /// [`crate::epoch::MAX_ANNOUNCED_KEYS`]): receivers compare them with their own (key consistency, DESIGN §4).
+    /// [`MAX_ANNOUNCED_KEYS`]): receivers compare them with their own (key consistency, docs/design.md §4).
     pub epoch_keys: Vec<(u32, [u8; 32])>,
 }
 
@@ -320,9 +273,7 @@ impl AttestationAcceptor {
         if !roster.is_active(&body.peer_id, now_ms) {
             return Err(AttestationRejection::NotOnRoster);
         }
-        if body.ohttp_key_config.len() > MAX_KEY_CONFIG_LEN
-            || body.epoch_keys.len() > crate::epoch::MAX_ANNOUNCED_KEYS
-        {
+        if body.ohttp_key_config.len() > MAX_KEY_CONFIG_LEN || body.epoch_keys.len() > MAX_ANNOUNCED_KEYS {
             return Err(AttestationRejection::Malformed);
         }
         if body.issued_at_ms + self.config.window_ms < now_ms {
@@ -470,7 +421,7 @@ mod tests {
 
     #[test]
     fn rfc4231_vectors() {
-        let text = include_str!("../tests/data/rfc4231_hmac_sha256.json");
+        let text = include_str!("../../tests/data/rfc4231_hmac_sha256.json");
         let v: serde_json::Value = serde_json::from_str(text).unwrap();
         let cases = v["vectors"].as_array().unwrap();
         assert_eq!(cases.len(), 7);
