@@ -228,6 +228,20 @@ impl RunningNode {
         }
     }
 
+    /// SIGTERM and wait for a clean exit (bounded); returns the exit success and the whole log.
+    pub fn stop_with_log(self) -> (bool, String) {
+        let log = self.log.clone();
+        let ok = self.stop();
+        let text = log
+            .lock()
+            .unwrap()
+            .lines()
+            .map(strip_ansi)
+            .collect::<Vec<_>>()
+            .join("\n");
+        (ok, text)
+    }
+
     /// kill -9.
     pub fn kill9(mut self) {
         let _ = self.child.kill();

@@ -12,7 +12,15 @@ const WAIT: Duration = Duration::from_secs(60);
 fn group(lender_latency: &str) -> (TestGroup, RunningNode, RunningNode, RunningNode) {
     let g = TestGroup::new("shutdown", 2, 100);
     let fast = ["--attestation-period", "1s"];
-    let mut admin = RunningNode::start(g.admin.path(), &[&fast[..], &["--mock-capacity", "0"]].concat());
+    let mut admin = RunningNode::start_with_env(
+        g.admin.path(),
+        "/ip4/127.0.0.1/tcp/0",
+        &[&fast[..], &["--mock-capacity", "0"]].concat(),
+        &[(
+            "RUST_LOG",
+            "info,lendmesh_node=debug,libp2p_request_response=debug",
+        )],
+    );
     let boot = admin.p2p_addr.clone();
     let mut lender = RunningNode::start(
         g.homes[0].path(),
@@ -105,14 +113,16 @@ fn shutting_down_the_lender_finishes_the_lends_it_started() {
     let requests = borrow_in_background(&borrower.gateway.clone(), 2);
     lender.wait_until("lends in flight", WAIT, |n| lends_in_flight(n) >= 1);
     let in_flight = lends_in_flight(&lender);
-    assert!(lender.stop(), "the lender exits cleanly");
+    let (stopped, lender_log) = lender.stop_with_log();
+    assert!(stopped, "the lender exits cleanly");
     let served: Vec<(u16, String)> = requests.into_iter().map(|r| r.join().unwrap()).collect();
     // Every lend the lender had started was finished and answered; a borrow it had not started yet was refused
     // before any claim and failed over (there is no other lender here, so it may end without one).
     let ok = served.iter().filter(|(s, _)| *s == 200).count() as u64;
     assert!(
         ok >= in_flight,
-        "{in_flight} lends in flight, {ok} served: {served:?}"
+        "{in_flight} lends in flight, {ok} served: {served:?}\nlender:\n{lender_log}\nrelay:\n{}",
+        admin.plain_log()
     );
     assert!(borrower.stop());
     assert!(admin.stop());

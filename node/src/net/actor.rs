@@ -64,6 +64,7 @@ pub fn spawn(
         counters,
         fingerprint: params.psk.fingerprint().to_string(),
         libp2p_metrics: params.libp2p_metrics,
+        unsent_responses: 0,
         store: params.store,
         bootstrap: params.bootstrap,
         bootstrap_backoff: Backoff::new(REDIAL_BASE_MS, REDIAL_MAX_MS),
@@ -86,6 +87,8 @@ struct Network {
     counters: Arc<NodeMetrics>,
     fingerprint: String,
     libp2p_metrics: Libp2pMetrics,
+    /// Responses handed to libp2p and not yet written (or failed): shutdown flushes them.
+    unsent_responses: usize,
     store: Store,
     /// Bootstrap addresses (from the invite and flags), redialled while no member is connected.
     bootstrap: Vec<Multiaddr>,
@@ -113,6 +116,7 @@ impl Network {
                 event = self.swarm.select_next_some() => self.handle_swarm_event(event),
             }
         }
+        self.drain().await;
         for (_, reply) in self.pending_issue.drain() {
             let _ = reply.send(Err(NetError::Stopped));
         }
@@ -123,6 +127,47 @@ impl Network {
             let _ = reply.send(Err(NetError::Stopped));
         }
         info!("network stopped");
+    }
+
+    /// On shutdown: answers already queued by other actors (a lend or relay that finished during the drain) are
+    /// still sent, and the swarm is polled until they are written, at most [`FLUSH_DEADLINE`].
+    async fn drain(&mut self) {
+        self.commands.close();
+        while let Ok(cmd) = self.commands.try_recv() {
+            self.handle_command(cmd);
+        }
+        let deadline = tokio::time::Instant::now() + FLUSH_DEADLINE;
+        while self.unsent_responses > 0 {
+            match tokio::time::timeout_at(deadline, self.swarm.select_next_some()).await {
+                Ok(event) => self.handle_swarm_event(event),
+                Err(_) => {
+                    warn!(
+                        unsent = self.unsent_responses,
+                        "responses still unsent at shutdown"
+                    );
+                    return;
+                }
+            }
+        }
+        // Let the peers read what was just written before the connections close (a peer that sees the close first
+        // fails its request although the answer is in its buffer).
+        let linger = tokio::time::Instant::now() + LINGER;
+        while let Ok(event) =
+            tokio::time::timeout_at(linger.min(deadline), self.swarm.select_next_some()).await
+        {
+            self.handle_swarm_event(event);
+        }
+        // Close every connection gracefully, so what was written is flushed before the sockets go.
+        let peers: Vec<libp2p::PeerId> = self.swarm.connected_peers().copied().collect();
+        for peer in peers {
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+        while self.swarm.connected_peers().next().is_some() {
+            match tokio::time::timeout_at(deadline, self.swarm.select_next_some()).await {
+                Ok(event) => self.handle_swarm_event(event),
+                Err(_) => return,
+            }
+        }
     }
 
     fn emit(&self, event: NetEvent) {
@@ -152,6 +197,7 @@ impl Network {
                     .behaviour_mut()
                     .issue
                     .send_response(channel, resp)
+                    .map(|()| self.unsent_responses += 1)
                     .is_err()
                 {
                     warn!("issue response not sent: the requester went away");
@@ -179,6 +225,7 @@ impl Network {
                     .behaviour_mut()
                     .relay
                     .send_response(channel, resp)
+                    .map(|()| self.unsent_responses += 1)
                     .is_err()
                 {
                     debug!("relay response not sent: the borrower went away");
@@ -190,13 +237,22 @@ impl Network {
                     .behaviour_mut()
                     .borrow
                     .send_response(channel, resp)
+                    .map(|()| self.unsent_responses += 1)
                     .is_err()
                 {
                     debug!("borrow response not sent: the relay went away");
                 }
             }
             Command::RespondClaim { channel, resp } => {
-                let _ = self.swarm.behaviour_mut().claim.send_response(channel, resp);
+                if self
+                    .swarm
+                    .behaviour_mut()
+                    .claim
+                    .send_response(channel, resp)
+                    .is_ok()
+                {
+                    self.unsent_responses += 1;
+                }
             }
             Command::Publish { msg, reply } => {
                 let result = wire::encode(&msg)
@@ -440,24 +496,36 @@ impl Network {
     fn handle_behaviour_event(&mut self, event: BehaviourEvent) {
         match event {
             BehaviourEvent::Issue(e) => {
+                self.unsent_responses = self
+                    .unsent_responses
+                    .saturating_sub(usize::from(response_settled(&e)));
                 let r = request_response_event(e, &mut self.pending_issue, &self.roster, &self.counters);
                 if let Some((peer, req, channel)) = r {
                     self.emit(NetEvent::InboundIssue { peer, req, channel });
                 }
             }
             BehaviourEvent::Relay(e) => {
+                self.unsent_responses = self
+                    .unsent_responses
+                    .saturating_sub(usize::from(response_settled(&e)));
                 let r = request_response_event(e, &mut self.pending_relay, &self.roster, &self.counters);
                 if let Some((peer, req, channel)) = r {
                     self.emit(NetEvent::InboundRelay { peer, req, channel });
                 }
             }
             BehaviourEvent::Borrow(e) => {
+                self.unsent_responses = self
+                    .unsent_responses
+                    .saturating_sub(usize::from(response_settled(&e)));
                 let r = request_response_event(e, &mut self.pending_borrow, &self.roster, &self.counters);
                 if let Some((peer, req, channel)) = r {
                     self.emit(NetEvent::InboundBorrow { peer, req, channel });
                 }
             }
             BehaviourEvent::Claim(e) => {
+                self.unsent_responses = self
+                    .unsent_responses
+                    .saturating_sub(usize::from(response_settled(&e)));
                 let r = request_response_event(e, &mut PendingMap::new(), &self.roster, &self.counters);
                 if let Some((peer, req, channel)) = r {
                     self.emit(NetEvent::InboundClaim { peer, req, channel });
@@ -526,6 +594,14 @@ impl Network {
             _ => {}
         }
     }
+}
+
+/// Whether an event ends one of this node's responses (written, or its stream failed).
+fn response_settled<Req, Resp>(e: &request_response::Event<Req, Resp>) -> bool {
+    matches!(
+        e,
+        request_response::Event::ResponseSent { .. } | request_response::Event::InboundFailure { .. }
+    )
 }
 
 /// Where a protocol's outbound answers go (claims are only answered by this node, never asked yet).

@@ -61,6 +61,10 @@ pub const COMMAND_CAPACITY: usize = 256;
 pub const EVENT_CAPACITY: usize = 1024;
 /// How long a request may take, responder's work included.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long shutdown keeps the swarm running to write answers already given (a lend that finished in the drain).
+const FLUSH_DEADLINE: Duration = Duration::from_secs(2);
+/// How long shutdown keeps connections open after the last answer was written, for peers to read it.
+const LINGER: Duration = Duration::from_millis(500);
 /// How often redials are considered (each peer's own backoff decides whether it is due).
 const REDIAL_TICK: Duration = Duration::from_millis(250);
 /// First redial delay; doubles per consecutive failure.

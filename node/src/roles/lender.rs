@@ -165,6 +165,8 @@ enum Command {
         request_id: [u8; 16],
         response: InnerBorrowResponse,
         record: LendRecord,
+        /// Fired once the answer is handed to the network, so the tracked lend task ends only then.
+        done: oneshot::Sender<()>,
     },
     Lends {
         reply: oneshot::Sender<Vec<LendRecord>>,
@@ -319,7 +321,10 @@ impl Lender {
                         }
                     }
                     Command::Borrow { peer, req, channel } => self.handle_borrow(peer, req, channel).await,
-                    Command::Finished { request_id, response, record } => self.handle_finished(request_id, response, record).await,
+                    Command::Finished { request_id, response, record, done } => {
+                        self.handle_finished(request_id, response, record).await;
+                        let _ = done.send(());
+                    }
                     Command::Lends { reply } => { let _ = reply.send(self.lends.iter().cloned().collect()); }
                 },
                 Ok(()) = self.p.view.changed() => self.handle_view(),
@@ -451,13 +456,16 @@ impl Lender {
             let request_id = inner.request_id;
             let (response, mut record) = ctx.serve(inner).await;
             record.relay = relay.short();
-            let _ = tx
-                .send(Command::Finished {
-                    request_id,
-                    response,
-                    record,
-                })
-                .await;
+            let (done, answered) = oneshot::channel();
+            let finished = Command::Finished {
+                request_id,
+                response,
+                record,
+                done,
+            };
+            if tx.send(finished).await.is_ok() {
+                let _ = answered.await;
+            }
         });
     }
 

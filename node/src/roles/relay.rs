@@ -86,7 +86,10 @@ impl Relay {
                 Ok(BorrowResponse::Sealed { sealed }) => RelayResponse::Delivered { sealed },
                 Ok(BorrowResponse::Failed(f)) => RelayResponse::Failed(f),
                 Err(NetError::Unreachable { .. }) => RelayResponse::Failed(DeliveryFailure::LenderUnreachable),
-                Err(_) => RelayResponse::Failed(DeliveryFailure::LenderTimeout),
+                Err(e) => {
+                    debug!(lender = %lender.short(), %e, "the lender did not answer");
+                    RelayResponse::Failed(DeliveryFailure::LenderTimeout)
+                }
             };
             match resp {
                 RelayResponse::Delivered { .. } => counters.inc(&counters.relays_ok),
