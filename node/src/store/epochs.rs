@@ -22,7 +22,7 @@ impl Store {
     pub fn prune_epochs_before(&self, epoch: u32) -> Result<Pruned, StoreError> {
         let hi = epoch.to_be_bytes();
         let mut pruned = Pruned::default();
-        let tx = self.db.begin_write()?;
+        let tx = self.begin_write()?;
         {
             pruned.spent = remove_below(&tx, SPENT, &hi)?;
             pruned.claims = remove_below(&tx, CLAIMS, &hi)?;
@@ -51,7 +51,7 @@ impl Store {
                 }
             }
         }
-        tx.commit()?;
+        commit(tx)?;
         Ok(pruned)
     }
 
@@ -71,7 +71,7 @@ impl Store {
 
     /// Removes wallet tokens and pending batches whose epoch `keep` refuses; returns the tokens removed.
     pub fn prune_wallet(&self, keep: impl Fn(u32) -> bool) -> Result<u64, StoreError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.begin_write()?;
         let removed = {
             let mut wallet = tx.open_table(WALLET)?;
             let mut gone = Vec::new();
@@ -99,7 +99,7 @@ impl Store {
             }
             gone.len() as u64
         };
-        tx.commit()?;
+        commit(tx)?;
         Ok(removed)
     }
 
@@ -110,18 +110,18 @@ impl Store {
         addrs: &[String],
     ) -> Result<(), StoreError> {
         let addrs: Vec<&String> = addrs.iter().take(MAX_ADDRS_PER_PEER).collect();
-        let tx = self.db.begin_write()?;
+        let tx = self.begin_write()?;
         tx.open_table(PEER_ADDRS)?
             .insert(peer.as_bytes().as_slice(), encode(&addrs)?.as_slice())?;
-        tx.commit()?;
+        commit(tx)?;
         Ok(())
     }
 
     /// Forgets a peer's addresses (it left the group).
     pub fn drop_peer_addrs(&self, peer: &lendmesh_protocol::PeerId) -> Result<(), StoreError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.begin_write()?;
         tx.open_table(PEER_ADDRS)?.remove(peer.as_bytes().as_slice())?;
-        tx.commit()?;
+        commit(tx)?;
         Ok(())
     }
 
@@ -150,7 +150,7 @@ impl Store {
         claim_id: &[u8; 16],
     ) -> Result<bool, StoreError> {
         let key = spent_key(epoch, hash);
-        let tx = self.db.begin_write()?;
+        let tx = self.begin_write()?;
         let granted = {
             let mut t = tx.open_table(CLAIMS)?;
             let existing = t.get(key.as_slice())?.map(|v| v.value().to_vec());
@@ -162,7 +162,7 @@ impl Store {
                 }
             }
         };
-        tx.commit()?;
+        commit(tx)?;
         Ok(granted)
     }
 
@@ -243,7 +243,7 @@ impl SpentSet for Store {
 
     fn try_claim(&self, epoch: u32, hash: &TokenHash) -> Result<ClaimOutcome, StoreError> {
         let key = spent_key(epoch, hash);
-        let tx = self.db.begin_write()?;
+        let tx = self.begin_write()?;
         let outcome = {
             let mut t = tx.open_table(SPENT)?;
             if t.get(key.as_slice())?.is_some() {
@@ -256,12 +256,12 @@ impl SpentSet for Store {
         if outcome == ClaimOutcome::Claimed {
             bump_spent_count(&tx, epoch, 1)?;
         }
-        tx.commit()?;
+        commit(tx)?;
         Ok(outcome)
     }
 
     fn release(&self, epoch: u32, hash: &TokenHash) -> Result<(), StoreError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.begin_write()?;
         let removed = tx
             .open_table(SPENT)?
             .remove(spent_key(epoch, hash).as_slice())?
@@ -269,7 +269,7 @@ impl SpentSet for Store {
         if removed {
             bump_spent_count(&tx, epoch, -1)?;
         }
-        tx.commit()?;
+        commit(tx)?;
         Ok(())
     }
 }

@@ -157,6 +157,22 @@ fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, St
     })
 }
 
+/// Runs `f`, which blocks on disk (a write transaction: waiting for redb's writer lock, then fsync on commit), so
+/// that it does not stall the async worker it is called from: on a multi-threaded tokio runtime through
+/// `block_in_place` (the worker's other tasks move to another thread meanwhile), elsewhere directly. Every write of
+/// the store goes through here, so no actor blocks an async thread on the disk.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+/// Commits a write transaction (fsync) off the async worker; see [`blocking`].
+fn commit(tx: redb::WriteTransaction) -> Result<(), StoreError> {
+    blocking(|| tx.commit()).map_err(StoreError::from)
+}
+
 /// Creates a node identity in `home` (or keeps the existing one); returns the store and key.
 pub fn init_home(home: &Path) -> Result<(Store, SigningKey), StoreError> {
     crate::home::ensure_dir(home)?;
@@ -166,6 +182,11 @@ pub fn init_home(home: &Path) -> Result<(Store, SigningKey), StoreError> {
 }
 
 impl Store {
+    /// Begins a write transaction (waits for redb's single writer) off the async worker; see [`blocking`].
+    fn begin_write(&self) -> Result<redb::WriteTransaction, StoreError> {
+        blocking(|| self.db.begin_write()).map_err(StoreError::from)
+    }
+
     /// Opens (or creates) the store in `home`, checking its schema version.
     pub fn open(home: &Path) -> Result<Store, StoreError> {
         let path = home.join(STORE_FILE);
@@ -176,7 +197,7 @@ impl Store {
             db: Arc::new(db),
             path,
         };
-        let tx = store.db.begin_write()?;
+        let tx = store.begin_write()?;
         {
             let mut meta = tx.open_table(META)?;
             let found = meta.get(K_SCHEMA)?.map(|v| v.value().to_vec());
@@ -213,7 +234,7 @@ impl Store {
             tx.open_table(CLAIMS)?;
             tx.open_table(PEER_ADDRS)?;
         }
-        tx.commit()?;
+        commit(tx)?;
         Ok(store)
     }
 
@@ -229,9 +250,9 @@ impl Store {
     }
 
     fn meta_put(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.begin_write()?;
         tx.open_table(META)?.insert(key, value)?;
-        tx.commit()?;
+        commit(tx)?;
         Ok(())
     }
 
@@ -296,9 +317,9 @@ impl Store {
     /// Stores the issuer's key for an epoch.
     pub fn put_issuer_key(&self, epoch: u32, key: &SecretKey) -> Result<(), StoreError> {
         let der = key.to_pkcs8_der().map_err(|e| StoreError::Io(e.to_string()))?;
-        let tx = self.db.begin_write()?;
+        let tx = self.begin_write()?;
         tx.open_table(ISSUER_KEYS)?.insert(epoch, der.as_slice())?;
-        tx.commit()?;
+        commit(tx)?;
         Ok(())
     }
 
@@ -318,10 +339,10 @@ impl Store {
     pub fn put_quota_record(&self, record: &QuotaRecord) -> Result<(), StoreError> {
         let mut key = record.epoch.to_be_bytes().to_vec();
         key.extend_from_slice(record.peer.as_bytes());
-        let tx = self.db.begin_write()?;
+        let tx = self.begin_write()?;
         tx.open_table(QUOTA)?
             .insert(key.as_slice(), encode(record)?.as_slice())?;
-        tx.commit()?;
+        commit(tx)?;
         Ok(())
     }
 
@@ -345,10 +366,10 @@ impl Store {
 
     /// Stores a pending batch before its request is sent.
     pub fn put_pending(&self, batch: &PendingBatch) -> Result<(), StoreError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.begin_write()?;
         tx.open_table(PENDING)?
             .insert(batch.request_id.as_slice(), encode(batch)?.as_slice())?;
-        tx.commit()?;
+        commit(tx)?;
         Ok(())
     }
 
@@ -366,15 +387,15 @@ impl Store {
 
     /// Drops a pending batch that will never complete (refused by the issuer).
     pub fn drop_pending(&self, request_id: &[u8; 16]) -> Result<(), StoreError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.begin_write()?;
         tx.open_table(PENDING)?.remove(request_id.as_slice())?;
-        tx.commit()?;
+        commit(tx)?;
         Ok(())
     }
 
     /// In one transaction: adds finalized tokens (no token twice) and removes their pending batch.
     pub fn finish_batch(&self, request_id: &[u8; 16], tokens: &[WalletToken]) -> Result<usize, StoreError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.begin_write()?;
         let mut added = 0;
         {
             let mut wallet = tx.open_table(WALLET)?;
@@ -387,24 +408,24 @@ impl Store {
             }
             tx.open_table(PENDING)?.remove(request_id.as_slice())?;
         }
-        tx.commit()?;
+        commit(tx)?;
         Ok(added)
     }
 
     /// Removes a token from the wallet (it is being spent).
     pub fn take_token(&self, hash: &TokenHash) -> Result<bool, StoreError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.begin_write()?;
         let removed = tx.open_table(WALLET)?.remove(hash.0.as_slice())?.is_some();
-        tx.commit()?;
+        commit(tx)?;
         Ok(removed)
     }
 
     /// Returns a token to the wallet (refused before any claim).
     pub fn put_token(&self, token: &WalletToken) -> Result<(), StoreError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.begin_write()?;
         tx.open_table(WALLET)?
             .insert(token.token.hash().0.as_slice(), encode(token)?.as_slice())?;
-        tx.commit()?;
+        commit(tx)?;
         Ok(())
     }
 
