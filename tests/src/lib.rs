@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 pub mod rogue;
+pub mod spend;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

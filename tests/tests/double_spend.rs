@@ -8,11 +8,9 @@ use lendmesh_protocol::PeerId;
 use lendmesh_protocol::group::Invite;
 use lendmesh_protocol::token::WalletToken;
 use lendmesh_protocol::wallet::Wallet;
-use lendmesh_protocol::wire::{
-    self, BorrowRefusal, BorrowRequest, BorrowResponse, HttpRequest, InnerBorrowRequest, InnerBorrowResponse,
-    IssueResponse,
-};
+use lendmesh_protocol::wire::{self, InnerBorrowResponse, IssueResponse};
 use lendmesh_tests::rogue::Rogue;
+use lendmesh_tests::spend::{http, peer_of, rejection, spend_direct};
 use lendmesh_tests::*;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -21,58 +19,24 @@ const WAIT: Duration = Duration::from_secs(60);
 async fn borrow(
     rogue: &mut Rogue,
     lender: &RunningNode,
-    lender_peer: libp2p::PeerId,
+    _lender_peer: libp2p::PeerId,
     token: &WalletToken,
     bound_to: PeerId,
     request_id: [u8; 16],
 ) -> InnerBorrowResponse {
-    let key_config = hex::decode(lender.get("/v1/node").1["ohttp_key_config"].as_str().unwrap()).unwrap();
-    let http = HttpRequest {
-        method: "GET".into(),
-        path_and_query: "/double".into(),
-        headers: vec![],
-        body: vec![],
-    };
-    let http_bytes = wire::encode(&http).unwrap();
-    let spend = token.spend(
+    spend_direct(
+        rogue,
+        lender,
+        token,
         bound_to,
-        wire::request_digest(&http_bytes),
-        lendmesh_node::now_ms(),
-    );
-    let inner = InnerBorrowRequest {
         request_id,
-        spend,
-        http_request: http_bytes,
-    };
-    let client = ohttp::ClientRequest::from_encoded_config(&key_config).unwrap();
-    let (sealed, opener) = client.encapsulate(&wire::encode(&inner).unwrap()).unwrap();
-    let raw = rogue
-        .raw_request(
-            "/lendmesh/borrow/1",
-            lender_peer,
-            wire::encode(&BorrowRequest { sealed }).unwrap(),
-        )
-        .await
-        .expect("the lender answers");
-    match wire::decode::<BorrowResponse>(&raw).unwrap() {
-        BorrowResponse::Sealed { sealed } => wire::decode(&opener.decapsulate(&sealed).unwrap()).unwrap(),
-        BorrowResponse::Failed(f) => panic!("delivery failed: {f:?}"),
-    }
+        &http("GET", "/double", b""),
+    )
+    .await
 }
 
 fn rejected(resp: &InnerBorrowResponse) -> Option<String> {
-    match resp {
-        InnerBorrowResponse::Refused {
-            reason: BorrowRefusal::TokenRejected(label),
-            ..
-        } => Some(label.clone()),
-        _ => None,
-    }
-}
-
-fn peer_of(n: &RunningNode) -> (PeerId, libp2p::PeerId) {
-    let id = n.get("/v1/node").1["peer_id"].as_str().unwrap().to_string();
-    (id.parse().unwrap(), id.parse().unwrap())
+    rejection(resp)
 }
 
 #[test]

@@ -8,15 +8,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lendmesh_protocol::PeerId;
 use lendmesh_protocol::group::{EpochAnnouncement, Invite};
 use lendmesh_protocol::token::WalletToken;
-use lendmesh_protocol::wallet::Wallet;
-use lendmesh_protocol::wire::{
-    self, BorrowRefusal, BorrowRequest, BorrowResponse, HttpRequest, InnerBorrowRequest, InnerBorrowResponse,
-    IssueResponse,
-};
+use lendmesh_protocol::wire::InnerBorrowResponse;
 use lendmesh_tests::rogue::Rogue;
+use lendmesh_tests::spend::{http, peer_of, rejection, rogue_tokens, spend_direct};
 use lendmesh_tests::*;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -40,39 +36,16 @@ async fn spend(
     token: &WalletToken,
     request_id: [u8; 16],
 ) -> InnerBorrowResponse {
-    let id = node_info(lender)["peer_id"].as_str().unwrap().to_string();
-    let (lender_id, lender_peer): (PeerId, libp2p::PeerId) = (id.parse().unwrap(), id.parse().unwrap());
-    let key_config = hex::decode(node_info(lender)["ohttp_key_config"].as_str().unwrap()).unwrap();
-    let http = HttpRequest {
-        method: "POST".into(),
-        path_and_query: "/v1/echo".into(),
-        headers: vec![],
-        body: b"{}".to_vec(),
-    };
-    let http_bytes = wire::encode(&http).unwrap();
-    let inner = InnerBorrowRequest {
+    let (lender_id, _) = peer_of(lender);
+    spend_direct(
+        rogue,
+        lender,
+        token,
+        lender_id,
         request_id,
-        spend: token.spend(
-            lender_id,
-            wire::request_digest(&http_bytes),
-            lendmesh_node::now_ms(),
-        ),
-        http_request: http_bytes,
-    };
-    let client = ohttp::ClientRequest::from_encoded_config(&key_config).unwrap();
-    let (sealed, opener) = client.encapsulate(&wire::encode(&inner).unwrap()).unwrap();
-    let raw = rogue
-        .raw_request(
-            "/lendmesh/borrow/1",
-            lender_peer,
-            wire::encode(&BorrowRequest { sealed }).unwrap(),
-        )
-        .await
-        .expect("the lender answers");
-    match wire::decode::<BorrowResponse>(&raw).unwrap() {
-        BorrowResponse::Sealed { sealed } => wire::decode(&opener.decapsulate(&sealed).unwrap()).unwrap(),
-        BorrowResponse::Failed(f) => panic!("delivery failed: {f:?}"),
-    }
+        &http("POST", "/v1/echo", b"{}"),
+    )
+    .await
 }
 
 /// Invites a rogue member (a bare libp2p node the test drives) into a stopped admin's group.
@@ -93,32 +66,8 @@ fn invite_rogue(admin: &std::path::Path) -> (libp2p::identity::Keypair, Invite) 
     (key, invite)
 }
 
-/// Tokens of the invite's epoch, issued to the rogue by the admin.
-async fn rogue_tokens(rogue: &mut Rogue, admin: &RunningNode, invite: &Invite, n: u32) -> Vec<WalletToken> {
-    let key = invite.epoch.announcement.issuer_key().unwrap();
-    let epoch = invite.epoch.announcement.epoch;
-    let admin_peer = rogue.connect(admin.p2p_addr.parse().unwrap()).await;
-    let (req, batch) = Wallet::prepare_batch(&key, epoch, n, &mut rand::rngs::OsRng).unwrap();
-    let raw = rogue
-        .raw_request("/lendmesh/issue/1", admin_peer, wire::encode(&req).unwrap())
-        .await
-        .unwrap();
-    let IssueResponse::Granted { blind_signatures, .. } = wire::decode(&raw).unwrap() else {
-        panic!("issue refused")
-    };
-    let mut w = Wallet::new();
-    w.finalize(&key, &batch, &blind_signatures).unwrap();
-    w.iter().cloned().collect()
-}
-
 fn refusal(resp: &InnerBorrowResponse) -> Option<String> {
-    match resp {
-        InnerBorrowResponse::Refused {
-            reason: BorrowRefusal::TokenRejected(label),
-            ..
-        } => Some(label.clone()),
-        _ => None,
-    }
+    rejection(resp)
 }
 
 /// Whether `n` still accepts tokens of `epoch` (per its `/v1/node` epoch list).

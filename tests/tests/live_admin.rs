@@ -4,14 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use lendmesh_protocol::PeerId;
 use lendmesh_protocol::group::Invite;
-use lendmesh_protocol::wallet::Wallet;
-use lendmesh_protocol::wire::{
-    self, BorrowRefusal, BorrowRequest, BorrowResponse, HttpRequest, InnerBorrowRequest, InnerBorrowResponse,
-    IssueResponse,
-};
+use lendmesh_protocol::wire::{BorrowRefusal, InnerBorrowResponse};
 use lendmesh_tests::rogue::Rogue;
+use lendmesh_tests::spend::{http, peer_of, rogue_tokens, spend_direct};
 use lendmesh_tests::*;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -112,58 +108,22 @@ fn invite_remove_and_rotate_on_a_running_admin() {
         .build()
         .unwrap();
     let mut rogue = Rogue::new(rogue_key, *rogue_invite.psk.as_bytes());
-    let key = rogue_invite.epoch.announcement.issuer_key().unwrap();
     let tokens = rt.block_on(async {
-        let admin_peer = rogue.connect(admin.p2p_addr.parse().unwrap()).await;
-        let (req, batch) = Wallet::prepare_batch(&key, 1, 2, &mut rand::rngs::OsRng).unwrap();
-        let raw = rogue
-            .raw_request("/lendmesh/issue/1", admin_peer, wire::encode(&req).unwrap())
-            .await
-            .unwrap();
-        let IssueResponse::Granted { blind_signatures, .. } = wire::decode(&raw).unwrap() else {
-            panic!("refused")
-        };
-        let mut w = Wallet::new();
-        w.finalize(&key, &batch, &blind_signatures).unwrap();
+        let t = rogue_tokens(&mut rogue, &admin, &rogue_invite, 2).await;
         rogue.connect(m1.p2p_addr.parse().unwrap()).await;
-        w.iter().cloned().collect::<Vec<_>>()
+        t
     });
     let spend_at =
         |m1: &RunningNode, rogue: &mut Rogue, token: &lendmesh_protocol::token::WalletToken, id: u8| {
-            let info = node_info(m1);
-            let m1_id: PeerId = info["peer_id"].as_str().unwrap().parse().unwrap();
-            let m1_peer: libp2p::PeerId = info["peer_id"].as_str().unwrap().parse().unwrap();
-            let key_config = hex::decode(info["ohttp_key_config"].as_str().unwrap()).unwrap();
-            let http = HttpRequest {
-                method: "GET".into(),
-                path_and_query: "/rotate".into(),
-                headers: vec![],
-                body: vec![],
-            };
-            let http_bytes = wire::encode(&http).unwrap();
-            let inner = InnerBorrowRequest {
-                request_id: [id; 16],
-                spend: token.spend(m1_id, wire::request_digest(&http_bytes), lendmesh_node::now_ms()),
-                http_request: http_bytes,
-            };
-            let client = ohttp::ClientRequest::from_encoded_config(&key_config).unwrap();
-            let (sealed, opener) = client.encapsulate(&wire::encode(&inner).unwrap()).unwrap();
-            rt.block_on(async {
-                let raw = rogue
-                    .raw_request(
-                        "/lendmesh/borrow/1",
-                        m1_peer,
-                        wire::encode(&BorrowRequest { sealed }).unwrap(),
-                    )
-                    .await
-                    .unwrap();
-                match wire::decode::<BorrowResponse>(&raw).unwrap() {
-                    BorrowResponse::Sealed { sealed } => {
-                        wire::decode::<InnerBorrowResponse>(&opener.decapsulate(&sealed).unwrap()).unwrap()
-                    }
-                    BorrowResponse::Failed(f) => panic!("{f:?}"),
-                }
-            })
+            let (m1_id, _) = peer_of(m1);
+            rt.block_on(spend_direct(
+                rogue,
+                m1,
+                token,
+                m1_id,
+                [id; 16],
+                &http("GET", "/rotate", b""),
+            ))
         };
     let before = spend_at(&m1, &mut rogue, &tokens[0], 1);
     assert!(matches!(before, InnerBorrowResponse::Served { .. }), "{before:?}");

@@ -26,12 +26,7 @@ pub(super) fn cmd_group(home: &Path, config: &Config, cmd: GroupCommand) -> anyh
 }
 
 fn cmd_group_offline(store: Store, home: &Path, config: &Config, cmd: GroupCommand) -> anyhow::Result<()> {
-    let key = store
-        .identity()?
-        .ok_or_else(|| crate::store::StoreError::NotInitialized {
-            home: home.to_path_buf(),
-        })?;
-    let me = PeerId::from_public_key(&key.verifying_key());
+    let (key, me) = identity_of(&store, home)?;
     if let GroupCommand::Create {
         name,
         rsa_bits,

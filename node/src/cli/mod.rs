@@ -387,13 +387,19 @@ fn open_store(home: &Path) -> anyhow::Result<(Store, SigningKey, PeerId)> {
         );
     }
     let store = Store::open(home)?;
+    let (key, me) = identity_of(&store, home)?;
+    Ok((store, key, me))
+}
+
+/// The node's key and peer id from its store; an uninitialised home says to run `lendmesh init`.
+fn identity_of(store: &Store, home: &Path) -> anyhow::Result<(SigningKey, PeerId)> {
     let key = store
         .identity()?
         .ok_or_else(|| crate::store::StoreError::NotInitialized {
             home: home.to_path_buf(),
         })?;
     let me = PeerId::from_public_key(&key.verifying_key());
-    Ok((store, key, me))
+    Ok((key, me))
 }
 
 fn cmd_init(home: &Path) -> anyhow::Result<()> {

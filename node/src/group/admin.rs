@@ -201,6 +201,13 @@ pub fn remove_member(key: &SigningKey, group: &mut GroupState, member: PeerId) -
     Ok(())
 }
 
+fn newest_epoch(group: &GroupState) -> Result<&EpochInfo, AdminError> {
+    group
+        .epochs
+        .newest()
+        .ok_or_else(|| AdminError::Group("the group holds no epoch".into()))
+}
+
 /// Generates an issuer key for a new epoch (CPU-heavy: seconds at 3072 bits; run it off the async threads).
 pub fn generate_epoch_key(group: &GroupState) -> Result<SecretKey, AdminError> {
     let bits = group.epochs.newest().map_or(3072, |i| i.key.modulus_len() * 8);
@@ -217,10 +224,7 @@ pub fn announce_next(
     now: u64,
 ) -> Result<u32, AdminError> {
     require_admin(group, key)?;
-    let newest = group
-        .epochs
-        .newest()
-        .ok_or_else(|| AdminError::Group("the group holds no epoch".into()))?;
+    let newest = newest_epoch(group)?;
     let (number, start, end) = epoch::next_schedule(newest, group.epoch_length_ms, now);
     add_epoch(store, key, group, secret, number, start, end, now)?;
     Ok(number)
@@ -248,10 +252,7 @@ pub fn rotate_now(
         a.grace_ms = 0;
         group.adopt_epoch(a.sign(key)?, now)?;
     }
-    let newest = group
-        .epochs
-        .newest()
-        .ok_or_else(|| AdminError::Group("the group holds no epoch".into()))?;
+    let newest = newest_epoch(group)?;
     let number = newest.epoch().saturating_add(1);
     add_epoch(
         store,

@@ -386,9 +386,19 @@ pub struct RemoveBody {
     pub rotate: bool,
 }
 
-fn parse_peer(s: &str) -> Result<lendmesh_protocol::PeerId, AdminError> {
-    s.parse()
-        .map_err(|e| AdminError::Invalid(format!("'{s}' is not a lendmesh peer id: {e}")))
+/// The member an admin request names, once the caller is allowed (loopback, admin token).
+fn admin_member(
+    s: &ApiState,
+    peer: &SocketAddr,
+    headers: &axum::http::HeaderMap,
+    member: &str,
+) -> Result<lendmesh_protocol::PeerId, Box<Response>> {
+    admin_allowed(s, peer, headers)?;
+    member.parse().map_err(|e| {
+        Box::new(admin_error(AdminError::Invalid(format!(
+            "'{member}' is not a lendmesh peer id: {e}"
+        ))))
+    })
 }
 
 async fn group_invite(
@@ -397,12 +407,9 @@ async fn group_invite(
     headers: axum::http::HeaderMap,
     Json(body): Json<InviteBody>,
 ) -> Response {
-    if let Err(r) = admin_allowed(&s, &peer, &headers) {
-        return *r;
-    }
-    let member = match parse_peer(&body.peer_id) {
+    let member = match admin_member(&s, &peer, &headers, &body.peer_id) {
         Ok(m) => m,
-        Err(e) => return admin_error(e),
+        Err(r) => return *r,
     };
     let op = AdminOp::Invite {
         member,
@@ -426,12 +433,9 @@ async fn group_remove(
     headers: axum::http::HeaderMap,
     Json(body): Json<RemoveBody>,
 ) -> Response {
-    if let Err(r) = admin_allowed(&s, &peer, &headers) {
-        return *r;
-    }
-    let member = match parse_peer(&body.peer_id) {
+    let member = match admin_member(&s, &peer, &headers, &body.peer_id) {
         Ok(m) => m,
-        Err(e) => return admin_error(e),
+        Err(r) => return *r,
     };
     let rotate = if body.rotate {
         let Some(group) = s.peerbook.group().await else {

@@ -163,7 +163,9 @@ fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, St
 /// the store goes through here, so no actor blocks an async thread on the disk.
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
         _ => f(),
     }
 }
@@ -184,7 +186,7 @@ pub fn init_home(home: &Path) -> Result<(Store, SigningKey), StoreError> {
 impl Store {
     /// Begins a write transaction (waits for redb's single writer) off the async worker; see [`blocking`].
     fn begin_write(&self) -> Result<redb::WriteTransaction, StoreError> {
-        blocking(|| self.db.begin_write()).map_err(StoreError::from)
+        blocking(|| self.db.begin_write().map_err(StoreError::from))
     }
 
     /// Opens (or creates) the store in `home`, checking its schema version.

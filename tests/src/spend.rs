@@ -1,0 +1,102 @@
+//! Spending real tokens by hand, as a member that drives the protocol itself: tokens issued to a rogue member,
+//! and a sealed borrow sent straight to a lender (as a relay would forward it).
+
+use lendmesh_protocol::PeerId;
+use lendmesh_protocol::group::Invite;
+use lendmesh_protocol::token::WalletToken;
+use lendmesh_protocol::wallet::Wallet;
+use lendmesh_protocol::wire::{
+    self, BorrowRefusal, BorrowRequest, BorrowResponse, HttpRequest, InnerBorrowRequest, InnerBorrowResponse,
+    IssueResponse,
+};
+
+use crate::RunningNode;
+use crate::rogue::Rogue;
+
+/// A request with no headers.
+pub fn http(method: &str, path: &str, body: &[u8]) -> HttpRequest {
+    HttpRequest {
+        method: method.into(),
+        path_and_query: path.into(),
+        headers: vec![],
+        body: body.to_vec(),
+    }
+}
+
+/// `lender`'s peer id, as the protocol and as libp2p spell it.
+pub fn peer_of(n: &RunningNode) -> (PeerId, libp2p::PeerId) {
+    let id = n.get("/v1/node").1["peer_id"].as_str().unwrap().to_string();
+    (id.parse().unwrap(), id.parse().unwrap())
+}
+
+/// Sends `token`, bound to `bound_to`, with `request` sealed to `lender`'s key straight to `lender`, and opens the
+/// answer. Panics if the lender does not answer.
+pub async fn spend_direct(
+    rogue: &mut Rogue,
+    lender: &RunningNode,
+    token: &WalletToken,
+    bound_to: PeerId,
+    request_id: [u8; 16],
+    request: &HttpRequest,
+) -> InnerBorrowResponse {
+    let (_, lender_peer) = peer_of(lender);
+    let key_config = hex::decode(lender.get("/v1/node").1["ohttp_key_config"].as_str().unwrap()).unwrap();
+    let http_bytes = wire::encode(request).unwrap();
+    let inner = InnerBorrowRequest {
+        request_id,
+        spend: token.spend(
+            bound_to,
+            wire::request_digest(&http_bytes),
+            lendmesh_node::now_ms(),
+        ),
+        http_request: http_bytes,
+    };
+    let client = ohttp::ClientRequest::from_encoded_config(&key_config).unwrap();
+    let (sealed, opener) = client.encapsulate(&wire::encode(&inner).unwrap()).unwrap();
+    let raw = rogue
+        .raw_request(
+            "/lendmesh/borrow/1",
+            lender_peer,
+            wire::encode(&BorrowRequest { sealed }).unwrap(),
+        )
+        .await
+        .expect("the lender answers");
+    match wire::decode::<BorrowResponse>(&raw).unwrap() {
+        BorrowResponse::Sealed { sealed } => wire::decode(&opener.decapsulate(&sealed).unwrap()).unwrap(),
+        BorrowResponse::Failed(f) => panic!("delivery failed: {f:?}"),
+    }
+}
+
+/// `n` tokens of the invite's epoch, issued to the rogue by the running `admin` over the issue protocol.
+pub async fn rogue_tokens(
+    rogue: &mut Rogue,
+    admin: &RunningNode,
+    invite: &Invite,
+    n: u32,
+) -> Vec<WalletToken> {
+    let key = invite.epoch.announcement.issuer_key().unwrap();
+    let epoch = invite.epoch.announcement.epoch;
+    let admin_peer = rogue.connect(admin.p2p_addr.parse().unwrap()).await;
+    let (req, batch) = Wallet::prepare_batch(&key, epoch, n, &mut rand::rngs::OsRng).unwrap();
+    let raw = rogue
+        .raw_request("/lendmesh/issue/1", admin_peer, wire::encode(&req).unwrap())
+        .await
+        .unwrap();
+    let IssueResponse::Granted { blind_signatures, .. } = wire::decode(&raw).unwrap() else {
+        panic!("issue refused")
+    };
+    let mut w = Wallet::new();
+    assert_eq!(w.finalize(&key, &batch, &blind_signatures).unwrap(), n as usize);
+    w.iter().cloned().collect()
+}
+
+/// The redeemer's label when the lender rejected the token.
+pub fn rejection(resp: &InnerBorrowResponse) -> Option<String> {
+    match resp {
+        InnerBorrowResponse::Refused {
+            reason: BorrowRefusal::TokenRejected(label),
+            ..
+        } => Some(label.clone()),
+        _ => None,
+    }
+}
