@@ -145,9 +145,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         let _ = tokio::signal::ctrl_c().await;
     }
     shutdown.cancel();
-    for n in nodes {
-        n.join().await;
-    }
+    // All at once: a node that stopped first is not redialled by the others while they wait their turn.
+    futures::future::join_all(nodes.into_iter().map(StartedNode::join)).await;
     Ok(())
 }
 
