@@ -183,8 +183,11 @@ impl Member {
                     Command::Take { reply } => {
                         let token = self.handle_take();
                         let _ = reply.send(token);
-                        // Refill as soon as any signable epoch (the current one above all) drops below the mark.
-                        if self.next_refill().is_some() { next_check = tokio::time::Instant::now(); }
+                        // Refill as soon as any signable epoch (the current one above all) drops below the mark —
+                        // unless refills are backing off after a failure: a spend never resets the backoff.
+                        if self.planner.due(now_ms()) && self.next_refill().is_some() {
+                            next_check = tokio::time::Instant::now();
+                        }
                     }
                     Command::PutBack { token } => self.handle_put_back(token),
                     Command::Nudge => {
