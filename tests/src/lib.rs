@@ -431,12 +431,23 @@ pub fn current_epoch(n: &RunningNode) -> u64 {
 
 /// An HTTP/1.1 request to a gateway (60 s read timeout); returns (status, body).
 pub fn gateway_request(base: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    gateway_request_with(base, method, path, body, "")
+}
+
+/// Like [`gateway_request`], with extra header lines (each ending in `\r\n`).
+pub fn gateway_request_with(
+    base: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+    headers: &str,
+) -> (u16, String) {
     let hostport = base.trim_start_matches("http://");
     let mut s = TcpStream::connect(hostport).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();

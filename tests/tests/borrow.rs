@@ -2,34 +2,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{HashMap, HashSet};
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use lendmesh_tests::*;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// An HTTP/1.1 request to a gateway; returns (status, body).
+/// An HTTP/1.1 request to a gateway, carrying a tool's own key (which must not leave the node); returns (status,
+/// body).
 fn gateway(base: &str, method: &str, path: &str, body: &str) -> (u16, String) {
-    let hostport = base.trim_start_matches("http://");
-    let mut s = TcpStream::connect(hostport).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nAuthorization: Bearer tool-secret\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let status = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    (status, body)
+    gateway_request_with(base, method, path, body, "Authorization: Bearer tool-secret\r\n")
 }
 
 struct Group {

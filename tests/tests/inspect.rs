@@ -51,21 +51,7 @@ fn parse_openmetrics(text: &str) -> Vec<(String, String, f64)> {
             continue;
         }
         assert!(!line.starts_with('#'), "unknown comment: {line}");
-        let (name_labels, value) = line
-            .rsplit_once(' ')
-            .unwrap_or_else(|| panic!("no value: {line}"));
-        let value: f64 = match value {
-            "+Inf" => f64::INFINITY,
-            "-Inf" => f64::NEG_INFINITY,
-            v => v.parse().unwrap_or_else(|_| panic!("bad value in: {line}")),
-        };
-        let (name, labels) = match name_labels.split_once('{') {
-            Some((n, l)) => {
-                assert!(l.ends_with('}'), "labels: {line}");
-                (n.to_string(), l.trim_end_matches('}').to_string())
-            }
-            None => (name_labels.to_string(), String::new()),
-        };
+        let (name, labels, value) = parse_sample(line);
         assert!(
             name.chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
@@ -122,21 +108,7 @@ fn parse_prometheus_text(text: &str) -> Vec<(String, String, f64)> {
             !line.starts_with('#'),
             "not in the Prometheus text format: {line}"
         );
-        let (name_labels, value) = line
-            .rsplit_once(' ')
-            .unwrap_or_else(|| panic!("no value: {line}"));
-        let value: f64 = match value {
-            "+Inf" => f64::INFINITY,
-            "-Inf" => f64::NEG_INFINITY,
-            v => v.parse().unwrap_or_else(|_| panic!("bad value in: {line}")),
-        };
-        let (name, labels) = match name_labels.split_once('{') {
-            Some((n, l)) => {
-                assert!(l.ends_with('}'), "labels: {line}");
-                (n.to_string(), l.trim_end_matches('}').to_string())
-            }
-            None => (name_labels.to_string(), String::new()),
-        };
+        let (name, labels, value) = parse_sample(line);
         assert!(
             name.chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
@@ -609,4 +581,24 @@ fn api_beyond_loopback_needs_a_token_and_the_token_is_enforced() {
     );
     assert!(!ok && err.contains("needs a token"), "{err}");
     assert!(n.stop());
+}
+
+/// A sample line's name, label set (without braces) and value; panics with the line when it does not parse.
+fn parse_sample(line: &str) -> (String, String, f64) {
+    let (name_labels, value) = line
+        .rsplit_once(' ')
+        .unwrap_or_else(|| panic!("no value: {line}"));
+    let value: f64 = match value {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        v => v.parse().unwrap_or_else(|_| panic!("bad value in: {line}")),
+    };
+    let (name, labels) = match name_labels.split_once('{') {
+        Some((n, l)) => {
+            assert!(l.ends_with('}'), "labels: {line}");
+            (n.to_string(), l.trim_end_matches('}').to_string())
+        }
+        None => (name_labels.to_string(), String::new()),
+    };
+    (name, labels, value)
 }
