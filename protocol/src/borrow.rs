@@ -30,6 +30,10 @@
 //!   and spend at the same lender through another relay (the lender answers a known request id from its cache);
 //!   still ambiguous, the token is given up as spent — never spent twice — and a fresh one goes elsewhere.
 //! - **Failed after the claim** (upstream error, unreadable request): the token is spent; the borrow fails.
+//! - **The relay failed** (could not be reached, or refused to forward): the request never reached the lender, so the
+//!   failure is the relay's — the relay cools down, the lender does not, the token stays unspent, and the request
+//!   goes out again through another relay (never the one that just failed; at most [`MAX_RELAY_FAILURES`] per
+//!   request).
 //! - At most `max_attempts` lenders per request (a setting: [`DEFAULT_MAX_ATTEMPTS`]).
 
 use rand_core::RngCore;
@@ -44,6 +48,10 @@ pub const DEFAULT_MAX_ATTEMPTS: usize = 6;
 pub const DEFAULT_COOLDOWN_MS: u64 = 15_000;
 /// Longest cooldown a lender's `Retry-After` can impose.
 pub const MAX_COOLDOWN_MS: u64 = 5 * 60_000;
+/// Relays that may fail one request before it gives up (each is avoided for the rest of the request).
+pub const MAX_RELAY_FAILURES: usize = 3;
+/// How long a relay that failed is left out of routing.
+pub const RELAY_COOLDOWN_MS: u64 = 10_000;
 
 /// Whether a borrow may skip the relay.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -149,6 +157,11 @@ pub enum AttemptResult {
         /// The rejection label (`double_spend`, `epoch_closed`, …).
         label: String,
     },
+    /// The relay could not be reached or refused to forward: the request never reached the lender.
+    RelayFailed {
+        /// What happened.
+        why: String,
+    },
     /// It may have reached the lender, and no answer settles whether the token was claimed.
     Ambiguous {
         /// What happened.
@@ -241,6 +254,13 @@ pub enum Effect {
         /// Until then.
         until_ms: u64,
     },
+    /// Do not use `peer` as a relay before `until_ms`.
+    CoolDownRelay {
+        /// The relay.
+        peer: PeerId,
+        /// Until then.
+        until_ms: u64,
+    },
     /// The token is gone (spent, burnt, or possibly claimed): drop it, never return it to the wallet.
     DropToken,
 }
@@ -263,6 +283,8 @@ pub struct BorrowRun {
     pending: Option<Pending>,
     /// An ambiguous first try to repeat at the same lender.
     retry: Option<Pending>,
+    /// Relays that failed this request: never chosen again for it.
+    failed_relays: Vec<PeerId>,
     timeouts: usize,
     last: String,
     finished: Option<Finish>,
@@ -278,6 +300,7 @@ impl BorrowRun {
             token_problem: None,
             pending: None,
             retry: None,
+            failed_relays: Vec::new(),
             timeouts: 0,
             last: "no attempt".into(),
             finished: None,
@@ -320,7 +343,8 @@ impl BorrowRun {
         if let Some(retry) = self.retry.take() {
             // The idempotent retry: same lender, same request, another relay if there is one.
             let lender = retry.lender;
-            let relay = routing::choose_relay(view.me, &lender, view.connected, rng).or(retry.relay);
+            let relays = self.usable_relays(view.connected);
+            let relay = routing::choose_relay(view.me, &lender, &relays, rng).or(retry.relay);
             self.pending = Some(Pending { relay, ..retry });
             return Decision::Send {
                 lender,
@@ -355,7 +379,18 @@ impl BorrowRun {
                 retry_s,
             }));
         };
-        let relay = routing::choose_relay(view.me, &lender, view.connected, rng);
+        let relays = self.usable_relays(view.connected);
+        let relay = routing::choose_relay(view.me, &lender, &relays, rng);
+        if relay.is_none() && self.cfg.privacy == PrivacyMode::Strict && !self.failed_relays.is_empty() {
+            let failed = self.failed_relays.len();
+            return self.finish(Err(BorrowFailure::Failed {
+                tried: self.tried.len(),
+                last: format!(
+                    "no working relay: {failed} relays failed for this request; {}",
+                    self.last
+                ),
+            }));
+        }
         if relay.is_none() && self.cfg.privacy == PrivacyMode::Strict {
             return self.finish(Err(BorrowFailure::NoRelay {
                 connected: view.connected.len(),
@@ -375,6 +410,14 @@ impl BorrowRun {
             relay,
             same_request: false,
         }
+    }
+
+    fn usable_relays(&self, connected: &[PeerId]) -> Vec<PeerId> {
+        connected
+            .iter()
+            .filter(|p| !self.failed_relays.contains(p))
+            .copied()
+            .collect()
     }
 
     fn give_up(&mut self) -> Decision {
@@ -438,6 +481,42 @@ impl BorrowRun {
                         until_ms: cooldown_until(now_ms, None, rng),
                     }]
                 }
+            }
+            AttemptResult::RelayFailed { why } => {
+                // The relay's failure, not the lender's: the lender is not tried, the token is unspent.
+                let relay = p.relay;
+                self.last = format!("relay {}: {why}", relay.map_or_else(|| "-".into(), |r| r.short()));
+                let mut effects = Vec::new();
+                if let Some(r) = relay {
+                    self.failed_relays.push(r);
+                    effects.push(Effect::CoolDownRelay {
+                        peer: r,
+                        until_ms: now_ms.saturating_add(RELAY_COOLDOWN_MS),
+                    });
+                }
+                if p.retry {
+                    // The idempotent retry could not go out: the first try stays unsettled, so the token is given
+                    // up as possibly claimed (never spent twice).
+                    self.tried.push(p.lender);
+                    self.timeouts += 1;
+                    self.has_token = false;
+                    effects.push(Effect::DropToken);
+                } else if self.failed_relays.len() >= MAX_RELAY_FAILURES {
+                    let tried = self.tried.len();
+                    self.finished = Some(Finish {
+                        result: Err(BorrowFailure::Failed {
+                            tried,
+                            last: format!(
+                                "no working relay: {} relays failed; {}",
+                                self.failed_relays.len(),
+                                self.last
+                            ),
+                        }),
+                        return_token: self.has_token,
+                    });
+                    self.has_token = false;
+                }
+                effects
             }
             AttemptResult::Ambiguous { why } if !p.retry => {
                 self.retry = Some(Pending {

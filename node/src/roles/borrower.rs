@@ -249,6 +249,9 @@ impl Borrower {
                             Effect::CoolDown { peer, until_ms } => {
                                 self.peerbook.cool_down(peer, until_ms).await
                             }
+                            Effect::CoolDownRelay { peer, until_ms } => {
+                                self.peerbook.cool_down_relay(peer, until_ms).await
+                            }
                             Effect::DropToken => token = None,
                         }
                     }
@@ -298,6 +301,12 @@ impl Borrower {
                 (AttemptOutcome::Failed, true)
             }
             AttemptResult::Spent { .. } => (AttemptOutcome::Failed, true),
+            AttemptResult::RelayFailed { why } => {
+                debug!(relay = ?relay.map(|r| r.short()), %why, "the relay failed; trying another with the same token");
+                self.peerbook
+                    .record_outcome(lender, relay, AttemptOutcome::NotSent, false);
+                return;
+            }
             AttemptResult::Ambiguous { why } => {
                 warn!(lender = %lender.short(), %why, "no answer settles whether the lender claimed the token");
                 (AttemptOutcome::Failed, false)
@@ -335,6 +344,10 @@ impl Borrower {
             Some(relay) => match self.net.relay(relay, RelayRequest { lender, sealed: enc }).await {
                 Ok(RelayResponse::Delivered { sealed }) => Ok(sealed),
                 Ok(RelayResponse::Failed(f)) => Err(delivery_failure(f)),
+                // The relay itself could not be reached: the request never left this node.
+                Err(e @ NetError::Unreachable { .. }) => {
+                    Err(AttemptResult::RelayFailed { why: e.to_string() })
+                }
                 Err(e) => Err(net_failure(e)),
             },
             None => match self.net.borrow(lender, BorrowRequest { sealed: enc }).await {
@@ -417,9 +430,12 @@ fn run_failure(why: &str) -> lendmesh_protocol::borrow::Finish {
 
 fn delivery_failure(f: DeliveryFailure) -> AttemptResult {
     match f {
-        // The relay never reached the lender, or the lender refused before opening it.
+        // The relay refused to forward: the lender never saw the request.
+        DeliveryFailure::RelayBusy => AttemptResult::RelayFailed {
+            why: "the relay is busy".into(),
+        },
+        // The relay could not reach the lender, or the lender refused before opening it.
         DeliveryFailure::LenderUnreachable
-        | DeliveryFailure::RelayBusy
         | DeliveryFailure::StaleKeyConfig
         | DeliveryFailure::LenderBusy
         | DeliveryFailure::BadLender => AttemptResult::Refused {

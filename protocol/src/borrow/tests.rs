@@ -322,3 +322,95 @@ fn privacy_mode_parses_and_prints() {
     }
     assert!("loose".parse::<PrivacyMode>().is_err());
 }
+
+#[test]
+fn a_failed_relay_is_the_relays_fault_and_the_token_stays() {
+    let mut w = World::new(&[2]);
+    // Relays: 99 (from World::new), plus 97 and 98.
+    w.connected.extend([pid(97), pid(98)]);
+    let mut run = BorrowRun::new(BorrowConfig::default());
+    let (lender, relay, _) = send(&w.next(&mut run));
+    let relay = relay.unwrap();
+    let effects = run.record(
+        AttemptResult::RelayFailed {
+            why: "cannot reach the relay".into(),
+        },
+        1_000,
+        &mut w.rng,
+    );
+    // Only the relay cools down; the lender is not blamed, not even counted as tried.
+    assert_eq!(
+        effects,
+        vec![Effect::CoolDownRelay {
+            peer: relay,
+            until_ms: 1_000 + RELAY_COOLDOWN_MS
+        }]
+    );
+    assert!(run.tried().is_empty());
+    // The same token goes out again, to the same lender, through another relay.
+    let (again, other, same) = send(&w.decide(&mut run));
+    assert_eq!(again, lender);
+    assert!(other.is_some() && other != Some(relay) && !same);
+    run.record(AttemptResult::Served, 1_000, &mut w.rng);
+    assert!(matches!(
+        w.decide(&mut run),
+        Decision::Finish(Finish {
+            result: Ok(()),
+            return_token: false
+        })
+    ));
+}
+
+#[test]
+fn every_relay_failing_ends_the_borrow_with_the_token_unspent() {
+    let mut w = World::new(&[2]);
+    w.connected.extend([pid(97), pid(98), pid(96)]);
+    let mut run = BorrowRun::new(BorrowConfig::default());
+    let mut used = Vec::new();
+    for _ in 0..MAX_RELAY_FAILURES {
+        let (_, relay, _) = send(&w.next(&mut run));
+        assert!(!used.contains(&relay), "a failed relay is never chosen again");
+        used.push(relay);
+        run.record(
+            AttemptResult::RelayFailed { why: "reset".into() },
+            1_000,
+            &mut w.rng,
+        );
+    }
+    match w.decide(&mut run) {
+        Decision::Finish(Finish {
+            result: Err(BorrowFailure::Failed { tried: 0, last }),
+            return_token: true,
+        }) => assert!(last.contains("no working relay"), "{last}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_relay_failing_the_idempotent_retry_leaves_the_first_try_unsettled() {
+    let mut w = World::new(&[2, 3]);
+    w.connected.push(pid(97));
+    let mut run = BorrowRun::new(BorrowConfig::default());
+    send(&w.next(&mut run));
+    run.record(
+        AttemptResult::Ambiguous {
+            why: "timeout".into(),
+        },
+        1_000,
+        &mut w.rng,
+    );
+    let (_, _, same) = send(&w.decide(&mut run));
+    assert!(same);
+    let effects = run.record(
+        AttemptResult::RelayFailed {
+            why: "refused".into(),
+        },
+        1_000,
+        &mut w.rng,
+    );
+    assert!(
+        effects.contains(&Effect::DropToken),
+        "possibly claimed: never spent again"
+    );
+    assert_eq!(w.decide(&mut run), Decision::TakeToken);
+}

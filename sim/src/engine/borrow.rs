@@ -289,6 +289,9 @@ impl Sim<'_> {
                         b.token = None;
                     }
                 }
+                // Only `AttemptResult::RelayFailed` cools a relay, and this driver does not report it yet: a
+                // relay that is down or partitioned still reads as an undelivered refusal here.
+                Effect::CoolDownRelay { .. } => {}
             }
         }
     }

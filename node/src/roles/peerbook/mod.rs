@@ -73,6 +73,8 @@ pub struct PeerEntry {
     pub last_seen_ms: Option<u64>,
     /// Cooling down (after a refusal) until then.
     pub cooling_until_ms: Option<u64>,
+    /// Left out as a relay (after it failed a borrow) until then.
+    pub relay_cooling_until_ms: Option<u64>,
     /// This node's borrows with the peer as lender and as relay.
     pub outcomes: PeerOutcomes,
 }
@@ -101,6 +103,8 @@ pub enum AttemptOutcome {
     Refused,
     /// No answer, or a failure after the claim.
     Failed,
+    /// The relay failed before the lender saw the request: counts against the relay only.
+    NotSent,
 }
 
 /// A peer's public view (no secrets).
@@ -171,6 +175,10 @@ enum Command {
         reply: oneshot::Sender<RoutingView>,
     },
     CoolDown {
+        peer: PeerId,
+        until_ms: u64,
+    },
+    CoolDownRelay {
         peer: PeerId,
         until_ms: u64,
     },
@@ -287,6 +295,11 @@ impl PeerBookHandle {
             outcome,
             delivered,
         });
+    }
+
+    /// Leaves a relay out of routing after it failed a borrow.
+    pub async fn cool_down_relay(&self, peer: PeerId, until_ms: u64) {
+        let _ = self.tx.send(Command::CoolDownRelay { peer, until_ms }).await;
     }
 
     /// Marks a lender as cooling down after a refusal.
@@ -415,6 +428,7 @@ impl PeerBook {
                     Command::Group { reply } => { let _ = reply.send(self.group.clone()); }
                     Command::Routing { reply } => { let _ = reply.send(self.routing_view()); }
                     Command::CoolDown { peer, until_ms } => self.entry(peer).cooling_until_ms = Some(until_ms),
+                    Command::CoolDownRelay { peer, until_ms } => self.entry(peer).relay_cooling_until_ms = Some(until_ms),
                     Command::Outcome { lender, relay, outcome, delivered } => self.handle_outcome(lender, relay, outcome, delivered),
                     Command::Admin { op, reply } => {
                         let result = self.handle_admin(op);
@@ -443,6 +457,7 @@ impl PeerBook {
             AttemptOutcome::Served => o.lender_served += 1,
             AttemptOutcome::Refused => o.lender_refused += 1,
             AttemptOutcome::Failed => o.lender_failed += 1,
+            AttemptOutcome::NotSent => {}
         }
         if let Some(r) = relay {
             let o = &mut self.peers.entry(r).or_default().outcomes;

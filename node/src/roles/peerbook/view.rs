@@ -29,7 +29,7 @@ impl PeerBook {
         let connected = self
             .peers
             .iter()
-            .filter(|(p, e)| e.connected && active(p))
+            .filter(|(p, e)| e.connected && active(p) && e.relay_cooling_until_ms.is_none_or(|t| t <= now))
             .map(|(p, _)| *p)
             .collect();
         let known = roster.member_ids().filter(|p| *p != &self.me).count();
