@@ -91,8 +91,7 @@ fn cmd_group_offline(store: Store, home: &Path, config: &Config, cmd: GroupComma
             bootstrap,
         } => {
             let member = parse_peer(&peer_id)?;
-            let mut addrs: Vec<String> = bootstrap;
-            addrs.extend(config.network.external.iter().cloned());
+            let addrs = invite_bootstrap(bootstrap, config);
             let invite = crate::group::admin::invite_member(&key, &mut group, member, quota, days, addrs)?;
             store.put_group(&group)?;
             write_invite(
@@ -200,8 +199,7 @@ fn cmd_group_live(home: &Path, config: &Config, cmd: GroupCommand) -> anyhow::Re
             bootstrap,
         } => {
             let member = parse_peer(&peer_id)?;
-            let mut addrs: Vec<String> = bootstrap;
-            addrs.extend(config.network.external.iter().cloned());
+            let addrs = invite_bootstrap(bootstrap, config);
             let body =
                 serde_json::json!({"peer_id": peer_id, "quota": quota, "days": days, "bootstrap": addrs});
             let v = rt.block_on(call(reqwest::Method::POST, "/v1/group/invite", Some(body)))?;
@@ -316,4 +314,11 @@ pub(super) fn cmd_join(home: &Path, invite_path: &Path) -> anyhow::Result<()> {
     ));
     out("you can delete the invite file now; run `lendmesh run` to start the node");
     Ok(())
+}
+
+/// The addresses an invite names for reaching the admin: the ones given on the command line, then the node's
+/// configured external addresses.
+fn invite_bootstrap(mut given: Vec<String>, config: &Config) -> Vec<String> {
+    given.extend(config.network.external.iter().cloned());
+    given
 }
