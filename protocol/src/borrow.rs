@@ -129,7 +129,11 @@ pub struct RouteView<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NoToken {
     /// Empty for now; it refills from the issuer.
-    Empty,
+    Empty {
+        /// When the next refill attempt is due (ms since the Unix epoch): now when none is backing off, later
+        /// after failed refills. `None` when no refill is planned (e.g. the store failed).
+        refill_at_ms: Option<u64>,
+    },
     /// The quota of the current epoch is spent.
     QuotaExhausted {
         /// When the next epoch starts, if known.

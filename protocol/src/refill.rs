@@ -138,7 +138,9 @@ impl RefillPlanner {
         next_epoch_starts_at_ms: Option<u64>,
     ) -> NoToken {
         match current_epoch {
-            Some(e) if !self.exhausted(e, quota) => NoToken::Empty,
+            Some(e) if !self.exhausted(e, quota) => NoToken::Empty {
+                refill_at_ms: Some(self.backoff.next_at_ms()),
+            },
             _ => NoToken::QuotaExhausted {
                 next_epoch_starts_at_ms,
             },
@@ -193,7 +195,22 @@ mod tests {
             ),
             BatchFate::Drop
         );
-        assert_eq!(p.no_token(Some(1), 200, Some(9)), NoToken::Empty);
+        assert_eq!(
+            p.no_token(Some(1), 200, Some(9)),
+            NoToken::Empty {
+                refill_at_ms: Some(0)
+            },
+            "no failure yet: a refill is due at once"
+        );
+        let wait = p.failed(100, &mut rand_chacha::ChaCha20Rng::seed_from_u64(1));
+        assert_eq!(
+            p.no_token(Some(1), 200, Some(9)),
+            NoToken::Empty {
+                refill_at_ms: Some(100 + wait)
+            },
+            "after a failure: when the backoff ends"
+        );
+        p.reset_backoff();
         p.record_remaining(1, 0);
         assert_eq!(
             p.no_token(Some(1), 200, Some(9)),

@@ -50,9 +50,12 @@ pub enum BorrowError {
         /// Connected members.
         connected: usize,
     },
-    /// The wallet is empty.
-    #[error("the wallet has no tokens left; it refills from the issuer (is the admin node reachable?)")]
-    WalletEmpty,
+    /// The wallet is empty; a refill is due at `refill_at_ms`.
+    #[error("{}", empty_message(*refill_at_ms))]
+    WalletEmpty {
+        /// When the next refill attempt is due (ms since the Unix epoch), if one is planned.
+        refill_at_ms: Option<u64>,
+    },
     /// This member's quota for the current epoch is spent.
     #[error("{}", quota_message(*next_epoch_starts_at_ms))]
     QuotaExhausted {
@@ -73,6 +76,18 @@ pub enum BorrowError {
         /// The last failure.
         last: String,
     },
+}
+
+fn empty_message(refill_at_ms: Option<u64>) -> String {
+    match refill_at_ms {
+        Some(at) => {
+            let secs = at.saturating_sub(now_ms()).div_ceil(1000);
+            format!(
+                "the wallet has no tokens left; the next refill from the issuer is due in {secs} s (earlier refills failed if that is not 0: is the admin node reachable?)"
+            )
+        }
+        None => "the wallet has no tokens left and no refill is planned; see the node's log".into(),
+    }
 }
 
 fn quota_message(next: Option<u64>) -> String {
@@ -102,7 +117,9 @@ impl From<BorrowFailure> for BorrowError {
                 retry_s,
             },
             BorrowFailure::NoRelay { connected } => BorrowError::NoRelay { connected },
-            BorrowFailure::NoToken(NoToken::Empty) => BorrowError::WalletEmpty,
+            BorrowFailure::NoToken(NoToken::Empty { refill_at_ms }) => {
+                BorrowError::WalletEmpty { refill_at_ms }
+            }
             BorrowFailure::NoToken(NoToken::QuotaExhausted {
                 next_epoch_starts_at_ms,
             }) => BorrowError::QuotaExhausted {
@@ -120,7 +137,7 @@ impl BorrowError {
         match self {
             BorrowError::NoLender { .. } => "no_lender_available",
             BorrowError::NoRelay { .. } => "no_relay_available",
-            BorrowError::WalletEmpty => "wallet_empty",
+            BorrowError::WalletEmpty { .. } => "wallet_empty",
             BorrowError::QuotaExhausted { .. } => "quota_exhausted",
             BorrowError::Timeout { .. } => "lender_timeout",
             BorrowError::Failed { .. } => "borrow_failed",
@@ -130,7 +147,7 @@ impl BorrowError {
     /// The HTTP status for the tool.
     pub fn status(&self) -> u16 {
         match self {
-            BorrowError::NoLender { .. } | BorrowError::NoRelay { .. } | BorrowError::WalletEmpty => 503,
+            BorrowError::NoLender { .. } | BorrowError::NoRelay { .. } | BorrowError::WalletEmpty { .. } => 503,
             BorrowError::QuotaExhausted { .. } => 429,
             BorrowError::Timeout { .. } => 504,
             BorrowError::Failed { .. } => 502,
@@ -141,7 +158,10 @@ impl BorrowError {
     pub fn retry_after_s(&self) -> Option<u64> {
         match self {
             BorrowError::NoLender { retry_s, .. } => Some(*retry_s),
-            BorrowError::WalletEmpty => Some(5),
+            // A refill takes an issuer round trip after it is due: at least a second.
+            BorrowError::WalletEmpty { refill_at_ms } => Some(
+                refill_at_ms.map_or(5, |at| at.saturating_sub(now_ms()).div_ceil(1000).max(1)),
+            ),
             BorrowError::QuotaExhausted {
                 next_epoch_starts_at_ms,
             } => Some(

@@ -89,8 +89,8 @@ impl MemberHandle {
         self.tx
             .send(Command::Take { reply })
             .await
-            .map_err(|_| NoToken::Empty)?;
-        rx.await.unwrap_or(Err(NoToken::Empty))
+            .map_err(|_| NoToken::Empty { refill_at_ms: None })?;
+        rx.await.unwrap_or(Err(NoToken::Empty { refill_at_ms: None }))
     }
 
     /// Refill now (the issuer became reachable), dropping any backoff.
@@ -255,7 +255,7 @@ impl Member {
             Err(e) => {
                 warn!(%e, "cannot remove a token from the store; not spending it");
                 self.wallet.put_back(token);
-                Err(NoToken::Empty)
+                Err(NoToken::Empty { refill_at_ms: None })
             }
         }
     }
