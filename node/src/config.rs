@@ -9,6 +9,12 @@ use std::time::Duration;
 
 /// Default request and response body limit of the gateway, each way.
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+/// Lend records kept by default: about a busy week of a lender serving a small group, a few MB in the store.
+pub const DEFAULT_LEND_RECORDS: u64 = 10_000;
+/// Most lend records a node may be told to keep (a few hundred MB in the store).
+pub const MAX_LEND_RECORDS: u64 = 1_000_000;
+/// How long lend records are kept by default.
+pub const DEFAULT_LEND_RECORDS_MAX_AGE: Duration = Duration::from_secs(30 * 86_400);
 
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +57,13 @@ pub struct NetworkConfig {
     pub external: Vec<String>,
     /// Discover members on the LAN with mDNS.
     pub mdns: bool,
+    /// How long opening a stream to a relay or lender may take (100ms to 60s): a member that does not negotiate in
+    /// this time is taken as not answering, and the request goes elsewhere with its token unspent.
+    #[serde(with = "duration_str")]
+    pub stream_open_timeout: Duration,
+    /// How long a relay may take to acknowledge a request before it is taken as never sent (100ms to 60s).
+    #[serde(with = "duration_str")]
+    pub relay_ack_timeout: Duration,
 }
 
 impl Default for NetworkConfig {
@@ -60,8 +73,45 @@ impl Default for NetworkConfig {
             bootstrap: vec![],
             external: vec![],
             mdns: false,
+            stream_open_timeout: crate::net::streams::DEFAULT_OPEN_TIMEOUT,
+            relay_ack_timeout: crate::net::streams::DEFAULT_ACK_TIMEOUT,
         }
     }
+}
+
+impl NetworkConfig {
+    /// Refuses settings out of range, naming the setting and the range.
+    pub fn check(&self) -> Result<(), String> {
+        check_step_timeout("stream_open_timeout", self.stream_open_timeout)?;
+        check_step_timeout("relay_ack_timeout", self.relay_ack_timeout)?;
+        Ok(())
+    }
+
+    /// The streamed protocols' timeouts these settings give.
+    pub fn stream_timeouts(&self) -> crate::net::streams::StreamTimeouts {
+        crate::net::streams::StreamTimeouts {
+            open: self.stream_open_timeout,
+            ack: self.relay_ack_timeout,
+            ..Default::default()
+        }
+    }
+}
+
+/// Parses `--stream-open-timeout` and `--relay-ack-timeout`.
+pub fn parse_step_timeout(s: &str) -> Result<Duration, String> {
+    check_step_timeout("the timeout", parse_duration(s)?)
+}
+
+/// A network step's timeout must be from 100 ms to 60 s: shorter fails healthy members on a busy machine, longer
+/// keeps a borrow waiting on a member that is gone.
+fn check_step_timeout(name: &str, d: Duration) -> Result<Duration, String> {
+    if d < Duration::from_millis(100) || d > Duration::from_secs(60) {
+        return Err(format!(
+            "{name} must be from 100ms to 60s (got {})",
+            format_duration(d)
+        ));
+    }
+    Ok(d)
 }
 
 /// HTTP API settings.
@@ -192,6 +242,12 @@ pub struct LenderConfig {
     pub attestation_period: Duration,
     /// Requests per window kept for this member's own use, never lent.
     pub reserve: u64,
+    /// Lend records (what this member lent, shown by `/v1/lends`) kept in the store at most: 0 keeps none, at most
+    /// 1 000 000. The oldest go first.
+    pub lend_records: u64,
+    /// Lend records older than this are removed (at least 1s, e.g. 30d).
+    #[serde(with = "duration_str")]
+    pub lend_records_max_age: Duration,
 }
 
 impl Default for LenderConfig {
@@ -199,8 +255,54 @@ impl Default for LenderConfig {
         LenderConfig {
             attestation_period: Duration::from_secs(10),
             reserve: 1,
+            lend_records: DEFAULT_LEND_RECORDS,
+            lend_records_max_age: DEFAULT_LEND_RECORDS_MAX_AGE,
         }
     }
+}
+
+impl LenderConfig {
+    /// Refuses settings out of range, naming the setting and the range.
+    pub fn check(&self) -> Result<(), String> {
+        check_lend_records(self.lend_records)?;
+        check_lend_records_max_age(self.lend_records_max_age)?;
+        Ok(())
+    }
+}
+
+/// Parses `--lend-records`.
+pub fn parse_lend_records(s: &str) -> Result<u64, String> {
+    let n = s
+        .trim()
+        .parse::<u64>()
+        .map_err(|_| format!("'{s}' is not a number of records"))?;
+    check_lend_records(n)
+}
+
+/// Parses `--lend-records-max-age`.
+pub fn parse_lend_records_max_age(s: &str) -> Result<Duration, String> {
+    check_lend_records_max_age(parse_duration(s)?)
+}
+
+/// `lend_records` must be at most [`MAX_LEND_RECORDS`].
+pub fn check_lend_records(n: u64) -> Result<u64, String> {
+    if n > MAX_LEND_RECORDS {
+        return Err(format!(
+            "lend_records must be at most {MAX_LEND_RECORDS} (got {n}); 0 keeps none"
+        ));
+    }
+    Ok(n)
+}
+
+/// `lend_records_max_age` must be at least a second.
+pub fn check_lend_records_max_age(d: Duration) -> Result<Duration, String> {
+    if d < Duration::from_secs(1) {
+        return Err(format!(
+            "lend_records_max_age must be at least 1s (got {}); set lend_records = 0 to keep none",
+            format_duration(d)
+        ));
+    }
+    Ok(d)
 }
 
 /// Log output format.
@@ -232,8 +334,18 @@ impl Config {
         let bytes = crate::home::read_limited(&path, MAX_CONFIG_BYTES)?;
         let text =
             String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{} is not UTF-8", path.display()))?;
-        toml::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("{} is not a valid lendmesh config: {e}", path.display()))
+        let config: Config = toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{} is not a valid lendmesh config: {e}", path.display()))?;
+        config
+            .check()
+            .map_err(|e| anyhow::anyhow!("{} is not a valid lendmesh config: {e}", path.display()))?;
+        Ok(config)
+    }
+
+    /// Refuses settings out of range (the file's, and flags through their own parsers).
+    pub fn check(&self) -> Result<(), String> {
+        self.network.check().map_err(|e| format!("[network] {e}"))?;
+        self.lender.check().map_err(|e| format!("[lender] {e}"))
     }
 
     /// The settings as TOML.
@@ -276,6 +388,8 @@ pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
     if !ms.is_multiple_of(1000) {
         format!("{ms}ms")
+    } else if ms.is_multiple_of(86_400_000) && ms > 0 {
+        format!("{}d", ms / 86_400_000)
     } else if ms.is_multiple_of(3_600_000) && ms > 0 {
         format!("{}h", ms / 3_600_000)
     } else if ms.is_multiple_of(60_000) && ms > 0 {
@@ -310,7 +424,7 @@ mod tests {
         assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
         assert!(parse_duration("10 parsecs").is_err());
         assert!(parse_duration("").is_err());
-        for d in ["250ms", "10s", "5m", "1h"] {
+        for d in ["250ms", "10s", "5m", "1h", "30d"] {
             assert_eq!(format_duration(parse_duration(d).unwrap()), d);
         }
     }
@@ -325,5 +439,65 @@ mod tests {
         assert_eq!(partial.wallet.batch, WalletConfig::default().batch);
         let err = toml::from_str::<Config>("[wallet]\nlow_watr = 3\n").unwrap_err();
         assert!(err.to_string().contains("low_watr"));
+    }
+
+    #[test]
+    fn lend_retention_is_configured_and_checked() {
+        let c = Config::default();
+        assert_eq!(c.lender.lend_records, 10_000);
+        assert_eq!(c.lender.lend_records_max_age, Duration::from_secs(30 * 86_400));
+        assert!(
+            c.to_toml().contains("lend_records_max_age = \"30d\""),
+            "{}",
+            c.to_toml()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(CONFIG_FILE);
+        std::fs::write(
+            &file,
+            "[lender]\nlend_records = 500\nlend_records_max_age = \"7d\"\n",
+        )
+        .unwrap();
+        let c = Config::load(dir.path()).unwrap();
+        assert_eq!(c.lender.lend_records, 500);
+        assert_eq!(c.lender.lend_records_max_age, Duration::from_secs(7 * 86_400));
+        std::fs::write(&file, "[lender]\nlend_records = 2000000\n").unwrap();
+        let err = Config::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("[lender] lend_records must be at most 1000000"),
+            "{err}"
+        );
+        std::fs::write(&file, "[lender]\nlend_records_max_age = \"0s\"\n").unwrap();
+        let err = Config::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("lend_records_max_age must be at least 1s"), "{err}");
+    }
+
+    #[test]
+    fn stream_timeouts_are_configured_and_checked() {
+        let c = Config::default();
+        assert_eq!(
+            c.network.stream_timeouts(),
+            crate::net::streams::StreamTimeouts::default()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(CONFIG_FILE);
+        std::fs::write(
+            &file,
+            "[network]\nstream_open_timeout = \"750ms\"\nrelay_ack_timeout = \"3s\"\n",
+        )
+        .unwrap();
+        let t = Config::load(dir.path()).unwrap().network.stream_timeouts();
+        assert_eq!(
+            (t.open, t.ack),
+            (Duration::from_millis(750), Duration::from_secs(3))
+        );
+        std::fs::write(&file, "[network]\nrelay_ack_timeout = \"5m\"\n").unwrap();
+        let err = Config::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("[network] relay_ack_timeout must be from 100ms to 60s"),
+            "{err}"
+        );
+        assert!(parse_step_timeout("10ms").is_err());
+        assert_eq!(parse_step_timeout("2s"), Ok(Duration::from_secs(2)));
     }
 }

@@ -277,7 +277,7 @@ async fn report(client: &reqwest::Client, nodes: &[StartedNode]) -> anyhow::Resu
         "\nWhat each lender saw (its own records; a lender learns a valid token and the request, and the relay's id):",
     );
     for n in nodes {
-        let lends = get_json(client, &n.api_addr, "/v1/lends").await;
+        let lends = get_json(client, &n.api_addr, "/v1/lends?limit=1000").await;
         let records = lends["lends"].as_array().cloned().unwrap_or_default();
         let served: Vec<_> = records.iter().filter(|r| r["outcome"] == "served").collect();
         if served.is_empty() {

@@ -218,6 +218,7 @@ pub async fn start(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Res
         replica: Replica::new(base.store.clone(), base.view_rx.clone(), base.counters.clone()),
         net: net.clone(),
         counters: base.counters.clone(),
+        tasks: tracker.clone(),
     };
     tasks.push(("dispatcher", tokio::spawn(dispatcher.run(net_events))));
     let borrower = Borrower {
@@ -375,6 +376,7 @@ fn spawn_network(
         roster: base.roster_rx.clone(),
         libp2p_metrics: libp2p::metrics::Metrics::new(&mut base.registry),
         store: base.store.clone(),
+        stream_timeouts: config.network.stream_timeouts(),
     };
     net::spawn(params, base.counters.clone(), actors.clone())
 }
@@ -447,6 +449,10 @@ fn spawn_lender(
             view: base.view_rx.clone(),
             keys,
             tasks: tracker.clone(),
+            lend_retention: crate::store::LendRetention {
+                max_records: config.lender.lend_records,
+                max_age_ms: u64::try_from(config.lender.lend_records_max_age.as_millis()).unwrap_or(u64::MAX),
+            },
         },
         base.store.clone(),
         net.clone(),

@@ -28,13 +28,21 @@
 //!   down: burning a good token because one lender's clock is off would waste the member's quota.
 //! - **No answer after the request may have reached the lender** (ambiguous): retried once with the same request id
 //!   and spend at the same lender through another relay (the lender answers a known request id from its cache);
-//!   still ambiguous, the token is given up as spent — never spent twice — and a fresh one goes elsewhere.
+//!   still ambiguous, the token is given up as spent — never spent twice — and a fresh one goes elsewhere. When the
+//!   relay itself went silent after accepting the request, that relay has failed: it cools down and the retry never
+//!   goes through it (with no other relay, the token is given up at once: [`Decision::DropToken`]). When the relay
+//!   answered that the lender was silent, the relay is fine and may carry the retry.
 //! - **Failed after the claim** (upstream error, unreadable request): the token is spent; the borrow fails.
-//! - **The relay failed** (could not be reached, or refused to forward): the request never reached the lender, so the
+//! - **The relay failed** (could not be reached, its stream could not be opened, it did not acknowledge the request
+//!   in time, or it refused to forward): the request never left this node as far as the token is concerned, so the
 //!   failure is the relay's — the relay cools down, the lender does not, the token stays unspent, and the request
 //!   goes out again through another relay (never the one that just failed; at most [`MAX_RELAY_FAILURES`] per
-//!   request).
+//!   request, then `no_relay`).
 //! - At most `max_attempts` lenders per request (a setting: [`DEFAULT_MAX_ATTEMPTS`]).
+//! - **Why it ended, truthfully.** With no lender left to try, a run whose attempts were all clean refusals (the
+//!   token unspent) ends as the case that holds now — no member has headroom ([`BorrowFailure::NoLender`]), or
+//!   members with headroom are cooling down ([`BorrowFailure::LendersCooling`], retry when the first cooldown
+//!   ends) — rather than as a failure; a failure names the hop that failed by its role (`relay: …`, `lender: …`).
 
 use rand_core::RngCore;
 use serde::{Deserialize, Serialize};
@@ -52,6 +60,10 @@ pub const MAX_COOLDOWN_MS: u64 = 5 * 60_000;
 pub const MAX_RELAY_FAILURES: usize = 3;
 /// How long a relay that failed is left out of routing.
 pub const RELAY_COOLDOWN_MS: u64 = 10_000;
+/// Suggested wait when no member has headroom: about one attestation period, by which fresh headroom is heard.
+pub const NO_HEADROOM_RETRY_S: u64 = 10;
+/// Suggested wait when no relay is usable: about the first reconnection attempts.
+pub const NO_RELAY_RETRY_S: u64 = 5;
 
 /// Whether a borrow may skip the relay.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -170,6 +182,9 @@ pub enum AttemptResult {
     Ambiguous {
         /// What happened.
         why: String,
+        /// The relay accepted the request and then went silent (vs. the relay answering that the lender was
+        /// silent): the relay has failed, and the retry avoids it.
+        relay_silent: bool,
     },
     /// Failed after the claim: the token is spent.
     Spent {
@@ -190,19 +205,30 @@ pub const BURNING_REJECTIONS: [&str; 5] = [
 /// Why a borrow failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BorrowFailure {
-    /// No eligible lender.
+    /// No member has headroom (no fresh attestation with headroom).
     NoLender {
         /// Roster members besides this node.
         known: usize,
-        /// Fresh candidates (cooling or not).
+        /// Fresh attestations, with headroom or not.
         fresh: usize,
         /// Suggested wait in seconds.
         retry_s: u64,
     },
-    /// No relay and strict privacy.
+    /// Members with headroom exist, but every one is cooling down after a refusal or failure (or is not answering).
+    LendersCooling {
+        /// Lenders with headroom that are cooling down.
+        cooling: usize,
+        /// Seconds until the first cooldown ends.
+        retry_s: u64,
+    },
+    /// No usable relay and strict privacy.
     NoRelay {
-        /// Connected members.
+        /// Connected members usable as relays.
         connected: usize,
+        /// Relays that failed this request.
+        failed: usize,
+        /// Suggested wait in seconds.
+        retry_s: u64,
     },
     /// No token.
     NoToken(NoToken),
@@ -234,6 +260,9 @@ pub struct Finish {
 pub enum Decision {
     /// Take a token from the wallet; answer with [`BorrowRun::token_taken`] or [`BorrowRun::no_token`].
     TakeToken,
+    /// The token held may have been claimed and cannot be retried: drop it (never return it to the wallet), then
+    /// decide again.
+    DropToken,
     /// Bind the token to `lender` and send through `relay` (direct when `None`). `same_request`: resend the previous
     /// request id and spend unchanged (the idempotent retry); otherwise a fresh request id.
     Send {
@@ -290,6 +319,8 @@ pub struct BorrowRun {
     /// Relays that failed this request: never chosen again for it.
     failed_relays: Vec<PeerId>,
     timeouts: usize,
+    /// Every attempt so far was a clean refusal (the token unspent, the lender's own or the network's answer).
+    only_refusals: bool,
     last: String,
     finished: Option<Finish>,
 }
@@ -306,6 +337,7 @@ impl BorrowRun {
             retry: None,
             failed_relays: Vec::new(),
             timeouts: 0,
+            only_refusals: true,
             last: "no attempt".into(),
             finished: None,
         }
@@ -345,10 +377,18 @@ impl BorrowRun {
             return self.finish(Err(BorrowFailure::NoToken(why)));
         }
         if let Some(retry) = self.retry.take() {
-            // The idempotent retry: same lender, same request, another relay if there is one.
+            // The idempotent retry: same lender, same request, another relay if there is one; the same relay only
+            // if it did not fail (it answered that the lender was silent), or when going direct.
             let lender = retry.lender;
             let relays = self.usable_relays(view.connected);
-            let relay = routing::choose_relay(view.me, &lender, &relays, rng).or(retry.relay);
+            let relay = routing::choose_relay(view.me, &lender, &relays, rng)
+                .or(retry.relay.filter(|r| !self.failed_relays.contains(r)));
+            if relay.is_none() && retry.relay.is_some() {
+                // No path for the retry: the first try stays unsettled, so the token is given up as possibly
+                // claimed (never spent twice).
+                self.settle_ambiguous(lender, retry.first_why.unwrap_or_default());
+                return Decision::DropToken;
+            }
             self.pending = Some(Pending { relay, ..retry });
             return Decision::Send {
                 lender,
@@ -367,38 +407,16 @@ impl BorrowRun {
             sticky: None,
         };
         let Some(lender) = routing::choose_lender(self.cfg.policy, &q, &self.cfg.params, rng) else {
-            if !self.tried.is_empty() {
+            if !self.only_refusals {
                 return self.give_up();
             }
-            let retry_s = view
-                .candidates
-                .iter()
-                .filter_map(|c| c.cooling_until_ms)
-                .map(|t| t.saturating_sub(view.now_ms) / 1000 + 1)
-                .min()
-                .unwrap_or(20);
-            return self.finish(Err(BorrowFailure::NoLender {
-                known: view.known,
-                fresh: view.candidates.len(),
-                retry_s,
-            }));
+            // Nothing was lost: say which case holds now.
+            return self.finish(Err(no_lender(view, &self.cfg.params)));
         };
         let relays = self.usable_relays(view.connected);
         let relay = routing::choose_relay(view.me, &lender, &relays, rng);
-        if relay.is_none() && self.cfg.privacy == PrivacyMode::Strict && !self.failed_relays.is_empty() {
-            let failed = self.failed_relays.len();
-            return self.finish(Err(BorrowFailure::Failed {
-                tried: self.tried.len(),
-                last: format!(
-                    "no working relay: {failed} relays failed for this request; {}",
-                    self.last
-                ),
-            }));
-        }
         if relay.is_none() && self.cfg.privacy == PrivacyMode::Strict {
-            return self.finish(Err(BorrowFailure::NoRelay {
-                connected: view.connected.len(),
-            }));
+            return self.no_relay(view.connected.len());
         }
         if !self.has_token {
             return Decision::TakeToken;
@@ -422,6 +440,28 @@ impl BorrowRun {
             .filter(|p| !self.failed_relays.contains(p))
             .copied()
             .collect()
+    }
+
+    fn no_relay(&mut self, connected: usize) -> Decision {
+        let failed = self.failed_relays.len();
+        let retry_s = if failed > 0 {
+            RELAY_COOLDOWN_MS / 1000
+        } else {
+            NO_RELAY_RETRY_S
+        };
+        self.finish(Err(BorrowFailure::NoRelay {
+            connected: connected.saturating_sub(failed),
+            failed,
+            retry_s,
+        }))
+    }
+
+    fn settle_ambiguous(&mut self, lender: PeerId, why: String) {
+        self.tried.push(lender);
+        self.timeouts += 1;
+        self.only_refusals = false;
+        self.last = format!("no answer: {why}");
+        self.has_token = false;
     }
 
     fn give_up(&mut self) -> Decision {
@@ -450,9 +490,18 @@ impl BorrowRun {
                 ..
             } if p.retry => AttemptResult::Ambiguous {
                 why: format!("{}; retry: {why}", p.first_why.clone().unwrap_or_default()),
+                relay_silent: false,
             },
             other => other,
         };
+        let lost = match &result {
+            AttemptResult::Served | AttemptResult::Refused { .. } | AttemptResult::RelayFailed { .. } => {
+                false
+            }
+            AttemptResult::TokenRejected { label } => BURNING_REJECTIONS.contains(&label.as_str()),
+            AttemptResult::Ambiguous { .. } | AttemptResult::Spent { .. } => true,
+        };
+        self.only_refusals &= !lost;
         match result {
             AttemptResult::Served => {
                 self.tried.push(p.lender);
@@ -467,7 +516,7 @@ impl BorrowRun {
                 retry_after_ms, why, ..
             } => {
                 self.tried.push(p.lender);
-                self.last = why;
+                self.last = format!("lender: {why}");
                 vec![Effect::CoolDown {
                     peer: p.lender,
                     until_ms: cooldown_until(now_ms, retry_after_ms, rng),
@@ -475,7 +524,7 @@ impl BorrowRun {
             }
             AttemptResult::TokenRejected { label } => {
                 self.tried.push(p.lender);
-                self.last = format!("token rejected: {label}");
+                self.last = format!("lender: token rejected: {label}");
                 if BURNING_REJECTIONS.contains(&label.as_str()) {
                     self.has_token = false;
                     vec![Effect::DropToken]
@@ -489,7 +538,7 @@ impl BorrowRun {
             AttemptResult::RelayFailed { why } => {
                 // The relay's failure, not the lender's: the lender is not tried, the token is unspent.
                 let relay = p.relay;
-                self.last = format!("relay {}: {why}", relay.map_or_else(|| "-".into(), |r| r.short()));
+                self.last = format!("relay: {why}");
                 let mut effects = Vec::new();
                 if let Some(r) = relay {
                     self.failed_relays.push(r);
@@ -501,54 +550,80 @@ impl BorrowRun {
                 if p.retry {
                     // The idempotent retry could not go out: the first try stays unsettled, so the token is given
                     // up as possibly claimed (never spent twice).
-                    self.tried.push(p.lender);
-                    self.timeouts += 1;
-                    self.has_token = false;
+                    self.settle_ambiguous(p.lender, p.first_why.clone().unwrap_or_default());
                     effects.push(Effect::DropToken);
                 } else if self.failed_relays.len() >= MAX_RELAY_FAILURES {
-                    let tried = self.tried.len();
-                    self.finished = Some(Finish {
-                        result: Err(BorrowFailure::Failed {
-                            tried,
-                            last: format!(
-                                "no working relay: {} relays failed; {}",
-                                self.failed_relays.len(),
-                                self.last
-                            ),
-                        }),
-                        return_token: self.has_token,
-                    });
-                    self.has_token = false;
+                    let connected = self.failed_relays.len();
+                    if let Decision::Finish(f) = self.no_relay(connected) {
+                        self.finished = Some(f);
+                    }
                 }
                 effects
             }
-            AttemptResult::Ambiguous { why } if !p.retry => {
-                self.retry = Some(Pending {
-                    retry: true,
-                    first_why: Some(why),
-                    ..p
-                });
-                vec![]
-            }
-            AttemptResult::Ambiguous { why } => {
-                // It may have been claimed: never spend it again.
-                self.tried.push(p.lender);
-                self.timeouts += 1;
-                self.last = why;
-                self.has_token = false;
-                vec![Effect::DropToken]
+            AttemptResult::Ambiguous { why, relay_silent } => {
+                let mut effects = Vec::new();
+                if relay_silent && let Some(r) = p.relay {
+                    // The relay accepted the request and went silent: the relay failed.
+                    self.failed_relays.push(r);
+                    effects.push(Effect::CoolDownRelay {
+                        peer: r,
+                        until_ms: now_ms.saturating_add(RELAY_COOLDOWN_MS),
+                    });
+                }
+                if p.retry {
+                    // It may have been claimed: never spend it again.
+                    let why = format!("{}; retry: {why}", p.first_why.clone().unwrap_or_default());
+                    self.settle_ambiguous(p.lender, why);
+                    effects.push(Effect::DropToken);
+                } else {
+                    self.retry = Some(Pending {
+                        retry: true,
+                        first_why: Some(why),
+                        ..p
+                    });
+                }
+                effects
             }
             AttemptResult::Spent { why } => {
                 self.tried.push(p.lender);
                 self.has_token = false;
                 let tried = self.tried.len();
                 self.finished = Some(Finish {
-                    result: Err(BorrowFailure::Failed { tried, last: why }),
+                    result: Err(BorrowFailure::Failed {
+                        tried,
+                        last: format!("lender: {why}"),
+                    }),
                     return_token: false,
                 });
                 vec![Effect::DropToken]
             }
         }
+    }
+}
+
+/// Why no lender can be chosen now, with nothing lost: members with headroom cooling down (retry when the first
+/// cooldown ends), or no member with headroom at all.
+fn no_lender(view: &RouteView<'_>, params: &RoutingParams) -> BorrowFailure {
+    let cooling: Vec<u64> = view
+        .candidates
+        .iter()
+        .filter(|c| {
+            &c.peer != view.me
+                && c.headroom != crate::attestation::HeadroomBucket::None
+                && c.attestation_age_ms <= params.max_age_ms
+        })
+        .filter_map(|c| c.cooling_until_ms.filter(|t| *t > view.now_ms))
+        .collect();
+    match cooling.iter().min() {
+        Some(first) => BorrowFailure::LendersCooling {
+            cooling: cooling.len(),
+            retry_s: first.saturating_sub(view.now_ms).div_ceil(1000).max(1),
+        },
+        None => BorrowFailure::NoLender {
+            known: view.known,
+            fresh: view.candidates.len(),
+            retry_s: NO_HEADROOM_RETRY_S,
+        },
     }
 }
 

@@ -48,6 +48,7 @@ pub mod blind_rsa;
 pub mod borrow;
 pub mod epoch;
 pub mod group;
+pub mod health;
 pub mod ids;
 pub mod issuer;
 pub mod lend;

@@ -5,8 +5,11 @@
 //! issuer says how many are left in every answer (and in an over-quota refusal), and before any answer the roster's
 //! quota is the bound. An epoch whose quota is spent is not asked for again; the next epoch brings a fresh quota.
 //! A failed refill (issuer unreachable, busy) is retried with exponential backoff and jitter
-//! ([`REFILL_BACKOFF_BASE_MS`] doubling to [`REFILL_BACKOFF_MAX_MS`]); a success, or the issuer becoming reachable,
-//! resets it. Pure: the node's member actor and the simulator drive it.
+//! ([`REFILL_BACKOFF_BASE_MS`] doubling to [`REFILL_BACKOFF_MAX_MS`]); a success resets it, and so does the issuer
+//! becoming reachable after a refill could not reach it ([`RefillPlanner::issuer_reachable`]) — not after a
+//! refusal, which a new connection does not change. A spend never resets it, and an over-quota answer is not a
+//! failure: the member asks for what is left, or nothing until the next epoch ([`refusal_backs_off`]). Pure: the
+//! node's member actor and the simulator drive it.
 
 use std::collections::BTreeMap;
 
@@ -46,6 +49,16 @@ pub struct RefillPlanner {
     batch: u32,
     remaining: BTreeMap<u32, u32>,
     backoff: Backoff,
+    /// The backoff runs because the last refill got no answer (rather than a refusal).
+    unreachable: bool,
+}
+
+/// Whether a refusal ends the refill with a backoff (true) or lets the member go on at once (false). An over-quota
+/// refusal is an answer, not a failure: the member asks for what is left, or for nothing until the next epoch —
+/// unless the issuer refused no more than it says is left, which would have the member ask again and again
+/// without a pause. Every other refusal backs off (docs/design.md §4.4 step 7).
+pub fn refusal_backs_off(err: &IssueError) -> bool {
+    !matches!(err, IssueError::OverQuota { requested, remaining } if remaining < requested)
 }
 
 impl RefillPlanner {
@@ -56,6 +69,7 @@ impl RefillPlanner {
             batch: batch.max(1),
             remaining: BTreeMap::new(),
             backoff: Backoff::new(REFILL_BACKOFF_BASE_MS, REFILL_BACKOFF_MAX_MS),
+            unreachable: false,
         }
     }
 
@@ -64,14 +78,41 @@ impl RefillPlanner {
         self.backoff.ready(now_ms)
     }
 
-    /// A refill failed at `now`; returns the wait before the next try.
+    /// When a refill may be attempted next (0 or a past time: now).
+    pub fn due_at_ms(&self) -> u64 {
+        self.backoff.next_at_ms()
+    }
+
+    /// A refill failed at `now` with an answer (a refusal, an answer that cannot be used); returns the wait before
+    /// the next try.
     pub fn failed(&mut self, now_ms: u64, rng: &mut impl RngCore) -> u64 {
+        self.unreachable = false;
         self.backoff.failed(now_ms, rng)
     }
 
-    /// A refill succeeded, or the issuer became reachable: no more backing off.
+    /// A refill got no answer at `now` (the issuer unreachable, the request timed out or its connection closed);
+    /// returns the wait before the next try. Unlike [`RefillPlanner::failed`], the issuer becoming reachable ends
+    /// this backoff.
+    pub fn unreachable(&mut self, now_ms: u64, rng: &mut impl RngCore) -> u64 {
+        self.unreachable = true;
+        self.backoff.failed(now_ms, rng)
+    }
+
+    /// A refill succeeded: no more backing off.
     pub fn reset_backoff(&mut self) {
+        self.unreachable = false;
         self.backoff.succeeded();
+    }
+
+    /// The issuer became reachable (a connection to it opened). Ends the backoff only when the last refill got no
+    /// answer: a refusal (busy, over quota, wrong epoch) is not changed by a new connection, and a spent quota is
+    /// never asked for again anyway. Returns whether it ended a backoff, i.e. whether a refill may go at once.
+    pub fn issuer_reachable(&mut self) -> bool {
+        if !self.unreachable {
+            return false;
+        }
+        self.reset_backoff();
+        true
     }
 
     /// The next request to make, if any. `epochs` are the signable epochs with this member's quota in each
@@ -239,6 +280,132 @@ mod tests {
         }
         p.reset_backoff();
         assert!(p.due(0));
+    }
+
+    #[test]
+    fn only_an_unanswered_refill_ends_its_backoff_when_the_issuer_connects() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(7);
+        let mut p = RefillPlanner::new(5, 8);
+        assert!(!p.issuer_reachable(), "nothing to end");
+        assert!(p.due(0));
+        // Busy (or any refusal): a connection changes nothing.
+        let wait = p.failed(1_000, &mut rng);
+        assert!(!p.issuer_reachable());
+        assert!(!p.due(1_000 + wait - 1), "still backing off");
+        assert_eq!(p.due_at_ms(), 1_000 + wait);
+        // No answer: the issuer connecting ends the backoff, once.
+        let wait = p.unreachable(5_000, &mut rng);
+        assert!(!p.due(5_000 + wait - 1));
+        assert!(p.issuer_reachable());
+        assert!(p.due(5_000));
+        assert!(
+            !p.issuer_reachable(),
+            "a second connection does not end anything more"
+        );
+        // A refusal after an unanswered try: the refusal is what counts.
+        p.unreachable(6_000, &mut rng);
+        let wait = p.failed(7_000, &mut rng);
+        assert!(!p.issuer_reachable());
+        assert!(!p.due(7_000 + wait - 1));
+        // A success forgets an unanswered try.
+        p.unreachable(9_000, &mut rng);
+        p.reset_backoff();
+        assert!(!p.issuer_reachable());
+    }
+
+    #[test]
+    fn an_unreachable_issuer_is_asked_about_log2_times_in_a_minute() {
+        // The node asks when the backoff ends and every gateway request in between leaves it alone: over 60 s of
+        // an issuer that never answers, tries at 0, then after 1–2, 2–4, 4–8, 8–16, 16–32 s: 5 or 6.
+        for seed in 0..50 {
+            let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
+            let mut p = RefillPlanner::new(5, 8);
+            let mut tries = 0;
+            let mut waits = Vec::new();
+            for now in (0..60_000).step_by(50) {
+                // 20 gateway requests a second: each only asks whether a refill is due.
+                if p.due(now) {
+                    tries += 1;
+                    waits.push(p.unreachable(now, &mut rng));
+                }
+            }
+            assert!(
+                (5..=6).contains(&tries),
+                "seed {seed}: {tries} tries, waits {waits:?}"
+            );
+            assert!((REFILL_BACKOFF_BASE_MS / 2..=REFILL_BACKOFF_BASE_MS).contains(&waits[0]));
+            // Below the cap each wait is at least the previous one's ceiling: the waits never shrink.
+            for pair in waits[..5].windows(2) {
+                assert!(pair[1] >= pair[0], "seed {seed}: {waits:?}");
+            }
+        }
+        // Capped at a minute however long the outage.
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
+        let mut p = RefillPlanner::new(5, 8);
+        for _ in 0..30 {
+            let w = p.unreachable(0, &mut rng);
+            assert!(w <= REFILL_BACKOFF_MAX_MS);
+        }
+        assert!(p.unreachable(0, &mut rng) >= REFILL_BACKOFF_MAX_MS / 2);
+    }
+
+    #[test]
+    fn a_spent_quota_is_not_asked_for_again_until_the_next_epoch() {
+        let mut p = RefillPlanner::new(8, 16);
+        let current = [(1, 4)];
+        // Before any answer the roster's quota (4) bounds the ask.
+        assert_eq!(p.next(&current, |_| 0), Some(RefillStep { epoch: 1, count: 4 }));
+        // Granted with 0 left (or refused as over quota with 0 left, after a restart): not a failure, no backoff,
+        // and nothing more to ask however often the wallet is found empty.
+        p.record_remaining(1, 0);
+        let over = IssueError::OverQuota {
+            requested: 4,
+            remaining: 0,
+        };
+        assert_eq!(p.refused(1, &over), BatchFate::Drop);
+        assert!(!refusal_backs_off(&over));
+        assert!(p.due(0));
+        for _ in 0..100 {
+            assert_eq!(p.next(&current, |_| 0), None);
+        }
+        assert_eq!(
+            p.no_token(Some(1), 4, Some(60_000)),
+            NoToken::QuotaExhausted {
+                next_epoch_starts_at_ms: Some(60_000)
+            }
+        );
+        // The next epoch, once announced, has a fresh quota; the spent one still asks for nothing.
+        let both = [(1, 4), (2, 4)];
+        assert_eq!(p.next(&both, |_| 0), Some(RefillStep { epoch: 2, count: 4 }));
+        // Once epoch 1 is no longer signable it is forgotten, and epoch 2 is the current one.
+        p.retain(|e| e == 2);
+        assert_eq!(p.next(&[(2, 4)], |_| 0), Some(RefillStep { epoch: 2, count: 4 }));
+    }
+
+    #[test]
+    fn which_refusals_back_off() {
+        let over = |requested, remaining| IssueError::OverQuota { requested, remaining };
+        assert!(
+            !refusal_backs_off(&over(16, 0)),
+            "quota spent: wait for the epoch, no backoff"
+        );
+        assert!(!refusal_backs_off(&over(16, 3)), "ask for the 3 left at once");
+        assert!(
+            refusal_backs_off(&over(3, 3)),
+            "refused what it says is left: asking again at once would loop"
+        );
+        assert!(refusal_backs_off(&over(3, 7)));
+        for e in [
+            IssueError::Busy,
+            IssueError::StoreFailed,
+            IssueError::SigningFailed,
+            IssueError::NotIssuer,
+            IssueError::UnknownMember,
+            IssueError::WrongKey,
+            IssueError::RequestIdReused,
+        ] {
+            assert!(refusal_backs_off(&e), "{e}");
+        }
     }
 
     #[test]

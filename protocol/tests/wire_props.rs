@@ -59,6 +59,7 @@ proptest! {
         let _ = decode::<IssueResponse>(&data);
         let _ = decode::<RelayRequest>(&data);
         let _ = decode::<RelayResponse>(&data);
+        let _ = decode::<RelayFrame>(&data);
         let _ = decode::<BorrowRequest>(&data);
         let _ = decode::<BorrowResponse>(&data);
         let _ = decode::<InnerBorrowRequest>(&data);
@@ -74,13 +75,14 @@ proptest! {
     }
 
     #[test]
-    fn decoders_never_panic_with_valid_header(kind in 1u8..=11, body in bytes(2048)) {
+    fn decoders_never_panic_with_valid_header(kind in 1u8..=14, body in bytes(2048)) {
         let mut data = vec![WIRE_VERSION, kind];
         data.extend(body);
         let _ = decode::<IssueRequest>(&data);
         let _ = decode::<IssueResponse>(&data);
         let _ = decode::<RelayRequest>(&data);
         let _ = decode::<RelayResponse>(&data);
+        let _ = decode::<RelayFrame>(&data);
         let _ = decode::<BorrowResponse>(&data);
         let _ = decode::<InnerBorrowRequest>(&data);
         let _ = decode::<InnerBorrowResponse>(&data);
@@ -101,6 +103,8 @@ proptest! {
         round_trip(&RelayRequest { lender, sealed: sealed.clone() });
         round_trip(&RelayResponse::Delivered { sealed: sealed.clone() });
         round_trip(&RelayResponse::Failed(DeliveryFailure::LenderTimeout));
+        round_trip(&RelayFrame::Accepted);
+        round_trip(&RelayFrame::Answer(RelayResponse::Delivered { sealed: sealed.clone() }));
         round_trip(&BorrowRequest { sealed: sealed.clone() });
         round_trip(&BorrowResponse::Sealed { sealed });
     }

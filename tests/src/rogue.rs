@@ -1,5 +1,6 @@
 //! A misbehaving member for robustness tests: a real libp2p node with the group's key that sends raw,
-//! unvalidated bytes — oversized request frames, garbage gossip.
+//! unvalidated bytes — oversized request frames, garbage gossip — on the request-response protocols and on the
+//! streamed borrow protocols.
 
 use std::time::Duration;
 
@@ -64,21 +65,41 @@ pub struct RogueBehaviour {
     pub gossipsub: gossipsub::Behaviour,
     /// Raw requests on `/lendmesh/issue/1`.
     pub issue: request_response::Behaviour<RawCodec>,
-    /// Raw requests on `/lendmesh/relay/1`.
-    pub relay: request_response::Behaviour<RawCodec>,
-    /// Raw requests on `/lendmesh/borrow/1`.
-    pub borrow: request_response::Behaviour<RawCodec>,
     /// Raw requests on `/lendmesh/claim/1`.
     pub claim: request_response::Behaviour<RawCodec>,
+    /// Raw streams on `/lendmesh/relay/2` and `/lendmesh/borrow/2`.
+    pub streams: libp2p_stream::Behaviour,
 }
 
-/// The node's request-response protocols.
+/// The node's request-response and streamed protocols.
 pub const PROTOCOLS: [&str; 4] = [
     "/lendmesh/issue/1",
-    "/lendmesh/relay/1",
-    "/lendmesh/borrow/1",
+    "/lendmesh/relay/2",
+    "/lendmesh/borrow/2",
     "/lendmesh/claim/1",
 ];
+
+/// Whether `protocol` is one of the streamed ones (frames carry a 4-byte length prefix).
+pub fn is_streamed(protocol: &str) -> bool {
+    protocol.ends_with("/2")
+}
+
+/// A wire frame as a streamed protocol carries it: its length (4 bytes, big-endian), then the frame.
+pub fn frame(bytes: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(bytes.len()).expect("a frame under 4 GiB");
+    [&len.to_be_bytes()[..], bytes].concat()
+}
+
+/// The first frame of what a streamed protocol answered (empty if there is none).
+pub fn unframe(raw: &[u8]) -> &[u8] {
+    match raw {
+        [a, b, c, d, rest @ ..] => {
+            let len = u32::from_be_bytes([*a, *b, *c, *d]) as usize;
+            rest.get(..len).unwrap_or(rest)
+        }
+        _ => &[],
+    }
+}
 
 fn raw_behaviour(protocol: &'static str) -> request_response::Behaviour<RawCodec> {
     request_response::Behaviour::with_codec(
@@ -128,9 +149,8 @@ impl Rogue {
                 )
                 .unwrap(),
                 issue: raw_behaviour(PROTOCOLS[0]),
-                relay: raw_behaviour(PROTOCOLS[1]),
-                borrow: raw_behaviour(PROTOCOLS[2]),
                 claim: raw_behaviour(PROTOCOLS[3]),
+                streams: libp2p_stream::Behaviour::new(),
             })
             .unwrap()
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
@@ -162,22 +182,18 @@ impl Rogue {
         peer: PeerId,
         bytes: Vec<u8>,
     ) -> Result<Vec<u8>, String> {
+        if is_streamed(protocol) {
+            return self.raw_stream(protocol, peer, bytes).await;
+        }
         let b = self.swarm.behaviour_mut();
         let id = match protocol {
             "/lendmesh/issue/1" => b.issue.send_request(&peer, bytes),
-            "/lendmesh/relay/1" => b.relay.send_request(&peer, bytes),
-            "/lendmesh/borrow/1" => b.borrow.send_request(&peer, bytes),
             _ => b.claim.send_request(&peer, bytes),
         };
         let fut = async {
             loop {
                 let event = match self.swarm.select_next_some().await {
-                    SwarmEvent::Behaviour(
-                        RogueBehaviourEvent::Issue(e)
-                        | RogueBehaviourEvent::Relay(e)
-                        | RogueBehaviourEvent::Borrow(e)
-                        | RogueBehaviourEvent::Claim(e),
-                    ) => e,
+                    SwarmEvent::Behaviour(RogueBehaviourEvent::Issue(e) | RogueBehaviourEvent::Claim(e)) => e,
                     SwarmEvent::ConnectionClosed { peer_id, .. } if peer_id == peer => {
                         return Err("connection closed".into());
                     }
@@ -198,6 +214,43 @@ impl Rogue {
             }
         };
         tokio::time::timeout(Duration::from_secs(30), fut)
+            .await
+            .unwrap_or_else(|_| Err("timeout".into()))
+    }
+
+    /// Opens a `protocol` stream, writes `bytes`, closes its side and reads what comes back (at most 64 KiB),
+    /// driving the swarm meanwhile. Bounded.
+    async fn raw_stream(&mut self, protocol: &str, peer: PeerId, bytes: Vec<u8>) -> Result<Vec<u8>, String> {
+        let mut control = self.swarm.behaviour().streams.new_control();
+        let protocol = StreamProtocol::try_from_owned(protocol.to_string()).map_err(|e| e.to_string())?;
+        let exchange = async move {
+            let mut stream = control
+                .open_stream(peer, protocol)
+                .await
+                .map_err(|e| e.to_string())?;
+            stream.write_all(&bytes).await.map_err(|e| e.to_string())?;
+            stream.close().await.map_err(|e| e.to_string())?;
+            let mut buf = Vec::new();
+            stream
+                .take(65536)
+                .read_to_end(&mut buf)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(buf)
+        };
+        let swarm = &mut self.swarm;
+        let drive = async {
+            loop {
+                swarm.select_next_some().await;
+            }
+        };
+        let both = async {
+            tokio::select! {
+                r = exchange => r,
+                () = drive => unreachable!("the swarm stream never ends"),
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), both)
             .await
             .unwrap_or_else(|_| Err("timeout".into()))
     }

@@ -55,13 +55,13 @@ pub async fn spend_direct(
     let (sealed, opener) = client.encapsulate(&wire::encode(&inner).unwrap()).unwrap();
     let raw = rogue
         .raw_request(
-            "/lendmesh/borrow/1",
+            "/lendmesh/borrow/2",
             lender_peer,
-            wire::encode(&BorrowRequest { sealed }).unwrap(),
+            crate::rogue::frame(&wire::encode(&BorrowRequest { sealed }).unwrap()),
         )
         .await
         .expect("the lender answers");
-    match wire::decode::<BorrowResponse>(&raw).unwrap() {
+    match wire::decode::<BorrowResponse>(crate::rogue::unframe(&raw)).unwrap() {
         BorrowResponse::Sealed { sealed } => wire::decode(&opener.decapsulate(&sealed).unwrap()).unwrap(),
         BorrowResponse::Failed(f) => panic!("delivery failed: {f:?}"),
     }

@@ -58,7 +58,7 @@ pub enum Command {
                             LLM_KEY=sk-... lendmesh run --upstream http --upstream-url https://api.example.com \
                             --upstream-key-env LLM_KEY"
     )]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show settings.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -223,6 +223,20 @@ pub struct RunArgs {
     /// Attestation period (e.g. 10s).
     #[arg(long, value_parser = parse_duration)]
     pub attestation_period: Option<Duration>,
+    /// Lend records kept at most (0 keeps none, at most 1000000) [default: 10000].
+    #[arg(long, value_name = "N", value_parser = crate::config::parse_lend_records)]
+    pub lend_records: Option<u64>,
+    /// Lend records older than this are removed (e.g. 30d, 12h) [default: 30d].
+    #[arg(long, value_name = "AGE", value_parser = crate::config::parse_lend_records_max_age)]
+    pub lend_records_max_age: Option<Duration>,
+    /// How long opening a stream to a relay or lender may take before the member is taken as not answering
+    /// (100ms to 60s) [default: 2s].
+    #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_step_timeout)]
+    pub stream_open_timeout: Option<Duration>,
+    /// How long a relay may take to acknowledge a request before it is taken as never sent (100ms to 60s)
+    /// [default: 2s].
+    #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_step_timeout)]
+    pub relay_ack_timeout: Option<Duration>,
 }
 
 impl RunArgs {
@@ -277,6 +291,18 @@ impl RunArgs {
         }
         if let Some(v) = self.attestation_period {
             c.lender.attestation_period = v;
+        }
+        if let Some(v) = self.lend_records {
+            c.lender.lend_records = v;
+        }
+        if let Some(v) = self.lend_records_max_age {
+            c.lender.lend_records_max_age = v;
+        }
+        if let Some(v) = self.stream_open_timeout {
+            c.network.stream_open_timeout = v;
+        }
+        if let Some(v) = self.relay_ack_timeout {
+            c.network.relay_ack_timeout = v;
         }
         c
     }

@@ -7,10 +7,11 @@
 //! the node refuses to start without one; with a token, every request must carry `Authorization: Bearer <token>`
 //! (compared in constant time) or gets 401. No endpoint returns a secret: no keys, no tokens, no upstream key.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -29,7 +30,7 @@ use crate::metrics::{NodeMetrics, PeerLabel};
 use crate::net::NetworkHandle;
 use crate::roles::member::MemberHandle;
 use crate::roles::peerbook::{AdminOp, AdminReply, PeerBookHandle};
-use crate::store::Store;
+use crate::store::{LendCursor, Store};
 use crate::upstream::Upstream;
 
 /// What the API reads from.
@@ -276,11 +277,56 @@ async fn node(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
         "tokens_received": NodeMetrics::get(&s.counters.tokens_received),
         "tokens_issued": NodeMetrics::get(&s.counters.tokens_issued),
         "counters": counters_json(&s.counters),
+        "refill_requests": crate::metrics::REFILL_OUTCOMES
+            .iter()
+            .map(|o| {
+                let label = crate::metrics::OutcomeLabel {
+                    outcome: o.to_string(),
+                };
+                (o.to_string(), json!(s.counters.refill_requests.get_or_create(&label).get()))
+            })
+            .collect::<serde_json::Map<_, _>>(),
     }))
 }
 
-async fn lends(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
-    Json(json!({ "lends": s.lender.lends().await }))
+/// Lend records per `/v1/lends` page unless `limit` says otherwise.
+pub const DEFAULT_LENDS_PAGE: usize = 100;
+/// Largest `limit` of a `/v1/lends` page: a few hundred KB of JSON, read in one short transaction.
+pub const MAX_LENDS_PAGE: usize = 1000;
+
+/// `GET /v1/lends?limit=N&before=CURSOR`: this lender's stored records, newest first, read from the store (not
+/// through the lender actor). `next` is the cursor of the following (older) page, `null` on the last one.
+async fn lends(State(s): State<Arc<ApiState>>, Query(query): Query<HashMap<String, String>>) -> Response {
+    let bad = |message: String| {
+        (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "bad_request", "message": message})),
+        )
+            .into_response()
+    };
+    let limit = match query.get("limit").map(|v| v.parse::<usize>()) {
+        None => DEFAULT_LENDS_PAGE,
+        Some(Ok(n)) if (1..=MAX_LENDS_PAGE).contains(&n) => n,
+        Some(_) => {
+            return bad(format!(
+                "`limit` must be a number from 1 to {MAX_LENDS_PAGE} (got '{}')",
+                query["limit"]
+            ));
+        }
+    };
+    let before = match query.get("before").map(|v| v.parse::<LendCursor>()) {
+        None => None,
+        Some(Ok(c)) => Some(c),
+        Some(Err(e)) => return bad(format!("`before`: {e}")),
+    };
+    match s.store.lends_page(before, limit) {
+        Ok(page) => Json(page).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"error": "store", "message": format!("cannot read the lend records: {e}")})),
+        )
+            .into_response(),
+    }
 }
 
 async fn peers(State(s): State<Arc<ApiState>>) -> impl IntoResponse {

@@ -166,6 +166,31 @@ pub struct NodeMetrics {
     pub epochs_pruned: Counter,
     /// HTTP connections refused with a 503 because the server was at its connection limit.
     pub connections_over_limit: Counter,
+    /// Refill requests this member sent to the issuer, by outcome (one of [`REFILL_OUTCOMES`]).
+    pub refill_requests: Family<OutcomeLabel, Counter>,
+}
+
+/// The outcomes of a refill request: `granted` (tokens stored), `over_quota` (nothing or less left this epoch),
+/// `busy` (the issuer's queue was full), `refused` (any other refusal), `unreachable` (no answer: not connected,
+/// timed out), `failed` (an answer that cannot be used, or storing the tokens failed).
+pub const REFILL_OUTCOMES: [&str; 6] = [
+    "granted",
+    "over_quota",
+    "busy",
+    "refused",
+    "unreachable",
+    "failed",
+];
+
+/// The refill counter with every outcome at 0, so each series exists from the start.
+fn refill_requests() -> Family<OutcomeLabel, Counter> {
+    let family = Family::<OutcomeLabel, Counter>::default();
+    for outcome in REFILL_OUTCOMES {
+        let _ = family.get_or_create(&OutcomeLabel {
+            outcome: outcome.to_string(),
+        });
+    }
+    family
 }
 
 impl Default for NodeMetrics {
@@ -212,6 +237,7 @@ impl Default for NodeMetrics {
             epoch_current: Gauge::default(),
             epochs_pruned: Counter::default(),
             connections_over_limit: Counter::default(),
+            refill_requests: refill_requests(),
         }
     }
 }
@@ -427,6 +453,11 @@ impl NodeMetrics {
             "claims_answered",
             "Claims answered as a replica",
             self.claims_answered.clone(),
+        );
+        r.register(
+            "refill_requests",
+            "Refill requests this member sent to the issuer, by outcome",
+            self.refill_requests.clone(),
         );
     }
 }

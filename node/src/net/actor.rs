@@ -14,7 +14,7 @@ pub fn spawn(
     mpsc::Receiver<NetEvent>,
     tokio::task::JoinHandle<()>,
 )> {
-    let mut swarm = build_swarm(&params, &counters)?;
+    let (mut swarm, streams) = build_swarm(&params, &counters, shutdown.clone())?;
     let topic = topic(&params.group_id);
     swarm.behaviour_mut().gossipsub.subscribe(&topic)?;
     for addr in &params.listen {
@@ -59,8 +59,6 @@ pub fn spawn(
         events: event_tx,
         roster: params.roster,
         pending_issue: HashMap::new(),
-        pending_relay: HashMap::new(),
-        pending_borrow: HashMap::new(),
         counters,
         fingerprint: params.psk.fingerprint().to_string(),
         libp2p_metrics: params.libp2p_metrics,
@@ -72,7 +70,7 @@ pub fn spawn(
         backoff: HashMap::new(),
     };
     let task = tokio::spawn(actor.run(shutdown));
-    Ok((NetworkHandle { tx }, event_rx, task))
+    Ok((NetworkHandle { tx, streams }, event_rx, task))
 }
 
 struct Network {
@@ -82,8 +80,6 @@ struct Network {
     events: mpsc::Sender<NetEvent>,
     roster: watch::Receiver<Arc<Roster>>,
     pending_issue: PendingMap<IssueResponse>,
-    pending_relay: PendingMap<RelayResponse>,
-    pending_borrow: PendingMap<BorrowResponse>,
     counters: Arc<NodeMetrics>,
     fingerprint: String,
     libp2p_metrics: Libp2pMetrics,
@@ -118,12 +114,6 @@ impl Network {
         }
         self.drain().await;
         for (_, reply) in self.pending_issue.drain() {
-            let _ = reply.send(Err(NetError::Stopped));
-        }
-        for (_, reply) in self.pending_relay.drain() {
-            let _ = reply.send(Err(NetError::Stopped));
-        }
-        for (_, reply) in self.pending_borrow.drain() {
             let _ = reply.send(Err(NetError::Stopped));
         }
         info!("network stopped");
@@ -201,46 +191,6 @@ impl Network {
                     .is_err()
                 {
                     warn!("issue response not sent: the requester went away");
-                }
-            }
-            Command::Relay { peer, req, reply } => {
-                let id = self
-                    .swarm
-                    .behaviour_mut()
-                    .relay
-                    .send_request(&to_libp2p(&peer), req);
-                self.pending_relay.insert(id, reply);
-            }
-            Command::Borrow { peer, req, reply } => {
-                let id = self
-                    .swarm
-                    .behaviour_mut()
-                    .borrow
-                    .send_request(&to_libp2p(&peer), req);
-                self.pending_borrow.insert(id, reply);
-            }
-            Command::RespondRelay { channel, resp } => {
-                if self
-                    .swarm
-                    .behaviour_mut()
-                    .relay
-                    .send_response(channel, resp)
-                    .map(|()| self.unsent_responses += 1)
-                    .is_err()
-                {
-                    debug!("relay response not sent: the borrower went away");
-                }
-            }
-            Command::RespondBorrow { channel, resp } => {
-                if self
-                    .swarm
-                    .behaviour_mut()
-                    .borrow
-                    .send_response(channel, resp)
-                    .map(|()| self.unsent_responses += 1)
-                    .is_err()
-                {
-                    debug!("borrow response not sent: the relay went away");
                 }
             }
             Command::RespondClaim { channel, resp } => {
@@ -504,22 +454,20 @@ impl Network {
                     self.emit(NetEvent::InboundIssue { peer, req, channel });
                 }
             }
-            BehaviourEvent::Relay(e) => {
-                self.unsent_responses = self
-                    .unsent_responses
-                    .saturating_sub(usize::from(response_settled(&e)));
-                let r = request_response_event(e, &mut self.pending_relay, &self.roster, &self.counters);
-                if let Some((peer, req, channel)) = r {
-                    self.emit(NetEvent::InboundRelay { peer, req, channel });
-                }
-            }
-            BehaviourEvent::Borrow(e) => {
-                self.unsent_responses = self
-                    .unsent_responses
-                    .saturating_sub(usize::from(response_settled(&e)));
-                let r = request_response_event(e, &mut self.pending_borrow, &self.roster, &self.counters);
-                if let Some((peer, req, channel)) = r {
-                    self.emit(NetEvent::InboundBorrow { peer, req, channel });
+            BehaviourEvent::Streams(streams::Inbound {
+                peer,
+                protocol,
+                stream,
+            }) => {
+                // Only active members may use the streamed protocols (others are disconnected at once; this covers
+                // a stream opened before that).
+                match to_proto(&peer).filter(|p| self.roster.borrow().is_active(p, now_ms())) {
+                    Some(peer) => self.emit(NetEvent::InboundStream {
+                        peer,
+                        protocol,
+                        stream,
+                    }),
+                    None => self.counters.inc(&self.counters.inbound_failures),
                 }
             }
             BehaviourEvent::Claim(e) => {

@@ -7,8 +7,12 @@
 //!
 //! Behaviours: identify, ping, gossipsub (signed messages, strict validation: every message is held until
 //! `protocol` code accepts it), Kademlia (group-specific protocol name, forced server mode, fed identify's listen
-//! addresses), optional mDNS, and request-response for `/lendmesh/{issue,relay,borrow,claim}/1` with the size-limited
-//! postcard [`WireCodec`]. Connections from peers that are not active roster members are closed.
+//! addresses), optional mDNS, request-response for `/lendmesh/{issue,claim}/1` with the size-limited postcard
+//! [`WireCodec`], and the streamed borrow protocols `/lendmesh/{relay,borrow}/2` ([`streams`]). Connections from
+//! peers that are not active roster members are closed.
+//!
+//! **Health.** Every connection is pinged every [`PING_INTERVAL`] with a [`PING_TIMEOUT`]; each answer goes to the
+//! PeerBook as [`NetEvent::Rtt`], whose silence marks the peer unhealthy for routing (`protocol::health`).
 //!
 //! **Reconnection.** Every roster member this node is not connected to is redialled — at every address learned for
 //! it (identify, outbound connections, bootstrap addresses that name it; persisted in the store so a restarted node
@@ -24,6 +28,7 @@
 pub mod codec;
 mod dial;
 pub mod ids;
+pub mod streams;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,8 +38,7 @@ use futures::StreamExt;
 use lendmesh_protocol::backoff::Backoff;
 use lendmesh_protocol::group::Roster;
 use lendmesh_protocol::wire::{
-    self, BorrowRequest, BorrowResponse, ClaimRequest, ClaimResponse, GossipMessage, IssueRequest,
-    IssueResponse, RelayRequest, RelayResponse,
+    self, ClaimRequest, ClaimResponse, GossipMessage, IssueRequest, IssueResponse,
 };
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::upgrade::Version;
@@ -59,8 +63,13 @@ use crate::store::{MAX_ADDRS_PER_PEER, Store};
 pub const COMMAND_CAPACITY: usize = 256;
 /// Events queued from the network actor. 1024: gossip from 100 peers arriving together, with room to spare.
 pub const EVENT_CAPACITY: usize = 1024;
-/// How long a request may take, responder's work included.
+/// How long a request-response request (issue, claim) may take, responder's work included.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often every connection is pinged (`protocol::health`).
+pub const PING_INTERVAL: Duration =
+    Duration::from_millis(lendmesh_protocol::health::DEFAULT_PING_INTERVAL_MS);
+/// How long a ping may go unanswered.
+pub const PING_TIMEOUT: Duration = Duration::from_millis(lendmesh_protocol::health::DEFAULT_PING_TIMEOUT_MS);
 /// How long shutdown keeps the swarm running to write answers already given (a lend that finished in the drain).
 const FLUSH_DEADLINE: Duration = Duration::from_secs(2);
 /// How long shutdown keeps connections open after the last answer was written, for peers to read it.
@@ -78,10 +87,6 @@ const MAX_GOSSIP: usize = 128 * 1024;
 
 /// The `/lendmesh/issue/1` protocol.
 pub const ISSUE_PROTOCOL: StreamProtocol = StreamProtocol::new("/lendmesh/issue/1");
-/// The `/lendmesh/relay/1` protocol (borrower → relay).
-pub const RELAY_PROTOCOL: StreamProtocol = StreamProtocol::new("/lendmesh/relay/1");
-/// The `/lendmesh/borrow/1` protocol (relay → lender).
-pub const BORROW_PROTOCOL: StreamProtocol = StreamProtocol::new("/lendmesh/borrow/1");
 /// The `/lendmesh/claim/1` protocol (lender → replica).
 pub const CLAIM_PROTOCOL: StreamProtocol = StreamProtocol::new("/lendmesh/claim/1");
 
@@ -124,23 +129,15 @@ pub enum NetEvent {
         /// Where to answer.
         channel: ResponseChannel<IssueResponse>,
     },
-    /// A member asks this node to relay a sealed request to a lender.
-    InboundRelay {
-        /// The borrower (a roster member).
+    /// An active member opened a streamed-protocol stream (`/lendmesh/relay/2` to relay, `/lendmesh/borrow/2` to
+    /// lend).
+    InboundStream {
+        /// The remote (a borrower for relay, a relay or borrower for borrow).
         peer: lendmesh_protocol::PeerId,
-        /// The request.
-        req: RelayRequest,
-        /// Where to answer.
-        channel: ResponseChannel<RelayResponse>,
-    },
-    /// A relay forwards a sealed borrow request to this node (the lender).
-    InboundBorrow {
-        /// The relay (or, in best-effort mode, the borrower).
-        peer: lendmesh_protocol::PeerId,
-        /// The request.
-        req: BorrowRequest,
-        /// Where to answer.
-        channel: ResponseChannel<BorrowResponse>,
+        /// Which protocol.
+        protocol: StreamProtocol,
+        /// The stream.
+        stream: libp2p::Stream,
     },
     /// A lender asks this node (a replica) to record a claim.
     InboundClaim {
@@ -216,24 +213,6 @@ enum Command {
         channel: ResponseChannel<IssueResponse>,
         resp: IssueResponse,
     },
-    Relay {
-        peer: lendmesh_protocol::PeerId,
-        req: RelayRequest,
-        reply: oneshot::Sender<Result<RelayResponse, NetError>>,
-    },
-    RespondRelay {
-        channel: ResponseChannel<RelayResponse>,
-        resp: RelayResponse,
-    },
-    Borrow {
-        peer: lendmesh_protocol::PeerId,
-        req: BorrowRequest,
-        reply: oneshot::Sender<Result<BorrowResponse, NetError>>,
-    },
-    RespondBorrow {
-        channel: ResponseChannel<BorrowResponse>,
-        resp: BorrowResponse,
-    },
     RespondClaim {
         channel: ResponseChannel<ClaimResponse>,
         resp: ClaimResponse,
@@ -256,6 +235,7 @@ enum Command {
 #[derive(Clone, Debug)]
 pub struct NetworkHandle {
     tx: mpsc::Sender<Command>,
+    streams: streams::Streams,
 }
 
 impl std::fmt::Debug for Command {
@@ -263,10 +243,6 @@ impl std::fmt::Debug for Command {
         f.write_str(match self {
             Command::Issue { .. } => "Issue",
             Command::RespondIssue { .. } => "RespondIssue",
-            Command::Relay { .. } => "Relay",
-            Command::RespondRelay { .. } => "RespondRelay",
-            Command::Borrow { .. } => "Borrow",
-            Command::RespondBorrow { .. } => "RespondBorrow",
             Command::RespondClaim { .. } => "RespondClaim",
             Command::Publish { .. } => "Publish",
             Command::Report { .. } => "Report",
@@ -295,50 +271,9 @@ impl NetworkHandle {
         let _ = self.tx.send(Command::RespondIssue { channel, resp }).await;
     }
 
-    /// Sends a sealed request to `relay` for `req.lender`.
-    pub async fn relay(
-        &self,
-        relay: lendmesh_protocol::PeerId,
-        req: RelayRequest,
-    ) -> Result<RelayResponse, NetError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Relay {
-                peer: relay,
-                req,
-                reply,
-            })
-            .await
-            .map_err(|_| NetError::Stopped)?;
-        rx.await.map_err(|_| NetError::Stopped)?
-    }
-
-    /// Sends a sealed borrow request to a lender.
-    pub async fn borrow(
-        &self,
-        lender: lendmesh_protocol::PeerId,
-        req: BorrowRequest,
-    ) -> Result<BorrowResponse, NetError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Borrow {
-                peer: lender,
-                req,
-                reply,
-            })
-            .await
-            .map_err(|_| NetError::Stopped)?;
-        rx.await.map_err(|_| NetError::Stopped)?
-    }
-
-    /// Answers an inbound relay request.
-    pub async fn respond_relay(&self, channel: ResponseChannel<RelayResponse>, resp: RelayResponse) {
-        let _ = self.tx.send(Command::RespondRelay { channel, resp }).await;
-    }
-
-    /// Answers an inbound borrow request.
-    pub async fn respond_borrow(&self, channel: ResponseChannel<BorrowResponse>, resp: BorrowResponse) {
-        let _ = self.tx.send(Command::RespondBorrow { channel, resp }).await;
+    /// Opens streams for the streamed borrow protocols.
+    pub fn streams(&self) -> &streams::Streams {
+        &self.streams
     }
 
     /// Answers an inbound claim request.
@@ -398,6 +333,8 @@ pub struct NetworkParams {
     pub libp2p_metrics: Libp2pMetrics,
     /// Where learned addresses are kept.
     pub store: Store,
+    /// Timeouts of the streamed borrow protocols.
+    pub stream_timeouts: streams::StreamTimeouts,
 }
 
 impl std::fmt::Debug for NetworkParams {

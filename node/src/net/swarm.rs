@@ -12,15 +12,23 @@ pub(super) struct Behaviour {
     pub(super) kad: kad::Behaviour<kad::store::MemoryStore>,
     pub(super) mdns: Toggle<mdns::tokio::Behaviour>,
     pub(super) issue: request_response::Behaviour<WireCodec<IssueRequest, IssueResponse>>,
-    pub(super) relay: request_response::Behaviour<WireCodec<RelayRequest, RelayResponse>>,
-    pub(super) borrow: request_response::Behaviour<WireCodec<BorrowRequest, BorrowResponse>>,
     pub(super) claim: request_response::Behaviour<WireCodec<ClaimRequest, ClaimResponse>>,
+    pub(super) streams: streams::Behaviour,
 }
 
+/// The swarm and the handle that opens streams through it.
 pub(super) fn build_swarm(
     p: &NetworkParams,
     counters: &Arc<NodeMetrics>,
-) -> anyhow::Result<Swarm<Behaviour>> {
+    stopped: CancellationToken,
+) -> anyhow::Result<(Swarm<Behaviour>, streams::Streams)> {
+    let (stream_behaviour, streams) = streams::Behaviour::new(
+        vec![streams::RELAY_PROTOCOL, streams::BORROW_PROTOCOL],
+        p.stream_timeouts,
+        counters.clone(),
+        stopped,
+    );
+    let mut stream_behaviour = Some(stream_behaviour);
     let psk = p.psk;
     let kad_protocol = StreamProtocol::try_from_owned(format!("/lendmesh/{}/kad/1", p.group_id))?;
     let mdns_on = p.mdns;
@@ -70,7 +78,11 @@ pub(super) fn build_swarm(
                         identify::Config::new("/lendmesh/id/1".into(), key.public())
                             .with_agent_version(format!("lendmesh/{}", env!("CARGO_PKG_VERSION"))),
                     ),
-                    ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(5))),
+                    ping: ping::Behaviour::new(
+                        ping::Config::new()
+                            .with_interval(PING_INTERVAL)
+                            .with_timeout(PING_TIMEOUT),
+                    ),
                     gossipsub,
                     kad,
                     mdns,
@@ -79,26 +91,17 @@ pub(super) fn build_swarm(
                         [(ISSUE_PROTOCOL, ProtocolSupport::Full)],
                         rr.clone(),
                     ),
-                    relay: request_response::Behaviour::with_codec(
-                        WireCodec::new(counters.clone()),
-                        [(RELAY_PROTOCOL, ProtocolSupport::Full)],
-                        rr.clone(),
-                    ),
-                    borrow: request_response::Behaviour::with_codec(
-                        WireCodec::new(counters.clone()),
-                        [(BORROW_PROTOCOL, ProtocolSupport::Full)],
-                        rr.clone(),
-                    ),
                     claim: request_response::Behaviour::with_codec(
                         WireCodec::new(counters.clone()),
                         [(CLAIM_PROTOCOL, ProtocolSupport::Full)],
                         rr,
                     ),
+                    streams: stream_behaviour.take().ok_or("the behaviour is built once")?,
                 })
             },
         )
         .map_err(|e| anyhow::anyhow!("building the network behaviour failed: {e}"))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_TIMEOUT))
         .build();
-    Ok(swarm)
+    Ok((swarm, streams))
 }

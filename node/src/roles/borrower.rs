@@ -5,6 +5,13 @@
 //! drives too. This driver only moves data: it reads the routing view from the PeerBook, takes and returns tokens
 //! through the member actor, binds the token to the chosen lender, seals the request to the lender's OHTTP key
 //! (RFC 9458), sends it through the relay, and reports each attempt's [`AttemptResult`] back to the machine.
+//!
+//! **Which hop failed** (docs/design.md §6) is read off the relay stream (`net::streams`): no stream opened in
+//! time, the request not written, or no [`RelayFrame::Accepted`] in time — the request never left this node:
+//! `RelayFailed`, token unspent, and the relay is marked unhealthy until it answers a ping; the relay's refusal to
+//! forward — `RelayFailed`; the relay answering that it could not reach the lender — the lender's refusal before any
+//! claim; accepted and then silent — ambiguous with the relay to blame; the relay answering that the lender was
+//! silent — ambiguous with nobody blamed yet.
 
 use std::sync::Arc;
 
@@ -17,22 +24,23 @@ use lendmesh_protocol::routing::{Candidate, Policy, RoutingParams};
 use lendmesh_protocol::token::WalletToken;
 use lendmesh_protocol::wire::{
     self, BorrowRefusal, BorrowRequest, BorrowResponse, DeliveryFailure, HttpRequest, HttpResponse,
-    InnerBorrowRequest, InnerBorrowResponse, RelayRequest, RelayResponse,
+    InnerBorrowRequest, InnerBorrowResponse, RelayFrame, RelayRequest, RelayResponse,
 };
 use tracing::{debug, warn};
 
 use crate::clock::now_ms;
 use crate::metrics::NodeMetrics;
-use crate::net::{NetError, NetworkHandle};
+use crate::net::NetworkHandle;
+use crate::net::streams::{BORROW_PROTOCOL, RELAY_PROTOCOL, StreamError};
 use crate::roles::member::{MemberHandle, NoToken};
 use crate::roles::peerbook::{AttemptOutcome, PeerBookHandle};
 
 /// Why a borrow failed; each maps to an HTTP status and a sentence for the tool.
 #[derive(Debug, thiserror::Error)]
 pub enum BorrowError {
-    /// No peer has headroom.
+    /// No member has headroom.
     #[error(
-        "no peer has headroom; {known} peers known, {fresh} fresh attestations; retry after ~{retry_s} s"
+        "no member has headroom: {fresh} fresh attestations from {known} other members, none with headroom; retry after ~{retry_s} s"
     )]
     NoLender {
         /// Roster members besides this node.
@@ -42,13 +50,27 @@ pub enum BorrowError {
         /// Suggested wait.
         retry_s: u64,
     },
-    /// No relay is connected and privacy mode is strict.
+    /// Members with headroom exist, but all are cooling down after refusals or failures, or are not answering.
     #[error(
-        "no relay available: {connected} members connected, and a relay must differ from this node and the lender; strict privacy mode refuses to go direct"
+        "{cooling} members with headroom are cooling down after refusals or failures (or are not answering); the first is back in ~{retry_s} s"
+    )]
+    LendersCooling {
+        /// Lenders with headroom cooling down.
+        cooling: usize,
+        /// Seconds until the first is back.
+        retry_s: u64,
+    },
+    /// No relay can be used and privacy mode is strict.
+    #[error(
+        "no relay available: {connected} usable members connected ({failed} relays failed this request; a relay must differ from this node and the lender, answer pings and not be cooling down); strict privacy mode refuses to go direct"
     )]
     NoRelay {
-        /// Connected members.
+        /// Usable connected members.
         connected: usize,
+        /// Relays that failed this request.
+        failed: usize,
+        /// Suggested wait.
+        retry_s: u64,
     },
     /// The wallet is empty; a refill is due at `refill_at_ms`.
     #[error("{}", empty_message(*refill_at_ms))]
@@ -116,7 +138,18 @@ impl From<BorrowFailure> for BorrowError {
                 fresh,
                 retry_s,
             },
-            BorrowFailure::NoRelay { connected } => BorrowError::NoRelay { connected },
+            BorrowFailure::LendersCooling { cooling, retry_s } => {
+                BorrowError::LendersCooling { cooling, retry_s }
+            }
+            BorrowFailure::NoRelay {
+                connected,
+                failed,
+                retry_s,
+            } => BorrowError::NoRelay {
+                connected,
+                failed,
+                retry_s,
+            },
             BorrowFailure::NoToken(NoToken::Empty { refill_at_ms }) => {
                 BorrowError::WalletEmpty { refill_at_ms }
             }
@@ -136,6 +169,7 @@ impl BorrowError {
     pub fn code(&self) -> &'static str {
         match self {
             BorrowError::NoLender { .. } => "no_lender_available",
+            BorrowError::LendersCooling { .. } => "lenders_cooling_down",
             BorrowError::NoRelay { .. } => "no_relay_available",
             BorrowError::WalletEmpty { .. } => "wallet_empty",
             BorrowError::QuotaExhausted { .. } => "quota_exhausted",
@@ -147,7 +181,10 @@ impl BorrowError {
     /// The HTTP status for the tool.
     pub fn status(&self) -> u16 {
         match self {
-            BorrowError::NoLender { .. } | BorrowError::NoRelay { .. } | BorrowError::WalletEmpty { .. } => 503,
+            BorrowError::NoLender { .. }
+            | BorrowError::LendersCooling { .. }
+            | BorrowError::NoRelay { .. }
+            | BorrowError::WalletEmpty { .. } => 503,
             BorrowError::QuotaExhausted { .. } => 429,
             BorrowError::Timeout { .. } => 504,
             BorrowError::Failed { .. } => 502,
@@ -157,11 +194,13 @@ impl BorrowError {
     /// Seconds the tool may wait before retrying.
     pub fn retry_after_s(&self) -> Option<u64> {
         match self {
-            BorrowError::NoLender { retry_s, .. } => Some(*retry_s),
+            BorrowError::NoLender { retry_s, .. }
+            | BorrowError::LendersCooling { retry_s, .. }
+            | BorrowError::NoRelay { retry_s, .. } => Some(*retry_s),
             // A refill takes an issuer round trip after it is due: at least a second.
-            BorrowError::WalletEmpty { refill_at_ms } => Some(
-                refill_at_ms.map_or(5, |at| at.saturating_sub(now_ms()).div_ceil(1000).max(1)),
-            ),
+            BorrowError::WalletEmpty { refill_at_ms } => {
+                Some(refill_at_ms.map_or(5, |at| at.saturating_sub(now_ms()).div_ceil(1000).max(1)))
+            }
             BorrowError::QuotaExhausted {
                 next_epoch_starts_at_ms,
             } => Some(
@@ -223,6 +262,7 @@ impl Borrower {
                 now_ms: now_ms(),
             };
             match run.decide(&route, &mut rng) {
+                Decision::DropToken => token = None,
                 Decision::TakeToken => match self.member.take().await {
                     Ok(t) => {
                         token = Some(t);
@@ -327,9 +367,10 @@ impl Borrower {
                     .record_outcome(lender, relay, AttemptOutcome::NotSent, false);
                 return;
             }
-            AttemptResult::Ambiguous { why } => {
-                warn!(lender = %lender.short(), %why, "no answer settles whether the lender claimed the token");
-                (AttemptOutcome::Failed, false)
+            AttemptResult::Ambiguous { why, relay_silent } => {
+                warn!(lender = %lender.short(), relay = ?relay.map(|r| r.short()), relay_silent, %why,
+                    "no answer settles whether the lender claimed the token");
+                (AttemptOutcome::Failed, !relay_silent)
             }
         };
         self.peerbook.record_outcome(lender, relay, outcome, delivered);
@@ -352,7 +393,7 @@ impl Borrower {
                 return (
                     AttemptResult::Refused {
                         retry_after_ms: None,
-                        why: format!("cannot seal to the lender: {e}"),
+                        why: format!("cannot seal the request to its key: {e}"),
                         delivered: false,
                     },
                     None,
@@ -361,20 +402,8 @@ impl Borrower {
         };
         let (enc, client_response) = sealed;
         let delivered = match relay {
-            Some(relay) => match self.net.relay(relay, RelayRequest { lender, sealed: enc }).await {
-                Ok(RelayResponse::Delivered { sealed }) => Ok(sealed),
-                Ok(RelayResponse::Failed(f)) => Err(delivery_failure(f)),
-                // The relay itself could not be reached: the request never left this node.
-                Err(e @ NetError::Unreachable { .. }) => {
-                    Err(AttemptResult::RelayFailed { why: e.to_string() })
-                }
-                Err(e) => Err(net_failure(e)),
-            },
-            None => match self.net.borrow(lender, BorrowRequest { sealed: enc }).await {
-                Ok(BorrowResponse::Sealed { sealed }) => Ok(sealed),
-                Ok(BorrowResponse::Failed(f)) => Err(delivery_failure(f)),
-                Err(e) => Err(net_failure(e)),
-            },
+            Some(relay) => self.via_relay(relay, lender, enc).await,
+            None => self.direct(lender, enc).await,
         };
         let sealed = match delivered {
             Ok(s) => s,
@@ -390,6 +419,7 @@ impl Borrower {
                 return (
                     AttemptResult::Ambiguous {
                         why: format!("unreadable response: {e}"),
+                        relay_silent: false,
                     },
                     None,
                 );
@@ -413,6 +443,105 @@ impl Borrower {
             } => (refusal(reason, retry_after_ms), None),
         }
     }
+
+    /// Through `relay` on a `/lendmesh/relay/2` stream: the sealed answer, or what the attempt means.
+    async fn via_relay(
+        &self,
+        relay: PeerId,
+        lender: PeerId,
+        sealed: Vec<u8>,
+    ) -> Result<Vec<u8>, AttemptResult> {
+        let streams = self.net.streams();
+        let timeouts = streams.timeouts();
+        // Until the relay acknowledges, the request has not left this node: the relay failed, the token is unspent.
+        let never_left = |what: &str, e: &StreamError| {
+            if !matches!(e, StreamError::Stopped) {
+                self.peerbook.unhealthy(relay);
+            }
+            AttemptResult::RelayFailed {
+                why: format!("{what}: {e}"),
+            }
+        };
+        let mut stream = streams
+            .open(relay, RELAY_PROTOCOL)
+            .await
+            .map_err(|e| never_left("no stream to the relay", &e))?;
+        streams
+            .send(&mut stream, &relay, &RelayRequest { lender, sealed })
+            .await
+            .map_err(|e| never_left("the request could not be written to the relay", &e))?;
+        match streams
+            .recv::<RelayFrame>(&mut stream, &relay, timeouts.ack)
+            .await
+        {
+            Ok(RelayFrame::Accepted) => {}
+            Ok(RelayFrame::Answer(answer)) => return relay_answer(answer),
+            Err(e) => return Err(never_left("the relay did not acknowledge the request", &e)),
+        }
+        // Accepted: from here on the request may reach the lender. The relay waits for the lender's stream and
+        // answer; this waits for the relay a little longer.
+        let within = timeouts.open + timeouts.answer + std::time::Duration::from_secs(1);
+        let answer = streams.recv::<RelayFrame>(&mut stream, &relay, within).await;
+        let _ = futures::AsyncWriteExt::close(&mut stream).await;
+        match answer {
+            Ok(RelayFrame::Answer(answer)) => relay_answer(answer),
+            Ok(RelayFrame::Accepted) => Err(AttemptResult::Ambiguous {
+                why: "the relay acknowledged twice and sent no answer".into(),
+                relay_silent: true,
+            }),
+            Err(e) => Err(AttemptResult::Ambiguous {
+                why: format!("the relay accepted the request, then: {e}"),
+                relay_silent: true,
+            }),
+        }
+    }
+
+    /// Straight to the lender (best-effort privacy, no relay) on a `/lendmesh/borrow/2` stream.
+    async fn direct(&self, lender: PeerId, sealed: Vec<u8>) -> Result<Vec<u8>, AttemptResult> {
+        let streams = self.net.streams();
+        let mut stream = match streams.open(lender, BORROW_PROTOCOL).await {
+            Ok(s) => s,
+            Err(e) => {
+                // Nothing was written: the lender never saw it.
+                if !matches!(e, StreamError::Stopped) {
+                    self.peerbook.unhealthy(lender);
+                }
+                return Err(AttemptResult::Refused {
+                    retry_after_ms: None,
+                    why: format!("no stream to the lender: {e}"),
+                    delivered: false,
+                });
+            }
+        };
+        let answer = match streams
+            .send(&mut stream, &lender, &BorrowRequest { sealed })
+            .await
+        {
+            Ok(()) => {
+                streams
+                    .recv::<BorrowResponse>(&mut stream, &lender, streams.timeouts().answer)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let _ = futures::AsyncWriteExt::close(&mut stream).await;
+        match answer {
+            Ok(BorrowResponse::Sealed { sealed }) => Ok(sealed),
+            Ok(BorrowResponse::Failed(f)) => Err(delivery_failure(f)),
+            Err(e) => Err(AttemptResult::Ambiguous {
+                why: format!("the lender did not answer: {e}"),
+                relay_silent: false,
+            }),
+        }
+    }
+}
+
+/// The relay's answer frame.
+fn relay_answer(answer: RelayResponse) -> Result<Vec<u8>, AttemptResult> {
+    match answer {
+        RelayResponse::Delivered { sealed } => Ok(sealed),
+        RelayResponse::Failed(f) => Err(delivery_failure(f)),
+    }
 }
 
 /// What a lender's refusal means to the borrow machine.
@@ -420,20 +549,20 @@ fn refusal(reason: BorrowRefusal, retry_after_ms: Option<u64>) -> AttemptResult 
     match reason {
         BorrowRefusal::NoHeadroom => AttemptResult::Refused {
             retry_after_ms,
-            why: "lender has no headroom".into(),
+            why: "no headroom".into(),
             delivered: true,
         },
         BorrowRefusal::UpstreamRefused { status } => AttemptResult::Refused {
             retry_after_ms,
-            why: format!("lender's upstream refused ({status})"),
+            why: format!("its upstream refused ({status})"),
             delivered: true,
         },
         BorrowRefusal::TokenRejected(label) => AttemptResult::TokenRejected { label },
         BorrowRefusal::UpstreamFailed(e) => AttemptResult::Spent {
-            why: format!("lender's upstream failed: {e}"),
+            why: format!("its upstream failed: {e}"),
         },
         BorrowRefusal::BadRequest(e) => AttemptResult::Spent {
-            why: format!("lender could not read the request: {e}"),
+            why: format!("it could not read the request: {e}"),
         },
     }
 }
@@ -454,31 +583,29 @@ fn delivery_failure(f: DeliveryFailure) -> AttemptResult {
         DeliveryFailure::RelayBusy => AttemptResult::RelayFailed {
             why: "the relay is busy".into(),
         },
+        DeliveryFailure::BadLender => AttemptResult::RelayFailed {
+            why: "the relay does not know the lender as an active member".into(),
+        },
         // The relay could not reach the lender, or the lender refused before opening it.
-        DeliveryFailure::LenderUnreachable
-        | DeliveryFailure::StaleKeyConfig
-        | DeliveryFailure::LenderBusy
-        | DeliveryFailure::BadLender => AttemptResult::Refused {
+        DeliveryFailure::LenderUnreachable => AttemptResult::Refused {
             retry_after_ms: None,
-            why: format!("{f:?}"),
+            why: "the relay cannot reach it".into(),
             delivered: false,
         },
-        // The request may have reached the lender.
+        DeliveryFailure::StaleKeyConfig => AttemptResult::Refused {
+            retry_after_ms: None,
+            why: "it could not open the request (its key changed)".into(),
+            delivered: false,
+        },
+        DeliveryFailure::LenderBusy => AttemptResult::Refused {
+            retry_after_ms: None,
+            why: "it is busy".into(),
+            delivered: false,
+        },
+        // The request may have reached the lender; the relay itself answered.
         DeliveryFailure::LenderTimeout => AttemptResult::Ambiguous {
             why: "the lender did not answer the relay".into(),
-        },
-    }
-}
-
-fn net_failure(e: NetError) -> AttemptResult {
-    match e {
-        NetError::Unreachable { .. } => AttemptResult::Refused {
-            retry_after_ms: None,
-            why: e.to_string(),
-            delivered: false,
-        },
-        other => AttemptResult::Ambiguous {
-            why: other.to_string(),
+            relay_silent: false,
         },
     }
 }

@@ -1,16 +1,19 @@
 //! Routes the network actor's inbound events to the role that owns them: issue requests to the issuer (or a
-//! `NotIssuer` refusal), relay requests to the relay, borrows to the lender, claims to the replica, and everything
-//! else (gossip, connections, RTTs) to the PeerBook. A full queue is answered "busy" or counted as dropped, never
-//! waited on.
+//! `NotIssuer` refusal), relay streams to the relay, borrow streams to the lender (read and answered here, in a
+//! tracked task), claims to the replica, and everything else (gossip, connections, RTTs) to the PeerBook. A full
+//! queue is answered "busy" or counted as dropped, never waited on.
 
+use futures::AsyncWriteExt;
 use lendmesh_protocol::PeerId;
 use lendmesh_protocol::issuer::IssueError;
-use lendmesh_protocol::wire::{BorrowResponse, DeliveryFailure, IssueResponse};
+use lendmesh_protocol::wire::{BorrowRequest, BorrowResponse, DeliveryFailure, IssueResponse};
 use std::sync::Arc;
-use tokio::sync::mpsc;
-use tracing::warn;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
 
 use crate::metrics::NodeMetrics;
+use crate::net::streams::{BORROW_PROTOCOL, RELAY_PROTOCOL};
 use crate::net::{NetEvent, NetworkHandle};
 use crate::roles::issuer::IssuerHandle;
 use crate::roles::lender::LenderHandle;
@@ -40,6 +43,8 @@ pub struct Dispatcher {
     pub net: NetworkHandle,
     /// Metrics.
     pub counters: Arc<NodeMetrics>,
+    /// Borrow streams are served here, so shutdown waits for them (bounded).
+    pub tasks: TaskTracker,
 }
 
 impl Dispatcher {
@@ -53,11 +58,15 @@ impl Dispatcher {
     async fn handle(&self, ev: NetEvent) {
         match ev {
             NetEvent::InboundIssue { peer, req, channel } => self.handle_issue(peer, req, channel).await,
-            NetEvent::InboundRelay { peer, req, channel } => self.relay.handle(peer, req, channel).await,
-            NetEvent::InboundBorrow { peer, req, channel } => {
-                if let Err(channel) = self.lender.try_borrow(peer, req, channel) {
-                    let busy = BorrowResponse::Failed(DeliveryFailure::LenderBusy);
-                    self.net.respond_borrow(channel, busy).await;
+            NetEvent::InboundStream {
+                peer,
+                protocol,
+                stream,
+            } => {
+                if protocol == RELAY_PROTOCOL {
+                    self.relay.accept(peer, stream);
+                } else if protocol == BORROW_PROTOCOL {
+                    self.serve_borrow(peer, stream);
                 }
             }
             NetEvent::InboundClaim { peer, req, channel } => {
@@ -102,6 +111,36 @@ impl Dispatcher {
         self.net
             .respond_issue(refusal.0, IssueResponse::Refused(refusal.1))
             .await;
+    }
+
+    /// Reads one `/lendmesh/borrow/2` request, hands it to the lender and writes its answer (`LenderBusy` when its
+    /// queue is full or it is shutting down: refused before any claim).
+    fn serve_borrow(&self, peer: PeerId, mut stream: libp2p::Stream) {
+        if self.tasks.is_closed() {
+            return;
+        }
+        let (lender, net) = (self.lender.clone(), self.net.clone());
+        self.tasks.spawn(async move {
+            let streams = net.streams();
+            let req: BorrowRequest = match streams.recv(&mut stream, &peer, streams.timeouts().request).await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    debug!(peer = %peer.short(), %e, "no borrow request read");
+                    return;
+                }
+            };
+            let busy = BorrowResponse::Failed(DeliveryFailure::LenderBusy);
+            let (reply, answer) = oneshot::channel();
+            let resp = match lender.try_borrow(peer, req, reply) {
+                Ok(()) => answer.await.unwrap_or(busy),
+                Err(_) => busy,
+            };
+            if let Err(e) = streams.send(&mut stream, &peer, &resp).await {
+                debug!(peer = %peer.short(), %e, "the borrow answer could not be written");
+            }
+            let _ = stream.close().await;
+        });
     }
 
     fn forward(&self, ev: NetEvent) {

@@ -17,9 +17,10 @@
 //! 5. seals the response to the borrower.
 //!
 //! The lender sees the request and *a* valid token, bound to itself, and the relay's id — never the borrower's. Its
-//! lend records (exposed on the API) hold exactly that.
+//! lend records hold exactly that: each is written to the store once the lend is answered (bounded by count and
+//! age, `store::lends`) and shown by the API's `/v1/lends`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +33,6 @@ use lendmesh_protocol::wire::{
     HttpResponse, InnerBorrowRequest, InnerBorrowResponse,
 };
 use lendmesh_protocol::{GroupId, PeerId};
-use libp2p::request_response::ResponseChannel;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -42,15 +42,15 @@ use crate::clock::now_ms;
 use crate::group::state::GroupView;
 use crate::metrics::NodeMetrics;
 use crate::net::NetworkHandle;
-use crate::store::Store;
+use crate::store::{LendEntry, LendRetention, Store};
 use crate::upstream::{Upstream, UpstreamError, UpstreamRequest};
 
 /// Messages queued to the lender: 256 (borrows from every member at once in a 100-member group, with room).
 pub const CAPACITY: usize = 256;
 /// Borrows served at once; more are refused with `LenderBusy` (the borrower tries another lender).
 pub const MAX_CONCURRENT_LENDS: usize = lendmesh_protocol::lend::DEFAULT_MAX_IN_FLIGHT;
-/// Lend records kept for the API.
-const LEND_RECORDS: usize = 1000;
+/// Lend records removed per transaction when they are brought within their bounds at start (a few ms each).
+const START_PRUNE_BATCH: u64 = 1000;
 /// Minimum spacing of extra (non-periodic) attestations.
 const DEBOUNCE: Duration = Duration::from_millis(500);
 /// How often the bucket is checked for a change.
@@ -137,11 +137,13 @@ impl Serialize for LendOutcome {
     }
 }
 
-/// One borrow this lender handled, as it saw it.
-#[derive(Clone, Debug, Serialize)]
+/// One borrow this lender handled, as it saw it; stored as a [`LendEntry`] once answered.
+#[derive(Clone, Debug)]
 pub struct LendRecord {
-    /// When (ms since the Unix epoch).
+    /// When it started (ms since the Unix epoch).
     pub at_ms: u64,
+    /// How long serving it took (ms).
+    pub duration_ms: u64,
     /// The spent token's hash (hex).
     pub token_hash: String,
     /// The relay that forwarded it (the borrower is unknown to the lender).
@@ -152,6 +154,27 @@ pub struct LendRecord {
     pub outcome: LendOutcome,
     /// Method and path of the request.
     pub request: String,
+    /// Size of the plain HTTP request body (bytes).
+    pub request_bytes: u64,
+    /// Size of the plain HTTP response body lent back (bytes; 0 when none was).
+    pub response_bytes: u64,
+}
+
+impl LendRecord {
+    /// The record as stored and shown by `/v1/lends`.
+    pub fn entry(&self) -> LendEntry {
+        LendEntry {
+            at_ms: self.at_ms,
+            duration_ms: self.duration_ms,
+            token_hash: self.token_hash.clone(),
+            relay: self.relay.clone(),
+            epoch: self.epoch,
+            outcome: self.outcome.to_string(),
+            request: self.request.clone(),
+            request_bytes: self.request_bytes,
+            response_bytes: self.response_bytes,
+        }
+    }
 }
 
 enum Command {
@@ -159,7 +182,7 @@ enum Command {
     Borrow {
         peer: PeerId,
         req: BorrowRequest,
-        channel: ResponseChannel<BorrowResponse>,
+        channel: oneshot::Sender<BorrowResponse>,
     },
     Finished {
         request_id: [u8; 16],
@@ -167,9 +190,6 @@ enum Command {
         record: LendRecord,
         /// Fired once the answer is handed to the network, so the tracked lend task ends only then.
         done: oneshot::Sender<()>,
-    },
-    Lends {
-        reply: oneshot::Sender<Vec<LendRecord>>,
     },
 }
 
@@ -191,28 +211,19 @@ impl LenderHandle {
         let _ = self.tx.try_send(Command::Nudge);
     }
 
-    /// Queues an inbound borrow; hands the channel back when the queue is full.
+    /// Queues an inbound borrow, answered on `channel`; hands the channel back when the queue is full.
     pub fn try_borrow(
         &self,
         peer: PeerId,
         req: BorrowRequest,
-        channel: ResponseChannel<BorrowResponse>,
-    ) -> Result<(), ResponseChannel<BorrowResponse>> {
+        channel: oneshot::Sender<BorrowResponse>,
+    ) -> Result<(), oneshot::Sender<BorrowResponse>> {
         self.tx
             .try_send(Command::Borrow { peer, req, channel })
             .map_err(|e| match e.into_inner() {
                 Command::Borrow { channel, .. } => channel,
                 _ => unreachable!("we sent a Borrow"),
             })
-    }
-
-    /// Recent lend records, newest last.
-    pub async fn lends(&self) -> Vec<LendRecord> {
-        let (reply, rx) = oneshot::channel();
-        if self.tx.send(Command::Lends { reply }).await.is_err() {
-            return vec![];
-        }
-        rx.await.unwrap_or_default()
     }
 }
 
@@ -240,6 +251,8 @@ pub struct LenderParams {
     pub keys: OhttpKeys,
     /// Lends run here, so shutdown waits for them (bounded).
     pub tasks: tokio_util::task::TaskTracker,
+    /// How many lend records the store keeps, and for how long.
+    pub lend_retention: LendRetention,
 }
 
 impl std::fmt::Debug for LenderParams {
@@ -271,6 +284,8 @@ pub fn spawn(
 ) -> (LenderHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(CAPACITY);
     let seq = store.attestation_seq().unwrap_or(0);
+    let (prune_store, retention, stop) = (store.clone(), params.lend_retention, shutdown.clone());
+    tokio::task::spawn_blocking(move || prune_lend_records(&prune_store, retention, &stop));
     let actor = Lender {
         p: params,
         store,
@@ -282,7 +297,6 @@ pub fn spawn(
         last_bucket: None,
         ladder: LendLadder::new(LendConfig::default()),
         waiters: HashMap::new(),
-        lends: VecDeque::new(),
     };
     (LenderHandle { tx }, tokio::spawn(actor.run(shutdown)))
 }
@@ -299,8 +313,30 @@ struct Lender {
     /// The lend rules' idempotency cache and bounds (`protocol::lend`).
     ladder: LendLadder<InnerBorrowResponse>,
     /// Retries parked until the original answer is ready (at most `max_waiters` per request id, by the ladder).
-    waiters: HashMap<[u8; 16], Vec<(ohttp::ServerResponse, ResponseChannel<BorrowResponse>)>>,
-    lends: VecDeque<LendRecord>,
+    waiters: HashMap<[u8; 16], Vec<(ohttp::ServerResponse, oneshot::Sender<BorrowResponse>)>>,
+}
+
+/// Brings the stored lend records within their bounds at start, in batches off the async threads and the actor
+/// (a limit lowered since the last run may leave many rows to delete); stops between batches at shutdown.
+fn prune_lend_records(store: &Store, retention: LendRetention, shutdown: &CancellationToken) {
+    let mut removed = 0;
+    while !shutdown.is_cancelled() {
+        match store.prune_lends(retention, now_ms(), START_PRUNE_BATCH) {
+            Ok(n) => {
+                removed += n;
+                if n < START_PRUNE_BATCH {
+                    break;
+                }
+            }
+            Err(e) => {
+                warn!(%e, "cannot prune the lend records");
+                break;
+            }
+        }
+    }
+    if removed > 0 {
+        info!(removed, "lend records beyond the retention limits removed");
+    }
 }
 
 impl Lender {
@@ -325,7 +361,6 @@ impl Lender {
                         self.handle_finished(request_id, response, record).await;
                         let _ = done.send(());
                     }
-                    Command::Lends { reply } => { let _ = reply.send(self.lends.iter().cloned().collect()); }
                 },
                 Ok(()) = self.p.view.changed() => self.handle_view(),
                 _ = periodic.tick() => {
@@ -390,15 +425,13 @@ impl Lender {
         &mut self,
         relay: PeerId,
         req: BorrowRequest,
-        channel: ResponseChannel<BorrowResponse>,
+        channel: oneshot::Sender<BorrowResponse>,
     ) {
         let Ok((plain, server_response)) = self.p.keys.server.decapsulate(&req.sealed) else {
             self.counters.inc(&self.counters.lends_refused);
             NodeMetrics::outcome(&self.counters.lends, "stale_key_config");
             debug!(relay = %relay.short(), "could not open a sealed request (stale key config?)");
-            self.net
-                .respond_borrow(channel, BorrowResponse::Failed(DeliveryFailure::StaleKeyConfig))
-                .await;
+            let _ = channel.send(BorrowResponse::Failed(DeliveryFailure::StaleKeyConfig));
             return;
         };
         let inner = match wire::decode::<InnerBorrowRequest>(&plain) {
@@ -414,9 +447,7 @@ impl Lender {
         };
         if self.p.tasks.is_closed() {
             // Shutting down: refuse before any claim; the borrower tries another lender with the same token.
-            self.net
-                .respond_borrow(channel, BorrowResponse::Failed(DeliveryFailure::LenderBusy))
-                .await;
+            let _ = channel.send(BorrowResponse::Failed(DeliveryFailure::LenderBusy));
             return;
         }
         match self.ladder.admit(inner.request_id, now_ms()) {
@@ -432,9 +463,7 @@ impl Lender {
                 return;
             }
             Admission::Busy => {
-                self.net
-                    .respond_borrow(channel, BorrowResponse::Failed(DeliveryFailure::LenderBusy))
-                    .await;
+                let _ = channel.send(BorrowResponse::Failed(DeliveryFailure::LenderBusy));
                 return;
             }
             Admission::Proceed => {}
@@ -482,20 +511,28 @@ impl Lender {
         }
         NodeMetrics::outcome(&self.counters.lends, record.outcome.kind());
         info!(token = %record.token_hash.get(..16).unwrap_or(""), relay = %record.relay, outcome = %record.outcome, "lend");
-        self.lends.push_back(record);
-        while self.lends.len() > LEND_RECORDS {
-            self.lends.pop_front();
-        }
         self.ladder.finish(request_id, response.clone(), now_ms());
         for (server_response, channel) in self.waiters.remove(&request_id).unwrap_or_default() {
             self.respond_sealed(server_response, channel, &response).await;
+        }
+        self.keep_record(&record);
+    }
+
+    /// Writes an answered lend's record durably: one short transaction (through the store's `blocking`), which
+    /// also removes at most `store::lends::PRUNE_BATCH` records beyond the retention limits. A failure is logged.
+    fn keep_record(&self, record: &LendRecord) {
+        if let Err(e) = self
+            .store
+            .put_lend(&record.entry(), self.p.lend_retention, now_ms())
+        {
+            warn!(%e, "cannot store a lend record");
         }
     }
 
     async fn respond_sealed(
         &self,
         server_response: ohttp::ServerResponse,
-        channel: ResponseChannel<BorrowResponse>,
+        channel: oneshot::Sender<BorrowResponse>,
         response: &InnerBorrowResponse,
     ) {
         let resp = match wire::encode(response)
@@ -508,7 +545,7 @@ impl Lender {
                 BorrowResponse::Failed(DeliveryFailure::LenderBusy)
             }
         };
-        self.net.respond_borrow(channel, resp).await;
+        let _ = channel.send(resp);
     }
 }
 
@@ -522,15 +559,26 @@ struct LendContext {
 }
 
 impl LendContext {
+    /// Serves one lend; its record says how long that took.
     async fn serve(self, inner: InnerBorrowRequest) -> (InnerBorrowResponse, LendRecord) {
+        let started = std::time::Instant::now();
+        let (response, mut record) = self.serve_steps(inner).await;
+        record.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        (response, record)
+    }
+
+    async fn serve_steps(self, inner: InnerBorrowRequest) -> (InnerBorrowResponse, LendRecord) {
         let now = now_ms();
         let mut record = LendRecord {
             at_ms: now,
+            duration_ms: 0,
             token_hash: inner.spend.token.hash().to_string(),
             relay: String::new(),
             epoch: inner.spend.token.input.epoch,
             outcome: LendOutcome::Pending,
             request: String::new(),
+            request_bytes: 0,
+            response_bytes: 0,
         };
         let refuse = |reason: BorrowRefusal, retry_after_ms: Option<u64>| InnerBorrowResponse::Refused {
             reason,
@@ -544,6 +592,7 @@ impl LendContext {
             }
         };
         record.request = format!("{} {}", http.method, http.path_and_query);
+        record.request_bytes = http.body.len() as u64;
         // 2. Headroom, keeping the reserve: refuse before any claim (`protocol::lend::headroom`).
         let h = self.upstream.headroom(now);
         let permit = lend::headroom(h.remaining, self.reserve, h.resets_at_ms, now)
@@ -622,6 +671,7 @@ impl LendContext {
                 match wire::encode(&http_response) {
                     Ok(bytes) => {
                         record.outcome = LendOutcome::Served;
+                        record.response_bytes = http_response.body.len() as u64;
                         (InnerBorrowResponse::Served { http_response: bytes }, record)
                     }
                     Err(e) => {

@@ -10,17 +10,26 @@
 //! epoch and, once announced, the next, never more than the quota has left (the issuer says how many in every
 //! answer). A spent quota is not asked for again until the next epoch. Tokens are spent oldest epoch first while
 //! lenders still take them; tokens of retired epochs leave the wallet and are counted (`tokens_expired`).
+//!
+//! Backing off (issue 17): a refill that fails — no answer, or a refusal other than over quota — waits as the
+//! planner says (2 s doubling to 60 s, with jitter). Nothing shortens that wait but the issuer connecting after a
+//! refill that got no answer: not a spend, not a new group view. At most one request is on its way at a time, and
+//! the actor keeps answering while it is, so an empty wallet answers a gateway request at once with the time the
+//! next refill is due. Every request is counted by outcome in `lendmesh_refill_requests_total`.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use lendmesh_protocol::PeerId;
 use lendmesh_protocol::issuer::IssueError;
-use lendmesh_protocol::refill::{BatchFate, RefillPlanner, RefillStep};
+use lendmesh_protocol::refill::{BatchFate, RefillPlanner, RefillStep, refusal_backs_off};
 use lendmesh_protocol::token::WalletToken;
 use lendmesh_protocol::wallet::{PendingBatch, Wallet};
 use lendmesh_protocol::wire::IssueResponse;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -93,7 +102,8 @@ impl MemberHandle {
         rx.await.unwrap_or(Err(NoToken::Empty { refill_at_ms: None }))
     }
 
-    /// Refill now (the issuer became reachable), dropping any backoff.
+    /// The issuer became reachable: if the last refill got no answer, refill now rather than when its backoff
+    /// ends (a refusal keeps its backoff: `RefillPlanner::issuer_reachable`).
     pub fn nudge(&self) {
         let _ = self.tx.try_send(Command::Nudge);
     }
@@ -147,6 +157,8 @@ pub fn spawn(
         counters,
         wallet,
         rx,
+        in_flight: None,
+        next_check: Instant::now(),
     };
     Ok((MemberHandle { tx }, tokio::spawn(actor.run(shutdown))))
 }
@@ -161,60 +173,109 @@ struct Member {
     counters: Arc<NodeMetrics>,
     wallet: Wallet,
     rx: mpsc::Receiver<Command>,
+    /// The request to the issuer on its way, if any: at most one at a time.
+    in_flight: Option<InFlight>,
+    /// When to check the wallet level next (while no request is on its way).
+    next_check: Instant,
 }
 
+/// The issuer's answer, or why there is none.
+type Answer = Result<IssueResponse, String>;
+
+/// A request to the issuer on its way. Its answer is awaited in the actor's loop, so gateway requests (and the
+/// API's balance) are answered at once while the issuer is slow or unreachable.
+struct InFlight {
+    batch: PendingBatch,
+    answer: Pin<Box<dyn Future<Output = Answer> + Send>>,
+}
+
+/// How one request to the issuer ended.
 enum Outcome {
+    /// Tokens stored.
     Done,
+    /// The issuer refused.
     Refused(IssueError),
-    Retry(String),
+    /// No answer: the issuer could not be reached, or did not answer in time.
+    Unreachable(String),
+    /// An answer that cannot be used (another request's, signatures that do not verify), or storing failed.
+    Failed(String),
+}
+
+impl Outcome {
+    /// Its label in `lendmesh_refill_requests_total{outcome}` (one of [`crate::metrics::REFILL_OUTCOMES`]).
+    fn label(&self) -> &'static str {
+        match self {
+            Outcome::Done => "granted",
+            Outcome::Refused(IssueError::OverQuota { .. }) => "over_quota",
+            Outcome::Refused(IssueError::Busy) => "busy",
+            Outcome::Refused(_) => "refused",
+            Outcome::Unreachable(_) => "unreachable",
+            Outcome::Failed(_) => "failed",
+        }
+    }
 }
 
 impl Member {
     async fn run(mut self, shutdown: CancellationToken) {
         info!(balance = self.wallet.balance(), "wallet loaded");
         self.check_token_keys();
-        let mut next_check = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                Some(msg) = self.rx.recv() => match msg {
-                    Command::Balance { reply } => { let _ = reply.send(self.wallet.balance()); }
-                    Command::Take { reply } => {
-                        let token = self.handle_take();
-                        let _ = reply.send(token);
-                        // Refill as soon as any signable epoch (the current one above all) drops below the mark —
-                        // unless refills are backing off after a failure: a spend never resets the backoff.
-                        if self.planner.due(now_ms()) && self.next_refill().is_some() {
-                            next_check = tokio::time::Instant::now();
-                        }
-                    }
-                    Command::PutBack { token } => self.handle_put_back(token),
-                    Command::Nudge => {
-                        self.planner.reset_backoff();
-                        next_check = tokio::time::Instant::now();
-                    }
-                },
-                Ok(()) = self.view.changed() => {
-                    self.view.borrow_and_update();
-                    self.check_token_keys();
-                    // A new epoch may be signable: refill soon.
-                    next_check = next_check.min(tokio::time::Instant::now() + Duration::from_millis(100));
+                Some(msg) = self.rx.recv() => self.handle_command(msg),
+                Ok(()) = self.view.changed() => self.handle_view(),
+                answer = Self::answer(&mut self.in_flight), if self.in_flight.is_some() => self.handle_answer(answer),
+                _ = tokio::time::sleep_until(self.next_check), if self.in_flight.is_none() => self.handle_check(),
+            }
+        }
+    }
+
+    /// The answer to the request on its way (never, if none is).
+    async fn answer(in_flight: &mut Option<InFlight>) -> Answer {
+        match in_flight {
+            Some(f) => f.answer.as_mut().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn handle_command(&mut self, msg: Command) {
+        match msg {
+            Command::Balance { reply } => {
+                let _ = reply.send(self.wallet.balance());
+            }
+            Command::Take { reply } => {
+                let _ = reply.send(self.handle_take());
+                // Refill as soon as any signable epoch (the current one above all) drops below the mark — unless a
+                // request is on its way or refills are backing off after a failure: a spend never resets the
+                // backoff, and a spent quota leaves nothing to ask for.
+                if self.in_flight.is_none() && self.planner.due(now_ms()) && self.next_refill().is_some() {
+                    self.next_check = Instant::now();
                 }
-                _ = tokio::time::sleep_until(next_check) => {
-                    self.handle_expiry();
-                    let ok = self.handle_refill(&shutdown).await;
-                    // Failures back off with jitter (`protocol::refill`), successes check again soon.
-                    let wait = if ok {
-                        self.planner.reset_backoff();
-                        CHECK_PERIOD
-                    } else {
-                        Duration::from_millis(self.planner.failed(now_ms(), &mut rand::rngs::OsRng))
-                    };
-                    next_check = tokio::time::Instant::now() + wait;
+            }
+            Command::PutBack { token } => self.handle_put_back(token),
+            Command::Nudge => {
+                // Only a refill that got no answer is retried early; a refusal keeps its backoff.
+                if self.planner.issuer_reachable() && self.in_flight.is_none() {
+                    self.next_check = Instant::now();
                 }
             }
         }
+    }
+
+    /// A new group view: a new epoch may be signable, so refill soon — but not before a running backoff ends.
+    fn handle_view(&mut self) {
+        self.view.borrow_and_update();
+        self.check_token_keys();
+        let backoff = self.planner.due_at_ms().saturating_sub(now_ms());
+        let soon = Instant::now() + Duration::from_millis(backoff.max(100));
+        self.next_check = self.next_check.min(soon);
+    }
+
+    /// Time to check the wallet: retire old tokens, then start a round of refills.
+    fn handle_check(&mut self) {
+        self.handle_expiry();
+        self.send_next();
     }
 
     /// The refill to make now, if any (see `RefillPlanner`).
@@ -307,117 +368,142 @@ impl Member {
         }
     }
 
-    /// Resumes pending batches, then refills every signable epoch below the low-water mark. Returns false when it
-    /// should back off.
-    async fn handle_refill(&mut self, shutdown: &CancellationToken) -> bool {
-        let pending = match self.store.pending() {
-            Ok(p) => p,
-            Err(e) => {
-                warn!(%e, "cannot read pending batches");
-                return false;
+    /// The next step of a round of refills: a pending batch first (resumed with its request id), then the planner's
+    /// next step for any signable epoch below the low-water mark. With nothing left to ask the round is over.
+    fn send_next(&mut self) {
+        match self.next_batch() {
+            Ok(Some(batch)) => self.send(batch),
+            Ok(None) => {
+                self.planner.reset_backoff();
+                self.next_check = Instant::now() + CHECK_PERIOD;
             }
-        };
-        for batch in pending {
-            if shutdown.is_cancelled() || !self.complete(batch).await {
-                return false;
-            }
+            Err(why) => self.back_off(false, &why, "local"),
         }
-        while !shutdown.is_cancelled() {
-            let Some(RefillStep { epoch, count }) = self.next_refill() else {
-                return true;
-            };
-            let Some(key) = self.view.borrow().epochs.get(epoch).map(|i| i.key.clone()) else {
-                return true;
-            };
-            let (_, batch) = match Wallet::prepare_batch(&key, epoch, count, &mut rand::rngs::OsRng) {
-                Ok(b) => b,
-                Err(e) => {
-                    warn!(%e, "cannot prepare a batch");
-                    return false;
-                }
-            };
-            // Durable before sending: after a crash the same request is sent again and finalized.
-            if let Err(e) = self.store.put_pending(&batch) {
-                warn!(%e, "cannot persist the pending batch; not sending it");
-                return false;
-            }
-            if !self.complete(batch).await {
-                return false;
-            }
-        }
-        true
     }
 
-    /// Sends (or re-sends) a pending batch and stores its tokens. Returns whether it completed.
-    async fn complete(&mut self, batch: PendingBatch) -> bool {
-        match self.request(&batch).await {
-            Outcome::Done => true,
+    /// The batch to send next, persisted (with its secrets) before it is returned, or None.
+    fn next_batch(&mut self) -> Result<Option<PendingBatch>, String> {
+        let pending = self
+            .store
+            .pending()
+            .map_err(|e| format!("cannot read pending batches: {e}"))?;
+        if let Some(batch) = pending.into_iter().next() {
+            return Ok(Some(batch));
+        }
+        let Some(RefillStep { epoch, count }) = self.next_refill() else {
+            return Ok(None);
+        };
+        let Some(key) = self.view.borrow().epochs.get(epoch).map(|i| i.key.clone()) else {
+            return Ok(None);
+        };
+        let (_, batch) = Wallet::prepare_batch(&key, epoch, count, &mut rand::rngs::OsRng)
+            .map_err(|e| format!("cannot prepare a batch: {e}"))?;
+        // Durable before sending: after a crash the same request is sent again and finalized.
+        self.store
+            .put_pending(&batch)
+            .map_err(|e| format!("cannot persist the pending batch, so not sending it: {e}"))?;
+        Ok(Some(batch))
+    }
+
+    /// Sends a batch to the issuer; its answer comes back through the actor's loop.
+    fn send(&mut self, batch: PendingBatch) {
+        let req = batch.request.clone();
+        let answer: Pin<Box<dyn Future<Output = Answer> + Send>> = match self.route.clone() {
+            IssuerRoute::Local(h) => {
+                let me = self.me;
+                Box::pin(async move { h.local(me, req).await.ok_or("issuer stopped".to_string()) })
+            }
+            IssuerRoute::Remote(net, admin) => {
+                Box::pin(async move { net.issue(admin, req).await.map_err(|e| e.to_string()) })
+            }
+        };
+        self.in_flight = Some(InFlight { batch, answer });
+    }
+
+    /// The issuer answered (or could not be reached): store the tokens and go on with the round, or back off.
+    fn handle_answer(&mut self, answer: Answer) {
+        let Some(InFlight { batch, .. }) = self.in_flight.take() else {
+            return;
+        };
+        let outcome = self.finish(&batch, answer);
+        let label = outcome.label();
+        NodeMetrics::outcome(&self.counters.refill_requests, label);
+        match outcome {
+            Outcome::Done => self.send_next(),
             Outcome::Refused(e) => {
-                // Which refusals drop the batch is `protocol::refill`'s rule.
-                if self.planner.refused(batch.epoch, &e) == BatchFate::Drop {
-                    let _ = self.store.drop_pending(&batch.request_id);
+                // Which refusals drop the batch, and which back off, are `protocol::refill`'s rules.
+                if self.planner.refused(batch.epoch, &e) == BatchFate::Drop
+                    && let Err(err) = self.store.drop_pending(&batch.request_id)
+                {
+                    // Kept, it would be sent again at once: back off instead.
+                    return self.back_off(false, &format!("cannot drop a refused batch: {err}"), label);
                 }
-                match e {
-                    IssueError::OverQuota { remaining: 0, .. } => {
+                if refusal_backs_off(&e) {
+                    return self.back_off(false, &format!("the issuer refused the refill: {e}"), label);
+                }
+                if let IssueError::OverQuota { remaining, .. } = e {
+                    if remaining == 0 {
                         info!(
                             epoch = batch.epoch,
                             "quota for epoch {} is spent; waiting for the next epoch", batch.epoch
                         );
-                        true
-                    }
-                    IssueError::OverQuota { remaining, .. } => {
+                    } else {
                         info!(
                             epoch = batch.epoch,
                             remaining, "asked for more than the quota has left; asking for {remaining}"
                         );
-                        true
-                    }
-                    e => {
-                        warn!(%e, "the issuer refused the refill; will retry later");
-                        false
                     }
                 }
+                self.send_next();
             }
-            Outcome::Retry(why) => {
-                warn!(%why, "refill failed; will retry the same batch");
-                false
-            }
+            Outcome::Unreachable(why) => self.back_off(true, &why, label),
+            Outcome::Failed(why) => self.back_off(false, &why, label),
         }
     }
 
-    async fn request(&mut self, batch: &PendingBatch) -> Outcome {
-        let resp = match &self.route {
-            IssuerRoute::Local(h) => h
-                .local(self.me, batch.request.clone())
-                .await
-                .ok_or("issuer stopped".to_string()),
-            IssuerRoute::Remote(net, admin) => net
-                .issue(*admin, batch.request.clone())
-                .await
-                .map_err(|e| e.to_string()),
+    /// A refill failed: wait as the planner says (exponential, with jitter) before the next round.
+    fn back_off(&mut self, unreachable: bool, why: &str, outcome: &str) {
+        let now = now_ms();
+        let mut rng = rand::rngs::OsRng;
+        let wait = if unreachable {
+            self.planner.unreachable(now, &mut rng)
+        } else {
+            self.planner.failed(now, &mut rng)
         };
-        let (sigs, remaining) = match resp {
+        self.next_check = Instant::now() + Duration::from_millis(wait);
+        warn!(
+            %why,
+            outcome,
+            retry_in_ms = wait,
+            retry_at_ms = now + wait,
+            "refill failed; backing off (a kept batch goes again unchanged, with its request id)"
+        );
+    }
+
+    /// Verifies and stores the tokens of a granted batch, or says why not.
+    fn finish(&mut self, batch: &PendingBatch, answer: Answer) -> Outcome {
+        let (sigs, remaining) = match answer {
             Ok(IssueResponse::Granted {
                 request_id,
                 blind_signatures,
                 remaining,
             }) if request_id == batch.request_id => (blind_signatures, remaining),
             Ok(IssueResponse::Granted { .. }) => {
-                return Outcome::Retry("issuer answered another request".into());
+                return Outcome::Failed("issuer answered another request".into());
             }
             Ok(IssueResponse::Refused(e)) => return Outcome::Refused(e),
-            Err(e) => return Outcome::Retry(e),
+            Err(e) => return Outcome::Unreachable(e),
         };
         let Some(key) = self.view.borrow().epochs.get(batch.epoch).map(|i| i.key.clone()) else {
             let _ = self.store.drop_pending(&batch.request_id);
-            return Outcome::Retry(format!(
+            return Outcome::Failed(format!(
                 "epoch {} retired before its batch completed",
                 batch.epoch
             ));
         };
         let mut fresh = Wallet::new();
         if let Err(e) = fresh.finalize(&key, batch, &sigs) {
-            return Outcome::Retry(format!("issuer signatures did not verify: {e}"));
+            return Outcome::Failed(format!("issuer signatures did not verify: {e}"));
         }
         let tokens: Vec<_> = fresh.iter().cloned().collect();
         // Durable before use: tokens and the pending batch's removal in one transaction.
@@ -443,7 +529,7 @@ impl Member {
                 }
                 Outcome::Done
             }
-            Err(e) => Outcome::Retry(format!("cannot store tokens: {e}")),
+            Err(e) => Outcome::Failed(format!("cannot store tokens: {e}")),
         }
     }
 }

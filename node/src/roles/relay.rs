@@ -1,22 +1,29 @@
 //! The relay role (docs/design.md §6 step 3): forwards a borrower's sealed request to the lender it names and the sealed
 //! answer back. It sees who talks to whom and the sizes, never the token or the content (sealed to the lender).
 //!
-//! At most [`MAX_CONCURRENT_RELAYS`] forwards run at once (more are refused with `RelayBusy`, and the borrower picks
-//! another relay); each runs as a task on the node's task tracker, so shutdown waits for it (bounded).
+//! One `/lendmesh/relay/2` stream per request: the relay reads the request, refuses at once what it will not forward
+//! (a lender that is itself, the borrower or not an active member; no free slot; shutting down), otherwise writes
+//! [`RelayFrame::Accepted`] **before** it forwards — so a borrower that hears nothing in time knows the request never
+//! left it — then opens a `/lendmesh/borrow/2` stream to the lender and writes the lender's answer back as
+//! [`RelayFrame::Answer`]. At most [`MAX_CONCURRENT_RELAYS`] forwards run at once; each runs as a task on the node's
+//! task tracker, so shutdown waits for it (bounded).
 
 use std::sync::Arc;
 
+use futures::AsyncWriteExt;
 use lendmesh_protocol::PeerId;
 use lendmesh_protocol::group::Roster;
-use lendmesh_protocol::wire::{BorrowRequest, BorrowResponse, DeliveryFailure, RelayRequest, RelayResponse};
-use libp2p::request_response::ResponseChannel;
+use lendmesh_protocol::wire::{
+    BorrowRequest, BorrowResponse, DeliveryFailure, RelayFrame, RelayRequest, RelayResponse,
+};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use crate::clock::now_ms;
 use crate::metrics::NodeMetrics;
-use crate::net::{NetError, NetworkHandle};
+use crate::net::NetworkHandle;
+use crate::net::streams::BORROW_PROTOCOL;
 
 /// Relays forwarded at once; more are refused with `RelayBusy` (the borrower picks another relay or lender).
 pub const MAX_CONCURRENT_RELAYS: usize = 128;
@@ -51,52 +58,99 @@ impl Relay {
         }
     }
 
-    /// Handles one request from `borrower`: refuses a bad lender or when full, else forwards in a tracked task.
-    pub async fn handle(&self, borrower: PeerId, req: RelayRequest, channel: ResponseChannel<RelayResponse>) {
-        let lender = req.lender;
-        let ok_lender =
-            lender != self.me && lender != borrower && self.roster.borrow().is_active(&lender, now_ms());
-        let refusal = if !ok_lender {
-            Some(DeliveryFailure::BadLender)
-        } else if self.tasks.is_closed() {
-            Some(DeliveryFailure::RelayBusy)
-        } else {
-            None
-        };
-        let permit = match refusal {
-            Some(f) => Err(f),
-            None => self
-                .slots
-                .clone()
-                .try_acquire_owned()
-                .map_err(|_| DeliveryFailure::RelayBusy),
-        };
-        let permit = match permit {
-            Ok(p) => p,
-            Err(f) => {
-                self.counters.inc(&self.counters.relays_failed);
-                self.net.respond_relay(channel, RelayResponse::Failed(f)).await;
+    /// Serves one `/lendmesh/relay/2` stream from `borrower` in a tracked task (dropped — reset — when shutting
+    /// down: the borrower sees no acknowledgement and sends the request elsewhere with its token unspent).
+    pub fn accept(&self, borrower: PeerId, stream: libp2p::Stream) {
+        if self.tasks.is_closed() {
+            return;
+        }
+        let relay = self.clone();
+        self.tasks
+            .spawn(async move { relay.serve(borrower, stream).await });
+    }
+
+    async fn serve(self, borrower: PeerId, mut stream: libp2p::Stream) {
+        let streams = self.net.streams().clone();
+        let timeouts = streams.timeouts();
+        let req: RelayRequest = match streams.recv(&mut stream, &borrower, timeouts.request).await {
+            Ok(r) => r,
+            Err(e) => {
+                debug!(borrower = %borrower.short(), %e, "no relay request read");
                 return;
             }
         };
-        let (net, counters) = (self.net.clone(), self.counters.clone());
-        self.tasks.spawn(async move {
-            debug!(borrower = %borrower.short(), lender = %lender.short(), bytes = req.sealed.len(), "relaying");
-            let resp = match net.borrow(lender, BorrowRequest { sealed: req.sealed }).await {
-                Ok(BorrowResponse::Sealed { sealed }) => RelayResponse::Delivered { sealed },
-                Ok(BorrowResponse::Failed(f)) => RelayResponse::Failed(f),
-                Err(NetError::Unreachable { .. }) => RelayResponse::Failed(DeliveryFailure::LenderUnreachable),
-                Err(e) => {
-                    debug!(lender = %lender.short(), %e, "the lender did not answer");
-                    RelayResponse::Failed(DeliveryFailure::LenderTimeout)
-                }
-            };
-            match resp {
-                RelayResponse::Delivered { .. } => counters.inc(&counters.relays_ok),
-                RelayResponse::Failed(_) => counters.inc(&counters.relays_failed),
+        let lender = req.lender;
+        let ok_lender =
+            lender != self.me && lender != borrower && self.roster.borrow().is_active(&lender, now_ms());
+        let permit = if !ok_lender {
+            Err(DeliveryFailure::BadLender)
+        } else {
+            self.slots
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| DeliveryFailure::RelayBusy)
+        };
+        let _permit = match permit {
+            Ok(p) => p,
+            Err(f) => {
+                self.counters.inc(&self.counters.relays_failed);
+                let refusal = RelayFrame::Answer(RelayResponse::Failed(f));
+                let _ = streams.send(&mut stream, &borrower, &refusal).await;
+                let _ = stream.close().await;
+                return;
             }
-            net.respond_relay(channel, resp).await;
-            drop(permit);
-        });
+        };
+        // Acknowledge before forwarding: a borrower that is gone (or gave up) gets nothing forwarded.
+        if let Err(e) = streams.send(&mut stream, &borrower, &RelayFrame::Accepted).await {
+            debug!(borrower = %borrower.short(), %e, "the borrower left before the relay forwarded");
+            return;
+        }
+        debug!(borrower = %borrower.short(), lender = %lender.short(), bytes = req.sealed.len(), "relaying");
+        let resp = self.forward(lender, req.sealed).await;
+        match resp {
+            RelayResponse::Delivered { .. } => self.counters.inc(&self.counters.relays_ok),
+            RelayResponse::Failed(_) => self.counters.inc(&self.counters.relays_failed),
+        }
+        if let Err(e) = streams
+            .send(&mut stream, &borrower, &RelayFrame::Answer(resp))
+            .await
+        {
+            debug!(borrower = %borrower.short(), %e, "the lender's answer could not be passed back");
+        }
+        let _ = stream.close().await;
+    }
+
+    /// Opens the lender's stream, writes the sealed request, reads the sealed answer.
+    async fn forward(&self, lender: PeerId, sealed: Vec<u8>) -> RelayResponse {
+        let streams = self.net.streams();
+        let mut stream = match streams.open(lender, BORROW_PROTOCOL).await {
+            Ok(s) => s,
+            Err(e) => {
+                // Nothing was written: the lender never saw it.
+                debug!(lender = %lender.short(), %e, "cannot reach the lender");
+                return RelayResponse::Failed(DeliveryFailure::LenderUnreachable);
+            }
+        };
+        let answer = match streams
+            .send(&mut stream, &lender, &BorrowRequest { sealed })
+            .await
+        {
+            Ok(()) => {
+                streams
+                    .recv::<BorrowResponse>(&mut stream, &lender, streams.timeouts().answer)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let _ = stream.close().await;
+        match answer {
+            Ok(BorrowResponse::Sealed { sealed }) => RelayResponse::Delivered { sealed },
+            Ok(BorrowResponse::Failed(f)) => RelayResponse::Failed(f),
+            // Written (at least in part): it may have reached the lender.
+            Err(e) => {
+                debug!(lender = %lender.short(), %e, "the lender did not answer");
+                RelayResponse::Failed(DeliveryFailure::LenderTimeout)
+            }
+        }
     }
 }

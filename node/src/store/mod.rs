@@ -4,7 +4,8 @@
 //! RSA key per epoch), `quota` (the issuer's per-member counters), `wallet` (finalized tokens with their spend
 //! secrets), `pending` (issue batches sent but not yet finalized), `spent` (token hashes claimed as a lender, per
 //! epoch), `claims` (first claims recorded as a replica, per epoch), `peer_addrs` (addresses learned for roster
-//! members, so a restarted node finds the group without bootstrap flags). Rows of retired epochs are pruned
+//! members, so a restarted node finds the group without bootstrap flags), `lends` (the lender's records of what it
+//! lent, bounded by count and age: [`lends`]). Rows of retired epochs are pruned
 //! ([`Store::prune_epochs_before`]), so storage stays bounded over the life of a group. Every write that matters is its own committed transaction (redb's default durability: fsync on commit)
 //! before the caller acknowledges it, so a crash at any point loses nothing that was acknowledged.
 //!
@@ -30,6 +31,8 @@ use crate::group::state::GroupState;
 /// The schema this build reads and writes. Bump it with a migration when a table's layout changes.
 /// Version 2: epochs (the group holds an epoch book; announcements carry a grace period) and learned addresses.
 /// A version-1 store's group material is not valid under version 2's signatures: such a group is re-created.
+/// A table added later without changing another's layout (`lends`) needs no bump: [`Store::open`] creates it in a
+/// store that lacks it, and an older build ignores it.
 pub const SCHEMA_VERSION: u32 = 2;
 /// The store's file name inside the home directory.
 pub const STORE_FILE: &str = "store.redb";
@@ -42,6 +45,8 @@ const PENDING: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("pending
 const SPENT: TableDefinition<'_, &[u8], u64> = TableDefinition::new("spent");
 const CLAIMS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("claims");
 const PEER_ADDRS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("peer_addrs");
+/// Lend records: (start ms << 64 | sequence) → `LendEntry` (`lends.rs`).
+const LENDS: TableDefinition<'_, u128, &[u8]> = TableDefinition::new("lends");
 /// Addresses kept per peer.
 pub const MAX_ADDRS_PER_PEER: usize = 8;
 
@@ -235,6 +240,7 @@ impl Store {
             tx.open_table(SPENT)?;
             tx.open_table(CLAIMS)?;
             tx.open_table(PEER_ADDRS)?;
+            tx.open_table(LENDS)?;
         }
         commit(tx)?;
         Ok(store)
@@ -442,8 +448,10 @@ impl Store {
 }
 
 mod epochs;
+pub mod lends;
 pub use epochs::Pruned;
 use epochs::{bound, epoch_bounds, spent_count_key};
+pub use lends::{LendCursor, LendEntry, LendPage, LendRetention};
 
 #[cfg(test)]
 mod tests {

@@ -37,6 +37,19 @@ impl World {
         }
     }
 
+    /// Records an outcome and applies its cooldowns to the view, as a driver does.
+    fn record(&mut self, run: &mut BorrowRun, result: AttemptResult) -> Vec<Effect> {
+        let effects = run.record(result, 1_000, &mut self.rng);
+        for e in &effects {
+            if let Effect::CoolDown { peer, until_ms } = e {
+                for c in self.candidates.iter_mut().filter(|c| &c.peer == peer) {
+                    c.cooling_until_ms = Some(*until_ms);
+                }
+            }
+        }
+        effects
+    }
+
     fn decide(&mut self, run: &mut BorrowRun) -> Decision {
         let view = RouteView {
             me: &self.me,
@@ -126,13 +139,16 @@ fn a_refusal_cools_the_lender_and_rebinds_the_same_token_elsewhere() {
     // The next decision sends elsewhere without taking another token.
     let (second, _, same) = send(&w.decide(&mut run));
     assert!(second != first && !same);
-    run.record(refused(), 1_000, &mut w.rng);
-    // Both tried: give up and hand the unspent token back.
+    w.candidates[0].cooling_until_ms = Some(1_000 + 3_000);
+    w.candidates[1].cooling_until_ms = Some(1_000 + 3_000);
+    w.record(&mut run, refused());
+    // Both refused cleanly: the run ends as the case that holds now (both cooling down), with the token unspent and
+    // a retry time, rather than as a failure.
     match w.decide(&mut run) {
         Decision::Finish(Finish {
-            result: Err(BorrowFailure::Failed { tried: 2, .. }),
+            result: Err(BorrowFailure::LendersCooling { cooling: 2, retry_s }),
             return_token: true,
-        }) => {}
+        }) => assert!(retry_s >= 1),
         other => panic!("{other:?}"),
     }
 }
@@ -174,6 +190,7 @@ fn an_ambiguous_attempt_is_retried_once_unchanged_then_the_token_is_given_up() {
     let (lender, ..) = send(&w.next(&mut run));
     let ambiguous = || AttemptResult::Ambiguous {
         why: "timeout".into(),
+        relay_silent: false,
     };
     assert!(run.record(ambiguous(), 1_000, &mut w.rng).is_empty());
     let (again, _, same) = send(&w.decide(&mut run));
@@ -218,6 +235,7 @@ fn the_lender_answering_the_retry_settles_it() {
     run.record(
         AttemptResult::Ambiguous {
             why: "timeout".into(),
+            relay_silent: false,
         },
         1_000,
         &mut w.rng,
@@ -247,22 +265,41 @@ fn failure_after_the_claim_ends_the_borrow() {
         Decision::Finish(Finish {
             result: Err(BorrowFailure::Failed { tried: 1, last }),
             return_token: false,
-        }) => assert!(last.contains("500")),
+        }) => assert!(last.starts_with("lender: ") && last.contains("500"), "{last}"),
         other => panic!("{other:?}"),
     }
 }
 
 #[test]
 fn no_lender_no_relay_no_token_and_the_attempt_budget() {
-    // Every lender cooling down: no lender, with a retry hint.
-    let mut w = World::new(&[2]);
-    w.candidates = vec![cand(2, Some(11_000))];
+    // Every lender with headroom cooling down: that case, with the time the first cooldown ends.
+    let mut w = World::new(&[2, 3]);
+    w.candidates = vec![cand(2, Some(11_000)), cand(3, Some(31_000))];
     let mut run = BorrowRun::new(BorrowConfig::default());
     match w.decide(&mut run) {
         Decision::Finish(Finish {
-            result: Err(BorrowFailure::NoLender { retry_s: 11, .. }),
+            result:
+                Err(BorrowFailure::LendersCooling {
+                    cooling: 2,
+                    retry_s: 10,
+                }),
             return_token: false,
         }) => {}
+        other => panic!("{other:?}"),
+    }
+    // No member has headroom (a cooling lender without headroom does not count): no lender.
+    w.candidates = vec![Candidate {
+        headroom: HeadroomBucket::None,
+        ..cand(2, Some(11_000))
+    }];
+    let mut run = BorrowRun::new(BorrowConfig::default());
+    match w.decide(&mut run) {
+        Decision::Finish(Finish {
+            result: Err(BorrowFailure::NoLender {
+                fresh: 1, retry_s, ..
+            }),
+            return_token: false,
+        }) => assert_eq!(retry_s, NO_HEADROOM_RETRY_S),
         other => panic!("{other:?}"),
     }
     // Strict privacy and no relay besides the lender.
@@ -272,7 +309,11 @@ fn no_lender_no_relay_no_token_and_the_attempt_budget() {
     assert!(matches!(
         w.decide(&mut run),
         Decision::Finish(Finish {
-            result: Err(BorrowFailure::NoRelay { connected: 1 }),
+            result: Err(BorrowFailure::NoRelay {
+                connected: 1,
+                failed: 0,
+                retry_s: NO_RELAY_RETRY_S
+            }),
             ..
         })
     ));
@@ -379,9 +420,9 @@ fn every_relay_failing_ends_the_borrow_with_the_token_unspent() {
     }
     match w.decide(&mut run) {
         Decision::Finish(Finish {
-            result: Err(BorrowFailure::Failed { tried: 0, last }),
+            result: Err(BorrowFailure::NoRelay { failed, retry_s, .. }),
             return_token: true,
-        }) => assert!(last.contains("no working relay"), "{last}"),
+        }) => assert_eq!((failed, retry_s), (MAX_RELAY_FAILURES, RELAY_COOLDOWN_MS / 1000)),
         other => panic!("{other:?}"),
     }
 }
@@ -395,6 +436,7 @@ fn a_relay_failing_the_idempotent_retry_leaves_the_first_try_unsettled() {
     run.record(
         AttemptResult::Ambiguous {
             why: "timeout".into(),
+            relay_silent: false,
         },
         1_000,
         &mut w.rng,
@@ -413,4 +455,108 @@ fn a_relay_failing_the_idempotent_retry_leaves_the_first_try_unsettled() {
         "possibly claimed: never spent again"
     );
     assert_eq!(w.decide(&mut run), Decision::TakeToken);
+}
+
+#[test]
+fn a_relay_silent_after_accepting_has_failed_and_the_retry_avoids_it() {
+    let mut w = World::new(&[2, 3]);
+    w.connected.push(pid(97));
+    let mut run = BorrowRun::new(BorrowConfig::default());
+    let (lender, relay, _) = send(&w.next(&mut run));
+    let relay = relay.unwrap();
+    let effects = run.record(
+        AttemptResult::Ambiguous {
+            why: "the relay accepted and went silent".into(),
+            relay_silent: true,
+        },
+        1_000,
+        &mut w.rng,
+    );
+    assert_eq!(
+        effects,
+        vec![Effect::CoolDownRelay {
+            peer: relay,
+            until_ms: 1_000 + RELAY_COOLDOWN_MS
+        }],
+        "the relay is blamed, the lender is not, the token is kept for the retry"
+    );
+    for _ in 0..20 {
+        let mut probe = run.clone();
+        let (again, other, same) = send(&w.decide(&mut probe));
+        assert!(
+            again == lender && same && other != Some(relay),
+            "never the relay that went silent"
+        );
+    }
+}
+
+#[test]
+fn with_no_other_relay_a_silent_relay_gives_the_token_up_at_once() {
+    let mut w = World::new(&[2, 3]);
+    // One relay only: 99.
+    w.connected = vec![pid(99)];
+    let mut run = BorrowRun::new(BorrowConfig::default());
+    let (_, relay, _) = send(&w.next(&mut run));
+    assert_eq!(relay, Some(pid(99)));
+    run.record(
+        AttemptResult::Ambiguous {
+            why: "silent".into(),
+            relay_silent: true,
+        },
+        1_000,
+        &mut w.rng,
+    );
+    assert_eq!(
+        w.decide(&mut run),
+        Decision::DropToken,
+        "possibly claimed: never spent again"
+    );
+    // No relay left for another lender: no_relay, and nothing to hand back.
+    match w.decide(&mut run) {
+        Decision::Finish(Finish {
+            result: Err(BorrowFailure::NoRelay { failed: 1, .. }),
+            return_token: false,
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_relay_answering_that_the_lender_was_silent_may_carry_the_retry() {
+    let mut w = World::new(&[2]);
+    let mut run = BorrowRun::new(BorrowConfig::default());
+    let (lender, relay, _) = send(&w.next(&mut run));
+    let effects = run.record(
+        AttemptResult::Ambiguous {
+            why: "the lender did not answer the relay".into(),
+            relay_silent: false,
+        },
+        1_000,
+        &mut w.rng,
+    );
+    assert!(effects.is_empty(), "nobody blamed yet: {effects:?}");
+    assert_eq!(send(&w.decide(&mut run)), (lender, relay, true));
+}
+
+#[test]
+fn failures_name_the_hop_that_failed() {
+    let mut w = World::new(&[2, 3]);
+    let mut run = BorrowRun::new(BorrowConfig {
+        max_attempts: 1,
+        ..BorrowConfig::default()
+    });
+    send(&w.next(&mut run));
+    w.record(
+        &mut run,
+        AttemptResult::TokenRejected {
+            label: "double_spend".into(),
+        },
+    );
+    match w.decide(&mut run) {
+        Decision::Finish(Finish {
+            result: Err(BorrowFailure::Failed { last, .. }),
+            ..
+        }) => assert_eq!(last, "lender: token rejected: double_spend"),
+        other => panic!("{other:?}"),
+    }
 }

@@ -82,6 +82,8 @@ pub enum MessageKind {
     HttpRequest = 12,
     /// [`HttpResponse`].
     HttpResponse = 13,
+    /// [`RelayFrame`].
+    RelayFrame = 14,
 }
 
 /// A message with a kind byte and a size limit.

@@ -25,7 +25,9 @@ pub use crate::issuer::{IssueRequest, IssueResponse};
 pub use codec::*;
 use codec::{MAX_GOSSIP_FRAME, MAX_ISSUE_FRAME, SEALED_OVERHEAD};
 
-/// A borrower asks a relay to forward a sealed request to a lender (`/lendmesh/relay/1`).
+/// A borrower asks a relay to forward a sealed request to a lender: the first frame on a `/lendmesh/relay/2`
+/// stream (docs/design.md §6). The relay answers [`RelayFrame::Accepted`] before it forwards, then
+/// [`RelayFrame::Answer`].
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct RelayRequest {
     /// The lender to forward to.
@@ -33,6 +35,20 @@ pub struct RelayRequest {
     /// The OHTTP-encapsulated request; opaque to the relay.
     #[serde(with = "serde_bytes_compat::vec")]
     pub sealed: Vec<u8>,
+}
+
+/// What a relay writes on a `/lendmesh/relay/2` stream.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum RelayFrame {
+    /// The relay has the request and is forwarding it (written and flushed before it opens the lender's stream).
+    /// A borrower that has not read this within its acknowledgement timeout treats the request as never sent, resets
+    /// the stream and spends the token elsewhere. A relay that was frozen and forwards it late anyway cannot make the
+    /// token count twice for long: the spend's timestamp bounds it (the lender's spend-skew check), and docs/design.md
+    /// §6 says what remains.
+    Accepted,
+    /// The outcome: the lender's sealed answer, or why there is none. A refusal before forwarding (busy, bad
+    /// lender, too late) comes without `Accepted`.
+    Answer(RelayResponse),
 }
 
 /// Why a relay or lender could not deliver, in the clear (the relay must be able to say it).
@@ -65,7 +81,8 @@ pub enum RelayResponse {
     Failed(DeliveryFailure),
 }
 
-/// A relay forwards a sealed request to the lender (`/lendmesh/borrow/1`).
+/// A relay (or, in best-effort privacy mode, the borrower) forwards a sealed request to the lender: the first frame
+/// on a `/lendmesh/borrow/2` stream, answered by one [`BorrowResponse`].
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct BorrowRequest {
     /// OHTTP-encapsulated [`InnerBorrowRequest`].
@@ -207,6 +224,7 @@ wire_message! {
     IssueResponse => IssueResponse, MAX_ISSUE_FRAME;
     RelayRequest => RelayRequest, MAX_HTTP_MESSAGE + SEALED_OVERHEAD;
     RelayResponse => RelayResponse, MAX_HTTP_MESSAGE + SEALED_OVERHEAD;
+    RelayFrame => RelayFrame, MAX_HTTP_MESSAGE + SEALED_OVERHEAD;
     BorrowRequest => BorrowRequest, MAX_HTTP_MESSAGE + SEALED_OVERHEAD;
     BorrowResponse => BorrowResponse, MAX_HTTP_MESSAGE + SEALED_OVERHEAD;
     InnerBorrowRequest => InnerBorrowRequest, MAX_HTTP_MESSAGE + SEALED_OVERHEAD;

@@ -177,6 +177,7 @@ impl Sim<'_> {
                         Some(why) => b.run.no_token(why),
                     }
                 }
+                Decision::DropToken => b.token = None,
                 Decision::Send {
                     lender,
                     relay,
@@ -318,6 +319,7 @@ impl Sim<'_> {
             Err(failure) => {
                 let cause = match failure {
                     BorrowFailure::NoLender { .. } => "no_lender_available",
+                    BorrowFailure::LendersCooling { .. } => "lenders_cooling_down",
                     BorrowFailure::NoRelay { .. } => "no_relay",
                     BorrowFailure::NoToken(_) => self.no_token_cause(m, self.local(m, t)),
                     BorrowFailure::Timeout { .. } => "timeout",
@@ -480,8 +482,10 @@ impl Sim<'_> {
         if self.borrows.get(&id).is_none_or(|b| b.attempt != attempt) {
             return;
         }
+        // The simulated path has no acknowledgement: a timeout does not say which hop went silent.
         let ambiguous = AttemptResult::Ambiguous {
             why: "timeout".into(),
+            relay_silent: false,
         };
         self.record(t, id, ambiguous, "timeout");
         self.drive(t, id);

@@ -29,6 +29,7 @@ use lendmesh_protocol::attestation::{
 use lendmesh_protocol::blind_rsa::SecretKey;
 use lendmesh_protocol::epoch::{Adopted, EpochError};
 use lendmesh_protocol::group::Roster;
+use lendmesh_protocol::health::PeerHealth;
 use lendmesh_protocol::wire::GossipMessage;
 use libp2p::Multiaddr;
 use libp2p::gossipsub::MessageAcceptance;
@@ -75,6 +76,8 @@ pub struct PeerEntry {
     pub cooling_until_ms: Option<u64>,
     /// Left out as a relay (after it failed a borrow) until then.
     pub relay_cooling_until_ms: Option<u64>,
+    /// Ping answers and stream failures: a sick peer is left out of routing (`protocol::health`).
+    pub health: PeerHealth,
     /// This node's borrows with the peer as lender and as relay.
     pub outcomes: PeerOutcomes,
 }
@@ -126,6 +129,8 @@ pub struct PeerView {
     pub addresses: Vec<String>,
     /// Ping RTT in ms.
     pub rtt_ms: Option<f64>,
+    /// Answering pings with no failed stream since (`protocol::health`); absent when not connected.
+    pub healthy: Option<bool>,
     /// identify agent.
     pub agent_version: Option<String>,
     /// Last attestation.
@@ -181,6 +186,9 @@ enum Command {
     CoolDownRelay {
         peer: PeerId,
         until_ms: u64,
+    },
+    Unhealthy {
+        peer: PeerId,
     },
     Outcome {
         lender: PeerId,
@@ -300,6 +308,12 @@ impl PeerBookHandle {
     /// Leaves a relay out of routing after it failed a borrow.
     pub async fn cool_down_relay(&self, peer: PeerId, until_ms: u64) {
         let _ = self.tx.send(Command::CoolDownRelay { peer, until_ms }).await;
+    }
+
+    /// A stream to `peer` could not be opened, or it did not acknowledge a request, in time: it is left out of
+    /// routing until it answers a ping.
+    pub fn unhealthy(&self, peer: PeerId) {
+        let _ = self.tx.try_send(Command::Unhealthy { peer });
     }
 
     /// Marks a lender as cooling down after a refusal.
@@ -429,6 +443,7 @@ impl PeerBook {
                     Command::Routing { reply } => { let _ = reply.send(self.routing_view()); }
                     Command::CoolDown { peer, until_ms } => self.entry(peer).cooling_until_ms = Some(until_ms),
                     Command::CoolDownRelay { peer, until_ms } => self.entry(peer).relay_cooling_until_ms = Some(until_ms),
+                    Command::Unhealthy { peer } => self.peers.entry(peer).or_default().health.failed(now_ms()),
                     Command::Outcome { lender, relay, outcome, delivered } => self.handle_outcome(lender, relay, outcome, delivered),
                     Command::Admin { op, reply } => {
                         let result = self.handle_admin(op);
@@ -480,13 +495,22 @@ impl PeerBook {
             NetEvent::Connected { peer, addr, outbound } => {
                 let e = self.entry(peer);
                 e.connected = true;
+                e.health.connected(now_ms());
                 e.outbound = outbound;
                 if !e.addrs.contains(&addr) {
                     e.addrs.push(addr);
                 }
             }
-            NetEvent::Disconnected { peer } => self.entry(peer).connected = false,
-            NetEvent::Rtt { peer, rtt } => self.entry(peer).rtt = Some(rtt),
+            NetEvent::Disconnected { peer } => {
+                let e = self.entry(peer);
+                e.connected = false;
+                e.health.disconnected();
+            }
+            NetEvent::Rtt { peer, rtt } => {
+                let e = self.entry(peer);
+                e.rtt = Some(rtt);
+                e.health.answered(now_ms());
+            }
             NetEvent::Identified {
                 peer,
                 agent,
@@ -517,8 +541,7 @@ impl PeerBook {
                 self.net.report(msg_id, propagation_source, acceptance).await;
             }
             NetEvent::InboundIssue { .. }
-            | NetEvent::InboundRelay { .. }
-            | NetEvent::InboundBorrow { .. }
+            | NetEvent::InboundStream { .. }
             | NetEvent::InboundClaim { .. } => {}
         }
     }

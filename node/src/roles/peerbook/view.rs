@@ -8,6 +8,7 @@ impl PeerBook {
         let roster = self.group.roster();
         let window = AcceptorConfig::default().window_ms;
         let active = |p: &PeerId| p != &self.me && roster.is_active(p, now);
+        let after = lendmesh_protocol::health::DEFAULT_UNHEALTHY_AFTER_MS;
         let lenders = self
             .peers
             .iter()
@@ -20,18 +21,40 @@ impl PeerBook {
                         peer: *p,
                         headroom: att.body.headroom,
                         attestation_age_ms: age,
-                        cooling_until_ms: e.cooling_until_ms,
+                        // A sick lender (silent, or a stream to it failed) waits like a cooling one, until its
+                        // next ping answer at the earliest.
+                        cooling_until_ms: if e.health.sick(now, after) {
+                            Some(e.cooling_until_ms.unwrap_or(0).max(now + after))
+                        } else {
+                            e.cooling_until_ms
+                        },
                     },
                     key_config: att.body.ohttp_key_config.clone(),
                 })
             })
             .collect();
-        let connected = self
+        // Relays: connected members not cooling down and answering pings. Should every one be silent (a loaded
+        // machine can delay pongs), the silent ones without a failed stream are still tried: a stream that cannot be
+        // opened or acknowledged in seconds settles it, with the token unspent.
+        let usable: Vec<(&PeerId, &PeerEntry)> = self
             .peers
             .iter()
             .filter(|(p, e)| e.connected && active(p) && e.relay_cooling_until_ms.is_none_or(|t| t <= now))
-            .map(|(p, _)| *p)
             .collect();
+        let healthy: Vec<PeerId> = usable
+            .iter()
+            .filter(|(_, e)| e.health.healthy(now, after))
+            .map(|(p, _)| **p)
+            .collect();
+        let connected = if healthy.is_empty() {
+            usable
+                .iter()
+                .filter(|(_, e)| !e.health.sick(now, u64::MAX))
+                .map(|(p, _)| **p)
+                .collect()
+        } else {
+            healthy
+        };
         let known = roster.member_ids().filter(|p| *p != &self.me).count();
         RoutingView {
             lenders,
@@ -74,6 +97,10 @@ impl PeerBook {
                         .then_some(if e.outbound { "outbound" } else { "inbound" }),
                     addresses: e.addrs.iter().map(|a| a.to_string()).collect(),
                     rtt_ms: e.rtt.map(|r| r.as_secs_f64() * 1000.0),
+                    healthy: e.connected.then(|| {
+                        e.health
+                            .healthy(now, lendmesh_protocol::health::DEFAULT_UNHEALTHY_AFTER_MS)
+                    }),
                     agent_version: e.agent.clone(),
                     attestation: e.attestation.as_ref().map(|(a, _)| AttestationView {
                         bucket: a.body.headroom.label(),
