@@ -188,6 +188,11 @@ pub struct UpstreamConfig {
     /// Mock: latency per call.
     #[serde(with = "duration_str")]
     pub mock_latency: Duration,
+    /// Mock: answer as this many server-sent events (0: one JSON body).
+    pub mock_stream_chunks: u32,
+    /// Mock: time between two events.
+    #[serde(with = "duration_str")]
+    pub mock_chunk_interval: Duration,
     /// HTTP: base URL.
     pub url: String,
     /// HTTP: environment variable holding the API key.
@@ -206,6 +211,8 @@ impl Default for UpstreamConfig {
             mock_capacity: 10,
             mock_window: Duration::from_secs(60),
             mock_latency: Duration::from_millis(0),
+            mock_stream_chunks: 0,
+            mock_chunk_interval: Duration::from_millis(100),
             url: String::new(),
             key_env: String::new(),
             budget_per_window: 60,

@@ -129,12 +129,10 @@ fn parse_addrs(list: &[String], what: &str) -> anyhow::Result<Vec<Multiaddr>> {
 pub fn build_upstream(config: &Config, node_name: String) -> anyhow::Result<Arc<dyn Upstream>> {
     let u = &config.upstream;
     Ok(match u.kind {
-        UpstreamKind::Mock => Arc::new(MockUpstream::new(
-            node_name,
-            u.mock_capacity,
-            u.mock_window,
-            u.mock_latency,
-        )),
+        UpstreamKind::Mock => Arc::new(
+            MockUpstream::new(node_name, u.mock_capacity, u.mock_window, u.mock_latency)
+                .streaming(u.mock_stream_chunks, u.mock_chunk_interval),
+        ),
         UpstreamKind::Http => Arc::new(HttpUpstream::new(HttpUpstreamConfig {
             base_url: u.url.clone(),
             api_key_env: Some(u.key_env.trim())

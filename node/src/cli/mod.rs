@@ -208,6 +208,12 @@ pub struct RunArgs {
     /// Mock upstream: latency per call (e.g. 20ms).
     #[arg(long, value_parser = parse_duration)]
     pub mock_latency: Option<Duration>,
+    /// Mock upstream: answer as this many server-sent events, the way an LLM API streams (0: one JSON body).
+    #[arg(long, value_name = "N")]
+    pub mock_stream_chunks: Option<u32>,
+    /// Mock upstream: time between two streamed events (e.g. 200ms).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub mock_chunk_interval: Option<Duration>,
     /// HTTP upstream: base URL.
     #[arg(long)]
     pub upstream_url: Option<String>,
@@ -276,6 +282,12 @@ impl RunArgs {
         }
         if let Some(v) = self.mock_latency {
             c.upstream.mock_latency = v;
+        }
+        if let Some(v) = self.mock_stream_chunks {
+            c.upstream.mock_stream_chunks = v;
+        }
+        if let Some(v) = self.mock_chunk_interval {
+            c.upstream.mock_chunk_interval = v;
         }
         if let Some(v) = &self.upstream_url {
             c.upstream.url = v.clone();

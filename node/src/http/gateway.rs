@@ -9,8 +9,12 @@
 //! - identifying: `Host`, `Authorization` (the upstream's key is the lender's), `Cookie`, `Forwarded`,
 //!   `X-Forwarded-*`, `X-Real-IP`, `Via`, `Referer`, `Origin`, `User-Agent`, `From`.
 //!
-//! Bodies are limited (default 1 MiB each way; a clear 413 / 502). Streaming (SSE) responses are buffered and
-//! reach the tool whole; true streaming comes later. Every failure is JSON: `{"error": code, "message": sentence}`.
+//! Bodies are limited (default 1 MiB each way; a clear 413, or 502 when the upstream announces a larger body).
+//! Responses stream: each chunk goes to the tool as it arrives, with no `Content-Length`; a server-sent event stream
+//! (`text/event-stream`) also gets `Cache-Control: no-cache` and `X-Accel-Buffering: no`, so proxies in front do not
+//! hold it back. A body cut short (the upstream failed, or went over the limit) ends the HTTP response with an error —
+//! the tool sees a broken response, never a clean end. Every failure before the head is JSON:
+//! `{"error": code, "message": sentence}`.
 
 use std::sync::Arc;
 
@@ -26,7 +30,7 @@ use tracing::debug;
 use crate::clock::now_ms;
 use crate::metrics::NodeMetrics;
 use crate::roles::borrower::Borrower;
-use crate::upstream::{Upstream, UpstreamRequest};
+use crate::upstream::{Upstream, UpstreamRequest, UpstreamResponse};
 
 pub use crate::config::DEFAULT_BODY_LIMIT;
 
@@ -162,14 +166,7 @@ async fn handle(State(s): State<Arc<GatewayState>>, req: Request) -> Response<Bo
         return match result {
             Ok(r) => {
                 s.counters.inc(&s.counters.served_locally);
-                to_response(
-                    HttpResponse {
-                        status: r.status,
-                        headers: r.headers,
-                        body: r.body,
-                    },
-                    s.body_limit,
-                )
+                stream_response(r, s.body_limit)
             }
             Err(e) => error_response(
                 502,
@@ -209,6 +206,63 @@ async fn handle(State(s): State<Arc<GatewayState>>, req: Request) -> Response<Bo
     }
 }
 
+/// The response head at once, the body chunk by chunk as it arrives (see the module doc).
+pub fn stream_response(r: UpstreamResponse, limit: usize) -> Response<Body> {
+    use futures::StreamExt;
+    let announced = r.headers.iter().find_map(|(k, v)| {
+        k.eq_ignore_ascii_case("content-length")
+            .then(|| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok())
+            .flatten()
+    });
+    if announced.is_some_and(|n| n > limit as u64) {
+        return error_response(
+            502,
+            "response_too_large",
+            &format!("the upstream's response exceeds the gateway's {limit}-byte limit"),
+            None,
+        );
+    }
+    let event_stream = r.is_event_stream();
+    let mut seen = 0usize;
+    let body = r.body.map(move |chunk| {
+        let chunk = chunk.map_err(|e| std::io::Error::other(e.to_string()))?;
+        seen = seen.saturating_add(chunk.len());
+        if seen > limit {
+            return Err(std::io::Error::other(format!(
+                "the response exceeds the gateway's {limit}-byte limit; cut short"
+            )));
+        }
+        Ok::<_, std::io::Error>(chunk)
+    });
+    let mut resp = Response::new(Body::from_stream(body));
+    *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    copy_headers(&mut resp, r.headers);
+    if event_stream {
+        let h = resp.headers_mut();
+        h.insert(
+            axum::http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache"),
+        );
+        h.insert(
+            HeaderName::from_static("x-accel-buffering"),
+            HeaderValue::from_static("no"),
+        );
+    }
+    resp
+}
+
+fn copy_headers(resp: &mut Response<Body>, headers: Vec<(String, Vec<u8>)>) {
+    for (k, v) in headers {
+        let lower = k.to_ascii_lowercase();
+        if HOP_BY_HOP.contains(&lower.as_str()) {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_bytes(&v)) {
+            resp.headers_mut().append(name, value);
+        }
+    }
+}
+
 fn to_response(r: HttpResponse, limit: usize) -> Response<Body> {
     if r.body.len() > limit {
         return error_response(
@@ -220,15 +274,7 @@ fn to_response(r: HttpResponse, limit: usize) -> Response<Body> {
     }
     let mut resp = Response::new(Body::from(r.body));
     *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY);
-    for (k, v) in r.headers {
-        let lower = k.to_ascii_lowercase();
-        if HOP_BY_HOP.contains(&lower.as_str()) {
-            continue;
-        }
-        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_bytes(&v)) {
-            resp.headers_mut().append(name, value);
-        }
-    }
+    copy_headers(&mut resp, r.headers);
     resp
 }
 

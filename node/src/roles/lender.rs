@@ -663,10 +663,18 @@ impl LendContext {
                 (refuse(BorrowRefusal::UpstreamRefused { status }, retry), record)
             }
             (UpstreamVerdict::Served, Ok(resp)) => {
+                let limit = lendmesh_protocol::wire::MAX_HTTP_MESSAGE - 64 * 1024;
+                let (status, headers, body) = match resp.collect(limit).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        record.outcome = LendOutcome::UpstreamFailed;
+                        return (refuse(BorrowRefusal::UpstreamFailed(e.to_string()), None), record);
+                    }
+                };
                 let http_response = HttpResponse {
-                    status: resp.status,
-                    headers: resp.headers,
-                    body: resp.body,
+                    status,
+                    headers,
+                    body,
                 };
                 match wire::encode(&http_response) {
                     Ok(bytes) => {

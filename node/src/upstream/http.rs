@@ -277,34 +277,44 @@ impl HttpUpstream {
             .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
             .collect();
         self.learn(status, &headers, wall_clock_ms());
-        let body = self.read_limited(resp).await.map_err(|e| (e, false))?;
+        let limit = self.max_response_bytes;
+        if resp
+            .content_length()
+            .is_some_and(|n| n > u64::try_from(limit).unwrap_or(u64::MAX))
+        {
+            return Err((UpstreamError::BodyTooLarge { limit }, false));
+        }
         Ok(UpstreamResponse {
             status,
             headers,
-            body,
+            body: body_stream(resp, limit, self.timeout),
         })
     }
+}
 
-    /// Reads the body chunk by chunk, refusing as soon as it would exceed `max_response_bytes`.
-    async fn read_limited(&self, mut resp: reqwest::Response) -> Result<Vec<u8>, UpstreamError> {
-        let limit = self.max_response_bytes;
-        let announced = resp.content_length();
-        if announced.is_some_and(|n| n > u64::try_from(limit).unwrap_or(u64::MAX)) {
-            return Err(UpstreamError::BodyTooLarge { limit });
+/// The body chunk by chunk as it arrives, ending with `BodyTooLarge` as soon as it would exceed `limit`.
+fn body_stream(resp: reqwest::Response, limit: usize, timeout: Duration) -> BodyStream {
+    let state = (resp, 0usize, false);
+    let chunks = futures::stream::unfold(state, move |(mut resp, seen, done)| async move {
+        if done {
+            return None;
         }
-        let mut body = Vec::with_capacity(
-            announced
-                .map_or(0, |n| usize::try_from(n).unwrap_or(limit))
-                .min(limit),
-        );
-        while let Some(chunk) = resp.chunk().await.map_err(|e| self.classify(e))? {
-            if chunk.len() > limit - body.len() {
-                return Err(UpstreamError::BodyTooLarge { limit });
+        match resp.chunk().await {
+            Ok(None) => None,
+            Ok(Some(chunk)) if chunk.len() > limit.saturating_sub(seen) => {
+                Some((Err(UpstreamError::BodyTooLarge { limit }), (resp, seen, true)))
             }
-            body.extend_from_slice(&chunk);
+            Ok(Some(chunk)) => {
+                let seen = seen + chunk.len();
+                Some((Ok(chunk.to_vec()), (resp, seen, false)))
+            }
+            Err(e) if e.is_timeout() => Some((Err(UpstreamError::Timeout { timeout }), (resp, seen, true))),
+            Err(e) => Some((Err(UpstreamError::Http(e)), (resp, seen, true))),
         }
-        Ok(body)
-    }
+    });
+    Box::pin(futures::TryStreamExt::try_filter(chunks, |c| {
+        futures::future::ready(!c.is_empty())
+    }))
 }
 
 impl Upstream for HttpUpstream {

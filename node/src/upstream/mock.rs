@@ -11,6 +11,10 @@ pub struct MockUpstream {
     capacity: u64,
     window_ms: u64,
     latency: Duration,
+    /// Stream the answer as this many server-sent events (0: one JSON body).
+    stream_chunks: u32,
+    /// Between two events.
+    chunk_interval: Duration,
     /// (window index, units used in it).
     used: Mutex<(u64, u64)>,
     calls: AtomicU64,
@@ -26,9 +30,19 @@ impl MockUpstream {
             capacity,
             window_ms: duration_ms(window).max(1),
             latency,
+            stream_chunks: 0,
+            chunk_interval: Duration::ZERO,
             used: Mutex::new((0, 0)),
             calls: AtomicU64::new(0),
         }
+    }
+
+    /// Answers as a stream of `chunks` server-sent events `interval` apart (after the latency), the way an LLM
+    /// API streams a completion: `data: {"index":i,...}` events, then `data: [DONE]`. 0 chunks: one JSON body.
+    pub fn streaming(mut self, chunks: u32, interval: Duration) -> Self {
+        self.stream_chunks = chunks;
+        self.chunk_interval = interval;
+        self
     }
 
     /// How many calls this mock has answered.
@@ -106,10 +120,37 @@ impl Upstream for MockUpstream {
                 "request_body_bytes": req.body.len(),
                 "window_remaining": window_remaining,
             });
+            if self.stream_chunks == 0 {
+                let json = vec![("content-type".into(), b"application/json".to_vec())];
+                return Ok(UpstreamResponse::whole(200, json, body.to_string().into_bytes()));
+            }
+            let (chunks, interval) = (self.stream_chunks, self.chunk_interval);
+            let events = futures::stream::unfold(0u32, move |i| {
+                let body = body.clone();
+                async move {
+                    if i > chunks {
+                        return None;
+                    }
+                    if i > 0 {
+                        tokio::time::sleep(interval).await;
+                    }
+                    let event = if i == chunks {
+                        "data: [DONE]\n\n".to_string()
+                    } else {
+                        let mut e = body;
+                        e["index"] = i.into();
+                        format!("data: {e}\n\n")
+                    };
+                    Some((Ok(event.into_bytes()), i + 1))
+                }
+            });
             Ok(UpstreamResponse {
                 status: 200,
-                headers: vec![("content-type".into(), b"application/json".to_vec())],
-                body: body.to_string().into_bytes(),
+                headers: vec![
+                    ("content-type".into(), b"text/event-stream".to_vec()),
+                    ("cache-control".into(), b"no-cache".to_vec()),
+                ],
+                body: Box::pin(events),
             })
         })
     }

@@ -74,16 +74,64 @@ pub struct UpstreamRequest {
     pub body: Vec<u8>,
 }
 
-/// The upstream's answer.
-#[derive(Clone, Debug, Default)]
+/// A response body as it arrives: non-empty chunks in order, then the end of the stream. An `Err` item ends it
+/// early — the response was cut short, and whoever passes it on must show an error, never a clean end. Dropping it
+/// before the end cancels the upstream call.
+pub type BodyStream = futures::stream::BoxStream<'static, Result<Vec<u8>, UpstreamError>>;
+
+/// The upstream's answer: its head as soon as it arrives, its body as a stream.
 pub struct UpstreamResponse {
     /// HTTP status code.
     pub status: u16,
     /// Response headers, in the order received (names lower-case), hop-by-hop ones (`Transfer-Encoding`,
     /// `Connection`) and `Content-Length` included: strip them before serving the body again.
     pub headers: Vec<(String, Vec<u8>)>,
-    /// Response body (at most the configured maximum).
-    pub body: Vec<u8>,
+    /// The body, at most the configured maximum in all.
+    pub body: BodyStream,
+}
+
+impl fmt::Debug for UpstreamResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamResponse")
+            .field("status", &self.status)
+            .field("headers", &self.headers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl UpstreamResponse {
+    /// A response whose whole body is known.
+    pub fn whole(status: u16, headers: Vec<(String, Vec<u8>)>, body: Vec<u8>) -> Self {
+        let chunks = if body.is_empty() { vec![] } else { vec![Ok(body)] };
+        UpstreamResponse {
+            status,
+            headers,
+            body: Box::pin(futures::stream::iter(chunks)),
+        }
+    }
+
+    /// Reads the whole body, refusing more than `limit` bytes.
+    pub async fn collect(self, limit: usize) -> Result<(u16, Vec<(String, Vec<u8>)>, Vec<u8>), UpstreamError> {
+        use futures::StreamExt;
+        let mut body = Vec::new();
+        let mut stream = self.body;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            if chunk.len() > limit.saturating_sub(body.len()) {
+                return Err(UpstreamError::BodyTooLarge { limit });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok((self.status, self.headers, body))
+    }
+
+    /// Whether the body is a stream of events (`text/event-stream`): its chunks must reach the client as they come.
+    pub fn is_event_stream(&self) -> bool {
+        self.headers.iter().any(|(k, v)| {
+            k.eq_ignore_ascii_case("content-type")
+                && v.get(..17).is_some_and(|p| p.eq_ignore_ascii_case(b"text/event-stream"))
+        })
+    }
 }
 
 /// What is left in the current rate-limit window.
@@ -167,6 +215,12 @@ pub enum UpstreamError {
         /// The configured timeout.
         timeout: Duration,
     },
+    /// The upstream's body stopped: no next chunk within the idle limit.
+    #[error("upstream sent nothing for {idle:?} in the middle of its answer")]
+    Idle {
+        /// The idle limit.
+        idle: Duration,
+    },
     /// The TCP/TLS connection to the upstream failed; no work was done and the unit was given back.
     #[error("could not connect to the upstream at {base_url}: {source}")]
     Connect {
@@ -207,7 +261,8 @@ pub trait Upstream: Send + Sync + 'static {
     /// Gives the unit back (the upstream refused before doing work). A permit from an earlier window is only
     /// retired: the new window already started full.
     fn release(&self, permit: Permit);
-    /// Calls the upstream, spending `permit`.
+    /// Calls the upstream, spending `permit`. Resolves when the response head arrives; the body follows as a
+    /// stream ([`UpstreamResponse::body`]), and dropping it (or this future) cancels the call.
     fn call(
         &self,
         permit: Permit,

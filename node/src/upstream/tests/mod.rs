@@ -133,7 +133,8 @@ async fn mock_call_names_node_and_honours_latency() {
         resp.headers,
         vec![("content-type".to_owned(), b"application/json".to_vec())]
     );
-    let v: Value = serde_json::from_slice(&resp.body).expect("json");
+    let (_, _, body) = resp.collect(1 << 20).await.expect("whole body");
+    let v: Value = serde_json::from_slice(&body).expect("json");
     assert_eq!(v["served_by"], "erin");
     assert_eq!(v["method"], "POST");
     assert_eq!(v["path"], "/v1/chat?x=1");
@@ -345,3 +346,24 @@ fn api_key_from_environment() {
 
 mod headers;
 mod server;
+
+#[tokio::test(start_paused = true)]
+async fn mock_streams_server_sent_events_apart() {
+    let m = MockUpstream::new("sse".into(), 5, Duration::from_secs(60), Duration::ZERO)
+        .streaming(3, Duration::from_millis(200));
+    let p = m.try_acquire(0, 0).expect("unit");
+    let resp = m.call(p, req("POST", "/v1/chat/completions")).await.expect("answers");
+    assert!(resp.is_event_stream());
+    let mut body = resp.body;
+    use futures::StreamExt;
+    let start = tokio::time::Instant::now();
+    let mut events = Vec::new();
+    while let Some(chunk) = body.next().await {
+        events.push((start.elapsed(), String::from_utf8(chunk.expect("chunk")).expect("utf-8")));
+    }
+    assert_eq!(events.len(), 4, "three events and [DONE]");
+    assert!(events[0].1.starts_with("data: {") && events[0].1.ends_with("\n\n"));
+    assert_eq!(events[3].1, "data: [DONE]\n\n");
+    assert_eq!(events[0].0, Duration::ZERO, "the first event comes at once");
+    assert_eq!(events[3].0, Duration::from_millis(600), "then one every 200 ms");
+}

@@ -79,11 +79,27 @@ async fn serve(script: Script) -> (String, Shared) {
     (format!("http://{addr}"), shared)
 }
 
-async fn call(up: &HttpUpstream, r: UpstreamRequest) -> Result<UpstreamResponse, UpstreamError> {
+/// A whole answer, its body read to the end.
+#[derive(Debug)]
+struct Whole {
+    status: u16,
+    headers: Vec<(String, Vec<u8>)>,
+    body: Vec<u8>,
+}
+
+async fn call(up: &HttpUpstream, r: UpstreamRequest) -> Result<Whole, UpstreamError> {
     let permit = up
         .try_acquire(wall_clock_ms(), 0)
         .expect("headroom for the test call");
-    tokio::time::timeout(WAIT, up.call(permit, r))
+    let whole = async {
+        let (status, headers, body) = up.call(permit, r).await?.collect(usize::MAX).await?;
+        Ok(Whole {
+            status,
+            headers,
+            body,
+        })
+    };
+    tokio::time::timeout(WAIT, whole)
         .await
         .expect("call finished in time")
 }
