@@ -114,7 +114,8 @@ pub enum BhttpError {
 #[must_use]
 pub fn encode_request(req: &HttpRequest) -> Vec<u8> {
     let section = field_lines(&req.headers);
-    let mut out = Vec::with_capacity(32 + req.method.len() + req.path_and_query.len() + section.len() + req.body.len());
+    let mut out =
+        Vec::with_capacity(32 + req.method.len() + req.path_and_query.len() + section.len() + req.body.len());
     put_varint(&mut out, KNOWN_REQUEST);
     put_bytes(&mut out, req.method.as_bytes());
     put_bytes(&mut out, b"https");
@@ -243,7 +244,9 @@ impl VarintReader {
 /// Whether `name` is a non-empty HTTP token (RFC 9110 §5.6.2).
 fn is_token(name: &[u8]) -> bool {
     !name.is_empty()
-        && name.iter().all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        && name
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// Whether HTTP/2 accepts `value` as a field value (RFC 9113 §8.2.1, required by RFC 9292 §3.6).
@@ -322,7 +325,9 @@ impl FieldSectionReader {
                     self.step = FieldStep::Done;
                     continue;
                 }
-                return Err(BhttpError::Malformed("field line overruns its known-length section"));
+                return Err(BhttpError::Malformed(
+                    "field line overruns its known-length section",
+                ));
             }
             let used = match self.step {
                 FieldStep::NameLen | FieldStep::ValueLen => {
@@ -405,11 +410,14 @@ impl FieldSectionReader {
             return Ok(());
         }
         if !is_field_value(&part) {
-            return Err(BhttpError::Malformed("field value has NUL, CR, LF or surrounding whitespace"));
+            return Err(BhttpError::Malformed(
+                "field value has NUL, CR, LF or surrounding whitespace",
+            ));
         }
         let name = std::mem::take(&mut self.name);
         if self.keep {
-            let name = String::from_utf8(name).map_err(|_| BhttpError::Malformed("field name is not ASCII"))?;
+            let name =
+                String::from_utf8(name).map_err(|_| BhttpError::Malformed("field name is not ASCII"))?;
             self.fields.push((name, part));
         }
         self.step = FieldStep::NameLen;
@@ -439,7 +447,8 @@ pub fn decode_request(bytes: &[u8], max_body: usize) -> Result<HttpRequest, Bhtt
     if !is_token(method) {
         return Err(BhttpError::Malformed("method is not an HTTP token"));
     }
-    let method = String::from_utf8(method.to_vec()).map_err(|_| BhttpError::Malformed("method is not ASCII"))?;
+    let method =
+        String::from_utf8(method.to_vec()).map_err(|_| BhttpError::Malformed("method is not ASCII"))?;
     let path_and_query =
         String::from_utf8(path.to_vec()).map_err(|_| BhttpError::Malformed("path is not UTF-8"))?;
     let headers = r.field_section(mode, true)?;
@@ -448,7 +457,12 @@ pub fn decode_request(bytes: &[u8], max_body: usize) -> Result<HttpRequest, Bhtt
     if r.0.iter().any(|b| *b != 0) {
         return Err(BhttpError::Malformed("non-zero bytes after the message"));
     }
-    Ok(HttpRequest { method, path_and_query, headers, body })
+    Ok(HttpRequest {
+        method,
+        path_and_query,
+        headers,
+        body,
+    })
 }
 
 /// A cursor over a whole message.
@@ -477,7 +491,9 @@ impl<'a> SliceReader<'a> {
     fn control_field(&mut self) -> Result<&'a [u8], BhttpError> {
         let len = self.varint()?.ok_or(BhttpError::Truncated)?;
         if len > MAX_FIELD_SECTION as u64 {
-            return Err(BhttpError::FieldSectionTooLarge { limit: MAX_FIELD_SECTION });
+            return Err(BhttpError::FieldSectionTooLarge {
+                limit: MAX_FIELD_SECTION,
+            });
         }
         self.take(len as usize)
     }
@@ -507,13 +523,17 @@ impl<'a> SliceReader<'a> {
 
     /// The content, at most `max_body` bytes; empty when the message ends where it would begin.
     fn content(&mut self, mode: Mode, max_body: usize) -> Result<Vec<u8>, BhttpError> {
-        let too_large = BhttpError::BodyTooLarge { limit: max_body as u64 };
+        let too_large = BhttpError::BodyTooLarge {
+            limit: max_body as u64,
+        };
         let mut body = Vec::new();
         loop {
             let Some(len) = self.varint()? else {
-                return match body.is_empty() {
-                    true => Ok(body),
-                    false => Err(BhttpError::Truncated), // chunks without their terminator
+                // Empty content may be left out; chunks without their terminator may not.
+                return if body.is_empty() {
+                    Ok(body)
+                } else {
+                    Err(BhttpError::Truncated)
                 };
             };
             if len == 0 && mode == Mode::Indeterminate {
@@ -590,7 +610,9 @@ enum State {
     /// Before the content's length (known-length) or a chunk's length (indeterminate-length).
     ContentLen,
     /// Inside the content (known-length) or a chunk: bytes still to come.
-    Content { left: u64 },
+    Content {
+        left: u64,
+    },
     /// After the trailer section: only zero padding.
     Padding,
 }
@@ -753,20 +775,33 @@ impl ResponseDecoder {
             return Ok(State::SectionStart(Section::Trailer));
         }
         if self.mode == Mode::Indeterminate && len > self.limits.max_chunk as u64 {
-            return Err(BhttpError::ChunkTooLarge { len, limit: self.limits.max_chunk });
+            return Err(BhttpError::ChunkTooLarge {
+                len,
+                limit: self.limits.max_chunk,
+            });
         }
         if len > self.limits.max_body.saturating_sub(self.body_read) {
-            return Err(BhttpError::BodyTooLarge { limit: self.limits.max_body });
+            return Err(BhttpError::BodyTooLarge {
+                limit: self.limits.max_body,
+            });
         }
         self.body_read += len;
         Ok(State::Content { left: len })
     }
 
-    fn on_section_end(&mut self, section: Section, fields: Vec<(String, Vec<u8>)>, events: &mut Vec<ResponseEvent>) {
+    fn on_section_end(
+        &mut self,
+        section: Section,
+        fields: Vec<(String, Vec<u8>)>,
+        events: &mut Vec<ResponseEvent>,
+    ) {
         self.state = match section {
             Section::Informational => State::Status,
             Section::Header => {
-                events.push(ResponseEvent::Head { status: self.status, headers: fields });
+                events.push(ResponseEvent::Head {
+                    status: self.status,
+                    headers: fields,
+                });
                 State::ContentLen
             }
             Section::Trailer => {

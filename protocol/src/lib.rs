@@ -44,6 +44,7 @@
 
 pub mod attestation;
 pub mod backoff;
+pub mod bhttp;
 pub mod blind_rsa;
 pub mod borrow;
 pub mod epoch;

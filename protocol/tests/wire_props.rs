@@ -101,19 +101,21 @@ proptest! {
     #[test]
     fn relay_and_borrow_round_trip(lender in any_peer(), sealed in bytes(4096)) {
         round_trip(&RelayRequest { lender, sealed: sealed.clone() });
-        round_trip(&RelayResponse::Delivered { sealed: sealed.clone() });
+        round_trip(&RelayResponse::Delivered);
         round_trip(&RelayResponse::Failed(DeliveryFailure::LenderTimeout));
         round_trip(&RelayFrame::Accepted);
-        round_trip(&RelayFrame::Answer(RelayResponse::Delivered { sealed: sealed.clone() }));
+        round_trip(&RelayFrame::Answer(RelayResponse::Delivered));
         round_trip(&BorrowRequest { sealed: sealed.clone() });
-        round_trip(&BorrowResponse::Sealed { sealed });
+        round_trip(&BorrowResponse::Sealed);
+        round_trip(&BorrowResponse::Failed(DeliveryFailure::LenderBusy));
     }
 
     #[test]
     fn inner_borrow_round_trip(spend in any_spend(), id in any::<[u8; 16]>(), http in bytes(2048),
                                retry in proptest::option::of(any::<u64>())) {
         round_trip(&InnerBorrowRequest { request_id: id, spend, http_request: http.clone() });
-        round_trip(&InnerBorrowResponse::Served { http_response: http });
+        round_trip(&InnerBorrowResponse::Served);
+        round_trip(&InnerBorrowResponse::Refused { reason: BorrowRefusal::AlreadyServed, retry_after_ms: None });
         round_trip(&InnerBorrowResponse::Refused { reason: BorrowRefusal::UpstreamRefused { status: 429 }, retry_after_ms: retry });
     }
 

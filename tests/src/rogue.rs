@@ -218,7 +218,7 @@ impl Rogue {
             .unwrap_or_else(|_| Err("timeout".into()))
     }
 
-    /// Opens a `protocol` stream, writes `bytes`, closes its side and reads what comes back (at most 64 KiB),
+    /// Opens a `protocol` stream, writes `bytes` and reads what comes back until the node ends it (at most 64 KiB),
     /// driving the swarm meanwhile. Bounded.
     async fn raw_stream(&mut self, protocol: &str, peer: PeerId, bytes: Vec<u8>) -> Result<Vec<u8>, String> {
         let mut control = self.swarm.behaviour().streams.new_control();
@@ -228,8 +228,9 @@ impl Rogue {
                 .open_stream(peer, protocol)
                 .await
                 .map_err(|e| e.to_string())?;
+            // Written and flushed, this side left open: a requester that closes its side has gone away.
             stream.write_all(&bytes).await.map_err(|e| e.to_string())?;
-            stream.close().await.map_err(|e| e.to_string())?;
+            stream.flush().await.map_err(|e| e.to_string())?;
             let mut buf = Vec::new();
             stream
                 .take(65536)

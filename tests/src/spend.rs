@@ -10,6 +10,9 @@ use lendmesh_protocol::wire::{
     IssueResponse,
 };
 
+use futures::AsyncReadExt;
+use lendmesh_node::roles::borrowed::SealedRequest;
+
 use crate::RunningNode;
 use crate::rogue::Rogue;
 
@@ -41,7 +44,7 @@ pub async fn spend_direct(
 ) -> InnerBorrowResponse {
     let (_, lender_peer) = peer_of(lender);
     let key_config = hex::decode(lender.get("/v1/node").1["ohttp_key_config"].as_str().unwrap()).unwrap();
-    let http_bytes = wire::encode(request).unwrap();
+    let http_bytes = lendmesh_protocol::bhttp::encode_request(request);
     let inner = InnerBorrowRequest {
         request_id,
         spend: token.spend(
@@ -51,18 +54,30 @@ pub async fn spend_direct(
         ),
         http_request: http_bytes,
     };
-    let client = ohttp::ClientRequest::from_encoded_config(&key_config).unwrap();
-    let (sealed, opener) = client.encapsulate(&wire::encode(&inner).unwrap()).unwrap();
+    let mut sealed = SealedRequest::seal(&key_config, &wire::encode(&inner).unwrap())
+        .await
+        .unwrap();
+    let bytes = std::mem::take(&mut sealed.bytes);
     let raw = rogue
         .raw_request(
             "/lendmesh/borrow/2",
             lender_peer,
-            crate::rogue::frame(&wire::encode(&BorrowRequest { sealed }).unwrap()),
+            crate::rogue::frame(&wire::encode(&BorrowRequest { sealed: bytes }).unwrap()),
         )
         .await
         .expect("the lender answers");
-    match wire::decode::<BorrowResponse>(crate::rogue::unframe(&raw)).unwrap() {
-        BorrowResponse::Sealed { sealed } => wire::decode(&opener.decapsulate(&sealed).unwrap()).unwrap(),
+    let head = crate::rogue::unframe(&raw);
+    match wire::decode::<BorrowResponse>(head).unwrap() {
+        BorrowResponse::Sealed => {
+            let rest = raw[wire::FRAME_PREFIX + head.len()..].to_vec();
+            let mut reader = sealed.open(futures::io::Cursor::new(rest)).unwrap();
+            let mut prefix = [0u8; wire::FRAME_PREFIX];
+            reader.read_exact(&mut prefix).await.unwrap();
+            let len = wire::prefixed_len::<InnerBorrowResponse>(prefix).unwrap();
+            let mut frame = vec![0u8; len];
+            reader.read_exact(&mut frame).await.unwrap();
+            wire::decode(&frame).unwrap()
+        }
         BorrowResponse::Failed(f) => panic!("delivery failed: {f:?}"),
     }
 }

@@ -98,9 +98,16 @@ fn replayed_and_raced_tokens_are_refused_durably() {
         // First spend at B: served.
         let first = borrow(&mut rogue, &b, b_peer, t1, b_id, [1; 16]).await;
         assert!(matches!(first, InnerBorrowResponse::Served { .. }), "{first:?}");
-        // The same request id again: answered idempotently, no second upstream call.
+        // The same request id again: no second upstream call; the answer streamed to the first attempt, so the
+        // retry learns that the token is spent.
         let again = borrow(&mut rogue, &b, b_peer, t1, b_id, [1; 16]).await;
-        assert_eq!(again, first);
+        assert_eq!(
+            again,
+            InnerBorrowResponse::Refused {
+                reason: lendmesh_protocol::wire::BorrowRefusal::AlreadyServed,
+                retry_after_ms: None
+            }
+        );
         // A replay under a new request id: a double spend.
         let replay = borrow(&mut rogue, &b, b_peer, t1, b_id, [2; 16]).await;
         assert_eq!(rejected(&replay).as_deref(), Some("double_spend"));

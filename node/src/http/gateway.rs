@@ -22,7 +22,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, Response, StatusCode};
-use lendmesh_protocol::wire::{HttpRequest, HttpResponse};
+use lendmesh_protocol::wire::HttpRequest;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -177,7 +177,10 @@ async fn handle(State(s): State<Arc<GatewayState>>, req: Request) -> Response<Bo
         };
     }
     match s.borrower.borrow(http).await {
-        Ok(resp) => to_response(resp, s.body_limit),
+        Ok(resp) => {
+            let event_stream = is_event_stream(&resp.headers);
+            stream_body(resp.status, resp.headers, resp.body, event_stream, s.body_limit)
+        }
         Err(e) => {
             debug!(code = e.code(), %e, "borrow failed");
             if s.shutdown.is_cancelled() {
@@ -208,8 +211,30 @@ async fn handle(State(s): State<Arc<GatewayState>>, req: Request) -> Response<Bo
 
 /// The response head at once, the body chunk by chunk as it arrives (see the module doc).
 pub fn stream_response(r: UpstreamResponse, limit: usize) -> Response<Body> {
+    let event_stream = r.is_event_stream();
+    stream_body(r.status, r.headers, r.body, event_stream, limit)
+}
+
+/// Whether `headers` say `text/event-stream`.
+fn is_event_stream(headers: &[(String, Vec<u8>)]) -> bool {
+    headers.iter().any(|(k, v)| {
+        k.eq_ignore_ascii_case("content-type")
+            && v.get(..17)
+                .is_some_and(|p| p.eq_ignore_ascii_case(b"text/event-stream"))
+    })
+}
+
+/// A response whose body streams: `502 response_too_large` at once when the head announces more than `limit`,
+/// else the head and then each piece as it comes; a body that goes over `limit` or fails ends with an error.
+fn stream_body<E: std::fmt::Display + Send + 'static>(
+    status: u16,
+    headers: Vec<(String, Vec<u8>)>,
+    body: futures::stream::BoxStream<'static, Result<Vec<u8>, E>>,
+    event_stream: bool,
+    limit: usize,
+) -> Response<Body> {
     use futures::StreamExt;
-    let announced = r.headers.iter().find_map(|(k, v)| {
+    let announced = headers.iter().find_map(|(k, v)| {
         k.eq_ignore_ascii_case("content-length")
             .then(|| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok())
             .flatten()
@@ -222,9 +247,8 @@ pub fn stream_response(r: UpstreamResponse, limit: usize) -> Response<Body> {
             None,
         );
     }
-    let event_stream = r.is_event_stream();
     let mut seen = 0usize;
-    let body = r.body.map(move |chunk| {
+    let body = body.map(move |chunk| {
         let chunk = chunk.map_err(|e| std::io::Error::other(e.to_string()))?;
         seen = seen.saturating_add(chunk.len());
         if seen > limit {
@@ -235,8 +259,8 @@ pub fn stream_response(r: UpstreamResponse, limit: usize) -> Response<Body> {
         Ok::<_, std::io::Error>(chunk)
     });
     let mut resp = Response::new(Body::from_stream(body));
-    *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY);
-    copy_headers(&mut resp, r.headers);
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    copy_headers(&mut resp, headers);
     if event_stream {
         let h = resp.headers_mut();
         h.insert(
@@ -261,21 +285,6 @@ fn copy_headers(resp: &mut Response<Body>, headers: Vec<(String, Vec<u8>)>) {
             resp.headers_mut().append(name, value);
         }
     }
-}
-
-fn to_response(r: HttpResponse, limit: usize) -> Response<Body> {
-    if r.body.len() > limit {
-        return error_response(
-            502,
-            "response_too_large",
-            &format!("the upstream's response exceeds the gateway's {limit}-byte limit"),
-            None,
-        );
-    }
-    let mut resp = Response::new(Body::from(r.body));
-    *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY);
-    copy_headers(&mut resp, r.headers);
-    resp
 }
 
 #[cfg(test)]

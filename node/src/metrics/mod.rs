@@ -133,6 +133,9 @@ pub struct NodeMetrics {
     pub relays_ok: Counter,
     /// Relays that failed.
     pub relays_failed: Counter,
+    /// Streamed answers given up because the tool went away: borrows (the borrower closed its stream), relays (the
+    /// borrower left mid-answer) and lends (the upstream call was dropped).
+    pub cancelled: Family<OutcomeLabel, Counter>,
     /// Claims answered as a replica.
     pub claims_answered: Counter,
     /// Upstream calls by status class.
@@ -182,10 +185,18 @@ pub const REFILL_OUTCOMES: [&str; 6] = [
     "failed",
 ];
 
+/// The roles a streamed answer can be given up in.
+const CANCELLED_ROLES: [&str; 3] = ["borrow", "relay", "lend"];
+
 /// The refill counter with every outcome at 0, so each series exists from the start.
 fn refill_requests() -> Family<OutcomeLabel, Counter> {
+    family_with(&REFILL_OUTCOMES)
+}
+
+/// A counter family with every one of `outcomes` at 0.
+fn family_with(outcomes: &[&str]) -> Family<OutcomeLabel, Counter> {
     let family = Family::<OutcomeLabel, Counter>::default();
-    for outcome in REFILL_OUTCOMES {
+    for outcome in outcomes {
         let _ = family.get_or_create(&OutcomeLabel {
             outcome: outcome.to_string(),
         });
@@ -221,6 +232,7 @@ impl Default for NodeMetrics {
             lends_in_flight: Gauge::default(),
             relays_ok: Counter::default(),
             relays_failed: Counter::default(),
+            cancelled: family_with(&CANCELLED_ROLES),
             claims_answered: Counter::default(),
             upstream_calls: Family::default(),
             wallet_balance: Gauge::default(),
@@ -311,6 +323,11 @@ impl NodeMetrics {
             self.relays_ok.clone(),
         );
         r.register("relay_failures", "Relays that failed", self.relays_failed.clone());
+        r.register(
+            "cancelled",
+            "Streamed answers given up because the tool went away, by role (borrow, relay, lend)",
+            self.cancelled.clone(),
+        );
         r.register(
             "tokens_issued",
             "Tokens this issuer signed",

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::{AsyncReadExt, AsyncWriteExt};
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use lendmesh_protocol::wire::{self, WireMessage};
 use libp2p::core::transport::PortUse;
 use libp2p::core::{Endpoint, InboundUpgrade, Multiaddr, OutboundUpgrade, UpgradeInfo};
@@ -56,8 +56,11 @@ pub const DEFAULT_OPEN_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default for [`StreamTimeouts::request`].
 pub const DEFAULT_REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default for [`StreamTimeouts::answer`].
-pub const DEFAULT_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default for [`StreamTimeouts::first_byte`]: longer than an upstream's own first-byte limit (5 minutes by
+/// default, for thinking models), so the lender's answer — a served head or its upstream's timeout — comes first.
+pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(330);
+/// Default for [`StreamTimeouts::idle`]: longer than an upstream's own idle limit (60 s by default).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// How long each step of a streamed borrow may take.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,8 +71,11 @@ pub struct StreamTimeouts {
     pub ack: Duration,
     /// Reading the first frame of an inbound stream (the request).
     pub request: Duration,
-    /// The lender's answer once it has the request (its upstream call included).
-    pub answer: Duration,
+    /// The lender's first byte once it has the request (its upstream's head included): a borrow waits this long
+    /// for a thinking model to start answering, and fails over to another lender only before it.
+    pub first_byte: Duration,
+    /// Between two pieces of a streamed answer; a longer pause ends the answer as cut short.
+    pub idle: Duration,
 }
 
 impl Default for StreamTimeouts {
@@ -78,7 +84,8 @@ impl Default for StreamTimeouts {
             open: DEFAULT_OPEN_TIMEOUT,
             ack: DEFAULT_ACK_TIMEOUT,
             request: DEFAULT_REQUEST_READ_TIMEOUT,
-            answer: DEFAULT_ANSWER_TIMEOUT,
+            first_byte: DEFAULT_FIRST_BYTE_TIMEOUT,
+            idle: DEFAULT_IDLE_TIMEOUT,
         }
     }
 }
@@ -196,15 +203,15 @@ impl Streams {
     }
 
     /// Reads one frame of type `T` from `peer`'s stream within `within`; oversized or garbled frames are counted.
-    pub async fn recv<T: WireMessage>(
+    pub async fn recv<T: WireMessage, S: AsyncRead + Unpin>(
         &self,
-        stream: &mut Stream,
+        stream: &mut S,
         peer: &lendmesh_protocol::PeerId,
         within: Duration,
     ) -> Result<T, StreamError> {
         let read = tokio::select! {
             _ = self.stopped.cancelled() => return Err(StreamError::Stopped),
-            r = tokio::time::timeout(within, read_frame::<T>(stream)) => r,
+            r = tokio::time::timeout(within, read_frame::<T, S>(stream)) => r,
         };
         match read {
             Err(_) => Err(StreamError::Timeout {
@@ -227,10 +234,64 @@ impl Streams {
         }
     }
 
-    /// Writes one frame and flushes it.
-    pub async fn send<T: WireMessage>(
+    /// Reads what arrives next into `buf` within `within` (an idle limit): `Ok(0)` at the end of the stream.
+    pub async fn read_some<S: AsyncRead + Unpin>(
         &self,
-        stream: &mut Stream,
+        stream: &mut S,
+        peer: &lendmesh_protocol::PeerId,
+        within: Duration,
+        buf: &mut [u8],
+    ) -> Result<usize, StreamError> {
+        let read = tokio::select! {
+            _ = self.stopped.cancelled() => return Err(StreamError::Stopped),
+            r = tokio::time::timeout(within, stream.read(buf)) => r,
+        };
+        match read {
+            Err(_) => Err(StreamError::Timeout {
+                peer: peer.short(),
+                ms: within.as_millis(),
+            }),
+            Ok(r) => r.map_err(|e| StreamError::Io {
+                peer: peer.short(),
+                detail: e.to_string(),
+            }),
+        }
+    }
+
+    /// Writes raw bytes and flushes them.
+    pub async fn write_raw<S: AsyncWrite + Unpin>(
+        &self,
+        stream: &mut S,
+        peer: &lendmesh_protocol::PeerId,
+        bytes: &[u8],
+    ) -> Result<(), StreamError> {
+        let write = async {
+            stream.write_all(bytes).await?;
+            stream.flush().await
+        };
+        tokio::select! {
+            _ = self.stopped.cancelled() => Err(StreamError::Stopped),
+            r = write => r.map_err(|e| StreamError::Io {
+                peer: peer.short(),
+                detail: e.to_string(),
+            }),
+        }
+    }
+
+    /// Resolves when `peer` goes away: its side of the stream ends, fails or sends anything (a requester keeps its
+    /// side open and silent until it has the whole answer, so any of these means it gave up), or the node stops.
+    pub async fn gone<S: AsyncRead + Unpin>(&self, stream: &mut S) {
+        let mut byte = [0u8; 1];
+        tokio::select! {
+            _ = self.stopped.cancelled() => {}
+            _ = stream.read(&mut byte) => {}
+        }
+    }
+
+    /// Writes one frame and flushes it.
+    pub async fn send<T: WireMessage, S: AsyncWrite + Unpin>(
+        &self,
+        stream: &mut S,
         peer: &lendmesh_protocol::PeerId,
         msg: &T,
     ) -> Result<(), StreamError> {
@@ -238,11 +299,9 @@ impl Streams {
             peer: peer.short(),
             detail: e.to_string(),
         };
-        let bytes = wire::encode(msg).map_err(|e| io_err(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
-        let len = u32::try_from(bytes.len())
-            .map_err(|_| io_err(io::Error::new(io::ErrorKind::InvalidInput, "frame too large")))?;
+        let bytes =
+            wire::encode_prefixed(msg).map_err(|e| io_err(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
         let write = async {
-            stream.write_all(&len.to_be_bytes()).await?;
             stream.write_all(&bytes).await?;
             stream.flush().await
         };
@@ -253,21 +312,20 @@ impl Streams {
     }
 }
 
-enum FrameError {
+/// Why a frame could not be read.
+#[derive(Debug)]
+pub enum FrameError {
+    /// The stream failed or ended.
     Io(io::Error),
+    /// Too large, or it does not decode.
     Invalid(String),
 }
 
-async fn read_frame<T: WireMessage>(stream: &mut Stream) -> Result<T, FrameError> {
-    let mut len = [0u8; 4];
-    stream.read_exact(&mut len).await.map_err(FrameError::Io)?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > T::MAX_LEN {
-        return Err(FrameError::Invalid(format!(
-            "frame of {len} bytes exceeds the {}-byte limit",
-            T::MAX_LEN
-        )));
-    }
+/// Reads one length-prefixed frame: the length is checked against `T`'s limit before the frame is read.
+pub async fn read_frame<T: WireMessage, S: AsyncRead + Unpin>(stream: &mut S) -> Result<T, FrameError> {
+    let mut prefix = [0u8; wire::FRAME_PREFIX];
+    stream.read_exact(&mut prefix).await.map_err(FrameError::Io)?;
+    let len = wire::prefixed_len::<T>(prefix).map_err(|e| FrameError::Invalid(e.to_string()))?;
     // Grows as bytes arrive, so a peer that announces a large frame and sends little costs little.
     let mut buf = Vec::new();
     (&mut *stream)

@@ -16,6 +16,7 @@
 use std::sync::Arc;
 
 use lendmesh_protocol::PeerId;
+use lendmesh_protocol::bhttp;
 pub use lendmesh_protocol::borrow::PrivacyMode;
 use lendmesh_protocol::borrow::{
     AttemptResult, BorrowConfig, BorrowFailure, BorrowRun, Decision, Effect, RouteView,
@@ -23,8 +24,8 @@ use lendmesh_protocol::borrow::{
 use lendmesh_protocol::routing::{Candidate, Policy, RoutingParams};
 use lendmesh_protocol::token::WalletToken;
 use lendmesh_protocol::wire::{
-    self, BorrowRefusal, BorrowRequest, BorrowResponse, DeliveryFailure, HttpRequest, HttpResponse,
-    InnerBorrowRequest, InnerBorrowResponse, RelayFrame, RelayRequest, RelayResponse,
+    self, BorrowRefusal, BorrowRequest, BorrowResponse, DeliveryFailure, HttpRequest, InnerBorrowRequest,
+    InnerBorrowResponse, RelayFrame, RelayRequest, RelayResponse,
 };
 use tracing::{debug, warn};
 
@@ -32,6 +33,8 @@ use crate::clock::now_ms;
 use crate::metrics::NodeMetrics;
 use crate::net::NetworkHandle;
 use crate::net::streams::{BORROW_PROTOCOL, RELAY_PROTOCOL, StreamError};
+pub use crate::roles::borrowed::BorrowedResponse;
+use crate::roles::borrowed::{SealedReader, SealedRequest};
 use crate::roles::member::{MemberHandle, NoToken};
 use crate::roles::peerbook::{AttemptOutcome, PeerBookHandle};
 
@@ -233,13 +236,11 @@ pub struct Borrower {
 }
 
 impl Borrower {
-    /// Borrows one request, driving `protocol`'s [`BorrowRun`].
-    pub async fn borrow(&self, http: HttpRequest) -> Result<HttpResponse, BorrowError> {
+    /// Borrows one request, driving `protocol`'s [`BorrowRun`]. Returns once the lender's answer has begun (its
+    /// head); the body streams from the lender. Failover to another lender happens only before that.
+    pub async fn borrow(&self, http: HttpRequest) -> Result<BorrowedResponse, BorrowError> {
         let started = std::time::Instant::now();
-        let http_bytes = wire::encode(&http).map_err(|e| BorrowError::Failed {
-            tried: 0,
-            last: e.to_string(),
-        })?;
+        let http_bytes = bhttp::encode_request(&http);
         let digest = wire::request_digest(&http_bytes);
         let mut run = BorrowRun::new(BorrowConfig {
             policy: self.policy,
@@ -250,7 +251,7 @@ impl Borrower {
         let mut rng = rand::rngs::OsRng;
         let mut token: Option<WalletToken> = None;
         let mut sent: Option<(InnerBorrowRequest, Vec<u8>)> = None;
-        let mut served: Option<HttpResponse> = None;
+        let mut served: Option<BorrowedResponse> = None;
         let finish = loop {
             let view = self.peerbook.routing().await;
             let candidates: Vec<Candidate> = view.lenders.iter().map(|l| l.candidate.clone()).collect();
@@ -376,19 +377,20 @@ impl Borrower {
         self.peerbook.record_outcome(lender, relay, outcome, delivered);
     }
 
-    /// One attempt: seal, send through the relay (or direct), open the answer.
+    /// One attempt: seal (chunked OHTTP), send through the relay (or direct), open the head of the answer.
     async fn attempt(
         &self,
         lender: PeerId,
         relay: Option<PeerId>,
         key_config: &[u8],
         inner: &InnerBorrowRequest,
-    ) -> (AttemptResult, Option<HttpResponse>) {
-        let sealed = match wire::encode(inner).map_err(|e| e.to_string()).and_then(|bytes| {
-            let client = ohttp::ClientRequest::from_encoded_config(key_config).map_err(|e| e.to_string())?;
-            client.encapsulate(&bytes).map_err(|e| e.to_string())
-        }) {
-            Ok(s) => s,
+    ) -> (AttemptResult, Option<BorrowedResponse>) {
+        let sealed = match wire::encode(inner).map_err(|e| e.to_string()) {
+            Ok(plain) => SealedRequest::seal(key_config, &plain).await,
+            Err(e) => Err(e),
+        };
+        let mut sealed = match sealed {
+            Ok(r) => r,
             Err(e) => {
                 return (
                     AttemptResult::Refused {
@@ -400,57 +402,67 @@ impl Borrower {
                 );
             }
         };
-        let (enc, client_response) = sealed;
+        let bytes = std::mem::take(&mut sealed.bytes);
         let delivered = match relay {
-            Some(relay) => self.via_relay(relay, lender, enc).await,
-            None => self.direct(lender, enc).await,
+            Some(relay) => self.via_relay(relay, lender, bytes).await,
+            None => self.direct(lender, bytes).await,
         };
-        let sealed = match delivered {
+        let stream = match delivered {
             Ok(s) => s,
             Err(a) => return (a, None),
         };
-        let inner_resp = match client_response
-            .decapsulate(&sealed)
-            .map_err(|e| e.to_string())
-            .and_then(|plain| wire::decode::<InnerBorrowResponse>(&plain).map_err(|e| e.to_string()))
-        {
+        let streams = self.net.streams();
+        let idle = streams.timeouts().idle;
+        let mut reader: SealedReader = match sealed.open(stream) {
             Ok(r) => r,
             Err(e) => {
                 return (
                     AttemptResult::Ambiguous {
-                        why: format!("unreadable response: {e}"),
+                        why: format!("cannot open the answer: {e}"),
                         relay_silent: false,
                     },
                     None,
                 );
             }
         };
-        match inner_resp {
-            InnerBorrowResponse::Served { http_response } => {
-                match wire::decode::<HttpResponse>(&http_response) {
-                    Ok(r) => (AttemptResult::Served, Some(r)),
+        let head = streams
+            .recv::<InnerBorrowResponse, _>(&mut reader, &lender, idle)
+            .await;
+        match head {
+            Err(e) => (
+                AttemptResult::Ambiguous {
+                    why: format!("unreadable answer: {e}"),
+                    relay_silent: false,
+                },
+                None,
+            ),
+            Ok(InnerBorrowResponse::Refused {
+                reason,
+                retry_after_ms,
+            }) => (refusal(reason, retry_after_ms), None),
+            Ok(InnerBorrowResponse::Served) => {
+                match BorrowedResponse::open(reader, streams.clone(), lender, &self.counters).await {
+                    Ok(resp) => (AttemptResult::Served, Some(resp)),
+                    // The lender took the token and its upstream answered, but the answer broke off before its head.
                     Err(e) => (
                         AttemptResult::Spent {
-                            why: format!("malformed response from the lender: {e}"),
+                            why: format!("its answer broke off before its head: {e}"),
                         },
                         None,
                     ),
                 }
             }
-            InnerBorrowResponse::Refused {
-                reason,
-                retry_after_ms,
-            } => (refusal(reason, retry_after_ms), None),
         }
     }
 
-    /// Through `relay` on a `/lendmesh/relay/2` stream: the sealed answer, or what the attempt means.
+    /// Through `relay` on a `/lendmesh/relay/2` stream: the stream, positioned at the lender's sealed answer, or what
+    /// the attempt means.
     async fn via_relay(
         &self,
         relay: PeerId,
         lender: PeerId,
         sealed: Vec<u8>,
-    ) -> Result<Vec<u8>, AttemptResult> {
+    ) -> Result<libp2p::Stream, AttemptResult> {
         let streams = self.net.streams();
         let timeouts = streams.timeouts();
         // Until the relay acknowledges, the request has not left this node: the relay failed, the token is unspent.
@@ -471,20 +483,19 @@ impl Borrower {
             .await
             .map_err(|e| never_left("the request could not be written to the relay", &e))?;
         match streams
-            .recv::<RelayFrame>(&mut stream, &relay, timeouts.ack)
+            .recv::<RelayFrame, _>(&mut stream, &relay, timeouts.ack)
             .await
         {
             Ok(RelayFrame::Accepted) => {}
-            Ok(RelayFrame::Answer(answer)) => return relay_answer(answer),
+            Ok(RelayFrame::Answer(answer)) => return relay_answer(answer).map(|()| stream),
             Err(e) => return Err(never_left("the relay did not acknowledge the request", &e)),
         }
         // Accepted: from here on the request may reach the lender. The relay waits for the lender's stream and
-        // answer; this waits for the relay a little longer.
-        let within = timeouts.open + timeouts.answer + std::time::Duration::from_secs(1);
-        let answer = streams.recv::<RelayFrame>(&mut stream, &relay, within).await;
-        let _ = futures::AsyncWriteExt::close(&mut stream).await;
-        match answer {
-            Ok(RelayFrame::Answer(answer)) => relay_answer(answer),
+        // first byte; this waits for the relay a little longer. This side stays open (closing it tells the relay
+        // the tool went away).
+        let within = timeouts.open + timeouts.first_byte + std::time::Duration::from_secs(1);
+        match streams.recv::<RelayFrame, _>(&mut stream, &relay, within).await {
+            Ok(RelayFrame::Answer(answer)) => relay_answer(answer).map(|()| stream),
             Ok(RelayFrame::Accepted) => Err(AttemptResult::Ambiguous {
                 why: "the relay acknowledged twice and sent no answer".into(),
                 relay_silent: true,
@@ -497,7 +508,7 @@ impl Borrower {
     }
 
     /// Straight to the lender (best-effort privacy, no relay) on a `/lendmesh/borrow/2` stream.
-    async fn direct(&self, lender: PeerId, sealed: Vec<u8>) -> Result<Vec<u8>, AttemptResult> {
+    async fn direct(&self, lender: PeerId, sealed: Vec<u8>) -> Result<libp2p::Stream, AttemptResult> {
         let streams = self.net.streams();
         let mut stream = match streams.open(lender, BORROW_PROTOCOL).await {
             Ok(s) => s,
@@ -513,20 +524,19 @@ impl Borrower {
                 });
             }
         };
-        let answer = match streams
+        let head = match streams
             .send(&mut stream, &lender, &BorrowRequest { sealed })
             .await
         {
             Ok(()) => {
                 streams
-                    .recv::<BorrowResponse>(&mut stream, &lender, streams.timeouts().answer)
+                    .recv::<BorrowResponse, _>(&mut stream, &lender, streams.timeouts().first_byte)
                     .await
             }
             Err(e) => Err(e),
         };
-        let _ = futures::AsyncWriteExt::close(&mut stream).await;
-        match answer {
-            Ok(BorrowResponse::Sealed { sealed }) => Ok(sealed),
+        match head {
+            Ok(BorrowResponse::Sealed) => Ok(stream),
             Ok(BorrowResponse::Failed(f)) => Err(delivery_failure(f)),
             Err(e) => Err(AttemptResult::Ambiguous {
                 why: format!("the lender did not answer: {e}"),
@@ -536,10 +546,10 @@ impl Borrower {
     }
 }
 
-/// The relay's answer frame.
-fn relay_answer(answer: RelayResponse) -> Result<Vec<u8>, AttemptResult> {
+/// The relay's answer frame: the sealed answer follows, or why not.
+fn relay_answer(answer: RelayResponse) -> Result<(), AttemptResult> {
     match answer {
-        RelayResponse::Delivered { sealed } => Ok(sealed),
+        RelayResponse::Delivered => Ok(()),
         RelayResponse::Failed(f) => Err(delivery_failure(f)),
     }
 }
@@ -563,6 +573,9 @@ fn refusal(reason: BorrowRefusal, retry_after_ms: Option<u64>) -> AttemptResult 
         },
         BorrowRefusal::BadRequest(e) => AttemptResult::Spent {
             why: format!("it could not read the request: {e}"),
+        },
+        BorrowRefusal::AlreadyServed => AttemptResult::Spent {
+            why: "it served this request to an earlier attempt whose answer was lost on the way".into(),
         },
     }
 }

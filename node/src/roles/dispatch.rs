@@ -3,12 +3,11 @@
 //! tracked task), claims to the replica, and everything else (gossip, connections, RTTs) to the PeerBook. A full
 //! queue is answered "busy" or counted as dropped, never waited on.
 
-use futures::AsyncWriteExt;
 use lendmesh_protocol::PeerId;
 use lendmesh_protocol::issuer::IssueError;
-use lendmesh_protocol::wire::{BorrowRequest, BorrowResponse, DeliveryFailure, IssueResponse};
+use lendmesh_protocol::wire::{BorrowRequest, IssueResponse};
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
@@ -113,8 +112,7 @@ impl Dispatcher {
             .await;
     }
 
-    /// Reads one `/lendmesh/borrow/2` request, hands it to the lender and writes its answer (`LenderBusy` when its
-    /// queue is full or it is shutting down: refused before any claim).
+    /// Reads one `/lendmesh/borrow/2` request and hands the stream to the lender, in a tracked task.
     fn serve_borrow(&self, peer: PeerId, mut stream: libp2p::Stream) {
         if self.tasks.is_closed() {
             return;
@@ -130,16 +128,7 @@ impl Dispatcher {
                     return;
                 }
             };
-            let busy = BorrowResponse::Failed(DeliveryFailure::LenderBusy);
-            let (reply, answer) = oneshot::channel();
-            let resp = match lender.try_borrow(peer, req, reply) {
-                Ok(()) => answer.await.unwrap_or(busy),
-                Err(_) => busy,
-            };
-            if let Err(e) = streams.send(&mut stream, &peer, &resp).await {
-                debug!(peer = %peer.short(), %e, "the borrow answer could not be written");
-            }
-            let _ = stream.close().await;
+            lender.serve_stream(peer, req, stream, streams).await;
         });
     }
 

@@ -3,11 +3,12 @@
 //!   lifecycle and live administration;
 //! - [`issuer`]: the admin's token issuer;
 //! - [`member`]: the wallet and its refills;
-//! - [`borrower`]: borrowing through a relay when own capacity is gone;
+//! - [`borrower`]: borrowing through a relay when own capacity is gone, and [`borrowed`]: its answer as it streams;
 //! - [`lender`]: headroom attestations and serving borrows;
 //! - [`relay`] and [`replica`]: forwarding sealed requests, recording first claims;
 //! - [`dispatch`]: routes the network's inbound events to the role that owns them.
 
+pub mod borrowed;
 pub mod borrower;
 pub mod dispatch;
 pub mod issuer;

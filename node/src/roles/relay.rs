@@ -4,13 +4,16 @@
 //! One `/lendmesh/relay/2` stream per request: the relay reads the request, refuses at once what it will not forward
 //! (a lender that is itself, the borrower or not an active member; no free slot; shutting down), otherwise writes
 //! [`RelayFrame::Accepted`] **before** it forwards — so a borrower that hears nothing in time knows the request never
-//! left it — then opens a `/lendmesh/borrow/2` stream to the lender and writes the lender's answer back as
-//! [`RelayFrame::Answer`]. At most [`MAX_CONCURRENT_RELAYS`] forwards run at once; each runs as a task on the node's
+//! left it — then opens a `/lendmesh/borrow/2` stream to the lender, writes the head of the lender's answer back as
+//! [`RelayFrame::Answer`], and copies the lender's sealed (chunked OHTTP) bytes to the borrower as they arrive, through
+//! one buffer and with back-pressure: it never holds a whole message. A lender that stalls past the idle limit has
+//! its answer cut short (the borrower's stream is reset, so the borrower sees no final chunk: an error, never a clean
+//! end); a borrower that goes away has the lender's stream reset, and the lender stops its upstream call. At most [`MAX_CONCURRENT_RELAYS`] forwards run at once; each runs as a task on the node's
 //! task tracker, so shutdown waits for it (bounded).
 
 use std::sync::Arc;
 
-use futures::AsyncWriteExt;
+use futures::{AsyncReadExt, AsyncWriteExt};
 use lendmesh_protocol::PeerId;
 use lendmesh_protocol::group::Roster;
 use lendmesh_protocol::wire::{
@@ -23,10 +26,12 @@ use tracing::debug;
 use crate::clock::now_ms;
 use crate::metrics::NodeMetrics;
 use crate::net::NetworkHandle;
-use crate::net::streams::BORROW_PROTOCOL;
+use crate::net::streams::{BORROW_PROTOCOL, StreamError, Streams};
 
 /// Relays forwarded at once; more are refused with `RelayBusy` (the borrower picks another relay or lender).
 pub const MAX_CONCURRENT_RELAYS: usize = 128;
+/// The one buffer a forward copies through: a sealed chunk (16 KiB of plaintext) and its framing.
+const COPY_BUFFER: usize = 17 * 1024;
 
 /// Forwards sealed requests between members.
 #[derive(Clone, Debug)]
@@ -106,51 +111,111 @@ impl Relay {
             return;
         }
         debug!(borrower = %borrower.short(), lender = %lender.short(), bytes = req.sealed.len(), "relaying");
-        let resp = self.forward(lender, req.sealed).await;
-        match resp {
-            RelayResponse::Delivered { .. } => self.counters.inc(&self.counters.relays_ok),
+        let (head, lender_stream) = self.forward(lender, req.sealed).await;
+        match head {
+            RelayResponse::Delivered => self.counters.inc(&self.counters.relays_ok),
             RelayResponse::Failed(_) => self.counters.inc(&self.counters.relays_failed),
         }
         if let Err(e) = streams
-            .send(&mut stream, &borrower, &RelayFrame::Answer(resp))
+            .send(&mut stream, &borrower, &RelayFrame::Answer(head))
             .await
         {
             debug!(borrower = %borrower.short(), %e, "the lender's answer could not be passed back");
+            return;
         }
-        let _ = stream.close().await;
+        let Some(lender_stream) = lender_stream else {
+            let _ = stream.close().await;
+            return;
+        };
+        match pass_on(&streams, lender, lender_stream, borrower, stream).await {
+            Passed::End => {}
+            Passed::BorrowerGone => {
+                NodeMetrics::outcome(&self.counters.cancelled, "relay");
+                debug!(borrower = %borrower.short(), "the borrower went away; the lender's stream is reset");
+            }
+            Passed::CutShort(e) => {
+                self.counters.inc(&self.counters.relays_failed);
+                debug!(lender = %lender.short(), %e, "the lender's answer stopped; the borrower's stream is reset");
+            }
+        }
     }
 
-    /// Opens the lender's stream, writes the sealed request, reads the sealed answer.
-    async fn forward(&self, lender: PeerId, sealed: Vec<u8>) -> RelayResponse {
+    /// Opens the lender's stream, writes the sealed request, reads the head of its answer (up to the first-byte
+    /// limit). The stream comes back when the sealed answer follows.
+    async fn forward(&self, lender: PeerId, sealed: Vec<u8>) -> (RelayResponse, Option<libp2p::Stream>) {
         let streams = self.net.streams();
         let mut stream = match streams.open(lender, BORROW_PROTOCOL).await {
             Ok(s) => s,
             Err(e) => {
                 // Nothing was written: the lender never saw it.
                 debug!(lender = %lender.short(), %e, "cannot reach the lender");
-                return RelayResponse::Failed(DeliveryFailure::LenderUnreachable);
+                return (RelayResponse::Failed(DeliveryFailure::LenderUnreachable), None);
             }
         };
-        let answer = match streams
+        let head = match streams
             .send(&mut stream, &lender, &BorrowRequest { sealed })
             .await
         {
             Ok(()) => {
                 streams
-                    .recv::<BorrowResponse>(&mut stream, &lender, streams.timeouts().answer)
+                    .recv::<BorrowResponse, _>(&mut stream, &lender, streams.timeouts().first_byte)
                     .await
             }
             Err(e) => Err(e),
         };
-        let _ = stream.close().await;
-        match answer {
-            Ok(BorrowResponse::Sealed { sealed }) => RelayResponse::Delivered { sealed },
-            Ok(BorrowResponse::Failed(f)) => RelayResponse::Failed(f),
+        match head {
+            Ok(BorrowResponse::Sealed) => (RelayResponse::Delivered, Some(stream)),
+            Ok(BorrowResponse::Failed(f)) => (RelayResponse::Failed(f), None),
             // Written (at least in part): it may have reached the lender.
             Err(e) => {
                 debug!(lender = %lender.short(), %e, "the lender did not answer");
-                RelayResponse::Failed(DeliveryFailure::LenderTimeout)
+                (RelayResponse::Failed(DeliveryFailure::LenderTimeout), None)
             }
         }
+    }
+}
+
+/// How passing a sealed answer on ended.
+enum Passed {
+    /// The lender ended its stream: passed on whole, the borrower's side closed cleanly.
+    End,
+    /// The borrower went away (its tool disconnected): the lender's stream is dropped, which resets it.
+    BorrowerGone,
+    /// The lender's stream failed or stalled past the idle limit: the borrower's stream is dropped (reset), so the
+    /// borrower sees a sealed answer without its final chunk — cut short, never a clean end.
+    CutShort(StreamError),
+}
+
+/// Copies the lender's sealed bytes to the borrower as they come, with back-pressure (one buffer, never a whole
+/// message), until the lender ends, stalls, or the borrower goes away.
+async fn pass_on(
+    streams: &Streams,
+    lender: PeerId,
+    mut from: libp2p::Stream,
+    borrower: PeerId,
+    to: libp2p::Stream,
+) -> Passed {
+    let (mut to_read, mut to_write) = to.split();
+    let idle = streams.timeouts().idle;
+    let mut buf = vec![0u8; COPY_BUFFER];
+    let copy = async {
+        loop {
+            let n = streams.read_some(&mut from, &lender, idle, &mut buf).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            streams.write_raw(&mut to_write, &borrower, &buf[..n]).await?;
+        }
+    };
+    let ended = tokio::select! {
+        r = copy => r,
+        () = streams.gone(&mut to_read) => return Passed::BorrowerGone,
+    };
+    match ended {
+        Ok(()) => {
+            let _ = to_write.close().await;
+            Passed::End
+        }
+        Err(e) => Passed::CutShort(e),
     }
 }

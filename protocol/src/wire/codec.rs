@@ -108,6 +108,35 @@ pub fn encode<T: WireMessage>(msg: &T) -> Result<Vec<u8>, WireError> {
     Ok(out)
 }
 
+/// Length of the prefix in front of a frame wherever frames follow one another in a byte stream (the streamed
+/// protocols, and the head of a sealed response): 4 bytes, big-endian.
+pub const FRAME_PREFIX: usize = 4;
+
+/// Encodes a message as a frame with its length in front ([`FRAME_PREFIX`]).
+pub fn encode_prefixed<T: WireMessage>(msg: &T) -> Result<Vec<u8>, WireError> {
+    let frame = encode(msg)?;
+    let len = u32::try_from(frame.len()).map_err(|_| WireError::TooLarge {
+        len: frame.len(),
+        limit: u32::MAX as usize,
+    })?;
+    let mut out = Vec::with_capacity(FRAME_PREFIX + frame.len());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&frame);
+    Ok(out)
+}
+
+/// The length a frame prefix announces, refused when over `T`'s limit (before anything more is read).
+pub fn prefixed_len<T: WireMessage>(prefix: [u8; FRAME_PREFIX]) -> Result<usize, WireError> {
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len > T::MAX_LEN {
+        return Err(WireError::TooLarge {
+            len,
+            limit: T::MAX_LEN,
+        });
+    }
+    Ok(len)
+}
+
 /// Decodes a frame within its type's limit.
 pub fn decode<T: WireMessage>(bytes: &[u8]) -> Result<T, WireError> {
     decode_with_limit(bytes, T::MAX_LEN)

@@ -68,37 +68,33 @@ pub enum DeliveryFailure {
     BadLender,
 }
 
-/// The relay's answer.
+/// The relay's answer, the head of what follows on a `/lendmesh/relay/2` stream.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum RelayResponse {
-    /// The lender's sealed response.
-    Delivered {
-        /// OHTTP-encapsulated response; opaque to the relay.
-        #[serde(with = "serde_bytes_compat::vec")]
-        sealed: Vec<u8>,
-    },
+    /// The lender answered: its sealed response (chunked OHTTP) follows as raw bytes until the stream ends; a
+    /// stream that ends before the sealed response's final chunk was cut short.
+    Delivered,
     /// Not delivered.
     Failed(DeliveryFailure),
 }
 
 /// A relay (or, in best-effort privacy mode, the borrower) forwards a sealed request to the lender: the first frame
-/// on a `/lendmesh/borrow/2` stream, answered by one [`BorrowResponse`].
+/// on a `/lendmesh/borrow/2` stream, answered by one [`BorrowResponse`] and, when it is `Sealed`, the sealed response.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct BorrowRequest {
-    /// OHTTP-encapsulated [`InnerBorrowRequest`].
+    /// A chunked-OHTTP-encapsulated [`InnerBorrowRequest`] (draft-ietf-ohai-chunked-ohttp).
     #[serde(with = "serde_bytes_compat::vec")]
     pub sealed: Vec<u8>,
 }
 
-/// The lender's answer to the relay.
+/// The lender's answer to the relay, the head of what follows on a `/lendmesh/borrow/2` stream. The lender writes it
+/// when it has something to send: a refusal at once, a served answer when its upstream's response head arrives.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum BorrowResponse {
-    /// OHTTP-encapsulated [`InnerBorrowResponse`].
-    Sealed {
-        /// The sealed bytes.
-        #[serde(with = "serde_bytes_compat::vec")]
-        sealed: Vec<u8>,
-    },
+    /// The sealed response follows as raw bytes (chunked OHTTP) until the stream ends. Its plaintext is a
+    /// length-prefixed [`InnerBorrowResponse`] frame, then, when served, the Binary HTTP response (RFC 9292,
+    /// indeterminate length) as it streams.
+    Sealed,
     /// The lender could not open or answer it.
     Failed(DeliveryFailure),
 }
@@ -110,7 +106,7 @@ pub struct InnerBorrowRequest {
     pub request_id: [u8; 16],
     /// The token, bound to this lender and to `request_digest(http_request)`.
     pub spend: TokenSpend,
-    /// The Binary HTTP request.
+    /// The HTTP request as Binary HTTP (RFC 9292, known length: `crate::bhttp::encode_request`).
     #[serde(with = "serde_bytes_compat::vec")]
     pub http_request: Vec<u8>,
 }
@@ -131,17 +127,15 @@ pub enum BorrowRefusal {
     UpstreamFailed(String),
     /// The request was malformed.
     BadRequest(String),
+    /// This request id was already served (its answer went to an earlier attempt): the token is spent.
+    AlreadyServed,
 }
 
-/// What the lender seals back.
+/// What the lender seals back first (a length-prefixed frame at the start of the sealed plaintext).
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum InnerBorrowResponse {
-    /// Served: the Binary HTTP response.
-    Served {
-        /// The response.
-        #[serde(with = "serde_bytes_compat::vec")]
-        http_response: Vec<u8>,
-    },
+    /// Served: the Binary HTTP response follows in the same sealed stream.
+    Served,
     /// Refused.
     Refused {
         /// Why.

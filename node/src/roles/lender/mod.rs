@@ -29,8 +29,8 @@ use lendmesh_protocol::attestation::{Attestation, AttestationBody, AttestationKe
 use lendmesh_protocol::lend::{self, Admission, LendConfig, LendLadder, UpstreamOutcome, UpstreamVerdict};
 use lendmesh_protocol::redeemer::Redeemer;
 use lendmesh_protocol::wire::{
-    self, BorrowRefusal, BorrowRequest, BorrowResponse, DeliveryFailure, GossipMessage, HttpRequest,
-    HttpResponse, InnerBorrowRequest, InnerBorrowResponse,
+    self, BorrowRefusal, BorrowRequest, BorrowResponse, DeliveryFailure, GossipMessage, InnerBorrowRequest,
+    InnerBorrowResponse,
 };
 use lendmesh_protocol::{GroupId, PeerId};
 use serde::Serialize;
@@ -51,6 +51,8 @@ pub const CAPACITY: usize = 256;
 pub const MAX_CONCURRENT_LENDS: usize = lendmesh_protocol::lend::DEFAULT_MAX_IN_FLIGHT;
 /// Lend records removed per transaction when they are brought within their bounds at start (a few ms each).
 const START_PRUNE_BATCH: u64 = 1000;
+mod serve;
+
 /// Minimum spacing of extra (non-periodic) attestations.
 const DEBOUNCE: Duration = Duration::from_millis(500);
 /// How often the bucket is checked for a change.
@@ -101,8 +103,10 @@ pub enum LendOutcome {
     Internal,
     /// The upstream refused or was unreachable: the claim was released.
     UpstreamRefused(u16),
-    /// The upstream failed after it got the request: the token stays spent.
+    /// The upstream failed after it got the request (before or in the middle of its answer): the token stays spent.
     UpstreamFailed,
+    /// The borrower went away in the middle of the answer (its tool disconnected): the upstream call was dropped.
+    Cancelled,
 }
 
 impl LendOutcome {
@@ -117,6 +121,7 @@ impl LendOutcome {
             LendOutcome::Internal => "internal",
             LendOutcome::UpstreamRefused(_) => "upstream_refused",
             LendOutcome::UpstreamFailed => "upstream_failed",
+            LendOutcome::Cancelled => "cancelled",
         }
     }
 }
@@ -179,24 +184,36 @@ impl LendRecord {
 
 enum Command {
     Nudge,
-    Borrow {
-        peer: PeerId,
-        req: BorrowRequest,
-        channel: oneshot::Sender<BorrowResponse>,
+    /// The lend ladder's first step for a request id (`protocol::lend`).
+    Admit {
+        request_id: [u8; 16],
+        reply: oneshot::Sender<Admitted>,
     },
     Finished {
         request_id: [u8; 16],
         response: InnerBorrowResponse,
         record: LendRecord,
-        /// Fired once the answer is handed to the network, so the tracked lend task ends only then.
-        done: oneshot::Sender<()>,
     },
 }
 
-/// Handle to the lender.
+/// What the ladder says about a request id.
+pub(crate) enum Admitted {
+    /// Serve it.
+    Proceed,
+    /// Answered before: this again (a served answer went to the earlier attempt: `AlreadyServed`).
+    Replay(InnerBorrowResponse),
+    /// In flight: its outcome comes here when it ends.
+    Wait(oneshot::Receiver<InnerBorrowResponse>),
+    /// Too many in flight, or too many waiting for this one.
+    Busy,
+}
+
+/// Handle to the lender: the actor (attestations, the lend ladder, lend records) and what serving a borrow stream
+/// needs ([`serve`]).
 #[derive(Clone, Debug)]
 pub struct LenderHandle {
     tx: mpsc::Sender<Command>,
+    shared: Arc<serve::LendShared>,
 }
 
 impl std::fmt::Debug for Command {
@@ -211,19 +228,30 @@ impl LenderHandle {
         let _ = self.tx.try_send(Command::Nudge);
     }
 
-    /// Queues an inbound borrow, answered on `channel`; hands the channel back when the queue is full.
-    pub fn try_borrow(
+    /// Admission for a request id; `Busy` when the lender is gone or its queue is full.
+    pub(crate) async fn admit(&self, request_id: [u8; 16]) -> Admitted {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.try_send(Command::Admit { request_id, reply }).is_err() {
+            return Admitted::Busy;
+        }
+        rx.await.unwrap_or(Admitted::Busy)
+    }
+
+    /// Reports a lend's end: the ladder's cache, the waiters, the record.
+    pub(crate) async fn finished(
         &self,
-        peer: PeerId,
-        req: BorrowRequest,
-        channel: oneshot::Sender<BorrowResponse>,
-    ) -> Result<(), oneshot::Sender<BorrowResponse>> {
-        self.tx
-            .try_send(Command::Borrow { peer, req, channel })
-            .map_err(|e| match e.into_inner() {
-                Command::Borrow { channel, .. } => channel,
-                _ => unreachable!("we sent a Borrow"),
+        request_id: [u8; 16],
+        response: InnerBorrowResponse,
+        record: LendRecord,
+    ) {
+        let _ = self
+            .tx
+            .send(Command::Finished {
+                request_id,
+                response,
+                record,
             })
+            .await;
     }
 }
 
@@ -284,6 +312,15 @@ pub fn spawn(
 ) -> (LenderHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(CAPACITY);
     let seq = store.attestation_seq().unwrap_or(0);
+    let shared = Arc::new(serve::LendShared {
+        counters: counters.clone(),
+        upstream: params.upstream.clone(),
+        redeemer: std::sync::RwLock::new(params.redeemer.clone()),
+        store: store.clone(),
+        reserve: params.reserve,
+        keys: params.keys.clone(),
+        tasks: params.tasks.clone(),
+    });
     let (prune_store, retention, stop) = (store.clone(), params.lend_retention, shutdown.clone());
     tokio::task::spawn_blocking(move || prune_lend_records(&prune_store, retention, &stop));
     let actor = Lender {
@@ -292,13 +329,13 @@ pub fn spawn(
         net,
         counters,
         rx,
-        tx: tx.clone(),
         seq,
         last_bucket: None,
         ladder: LendLadder::new(LendConfig::default()),
         waiters: HashMap::new(),
+        shared: shared.clone(),
     };
-    (LenderHandle { tx }, tokio::spawn(actor.run(shutdown)))
+    (LenderHandle { tx, shared }, tokio::spawn(actor.run(shutdown)))
 }
 
 struct Lender {
@@ -307,13 +344,14 @@ struct Lender {
     net: NetworkHandle,
     counters: Arc<NodeMetrics>,
     rx: mpsc::Receiver<Command>,
-    tx: mpsc::Sender<Command>,
     seq: u64,
     last_bucket: Option<HeadroomBucket>,
     /// The lend rules' idempotency cache and bounds (`protocol::lend`).
     ladder: LendLadder<InnerBorrowResponse>,
-    /// Retries parked until the original answer is ready (at most `max_waiters` per request id, by the ladder).
-    waiters: HashMap<[u8; 16], Vec<(ohttp::ServerResponse, oneshot::Sender<BorrowResponse>)>>,
+    /// Retries parked until the original ends (at most `max_waiters` per request id, by the ladder).
+    waiters: HashMap<[u8; 16], Vec<oneshot::Sender<InnerBorrowResponse>>>,
+    /// What lends read: the redeemer is kept current here.
+    shared: Arc<serve::LendShared>,
 }
 
 /// Brings the stored lend records within their bounds at start, in batches off the async threads and the actor
@@ -356,10 +394,11 @@ impl Lender {
                             last_sent = tokio::time::Instant::now();
                         }
                     }
-                    Command::Borrow { peer, req, channel } => self.handle_borrow(peer, req, channel).await,
-                    Command::Finished { request_id, response, record, done } => {
-                        self.handle_finished(request_id, response, record).await;
-                        let _ = done.send(());
+                    Command::Admit { request_id, reply } => {
+                        let _ = reply.send(self.handle_admit(request_id));
+                    }
+                    Command::Finished { request_id, response, record } => {
+                        self.handle_finished(request_id, response, record);
                     }
                 },
                 Ok(()) = self.p.view.changed() => self.handle_view(),
@@ -382,6 +421,7 @@ impl Lender {
     fn handle_view(&mut self) {
         let view = self.p.view.borrow_and_update().clone();
         self.p.redeemer.accept_book(&view.epochs, &view.refused_epochs);
+        *self.shared.redeemer.write().unwrap_or_else(|p| p.into_inner()) = self.p.redeemer.clone();
     }
 
     async fn handle_publish(&mut self) {
@@ -421,99 +461,42 @@ impl Lender {
         }
     }
 
-    async fn handle_borrow(
-        &mut self,
-        relay: PeerId,
-        req: BorrowRequest,
-        channel: oneshot::Sender<BorrowResponse>,
-    ) {
-        let Ok((plain, server_response)) = self.p.keys.server.decapsulate(&req.sealed) else {
-            self.counters.inc(&self.counters.lends_refused);
-            NodeMetrics::outcome(&self.counters.lends, "stale_key_config");
-            debug!(relay = %relay.short(), "could not open a sealed request (stale key config?)");
-            let _ = channel.send(BorrowResponse::Failed(DeliveryFailure::StaleKeyConfig));
-            return;
-        };
-        let inner = match wire::decode::<InnerBorrowRequest>(&plain) {
-            Ok(i) => i,
-            Err(e) => {
-                let resp = InnerBorrowResponse::Refused {
-                    reason: BorrowRefusal::BadRequest(e.to_string()),
-                    retry_after_ms: None,
-                };
-                self.respond_sealed(server_response, channel, &resp).await;
-                return;
+    fn handle_admit(&mut self, request_id: [u8; 16]) -> Admitted {
+        match self.ladder.admit(request_id, now_ms()) {
+            Admission::Proceed => {
+                self.counters.inc(&self.counters.lends_in_flight);
+                Admitted::Proceed
             }
-        };
-        if self.p.tasks.is_closed() {
-            // Shutting down: refuse before any claim; the borrower tries another lender with the same token.
-            let _ = channel.send(BorrowResponse::Failed(DeliveryFailure::LenderBusy));
-            return;
-        }
-        match self.ladder.admit(inner.request_id, now_ms()) {
-            Admission::Replay(response) => {
-                self.respond_sealed(server_response, channel, &response).await;
-                return;
-            }
+            Admission::Replay(response) => Admitted::Replay(response),
             Admission::Join => {
-                self.waiters
-                    .entry(inner.request_id)
-                    .or_default()
-                    .push((server_response, channel));
-                return;
+                let (tx, rx) = oneshot::channel();
+                self.waiters.entry(request_id).or_default().push(tx);
+                Admitted::Wait(rx)
             }
-            Admission::Busy => {
-                let _ = channel.send(BorrowResponse::Failed(DeliveryFailure::LenderBusy));
-                return;
-            }
-            Admission::Proceed => {}
+            Admission::Busy => Admitted::Busy,
         }
-        self.counters.inc(&self.counters.lends_in_flight);
-        self.waiters
-            .entry(inner.request_id)
-            .or_default()
-            .push((server_response, channel));
-        let ctx = LendContext {
-            counters: self.counters.clone(),
-            upstream: self.p.upstream.clone(),
-            redeemer: self.p.redeemer.clone(),
-            store: self.store.clone(),
-            reserve: self.p.reserve,
-        };
-        let tx = self.tx.clone();
-        self.p.tasks.spawn(async move {
-            let request_id = inner.request_id;
-            let (response, mut record) = ctx.serve(inner).await;
-            record.relay = relay.short();
-            let (done, answered) = oneshot::channel();
-            let finished = Command::Finished {
-                request_id,
-                response,
-                record,
-                done,
-            };
-            if tx.send(finished).await.is_ok() {
-                let _ = answered.await;
-            }
-        });
     }
 
-    async fn handle_finished(
-        &mut self,
-        request_id: [u8; 16],
-        response: InnerBorrowResponse,
-        record: LendRecord,
-    ) {
+    fn handle_finished(&mut self, request_id: [u8; 16], response: InnerBorrowResponse, record: LendRecord) {
         self.counters.dec(&self.counters.lends_in_flight);
         match &response {
-            InnerBorrowResponse::Served { .. } => self.counters.inc(&self.counters.lends_served),
+            InnerBorrowResponse::Served => self.counters.inc(&self.counters.lends_served),
             InnerBorrowResponse::Refused { .. } => self.counters.inc(&self.counters.lends_refused),
         }
         NodeMetrics::outcome(&self.counters.lends, record.outcome.kind());
         info!(token = %record.token_hash.get(..16).unwrap_or(""), relay = %record.relay, outcome = %record.outcome, "lend");
-        self.ladder.finish(request_id, response.clone(), now_ms());
-        for (server_response, channel) in self.waiters.remove(&request_id).unwrap_or_default() {
-            self.respond_sealed(server_response, channel, &response).await;
+        // A served answer streamed to the attempt that asked; a retry of the same request id learns that the token
+        // is spent (`AlreadyServed`), and a refusal is answered again as it was.
+        let again = match response {
+            InnerBorrowResponse::Served => InnerBorrowResponse::Refused {
+                reason: BorrowRefusal::AlreadyServed,
+                retry_after_ms: None,
+            },
+            refused => refused,
+        };
+        self.ladder.finish(request_id, again.clone(), now_ms());
+        for waiter in self.waiters.remove(&request_id).unwrap_or_default() {
+            let _ = waiter.send(again.clone());
         }
         self.keep_record(&record);
     }
@@ -528,182 +511,4 @@ impl Lender {
             warn!(%e, "cannot store a lend record");
         }
     }
-
-    async fn respond_sealed(
-        &self,
-        server_response: ohttp::ServerResponse,
-        channel: oneshot::Sender<BorrowResponse>,
-        response: &InnerBorrowResponse,
-    ) {
-        let resp = match wire::encode(response)
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| server_response.encapsulate(&bytes).map_err(|e| e.to_string()))
-        {
-            Ok(sealed) => BorrowResponse::Sealed { sealed },
-            Err(e) => {
-                warn!(%e, "cannot seal a borrow response");
-                BorrowResponse::Failed(DeliveryFailure::LenderBusy)
-            }
-        };
-        let _ = channel.send(resp);
-    }
-}
-
-/// What a borrow task needs (cheap clones of shared handles; no domain state).
-struct LendContext {
-    counters: Arc<NodeMetrics>,
-    upstream: Arc<dyn Upstream>,
-    redeemer: Redeemer,
-    store: Store,
-    reserve: u64,
-}
-
-impl LendContext {
-    /// Serves one lend; its record says how long that took.
-    async fn serve(self, inner: InnerBorrowRequest) -> (InnerBorrowResponse, LendRecord) {
-        let started = std::time::Instant::now();
-        let (response, mut record) = self.serve_steps(inner).await;
-        record.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        (response, record)
-    }
-
-    async fn serve_steps(self, inner: InnerBorrowRequest) -> (InnerBorrowResponse, LendRecord) {
-        let now = now_ms();
-        let mut record = LendRecord {
-            at_ms: now,
-            duration_ms: 0,
-            token_hash: inner.spend.token.hash().to_string(),
-            relay: String::new(),
-            epoch: inner.spend.token.input.epoch,
-            outcome: LendOutcome::Pending,
-            request: String::new(),
-            request_bytes: 0,
-            response_bytes: 0,
-        };
-        let refuse = |reason: BorrowRefusal, retry_after_ms: Option<u64>| InnerBorrowResponse::Refused {
-            reason,
-            retry_after_ms,
-        };
-        let http = match wire::decode::<HttpRequest>(&inner.http_request) {
-            Ok(h) => h,
-            Err(e) => {
-                record.outcome = LendOutcome::BadRequest;
-                return (refuse(BorrowRefusal::BadRequest(e.to_string()), None), record);
-            }
-        };
-        record.request = format!("{} {}", http.method, http.path_and_query);
-        record.request_bytes = http.body.len() as u64;
-        // 2. Headroom, keeping the reserve: refuse before any claim (`protocol::lend::headroom`).
-        let h = self.upstream.headroom(now);
-        let permit = lend::headroom(h.remaining, self.reserve, h.resets_at_ms, now)
-            .ok()
-            .and_then(|()| self.upstream.try_acquire(now, self.reserve));
-        let Some(permit) = permit else {
-            record.outcome = LendOutcome::NoHeadroom;
-            let retry = lend::headroom(0, 0, h.resets_at_ms, now).err();
-            return (refuse(BorrowRefusal::NoHeadroom, retry), record);
-        };
-        // 3. Redeem and claim durably before any work.
-        let digest = wire::request_digest(&inner.http_request);
-        let (redeemer, store, spend) = (self.redeemer.clone(), self.store.clone(), inner.spend.clone());
-        let redeemed =
-            tokio::task::spawn_blocking(move || redeemer.redeem(&spend, &digest, now, &store)).await;
-        let redemption = match redeemed {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                self.upstream.release(permit);
-                record.outcome = LendOutcome::TokenRejected(e.label());
-                return (
-                    refuse(BorrowRefusal::TokenRejected(e.label().into()), None),
-                    record,
-                );
-            }
-            Err(e) => {
-                self.upstream.release(permit);
-                record.outcome = LendOutcome::Internal;
-                return (refuse(BorrowRefusal::UpstreamFailed(e.to_string()), None), record);
-            }
-        };
-        // 4. The upstream; what its answer means for the claim is `protocol::lend::after_upstream`.
-        let result = self
-            .upstream
-            .call(
-                permit,
-                UpstreamRequest {
-                    method: http.method,
-                    path_and_query: http.path_and_query,
-                    headers: http.headers,
-                    body: http.body,
-                },
-            )
-            .await;
-        self.counters
-            .upstream_call(result.as_ref().ok().map(|r| r.status));
-        let outcome = match &result {
-            Ok(resp) => UpstreamOutcome::Status(resp.status),
-            Err(
-                UpstreamError::Connect { .. }
-                | UpstreamError::BadUrl { .. }
-                | UpstreamError::InvalidRequest(_)
-                | UpstreamError::ForeignPermit,
-            ) => UpstreamOutcome::Unreachable,
-            Err(_) => UpstreamOutcome::Failed,
-        };
-        match (lend::after_upstream(outcome), result) {
-            (UpstreamVerdict::ReleaseAndRefuse { status }, result) => {
-                // No work was done: release the claim so the token can be spent again elsewhere.
-                if let Err(e) = self.redeemer.release(&redemption, &self.store) {
-                    warn!(%e, "could not release a claim");
-                }
-                let retry = result.as_ref().ok().and_then(|r| retry_after_ms(&r.headers));
-                if let Err(e) = &result {
-                    debug!(%e, "upstream unreachable; claim released");
-                }
-                record.outcome = LendOutcome::UpstreamRefused(status);
-                (refuse(BorrowRefusal::UpstreamRefused { status }, retry), record)
-            }
-            (UpstreamVerdict::Served, Ok(resp)) => {
-                let limit = lendmesh_protocol::wire::MAX_HTTP_MESSAGE - 64 * 1024;
-                let (status, headers, body) = match resp.collect(limit).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        record.outcome = LendOutcome::UpstreamFailed;
-                        return (refuse(BorrowRefusal::UpstreamFailed(e.to_string()), None), record);
-                    }
-                };
-                let http_response = HttpResponse {
-                    status,
-                    headers,
-                    body,
-                };
-                match wire::encode(&http_response) {
-                    Ok(bytes) => {
-                        record.outcome = LendOutcome::Served;
-                        record.response_bytes = http_response.body.len() as u64;
-                        (InnerBorrowResponse::Served { http_response: bytes }, record)
-                    }
-                    Err(e) => {
-                        record.outcome = LendOutcome::UpstreamFailed;
-                        (refuse(BorrowRefusal::UpstreamFailed(e.to_string()), None), record)
-                    }
-                }
-            }
-            (_, result) => {
-                record.outcome = LendOutcome::UpstreamFailed;
-                let why = result
-                    .err()
-                    .map_or_else(|| "upstream failed".to_string(), |e| e.to_string());
-                (refuse(BorrowRefusal::UpstreamFailed(why), None), record)
-            }
-        }
-    }
-}
-
-/// `Retry-After` in delta-seconds, as milliseconds.
-fn retry_after_ms(headers: &[(String, Vec<u8>)]) -> Option<u64> {
-    headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("retry-after"))
-        .and_then(|(_, v)| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok())
-        .map(|s| s.saturating_mul(1000))
 }
