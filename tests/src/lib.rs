@@ -6,6 +6,7 @@
 
 pub mod rogue;
 pub mod spend;
+pub mod stream;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

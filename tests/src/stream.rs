@@ -1,0 +1,273 @@
+//! Streaming on both ends of a gateway: a scripted upstream that sends server-sent events when the test says so (or
+//! on a pace), records what happened to each call, and notices when a call is dropped; and a client that reads a
+//! chunked HTTP response piece by piece, telling a clean end from one cut short.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// How the scripted upstream paces its events.
+#[derive(Clone, Debug)]
+pub enum Pace {
+    /// Each event waits for [`ScriptedUpstream::release`].
+    Gated,
+    /// One event every interval.
+    Every(Duration),
+}
+
+/// The scripted upstream's settings.
+#[derive(Clone, Debug)]
+pub struct Script {
+    /// Events per call (then `data: [DONE]`).
+    pub events: usize,
+    /// How they are paced.
+    pub pace: Pace,
+    /// Wait before the response head.
+    pub head_delay: Duration,
+    /// Rate-limit headers to send (OpenAI style), if any.
+    pub headers: Vec<(String, String)>,
+}
+
+/// What happened to the calls, in order.
+#[derive(Clone, Debug, Default)]
+pub struct Record {
+    /// Calls received (request lines).
+    pub calls: Vec<String>,
+    /// Events written per call.
+    pub sent: Vec<usize>,
+    /// Calls whose connection went away before their last event (index of the call).
+    pub dropped: Vec<usize>,
+    /// Calls that sent everything.
+    pub completed: Vec<usize>,
+}
+
+/// A local HTTP server that streams server-sent events, the way an OpenAI-compatible API streams a completion.
+#[derive(Debug)]
+pub struct ScriptedUpstream {
+    /// Its base URL.
+    pub url: String,
+    record: Arc<(Mutex<Record>, Condvar)>,
+    release: Sender<()>,
+}
+
+impl ScriptedUpstream {
+    /// Starts serving `script` on an ephemeral loopback port (one call at a time; the thread ends with the test).
+    pub fn start(script: Script) -> ScriptedUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let record: Arc<(Mutex<Record>, Condvar)> = Arc::default();
+        let (release, gate) = channel();
+        let rec = record.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                serve_call(conn, &script, &rec, &gate);
+            }
+        });
+        ScriptedUpstream { url, record, release }
+    }
+
+    /// Lets the next gated event go.
+    pub fn release(&self) {
+        let _ = self.release.send(());
+    }
+
+    /// A copy of the record.
+    pub fn record(&self) -> Record {
+        self.record.0.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) until `check` holds for the record; panics with `what` if it does not in time.
+    pub fn wait_for(&self, what: &str, within: Duration, check: impl Fn(&Record) -> bool) -> Record {
+        let deadline = Instant::now() + within;
+        let (lock, cvar) = &*self.record;
+        let mut r = lock.lock().unwrap();
+        while !check(&r) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "timed out waiting for {what}: {r:?}");
+            r = cvar.wait_timeout(r, left).unwrap().0;
+        }
+        r.clone()
+    }
+}
+
+fn serve_call(conn: TcpStream, script: &Script, record: &Arc<(Mutex<Record>, Condvar)>, gate: &Receiver<()>) {
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut line = String::new();
+    if reader.read_line(&mut line).is_err() || line.is_empty() {
+        return;
+    }
+    let request = line.trim().to_string();
+    let mut length = 0usize;
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).is_err() || h == "\r\n" || h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':')
+            && k.eq_ignore_ascii_case("content-length")
+        {
+            length = v.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0u8; length];
+    let _ = reader.read_exact(&mut body);
+    let call = {
+        let (lock, cvar) = &**record;
+        let mut r = lock.lock().unwrap();
+        r.calls.push(request);
+        r.sent.push(0);
+        cvar.notify_all();
+        r.calls.len() - 1
+    };
+    std::thread::sleep(script.head_delay);
+    let mut conn = conn;
+    let mut head = String::from(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\n",
+    );
+    for (k, v) in &script.headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let note = |f: &dyn Fn(&mut Record)| {
+        let (lock, cvar) = &**record;
+        f(&mut lock.lock().unwrap());
+        cvar.notify_all();
+    };
+    if conn.write_all(head.as_bytes()).is_err() {
+        note(&|r| r.dropped.push(call));
+        return;
+    }
+    for i in 0..=script.events {
+        match &script.pace {
+            Pace::Gated if i < script.events => {
+                if gate.recv_timeout(Duration::from_secs(60)).is_err() {
+                    return;
+                }
+            }
+            Pace::Every(d) if i > 0 => std::thread::sleep(*d),
+            _ => {}
+        }
+        let event = if i == script.events {
+            "data: [DONE]\n\n".to_string()
+        } else {
+            format!("data: {{\"index\":{i},\"delta\":\"word{i} \"}}\n\n")
+        };
+        let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+        if conn
+            .write_all(chunk.as_bytes())
+            .and_then(|()| conn.flush())
+            .is_err()
+        {
+            note(&|r| r.dropped.push(call));
+            return;
+        }
+        note(&|r| r.sent[call] = i + 1);
+    }
+    let _ = conn.write_all(b"0\r\n\r\n");
+    note(&|r| r.completed.push(call));
+}
+
+/// A streamed HTTP response read piece by piece.
+#[derive(Debug)]
+pub struct StreamingResponse {
+    /// Status.
+    pub status: u16,
+    /// Headers (names lower-case).
+    pub headers: Vec<(String, String)>,
+    reader: BufReader<TcpStream>,
+    chunked: bool,
+}
+
+impl StreamingResponse {
+    /// Sends `method path` with `body` to the gateway at `base` and reads the response head (bounded by
+    /// `within`, also the limit for each later read).
+    pub fn send(base: &str, method: &str, path: &str, body: &str, within: Duration) -> StreamingResponse {
+        let hostport = base.trim_start_matches("http://");
+        let mut s = TcpStream::connect(hostport).unwrap();
+        s.set_read_timeout(Some(within)).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut reader = BufReader::new(s);
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let status = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            reader.read_line(&mut h).unwrap();
+            if h == "\r\n" || h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+            }
+        }
+        let chunked = headers
+            .iter()
+            .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+        StreamingResponse {
+            status,
+            headers,
+            reader,
+            chunked,
+        }
+    }
+
+    /// The first value of header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The next piece: `Ok(Some(bytes))`, `Ok(None)` at a clean end (the terminating chunk), `Err` when the
+    /// response was cut short or did not come in time.
+    pub fn next_piece(&mut self) -> Result<Option<Vec<u8>>, String> {
+        assert!(self.chunked, "a streamed response is chunked");
+        let mut size = String::new();
+        let n = self.reader.read_line(&mut size).map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("cut short: the connection ended without the last chunk".into());
+        }
+        let size = usize::from_str_radix(size.trim(), 16).map_err(|_| format!("bad chunk size {size:?}"))?;
+        if size == 0 {
+            let mut end = String::new();
+            self.reader.read_line(&mut end).map_err(|e| e.to_string())?;
+            return Ok(None);
+        }
+        let mut data = vec![0u8; size + 2];
+        self.reader
+            .read_exact(&mut data)
+            .map_err(|e| format!("cut short in a chunk: {e}"))?;
+        data.truncate(size);
+        Ok(Some(data))
+    }
+
+    /// Server-sent events as they arrive, split on their blank-line ends: reads pieces until at least one whole
+    /// event is in, returns the whole ones (`Ok(vec![])` only at a clean end).
+    pub fn next_events(&mut self, pending: &mut String) -> Result<Vec<String>, String> {
+        loop {
+            if let Some(end) = pending.rfind("\n\n") {
+                let whole: String = pending.drain(..end + 2).collect();
+                return Ok(whole.split_inclusive("\n\n").map(str::to_string).collect());
+            }
+            match self.next_piece()? {
+                Some(bytes) => pending.push_str(&String::from_utf8_lossy(&bytes)),
+                None if pending.is_empty() => return Ok(vec![]),
+                None => return Err(format!("the stream ended inside an event: {pending:?}")),
+            }
+        }
+    }
+}
