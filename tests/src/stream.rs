@@ -153,7 +153,7 @@ fn serve_call(conn: TcpStream, script: &Script, record: &Arc<(Mutex<Record>, Con
         let event = if i == script.events {
             "data: [DONE]\n\n".to_string()
         } else {
-            format!("data: {{\"index\":{i},\"delta\":\"word{i} \"}}\n\n")
+            format!("data: {}\n\n", event_json(i))
         };
         let chunk = format!("{:x}\r\n{event}\r\n", event.len());
         if conn
@@ -168,6 +168,13 @@ fn serve_call(conn: TcpStream, script: &Script, record: &Arc<(Mutex<Record>, Con
     }
     let _ = conn.write_all(b"0\r\n\r\n");
     note(&|r| r.completed.push(call));
+}
+
+/// Event `i` as an OpenAI-compatible API streams it: a `chat.completion.chunk` whose delta is `word{i} `.
+pub fn event_json(i: usize) -> String {
+    format!(
+        r#"{{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{{"index":0,"delta":{{"content":"word{i} "}},"finish_reason":null}}]}}"#
+    )
 }
 
 /// A streamed HTTP response read piece by piece.

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use lendmesh_tests::stream::{Pace, Script, ScriptedUpstream, StreamingResponse};
+use lendmesh_tests::stream::{Pace, Script, ScriptedUpstream, StreamingResponse, event_json};
 use lendmesh_tests::*;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -45,7 +45,7 @@ fn read_in_order(resp: &mut StreamingResponse, upstream: &ScriptedUpstream, even
     for (i, e) in got.iter().enumerate() {
         assert_eq!(
             e,
-            &format!("data: {{\"index\":{i},\"delta\":\"word{i} \"}}\n\n"),
+            &format!("data: {}\n\n", event_json(i)),
             "event {i} intact, in order"
         );
     }
@@ -200,6 +200,79 @@ fn a_client_that_goes_away_stops_the_lenders_upstream_call() {
     });
     assert!(cancelled(&a, "relay") >= 1, "the relay counted it");
     assert!(cancelled(&b, "borrow") >= 1, "the borrower counted it");
+    for n in [b, l, a] {
+        assert!(n.stop());
+    }
+}
+
+/// Whether this run is CI's (`CI` set), where the SDK test is required.
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// The Python with the OpenAI SDK: `.ci/run` installs it into `target/sdk-venv`; else `python3` if it has it.
+fn sdk_python() -> Option<std::path::PathBuf> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let venv = root.join("target/sdk-venv/bin/python");
+    let candidates = [venv, std::path::PathBuf::from("python3")];
+    candidates.into_iter().find(|p| {
+        std::process::Command::new(p)
+            .args(["-c", "import openai"])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+#[test]
+fn the_openai_sdk_sees_a_borrowed_stream_chunk_by_chunk() {
+    use std::io::BufRead;
+    let Some(python) = sdk_python() else {
+        assert!(
+            !in_ci(),
+            "CI requires the OpenAI SDK: .ci/run installs tests/sdk/requirements.txt into target/sdk-venv"
+        );
+        eprintln!("SKIPPED: no Python with the `openai` package (pip install -r tests/sdk/requirements.txt)");
+        return;
+    };
+    let upstream = ScriptedUpstream::start(Script {
+        events: 5,
+        pace: Pace::Gated,
+        head_delay: Duration::ZERO,
+        headers: vec![],
+    });
+    let Borrowed { _g, a, b, l } = borrowed("sdk-stream", &upstream.url, &[]);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sdk/openai_stream.py");
+    let mut child = std::process::Command::new(python)
+        .arg(script)
+        .arg(&b.gateway)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || lines.recv_timeout(WAIT).expect("the SDK prints within the wait");
+    upstream.release();
+    for i in 0..5 {
+        assert_eq!(
+            next(),
+            format!("CHUNK word{i} "),
+            "chunk {i} reached the SDK before the next was sent"
+        );
+        if i < 4 {
+            upstream.release();
+        }
+    }
+    assert_eq!(next(), "END");
+    assert!(child.wait().unwrap().success());
     for n in [b, l, a] {
         assert!(n.stop());
     }
