@@ -136,6 +136,8 @@ pub struct NodeMetrics {
     /// Streamed answers given up because the tool went away: borrows (the borrower closed its stream), relays (the
     /// borrower left mid-answer) and lends (the upstream call was dropped).
     pub cancelled: Family<OutcomeLabel, Counter>,
+    /// Borrowed answers that ended badly after their head, by kind (`cut_short`, `stalled`, `malformed`).
+    pub stream_errors: Family<OutcomeLabel, Counter>,
     /// Claims answered as a replica.
     pub claims_answered: Counter,
     /// Upstream calls by status class.
@@ -187,6 +189,8 @@ pub const REFILL_OUTCOMES: [&str; 6] = [
 
 /// The roles a streamed answer can be given up in.
 const CANCELLED_ROLES: [&str; 3] = ["borrow", "relay", "lend"];
+/// How a borrowed answer can end badly after its head.
+pub const STREAM_ERRORS: [&str; 3] = ["cut_short", "stalled", "malformed"];
 
 /// The refill counter with every outcome at 0, so each series exists from the start.
 fn refill_requests() -> Family<OutcomeLabel, Counter> {
@@ -233,6 +237,7 @@ impl Default for NodeMetrics {
             relays_ok: Counter::default(),
             relays_failed: Counter::default(),
             cancelled: family_with(&CANCELLED_ROLES),
+            stream_errors: family_with(&STREAM_ERRORS),
             claims_answered: Counter::default(),
             upstream_calls: Family::default(),
             wallet_balance: Gauge::default(),
@@ -323,6 +328,11 @@ impl NodeMetrics {
             self.relays_ok.clone(),
         );
         r.register("relay_failures", "Relays that failed", self.relays_failed.clone());
+        r.register(
+            "stream_errors",
+            "Borrowed answers that ended badly after their head, by kind (cut_short, stalled, malformed)",
+            self.stream_errors.clone(),
+        );
         r.register(
             "cancelled",
             "Streamed answers given up because the tool went away, by role (borrow, relay, lend)",

@@ -150,6 +150,17 @@ pub struct Streams {
 }
 
 impl Streams {
+    /// A handle whose opens all fail ("not connected"), for tests of what reads and writes streams.
+    pub fn unconnected(timeouts: StreamTimeouts, counters: Arc<NodeMetrics>) -> Streams {
+        let (tx, _) = mpsc::channel(1);
+        Streams {
+            tx,
+            timeouts,
+            counters,
+            stopped: CancellationToken::new(),
+        }
+    }
+
     /// The timeouts in force.
     pub fn timeouts(&self) -> StreamTimeouts {
         self.timeouts

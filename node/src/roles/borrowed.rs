@@ -81,9 +81,28 @@ impl Drop for Body {
     }
 }
 
+impl BodyError {
+    /// The metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BodyError::CutShort(_) => "cut_short",
+            BodyError::Stalled(_) => "stalled",
+            BodyError::Malformed(_) => "malformed",
+        }
+    }
+}
+
 impl Body {
-    /// The next event, reading and decoding as needed.
+    /// The next event, reading and decoding as needed; a failure is counted by kind.
     async fn next_event(&mut self) -> Result<ResponseEvent, BodyError> {
+        let next = self.read_event().await;
+        if let Err(e) = &next {
+            NodeMetrics::outcome(&self.counters.stream_errors, e.kind());
+        }
+        next
+    }
+
+    async fn read_event(&mut self) -> Result<ResponseEvent, BodyError> {
         loop {
             if let Some(ev) = self.pending.pop_front() {
                 return Ok(ev);
@@ -244,3 +263,6 @@ impl AsyncWrite for SealedBuf {
         Poll::Ready(Ok(()))
     }
 }
+
+#[cfg(test)]
+mod tests;
