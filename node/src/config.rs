@@ -195,13 +195,25 @@ pub struct UpstreamConfig {
     pub mock_chunk_interval: Duration,
     /// HTTP: base URL.
     pub url: String,
-    /// HTTP: environment variable holding the API key.
+    /// HTTP: environment variable holding the API key (the key itself is never in the config).
     pub key_env: String,
+    /// HTTP: how the key is sent: `bearer` (`Authorization: Bearer <key>`, OpenAI), `x-api-key` (Anthropic) or
+    /// `header:<name>` (e.g. `header:api-key` for Azure).
+    pub auth: crate::upstream::AuthStyle,
     /// HTTP: requests per window assumed when the upstream sends no rate-limit headers.
     pub budget_per_window: u64,
     /// HTTP: window for that budget.
     #[serde(with = "duration_str")]
     pub window: Duration,
+    /// HTTP: how long to wait for the response head (1s to 1h): a thinking model may send nothing for minutes.
+    #[serde(with = "duration_str")]
+    pub first_byte_timeout: Duration,
+    /// HTTP: longest pause between two chunks of the response body (1s to 1h); a whole answer has no limit.
+    #[serde(with = "duration_str")]
+    pub idle_timeout: Duration,
+    /// HTTP: fixed headers sent with every request, e.g. `anthropic-version = "2023-06-01"` (a table; a caller's
+    /// header of the same name is replaced). Shown by `config show`: not for secrets.
+    pub extra_headers: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for UpstreamConfig {
@@ -215,10 +227,50 @@ impl Default for UpstreamConfig {
             mock_chunk_interval: Duration::from_millis(100),
             url: String::new(),
             key_env: String::new(),
+            auth: crate::upstream::AuthStyle::Bearer,
             budget_per_window: 60,
             window: Duration::from_secs(60),
+            first_byte_timeout: crate::upstream::DEFAULT_FIRST_BYTE_TIMEOUT,
+            idle_timeout: crate::upstream::DEFAULT_IDLE_TIMEOUT,
+            extra_headers: std::collections::BTreeMap::new(),
         }
     }
+}
+
+impl UpstreamConfig {
+    /// Refuses settings out of range and headers that cannot be sent, naming the setting.
+    pub fn check(&self) -> Result<(), String> {
+        check_upstream_timeout("first_byte_timeout", self.first_byte_timeout)?;
+        check_upstream_timeout("idle_timeout", self.idle_timeout)?;
+        crate::upstream::check_extra_headers(
+            &self.auth,
+            self.extra_headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+        )?;
+        Ok(())
+    }
+
+    /// Sets an extra header, replacing one of the same name in any case (`--upstream-header`).
+    pub fn set_extra_header(&mut self, name: &str, value: &str) {
+        self.extra_headers.retain(|n, _| !n.eq_ignore_ascii_case(name));
+        self.extra_headers.insert(name.to_owned(), value.to_owned());
+    }
+}
+
+/// Parses `--upstream-first-byte-timeout` and `--upstream-idle-timeout`.
+pub fn parse_upstream_timeout(s: &str) -> Result<Duration, String> {
+    check_upstream_timeout("the timeout", parse_duration(s)?)
+}
+
+/// An upstream wait must be from 1 s to 1 h: shorter cuts a healthy model mid-thought on a busy provider,
+/// longer holds a lend (and the borrower waiting on it) on an upstream that is gone.
+fn check_upstream_timeout(name: &str, d: Duration) -> Result<Duration, String> {
+    if d < Duration::from_secs(1) || d > Duration::from_secs(3600) {
+        return Err(format!(
+            "{name} must be from 1s to 1h (got {})",
+            format_duration(d)
+        ));
+    }
+    Ok(d)
 }
 
 /// Wallet settings.
@@ -352,6 +404,7 @@ impl Config {
     /// Refuses settings out of range (the file's, and flags through their own parsers).
     pub fn check(&self) -> Result<(), String> {
         self.network.check().map_err(|e| format!("[network] {e}"))?;
+        self.upstream.check().map_err(|e| format!("[upstream] {e}"))?;
         self.lender.check().map_err(|e| format!("[lender] {e}"))
     }
 
@@ -506,5 +559,123 @@ mod tests {
         );
         assert!(parse_step_timeout("10ms").is_err());
         assert_eq!(parse_step_timeout("2s"), Ok(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn upstream_timeouts_are_configured_and_checked() {
+        let c = Config::default();
+        assert_eq!(c.upstream.first_byte_timeout, Duration::from_secs(300));
+        assert_eq!(c.upstream.idle_timeout, Duration::from_secs(60));
+        let shown = c.to_toml();
+        assert!(
+            shown.contains("first_byte_timeout = \"5m\"") && shown.contains("idle_timeout = \"1m\""),
+            "{shown}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(CONFIG_FILE);
+        std::fs::write(
+            &file,
+            "[upstream]\nfirst_byte_timeout = \"10m\"\nidle_timeout = \"90s\"\n",
+        )
+        .unwrap();
+        let u = Config::load(dir.path()).unwrap().upstream;
+        assert_eq!(
+            (u.first_byte_timeout, u.idle_timeout),
+            (Duration::from_secs(600), Duration::from_secs(90))
+        );
+        for (setting, value) in [
+            ("first_byte_timeout", "500ms"),
+            ("first_byte_timeout", "2h"),
+            ("idle_timeout", "0s"),
+        ] {
+            std::fs::write(&file, format!("[upstream]\n{setting} = \"{value}\"\n")).unwrap();
+            let err = Config::load(dir.path()).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!(
+                    "[upstream] {setting} must be from 1s to 1h (got {value})"
+                )),
+                "{err}"
+            );
+        }
+        assert!(parse_upstream_timeout("100ms").is_err());
+        assert_eq!(parse_upstream_timeout("15m"), Ok(Duration::from_secs(900)));
+    }
+
+    #[test]
+    fn upstream_auth_and_extra_headers_are_configured_and_checked() {
+        use crate::upstream::AuthStyle;
+        let c = Config::default();
+        assert_eq!(c.upstream.auth, AuthStyle::Bearer);
+        assert!(c.to_toml().contains("auth = \"bearer\""), "{}", c.to_toml());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(CONFIG_FILE);
+        std::fs::write(
+            &file,
+            "[upstream]\nkind = \"http\"\nauth = \"x-api-key\"\n\
+             [upstream.extra_headers]\nanthropic-version = \"2023-06-01\"\n",
+        )
+        .unwrap();
+        let c = Config::load(dir.path()).unwrap();
+        assert_eq!(c.upstream.auth, AuthStyle::XApiKey);
+        assert_eq!(
+            c.upstream
+                .extra_headers
+                .get("anthropic-version")
+                .map(String::as_str),
+            Some("2023-06-01")
+        );
+        let back: Config = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back, c, "{}", c.to_toml());
+        std::fs::write(&file, "[upstream]\nauth = \"header:Api-Key\"\n").unwrap();
+        let c = Config::load(dir.path()).unwrap();
+        assert_eq!(c.upstream.auth, AuthStyle::Header("api-key".into()));
+        assert!(c.to_toml().contains("auth = \"header:api-key\""));
+
+        let refused = [
+            ("auth = \"basic\"", "auth \"basic\" is not known"),
+            ("auth = \"header:bad name\"", "not a valid HTTP header name"),
+            ("auth = \"header:\"", "not a valid HTTP header name"),
+            ("auth = \"header:host\"", "sets that header itself"),
+            (
+                "extra_headers = { \"bad name\" = \"x\" }",
+                "not a valid HTTP header name",
+            ),
+            (
+                "extra_headers = { content-length = \"1\" }",
+                "sets that header itself",
+            ),
+            (
+                "extra_headers = { x-a = \"one\\ntwo\" }",
+                "cannot be sent in an HTTP header",
+            ),
+            (
+                "extra_headers = { X-A = \"1\", x-a = \"2\" }",
+                "is set twice (names are case-insensitive)",
+            ),
+            (
+                "auth = \"x-api-key\"\nextra_headers = { X-Api-Key = \"sk-in-config\" }",
+                "is the auth header",
+            ),
+            (
+                "extra_headers = { Authorization = \"Bearer x\" }",
+                "is the auth header",
+            ),
+        ];
+        for (setting, expected) in refused {
+            std::fs::write(&file, format!("[upstream]\n{setting}\n")).unwrap();
+            let err = Config::load(dir.path()).unwrap_err().to_string();
+            assert!(err.contains(expected), "{setting}: {err}");
+            assert!(!err.contains("sk-in-config"), "{err}");
+        }
+
+        let mut u = UpstreamConfig::default();
+        u.set_extra_header("Anthropic-Version", "2023-01-01");
+        u.set_extra_header("anthropic-version", "2023-06-01");
+        assert_eq!(u.extra_headers.len(), 1);
+        assert_eq!(
+            u.extra_headers.get("anthropic-version").map(String::as_str),
+            Some("2023-06-01")
+        );
+        assert_eq!(u.check(), Ok(()));
     }
 }

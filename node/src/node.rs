@@ -138,9 +138,16 @@ pub fn build_upstream(config: &Config, node_name: String) -> anyhow::Result<Arc<
             api_key_env: Some(u.key_env.trim())
                 .filter(|v| !v.is_empty())
                 .map(str::to_owned),
+            auth: u.auth.clone(),
+            extra_headers: u
+                .extra_headers
+                .iter()
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect(),
             budget_per_window: u.budget_per_window,
             window: u.window,
-            timeout: crate::upstream::DEFAULT_TIMEOUT,
+            first_byte_timeout: u.first_byte_timeout,
+            idle_timeout: u.idle_timeout,
             max_response_bytes: crate::upstream::DEFAULT_MAX_RESPONSE_BYTES,
         })?),
     })
@@ -228,6 +235,7 @@ pub async fn start(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Res
         params: RoutingParams::default(),
         privacy: config.borrow.privacy,
         counters: base.counters.clone(),
+        conversations: Default::default(),
     };
     let gateway_addr = gateway_listener.local_addr()?;
     info!("gateway listening on http://{gateway_addr}");

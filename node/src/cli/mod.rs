@@ -220,6 +220,20 @@ pub struct RunArgs {
     /// HTTP upstream: environment variable holding the API key.
     #[arg(long)]
     pub upstream_key_env: Option<String>,
+    /// HTTP upstream: how the key is sent: bearer (Authorization: Bearer <key>), x-api-key (Anthropic) or
+    /// header:<name> (e.g. header:api-key for Azure) [default: bearer].
+    #[arg(long, value_name = "STYLE")]
+    pub upstream_auth: Option<crate::upstream::AuthStyle>,
+    /// HTTP upstream: a fixed header sent with every request, e.g. anthropic-version=2023-06-01 (repeatable; a
+    /// caller's header of the same name is replaced).
+    #[arg(long = "upstream-header", value_name = "NAME=VALUE", value_parser = crate::upstream::parse_header_flag)]
+    pub upstream_headers: Vec<(String, String)>,
+    /// HTTP upstream: how long to wait for the response head (1s to 1h) [default: 5m].
+    #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_upstream_timeout)]
+    pub upstream_first_byte_timeout: Option<Duration>,
+    /// HTTP upstream: longest pause between two chunks of the response body (1s to 1h) [default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_upstream_timeout)]
+    pub upstream_idle_timeout: Option<Duration>,
     /// Refill the wallet below this many tokens.
     #[arg(long)]
     pub low_water: Option<u32>,
@@ -294,6 +308,18 @@ impl RunArgs {
         }
         if let Some(v) = &self.upstream_key_env {
             c.upstream.key_env = v.clone();
+        }
+        if let Some(v) = &self.upstream_auth {
+            c.upstream.auth = v.clone();
+        }
+        for (name, value) in &self.upstream_headers {
+            c.upstream.set_extra_header(name, value);
+        }
+        if let Some(v) = self.upstream_first_byte_timeout {
+            c.upstream.first_byte_timeout = v;
+        }
+        if let Some(v) = self.upstream_idle_timeout {
+            c.upstream.idle_timeout = v;
         }
         if let Some(v) = self.low_water {
             c.wallet.low_water = v;

@@ -8,14 +8,23 @@ pub struct HttpUpstreamConfig {
     /// Base URL, e.g. `https://api.openai.com/` or `http://127.0.0.1:8080/v1`; request paths are joined below
     /// it.
     pub base_url: String,
-    /// Environment variable holding the API key (sent as `Authorization: Bearer <key>`); `None` sends no key.
+    /// Environment variable holding the API key (sent as `auth` says); `None` sends no key.
     pub api_key_env: Option<String>,
+    /// How the key is sent.
+    pub auth: AuthStyle,
+    /// Fixed headers added to every request (e.g. `anthropic-version: 2023-06-01`); a caller's header of the
+    /// same name is replaced.
+    pub extra_headers: Vec<(String, String)>,
     /// Requests per window assumed when the upstream sends no rate-limit headers.
     pub budget_per_window: u64,
     /// Window for that budget (aligned to multiples of it since the Unix epoch; at least 1 ms).
     pub window: Duration,
-    /// Total timeout per call (connect, headers and body).
-    pub timeout: Duration,
+    /// How long to wait for the response head (connecting and sending included): a thinking model may take
+    /// minutes before its first byte.
+    pub first_byte_timeout: Duration,
+    /// Longest pause between two body chunks; there is no limit on the whole body, so a generation may stream for
+    /// as long as it keeps sending.
+    pub idle_timeout: Duration,
     /// Largest response body accepted.
     pub max_response_bytes: usize,
 }
@@ -30,20 +39,27 @@ struct HttpState {
     /// Bumped whenever `remaining` is reset wholesale (new window, refusal), so that releasing an older
     /// permit does not add a unit the reset already accounted for.
     epoch: u64,
+    /// The looser dimension (requests or tokens, in requests) that binds once the tighter one resets:
+    /// `(remaining, resets_at_ms)`, later than `resets_at_ms`.
+    then: Option<(u64, u64)>,
 }
 
-/// An upstream reached over HTTP(S) with an optional bearer key.
+/// An upstream reached over HTTP(S) with an optional key.
 pub struct HttpUpstream {
     id: u64,
     client: reqwest::Client,
     /// Normalised base: no query or fragment, path ends in `/`.
     base: Url,
-    /// `Authorization` value, marked sensitive.
+    auth_style: AuthStyle,
+    /// The auth header's value (`Bearer <key>` or the key), marked sensitive.
     pub(super) auth: Option<HeaderValue>,
+    /// Checked once; added to every request.
+    extra_headers: HeaderMap,
     api_key_env: Option<String>,
     budget: u64,
     window_ms: u64,
-    timeout: Duration,
+    first_byte_timeout: Duration,
+    idle_timeout: Duration,
     max_response_bytes: usize,
     state: Mutex<HttpState>,
     in_flight: Arc<AtomicU64>,
@@ -54,6 +70,7 @@ impl fmt::Debug for HttpUpstream {
         f.debug_struct("HttpUpstream")
             .field("base_url", &self.base.as_str())
             .field("api_key_env", &self.api_key_env)
+            .field("auth", &self.auth_style.to_string())
             .field(
                 "api_key",
                 &if self.auth.is_some() {
@@ -62,9 +79,18 @@ impl fmt::Debug for HttpUpstream {
                     "<none>"
                 },
             )
+            .field(
+                "extra_headers",
+                &self
+                    .extra_headers
+                    .keys()
+                    .map(HeaderName::as_str)
+                    .collect::<Vec<_>>(),
+            )
             .field("budget_per_window", &self.budget)
             .field("window_ms", &self.window_ms)
-            .field("timeout", &self.timeout)
+            .field("first_byte_timeout", &self.first_byte_timeout)
+            .field("idle_timeout", &self.idle_timeout)
             .field("max_response_bytes", &self.max_response_bytes)
             .field("state", &*lock(&self.state))
             .finish()
@@ -94,25 +120,34 @@ impl HttpUpstream {
     }
 
     /// Builds the upstream with an API key obtained elsewhere (a secrets file, tests); `config.api_key_env`
-    /// is then used only to name the key's origin in errors.
+    /// is then used only to name the key's origin in errors. The auth style and extra headers are checked here
+    /// too (`InvalidHeader`), though the config checks them first.
     pub fn with_api_key(config: HttpUpstreamConfig, api_key: Option<String>) -> Result<Self, UpstreamError> {
         let base = normalize_base_url(&config.base_url)?;
+        let extra_headers = check_extra_headers(
+            &config.auth,
+            config.extra_headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+        )
+        .map_err(UpstreamError::InvalidHeader)?;
         let auth = match api_key {
             Some(key) => {
                 let origin = config
                     .api_key_env
                     .clone()
                     .unwrap_or_else(|| "the configured API key".to_owned());
-                let mut value = HeaderValue::try_from(format!("Bearer {key}"))
-                    .map_err(|_| UpstreamError::InvalidApiKey { origin })?;
-                value.set_sensitive(true);
-                Some(value)
+                Some(
+                    config
+                        .auth
+                        .header_value(&key)
+                        .ok_or(UpstreamError::InvalidApiKey { origin })?,
+                )
             }
             None => None,
         };
+        // No total timeout: a streamed generation may run for many minutes. The head and every pause in the body
+        // are bounded by `forward` and `body_stream` instead.
         let client = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout)
+            .connect_timeout(DEFAULT_CONNECT_TIMEOUT.min(config.first_byte_timeout))
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(UpstreamError::Client)?;
@@ -120,17 +155,21 @@ impl HttpUpstream {
             id: NEXT_UPSTREAM_ID.fetch_add(1, Ordering::Relaxed),
             client,
             base,
+            auth_style: config.auth,
             auth,
+            extra_headers,
             api_key_env: config.api_key_env,
             budget: config.budget_per_window,
             window_ms: duration_ms(config.window).max(1),
-            timeout: config.timeout,
+            first_byte_timeout: config.first_byte_timeout,
+            idle_timeout: config.idle_timeout,
             max_response_bytes: config.max_response_bytes,
             state: Mutex::new(HttpState {
                 limit: None,
                 remaining: 0,
                 resets_at_ms: 0,
                 epoch: 0,
+                then: None,
             }),
             in_flight: Arc::new(AtomicU64::new(0)),
         })
@@ -140,13 +179,21 @@ impl HttpUpstream {
         st.limit.unwrap_or(self.budget)
     }
 
-    /// The estimate rolled forward to `now_ms`: once the reset instant has passed, a new aligned window
-    /// starts full.
+    /// The estimate rolled forward to `now_ms`: once the reset instant has passed, the looser dimension takes
+    /// over if it has not reset yet, else a new aligned window starts full.
     fn state(&self, now_ms: u64) -> MutexGuard<'_, HttpState> {
         let mut st = lock(&self.state);
         if now_ms >= st.resets_at_ms {
-            st.remaining = self.capacity(&st);
-            st.resets_at_ms = aligned_window_end(now_ms, self.window_ms);
+            match st.then.take().filter(|&(_, until)| until > now_ms) {
+                Some((remaining, until)) => {
+                    st.remaining = remaining;
+                    st.resets_at_ms = until;
+                }
+                None => {
+                    st.remaining = self.capacity(&st);
+                    st.resets_at_ms = aligned_window_end(now_ms, self.window_ms);
+                }
+            }
             st.epoch += 1;
         }
         st
@@ -158,37 +205,51 @@ impl HttpUpstream {
         if st.epoch == window {
             let ceiling = self.capacity(&st).max(st.remaining);
             st.remaining = st.remaining.saturating_add(1).min(ceiling);
+            if let Some((left, _)) = &mut st.then {
+                *left = left.saturating_add(1).min(ceiling);
+            }
         }
     }
 
-    /// Folds what a response taught us into the estimate (`now_ms` from the wall clock).
+    /// Folds what a response taught us into the estimate (`now_ms` from the wall clock): the tighter of
+    /// requests and tokens, in requests ([`LearnedLimit::in_requests`]).
     pub(super) fn learn(&self, status: u16, headers: &[(String, Vec<u8>)], now_ms: u64) {
         let learned = parse_rate_limit(headers, now_ms);
         // This call's own permit is still alive, so it is among the in-flight ones; the upstream already
         // counted it.
         let others = self.in_flight.load(Ordering::Acquire).saturating_sub(1);
         let mut st = self.state(now_ms);
+        let mut reset_learned = None;
         if let Some(l) = learned {
             if let Some(limit) = l.limit {
                 st.limit = Some(limit);
             }
-            if let Some(remaining) = l.remaining {
+            let scaled = l.in_requests(self.capacity(&st));
+            if let Some(remaining) = scaled.remaining {
                 st.remaining = remaining.saturating_sub(others);
             }
-            if let Some(reset) = l.resets_at_ms.filter(|&r| r > now_ms) {
+            reset_learned = scaled.resets_at_ms;
+            if let Some(reset) = scaled.resets_at_ms.filter(|&r| r > now_ms) {
                 st.resets_at_ms = reset;
             }
+            st.then = scaled
+                .then
+                .filter(|&(_, until)| until > st.resets_at_ms)
+                .map(|(left, until)| (left.saturating_sub(others), until));
             debug!(
                 source = ?l.source,
                 limit = ?l.limit,
                 remaining = ?l.remaining,
+                quota = ?l.quota,
+                bound_by = ?scaled.bound_by,
+                estimate = st.remaining,
                 "upstream rate limit learned"
             );
         }
         let refused = status == 429 || status == 503;
         let retry_after = learned.and_then(|l| l.retry_after_ms);
         let block_until = if refused {
-            let header_instant = retry_after.max(learned.and_then(|l| l.resets_at_ms));
+            let header_instant = retry_after.max(reset_learned);
             Some(
                 header_instant
                     .unwrap_or_else(|| st.resets_at_ms.max(now_ms.saturating_add(MIN_REFUSAL_BACKOFF_MS))),
@@ -210,14 +271,15 @@ impl HttpUpstream {
     }
 
     fn classify(&self, err: reqwest::Error) -> UpstreamError {
-        if err.is_timeout() {
-            UpstreamError::Timeout {
-                timeout: self.timeout,
-            }
-        } else if err.is_connect() {
+        // A connect timeout is a failed connect: nothing reached the upstream.
+        if err.is_connect() {
             UpstreamError::Connect {
                 base_url: self.base.to_string(),
                 source: err,
+            }
+        } else if err.is_timeout() {
+            UpstreamError::Timeout {
+                timeout: self.first_byte_timeout,
             }
         } else if err.is_builder() {
             UpstreamError::InvalidRequest(err.to_string())
@@ -226,23 +288,36 @@ impl HttpUpstream {
         }
     }
 
+    /// The caller's headers without the ones the client sets, without any credential, and without the auth and
+    /// extra headers' names (compared case-insensitively), then the extra headers and the key.
     fn outgoing_headers(&self, headers: &[(String, Vec<u8>)]) -> Result<HeaderMap, UpstreamError> {
-        const REPLACED: [&str; 4] = ["host", "authorization", "content-length", "transfer-encoding"];
+        const REPLACED: [&str; 3] = ["host", "content-length", "transfer-encoding"];
+        let auth_name = self.auth_style.header_name();
         let mut map = HeaderMap::new();
         for (name, value) in headers {
-            if REPLACED.iter().any(|r| name.eq_ignore_ascii_case(r)) {
+            if REPLACED
+                .iter()
+                .chain(&CALLER_CREDENTIALS)
+                .any(|r| name.eq_ignore_ascii_case(r))
+            {
                 continue;
             }
             let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
                 UpstreamError::InvalidRequest(format!("header name {name:?} is not valid HTTP"))
             })?;
+            if n == auth_name || self.extra_headers.contains_key(&n) {
+                continue;
+            }
             let v = HeaderValue::from_bytes(value).map_err(|_| {
                 UpstreamError::InvalidRequest(format!("value of header {name:?} is not valid HTTP"))
             })?;
             map.append(n, v);
         }
+        for (n, v) in &self.extra_headers {
+            map.insert(n.clone(), v.clone());
+        }
         if let Some(auth) = &self.auth {
-            map.insert(reqwest::header::AUTHORIZATION, auth.clone());
+            map.insert(auth_name, auth.clone());
         }
         Ok(map)
     }
@@ -262,14 +337,23 @@ impl HttpUpstream {
         if !req.body.is_empty() {
             builder = builder.body(req.body);
         }
-        let resp = builder.send().await.map_err(|e| {
-            let err = self.classify(e);
-            let refundable = matches!(
-                err,
-                UpstreamError::Connect { .. } | UpstreamError::InvalidRequest(_)
-            );
-            (err, refundable)
-        })?;
+        let head = tokio::time::timeout(self.first_byte_timeout, builder.send()).await;
+        let resp = match head {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => {
+                let err = self.classify(e);
+                let refundable = matches!(
+                    err,
+                    UpstreamError::Connect { .. } | UpstreamError::InvalidRequest(_)
+                );
+                return Err((err, refundable));
+            }
+            // The request may have reached the upstream: the unit stays spent.
+            Err(_elapsed) => {
+                let timeout = self.first_byte_timeout;
+                return Err((UpstreamError::Timeout { timeout }, false));
+            }
+        };
         let status = resp.status().as_u16();
         let headers: Vec<(String, Vec<u8>)> = resp
             .headers()
@@ -287,19 +371,23 @@ impl HttpUpstream {
         Ok(UpstreamResponse {
             status,
             headers,
-            body: body_stream(resp, limit, self.timeout),
+            body: body_stream(resp, limit, self.idle_timeout),
         })
     }
 }
 
-/// The body chunk by chunk as it arrives, ending with `BodyTooLarge` as soon as it would exceed `limit`.
-fn body_stream(resp: reqwest::Response, limit: usize, timeout: Duration) -> BodyStream {
+/// The body chunk by chunk as it arrives, ending with `BodyTooLarge` as soon as it would exceed `limit` and with
+/// `Idle` when no chunk comes for `idle` (the first one counted from the head).
+fn body_stream(resp: reqwest::Response, limit: usize, idle: Duration) -> BodyStream {
     let state = (resp, 0usize, false);
     let chunks = futures::stream::unfold(state, move |(mut resp, seen, done)| async move {
         if done {
             return None;
         }
-        match resp.chunk().await {
+        let Ok(next) = tokio::time::timeout(idle, resp.chunk()).await else {
+            return Some((Err(UpstreamError::Idle { idle }), (resp, seen, true)));
+        };
+        match next {
             Ok(None) => None,
             Ok(Some(chunk)) if chunk.len() > limit.saturating_sub(seen) => {
                 Some((Err(UpstreamError::BodyTooLarge { limit }), (resp, seen, true)))
@@ -308,7 +396,7 @@ fn body_stream(resp: reqwest::Response, limit: usize, timeout: Duration) -> Body
                 let seen = seen + chunk.len();
                 Some((Ok(chunk.to_vec()), (resp, seen, false)))
             }
-            Err(e) if e.is_timeout() => Some((Err(UpstreamError::Timeout { timeout }), (resp, seen, true))),
+            Err(e) if e.is_timeout() => Some((Err(UpstreamError::Idle { idle }), (resp, seen, true))),
             Err(e) => Some((Err(UpstreamError::Http(e)), (resp, seen, true))),
         }
     });
@@ -335,6 +423,9 @@ impl Upstream for HttpUpstream {
         let mut st = self.state(now_ms);
         (st.remaining > reserve).then(|| {
             st.remaining -= 1;
+            if let Some((left, _)) = &mut st.then {
+                *left = left.saturating_sub(1);
+            }
             Permit {
                 owner: self.id,
                 window: st.epoch,

@@ -15,27 +15,46 @@
 //! - [`MockUpstream`]: a deterministic capacity per window. Windows are aligned to multiples of the window
 //!   length since the Unix epoch (window index = `now_ms / window_ms`), so every node with the same settings
 //!   agrees on when a window starts. `call` sleeps the configured latency and answers JSON naming the node
-//!   that served.
-//! - [`HttpUpstream`]: forwards to a real base URL with `Authorization: Bearer <key>` (the key is read from
-//!   an environment variable once, and never logged, printed by `Debug`, or put in an error). It starts from
-//!   the configured budget per aligned window, decrements locally on every `try_acquire`, and **replaces**
-//!   that estimate with whatever the upstream's rate-limit headers say ([`parse_rate_limit`]: OpenAI,
-//!   Anthropic, the IETF httpapi drafts, `Retry-After`). A 429 or 503 means "nothing left until the reset /
-//!   retry-after instant", and so does a `Retry-After` on any other response. When the reset instant passes,
-//!   a new window starts with the learned limit (or the budget if none was ever learned).
+//!   that served (or streams it as server-sent events).
+//! - [`HttpUpstream`]: forwards to a real base URL with the member's key. The key is read from an environment
+//!   variable once and sent the way the provider wants it ([`AuthStyle`]): `Authorization: Bearer <key>`
+//!   (OpenAI and compatible servers), `x-api-key: <key>` (Anthropic) or any named header (`api-key` for Azure),
+//!   together with fixed extra headers (`anthropic-version: 2023-06-01`). A caller's header of the same name as
+//!   the auth header or an extra header is dropped (case-insensitively), never forwarded alongside, and so are
+//!   the caller's own credentials (`Authorization`, `Proxy-Authorization`, `x-api-key`, `api-key`) whatever the
+//!   style. The key is never logged, printed by `Debug`, or put in an error.
+//!
+//! **Headroom of an HTTP upstream.** It starts from the configured budget per aligned window, decrements
+//! locally on every `try_acquire`, and **replaces** that estimate with whatever the upstream's rate-limit
+//! headers say ([`parse_rate_limit`]: OpenAI, Anthropic, the IETF httpapi drafts, `Retry-After`). Providers of
+//! LLMs limit tokens as well as requests, so the headroom is **the tighter of the two**, in request units: a
+//! token quota with a fraction `f` left counts as `capacity × f` requests (`capacity` = the learned request limit,
+//! else the budget), the smaller of that and the requests left is `remaining`, and the reset is that dimension's
+//! (tokens at 10 % and requests at 80 % report 10 % of capacity; [`LearnedLimit::in_requests`] and the
+//! `ratelimit` module doc give the rule). The attestation bucket, computed from [`Headroom`], follows the tighter
+//! dimension with no change elsewhere. When the binding dimension resets, the looser one takes over until its own
+//! reset; when that passes, a new window starts with the learned limit (or the budget if none was ever learned).
+//! A 429 or 503 means "nothing left until the reset / retry-after instant", and so does a `Retry-After` on any
+//! other response.
 //!
 //! Learned `remaining` counts are reduced by the number of *other* permits still in flight: the upstream
 //! counted the request it just answered but not the ones this node has reserved and not yet sent, so
 //! subtracting them keeps the estimate conservative (it may under-lend briefly, it does not over-lend).
 //!
 //! `call` returns every HTTP answer, 429 and 5xx included, as `Ok`: the lender decides what a refusal means
-//! for the borrower's token. Failures where nothing reached the upstream (connection refused, a request that
-//! cannot be expressed as HTTP) give the unit back by themselves; a timeout does not, since the upstream may
-//! have done the work.
+//! for the borrower's token. Failures where nothing reached the upstream (connection refused or not made within
+//! [`DEFAULT_CONNECT_TIMEOUT`], a request that cannot be expressed as HTTP) give the unit back by themselves; a
+//! timeout does not, since the upstream may have done the work.
 //!
-//! Everything is bounded: response bodies are read chunk by chunk up to `max_response_bytes`, requests have a
-//! total timeout, redirects are never followed (a redirect is answered to the caller as-is, so the bearer key
-//! never leaves for another host).
+//! **Timeouts fit long streamed generations.** There is no limit on a whole call: a generation may stream for ten
+//! minutes. The response head must come within the **first-byte** limit (default 5 min, [`UpstreamError::Timeout`]:
+//! a thinking model may say nothing for minutes), and once it has, every pause between two body chunks must be
+//! shorter than the **idle** limit (default 60 s); a longer pause ends the body stream with
+//! [`UpstreamError::Idle`], never a clean end. Connecting may take [`DEFAULT_CONNECT_TIMEOUT`].
+//!
+//! Everything else is bounded too: response bodies are read chunk by chunk up to `max_response_bytes`, and
+//! redirects are never followed (a redirect is answered to the caller as-is, so the key never leaves for another
+//! host).
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,9 +66,17 @@ use reqwest::Url;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use tracing::{debug, warn};
 
-/// Default total timeout for one upstream call. Inference calls can legitimately take minutes; anything
-/// longer than this is treated as a dead upstream.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Default wait for the response head. A thinking model may think for minutes before its first byte; an upstream
+/// that sends nothing for longer is taken as dead.
+pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Default longest pause between two body chunks. Streamed generations send a chunk every few tokens, and
+/// providers send keep-alive events while they think; a minute of silence mid-answer is a stuck connection.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long opening the TCP/TLS connection may take (never more than the first-byte limit): an upstream that
+/// cannot be reached in this time will not be reached at all, and nothing was sent, so the unit goes back.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Default cap on an upstream response body. Large enough for long completions, small enough that a
 /// misbehaving upstream cannot make the node buffer without bound.
@@ -68,7 +95,8 @@ pub struct UpstreamRequest {
     pub method: String,
     /// Path and query, e.g. `/v1/chat/completions?stream=false`; joined to the upstream's base URL.
     pub path_and_query: String,
-    /// Request headers; `Host`, `Authorization` and `Content-Length` are replaced by the upstream.
+    /// Request headers; `Host`, `Content-Length`, credentials and the auth and extra headers' names are replaced
+    /// by the upstream.
     pub headers: Vec<(String, Vec<u8>)>,
     /// Request body.
     pub body: Vec<u8>,
@@ -111,7 +139,10 @@ impl UpstreamResponse {
     }
 
     /// Reads the whole body, refusing more than `limit` bytes.
-    pub async fn collect(self, limit: usize) -> Result<(u16, Vec<(String, Vec<u8>)>, Vec<u8>), UpstreamError> {
+    pub async fn collect(
+        self,
+        limit: usize,
+    ) -> Result<(u16, Vec<(String, Vec<u8>)>, Vec<u8>), UpstreamError> {
         use futures::StreamExt;
         let mut body = Vec::new();
         let mut stream = self.body;
@@ -129,7 +160,8 @@ impl UpstreamResponse {
     pub fn is_event_stream(&self) -> bool {
         self.headers.iter().any(|(k, v)| {
             k.eq_ignore_ascii_case("content-type")
-                && v.get(..17).is_some_and(|p| p.eq_ignore_ascii_case(b"text/event-stream"))
+                && v.get(..17)
+                    .is_some_and(|p| p.eq_ignore_ascii_case(b"text/event-stream"))
         })
     }
 }
@@ -206,17 +238,26 @@ pub enum UpstreamError {
         /// What is wrong with it.
         reason: String,
     },
+    /// An auth style or extra header cannot be used (bad name or value, set twice, the auth header itself).
+    #[error("upstream header setting is not usable: {0}")]
+    InvalidHeader(String),
     /// The forwarded request cannot be expressed as HTTP (bad method or header).
     #[error("request cannot be forwarded upstream: {0}")]
     InvalidRequest(String),
-    /// The upstream did not answer (headers and body) within the configured timeout.
-    #[error("upstream did not answer within {timeout:?}")]
+    /// The upstream sent no response head within the first-byte limit.
+    #[error(
+        "upstream sent no response head within {timeout:?}; raise [upstream] first_byte_timeout if it is \
+         really this slow"
+    )]
     Timeout {
-        /// The configured timeout.
+        /// The first-byte limit.
         timeout: Duration,
     },
     /// The upstream's body stopped: no next chunk within the idle limit.
-    #[error("upstream sent nothing for {idle:?} in the middle of its answer")]
+    #[error(
+        "upstream sent nothing for {idle:?} in the middle of its answer; raise [upstream] idle_timeout if its \
+         pauses are this long"
+    )]
     Idle {
         /// The idle limit.
         idle: Duration,
@@ -291,13 +332,11 @@ fn aligned_window_end(now_ms: u64, window_ms: u64) -> u64 {
     (now_ms / window_ms).saturating_add(1).saturating_mul(window_ms)
 }
 
-// -----------------------------------------------------------------------------------------------------------
-// Rate-limit headers (pure)
-// -----------------------------------------------------------------------------------------------------------
-
+mod auth;
 mod http;
 mod mock;
 mod ratelimit;
+pub use auth::*;
 pub use http::*;
 pub use mock::*;
 pub use ratelimit::*;

@@ -1,4 +1,23 @@
 //! Learning rate limits from response headers: OpenAI, Anthropic, the IETF RateLimit fields, Retry-After.
+//!
+//! LLM providers limit **requests** and **tokens** per window, and either can run out first. Each family is read
+//! for both:
+//!
+//! | family | requests | other quotas |
+//! |---|---|---|
+//! | OpenAI | `x-ratelimit-{limit,remaining,reset}-requests` | `x-ratelimit-{limit,remaining,reset}-tokens` |
+//! | Anthropic | `anthropic-ratelimit-requests-{limit,remaining,reset}` | `anthropic-ratelimit-{tokens,input-tokens,output-tokens}-*` |
+//! | IETF structured | `RateLimit` items whose policy has `qu="requests"` or no `qu` | items whose `RateLimit-Policy` has another `qu` (`tokens`, `content-bytes`, …) and a `q` |
+//! | IETF older drafts | `RateLimit-Limit` … or `RateLimit: limit=…` | none |
+//!
+//! **The headroom rule.** Headroom stays in request units ([`Headroom`]), so the attestation bucket needs no new
+//! field. A quota in another unit (the tightest by fraction left, when a family sends several) is scaled to
+//! requests: with a window of `capacity` requests (the learned request limit, else the configured budget) and a
+//! fraction `f = remaining / limit` of the quota left, it allows `floor(capacity × f)` requests. The smaller of that
+//! and the requests left is the headroom (a tie goes to requests), and its reset is the reset of that dimension.
+//! Tokens at 10 % of their limit and requests at 80 % report 10 % of capacity, resetting when the tokens do; when
+//! they do, the requests' 80 % holds until their own reset ([`Scaled::then`]). A quota count without its limit
+//! (Azure sends `x-ratelimit-remaining-tokens` alone) tells nothing about the fraction and is ignored.
 
 #[allow(unused_imports)]
 use super::*;
@@ -6,11 +25,12 @@ use super::*;
 /// Which header family a [`LearnedLimit`] came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RateLimitSource {
-    /// `anthropic-ratelimit-requests-{limit,remaining,reset}` (reset is an RFC 3339 timestamp).
+    /// `anthropic-ratelimit-requests-{limit,remaining,reset}` and `anthropic-ratelimit-{tokens,input-tokens,
+    /// output-tokens}-*` (resets are RFC 3339 timestamps).
     Anthropic,
-    /// `x-ratelimit-{limit,remaining,reset}-requests` (reset is a Go-style duration such as `6m0s`).
+    /// `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` (resets are Go-style durations such as `6m0s`).
     OpenAi,
-    /// IETF httpapi current draft: `RateLimit: "name";r=..;t=..` with `RateLimit-Policy: "name";q=..;w=..`.
+    /// IETF httpapi current draft: `RateLimit: "name";r=..;t=..` with `RateLimit-Policy: "name";q=..;w=..;qu=..`.
     IetfStructured,
     /// IETF httpapi older draft, combined: `RateLimit: limit=100, remaining=50, reset=30`.
     IetfCombined,
@@ -18,6 +38,74 @@ pub enum RateLimitSource {
     IetfSeparate,
     /// Only `Retry-After` was present.
     RetryAfter,
+}
+
+/// What a [`Quota`] counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuotaUnit {
+    /// Tokens, input and output together (OpenAI `-tokens`, Anthropic `tokens`, IETF `qu="tokens"`).
+    Tokens,
+    /// Input tokens (Anthropic `input-tokens`).
+    InputTokens,
+    /// Output tokens (Anthropic `output-tokens`).
+    OutputTokens,
+    /// Another IETF quota unit (`content-bytes`, `concurrent-requests`, …).
+    Other,
+}
+
+/// A limit counted in something other than requests, with both its limit and what is left (a count without
+/// its limit says nothing about how close the upstream is to refusing, and is ignored).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quota {
+    /// What it counts.
+    pub unit: QuotaUnit,
+    /// Units per window (more than 0).
+    pub limit: u64,
+    /// Units left (at most `limit`).
+    pub remaining: u64,
+    /// When it is full again.
+    pub resets_at_ms: Option<u64>,
+}
+
+impl Quota {
+    fn new(
+        unit: QuotaUnit,
+        limit: Option<u64>,
+        remaining: Option<u64>,
+        resets_at_ms: Option<u64>,
+    ) -> Option<Self> {
+        let limit = limit.filter(|&l| l > 0)?;
+        Some(Quota {
+            unit,
+            limit,
+            remaining: remaining?.min(limit),
+            resets_at_ms,
+        })
+    }
+
+    /// `remaining / limit` of `capacity`, rounded down.
+    pub fn scaled(&self, capacity: u64) -> u64 {
+        let scaled = u128::from(capacity) * u128::from(self.remaining) / u128::from(self.limit);
+        u64::try_from(scaled).unwrap_or(u64::MAX)
+    }
+
+    /// The one with the smaller fraction left; on a tie, the one that resets later.
+    fn tighter(a: Option<Self>, b: Option<Self>) -> Option<Self> {
+        match (a, b) {
+            (Some(a), Some(b)) => {
+                let (fa, fb) = (
+                    u128::from(a.remaining) * u128::from(b.limit),
+                    u128::from(b.remaining) * u128::from(a.limit),
+                );
+                Some(if fa < fb || (fa == fb && a.resets_at_ms >= b.resets_at_ms) {
+                    a
+                } else {
+                    b
+                })
+            }
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 /// What one response's headers say about the upstream's rate limit. Instants are ms since the Unix epoch.
@@ -30,13 +118,87 @@ pub struct LearnedLimit {
     pub limit: Option<u64>,
     /// Requests left in the window.
     pub remaining: Option<u64>,
-    /// When the window resets.
+    /// When the request window resets.
     pub resets_at_ms: Option<u64>,
+    /// The tightest quota in another unit (tokens), if the family has any with a limit.
+    pub quota: Option<Quota>,
     /// `Retry-After`, as an instant.
     pub retry_after_ms: Option<u64>,
 }
 
-/// The window fields of one header family.
+/// Which dimension binds a [`Scaled`] estimate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Binding {
+    /// The request count.
+    Requests,
+    /// A quota in another unit, scaled to requests.
+    Quota(QuotaUnit),
+}
+
+/// A [`LearnedLimit`] in request units: the tighter of requests and the quota.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Scaled {
+    /// Requests left, as far as the tighter dimension allows.
+    pub remaining: Option<u64>,
+    /// When the tighter dimension resets.
+    pub resets_at_ms: Option<u64>,
+    /// Which dimension that is.
+    pub bound_by: Binding,
+    /// The looser dimension `(remaining, resets_at_ms)` when it resets later than the tighter one: it binds once
+    /// the tighter one is full again.
+    pub then: Option<(u64, u64)>,
+}
+
+impl LearnedLimit {
+    /// Expresses the headers in request units for a window of `capacity` requests (the learned request limit, or
+    /// the configured budget): a quota with a fraction `f` left counts as `floor(capacity × f)` requests left, and
+    /// the smaller of that and the requests left wins (a tie goes to requests), with its reset.
+    pub fn in_requests(&self, capacity: u64) -> Scaled {
+        let requests = Scaled {
+            remaining: self.remaining,
+            resets_at_ms: self.resets_at_ms,
+            bound_by: Binding::Requests,
+            then: None,
+        };
+        let Some(q) = self.quota else {
+            return requests;
+        };
+        let quota = Scaled {
+            remaining: Some(q.scaled(capacity)),
+            resets_at_ms: q.resets_at_ms,
+            bound_by: Binding::Quota(q.unit),
+            then: None,
+        };
+        let Some(req_left) = self.remaining else {
+            return quota;
+        };
+        let (tight, loose) = if quota.remaining < Some(req_left) {
+            (quota, requests)
+        } else {
+            (requests, quota)
+        };
+        let then = match (tight.resets_at_ms, loose.remaining, loose.resets_at_ms) {
+            (Some(t), Some(left), Some(l)) if l > t => Some((left, l)),
+            _ => None,
+        };
+        Scaled { then, ..tight }
+    }
+}
+
+/// The fields of one header family: its request window and its tightest other quota.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Family {
+    requests: Window,
+    quota: Option<Quota>,
+}
+
+impl Family {
+    fn found(self) -> Option<Self> {
+        (self.requests.found() || self.quota.is_some()).then_some(self)
+    }
+}
+
+/// The request-window fields of one header family.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Window {
     limit: Option<u64>,
@@ -45,8 +207,8 @@ struct Window {
 }
 
 impl Window {
-    fn found(self) -> Option<Self> {
-        (self.limit.is_some() || self.remaining.is_some()).then_some(self)
+    fn found(self) -> bool {
+        self.limit.is_some() || self.remaining.is_some()
     }
 }
 
@@ -56,16 +218,25 @@ pub fn parse_rate_limit(headers: &[(String, Vec<u8>)], now_ms: u64) -> Option<Le
     let get = |name: &str| header_str(headers, name);
     let retry_after_ms = get("retry-after").and_then(|v| parse_retry_after(v, now_ms));
     let family = anthropic(&get)
-        .map(|w| (RateLimitSource::Anthropic, w))
-        .or_else(|| openai(&get, now_ms).map(|w| (RateLimitSource::OpenAi, w)))
+        .map(|f| (RateLimitSource::Anthropic, f))
+        .or_else(|| openai(&get, now_ms).map(|f| (RateLimitSource::OpenAi, f)))
         .or_else(|| ietf_ratelimit_field(&get, now_ms))
-        .or_else(|| ietf_separate(&get, now_ms).map(|w| (RateLimitSource::IetfSeparate, w)));
+        .or_else(|| {
+            ietf_separate(&get, now_ms).map(|requests| {
+                let f = Family {
+                    requests,
+                    quota: None,
+                };
+                (RateLimitSource::IetfSeparate, f)
+            })
+        });
     match family {
-        Some((source, w)) => Some(LearnedLimit {
+        Some((source, f)) => Some(LearnedLimit {
             source,
-            limit: w.limit,
-            remaining: w.remaining,
-            resets_at_ms: w.resets_at_ms,
+            limit: f.requests.limit,
+            remaining: f.requests.remaining,
+            resets_at_ms: f.requests.resets_at_ms,
+            quota: f.quota,
             retry_after_ms,
         }),
         None => retry_after_ms.map(|r| LearnedLimit {
@@ -73,6 +244,7 @@ pub fn parse_rate_limit(headers: &[(String, Vec<u8>)], now_ms: u64) -> Option<Le
             limit: None,
             remaining: None,
             resets_at_ms: None,
+            quota: None,
             retry_after_ms: Some(r),
         }),
     }
@@ -83,25 +255,50 @@ fn header_str<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a st
     std::str::from_utf8(value).ok().map(str::trim)
 }
 
-fn anthropic<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Option<Window> {
-    Window {
-        limit: get("anthropic-ratelimit-requests-limit").and_then(parse_u64),
-        remaining: get("anthropic-ratelimit-requests-remaining").and_then(parse_u64),
-        resets_at_ms: get("anthropic-ratelimit-requests-reset").and_then(parse_rfc3339_ms),
-    }
-    .found()
+fn anthropic<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Option<Family> {
+    let field = |dimension: &str, part: &str| get(&format!("anthropic-ratelimit-{dimension}-{part}"));
+    let requests = Window {
+        limit: field("requests", "limit").and_then(parse_u64),
+        remaining: field("requests", "remaining").and_then(parse_u64),
+        resets_at_ms: field("requests", "reset").and_then(parse_rfc3339_ms),
+    };
+    // `tokens` is the most restrictive token limit in effect; input and output tokens are limited separately.
+    let dimensions = [
+        ("tokens", QuotaUnit::Tokens),
+        ("input-tokens", QuotaUnit::InputTokens),
+        ("output-tokens", QuotaUnit::OutputTokens),
+    ];
+    let quota = dimensions.into_iter().fold(None, |tightest, (dimension, unit)| {
+        let q = Quota::new(
+            unit,
+            field(dimension, "limit").and_then(parse_u64),
+            field(dimension, "remaining").and_then(parse_u64),
+            field(dimension, "reset").and_then(parse_rfc3339_ms),
+        );
+        Quota::tighter(tightest, q)
+    });
+    Family { requests, quota }.found()
 }
 
-fn openai<'a>(get: &impl Fn(&str) -> Option<&'a str>, now_ms: u64) -> Option<Window> {
-    Window {
+fn openai<'a>(get: &impl Fn(&str) -> Option<&'a str>, now_ms: u64) -> Option<Family> {
+    // OpenAI sends Go durations; some compatible servers send bare seconds.
+    let reset = |v: &str| {
+        parse_go_duration_ms(v)
+            .or_else(|| parse_u64(v).map(|s| s.saturating_mul(1000)))
+            .map(|d| now_ms.saturating_add(d))
+    };
+    let requests = Window {
         limit: get("x-ratelimit-limit-requests").and_then(parse_u64),
         remaining: get("x-ratelimit-remaining-requests").and_then(parse_u64),
-        // OpenAI sends Go durations; some compatible servers send bare seconds.
-        resets_at_ms: get("x-ratelimit-reset-requests")
-            .and_then(|v| parse_go_duration_ms(v).or_else(|| parse_u64(v).map(|s| s.saturating_mul(1000))))
-            .map(|d| now_ms.saturating_add(d)),
-    }
-    .found()
+        resets_at_ms: get("x-ratelimit-reset-requests").and_then(reset),
+    };
+    let quota = Quota::new(
+        QuotaUnit::Tokens,
+        get("x-ratelimit-limit-tokens").and_then(parse_u64),
+        get("x-ratelimit-remaining-tokens").and_then(parse_u64),
+        get("x-ratelimit-reset-tokens").and_then(reset),
+    );
+    Family { requests, quota }.found()
 }
 
 /// Older drafts allowed a list after the number (`100, 100;w=60`); the leading number is the one that
@@ -121,21 +318,21 @@ fn reset_seconds_to_instant(secs: u64, now_ms: u64) -> u64 {
 }
 
 fn ietf_separate<'a>(get: &impl Fn(&str) -> Option<&'a str>, now_ms: u64) -> Option<Window> {
-    Window {
+    let w = Window {
         limit: get("ratelimit-limit").and_then(leading_u64),
         remaining: get("ratelimit-remaining").and_then(leading_u64),
         resets_at_ms: get("ratelimit-reset")
             .and_then(leading_u64)
             .map(|s| reset_seconds_to_instant(s, now_ms)),
-    }
-    .found()
+    };
+    w.found().then_some(w)
 }
 
 /// The `RateLimit` field, in either the older combined form or the current structured form.
 fn ietf_ratelimit_field<'a>(
     get: &impl Fn(&str) -> Option<&'a str>,
     now_ms: u64,
-) -> Option<(RateLimitSource, Window)> {
+) -> Option<(RateLimitSource, Family)> {
     let field = get("ratelimit")?;
     let members = parse_sf_list(field);
     let combined = members.iter().any(|m| {
@@ -161,31 +358,57 @@ fn ietf_ratelimit_field<'a>(
                 _ => {}
             }
         }
-        return w.found().map(|w| (RateLimitSource::IetfCombined, w));
+        let f = Family {
+            requests: w,
+            quota: None,
+        };
+        return f.found().map(|f| (RateLimitSource::IetfCombined, f));
     }
-    // Structured: the most restrictive policy (fewest remaining, then latest reset) is the one that binds.
-    let item = members
-        .iter()
-        .filter_map(|m| {
-            let r = m.param("r").and_then(parse_u64)?;
-            let t = m.param("t").and_then(parse_u64);
-            Some((m.name, r, t))
-        })
-        .min_by_key(|&(_, r, t)| (r, std::cmp::Reverse(t)))?;
-    let (name, remaining, t) = item;
-    let limit = get("ratelimit-policy").and_then(|p| {
-        parse_sf_list(p)
-            .iter()
-            .find(|m| m.name == name)
-            .and_then(|m| m.param("q"))
+    ietf_structured(&members, get("ratelimit-policy"), now_ms).map(|f| (RateLimitSource::IetfStructured, f))
+}
+
+/// The current draft's structured form. Each `RateLimit` item names a policy of `RateLimit-Policy`, whose `qu`
+/// parameter is its quota unit (`requests` when absent). Among the request policies the most restrictive (fewest
+/// remaining, then latest reset) is the request window; a policy in any other unit (`tokens`, `content-bytes`) is a
+/// quota, and the tightest of those by fraction left is the family's quota.
+fn ietf_structured(members: &[SfMember<'_>], policy: Option<&str>, now_ms: u64) -> Option<Family> {
+    let policies = policy.map(parse_sf_list).unwrap_or_default();
+    let mut requests: Option<(u64, Option<u64>, Option<u64>)> = None;
+    let mut quota = None;
+    for m in members {
+        let Some(r) = m.param("r").and_then(parse_u64) else {
+            continue;
+        };
+        let reset = m
+            .param("t")
             .and_then(parse_u64)
+            .map(|t| now_ms.saturating_add(t.saturating_mul(1000)));
+        let policy = policies.iter().find(|p| p.name == m.name);
+        let q = policy.and_then(|p| p.param("q")).and_then(parse_u64);
+        let unit = policy.and_then(|p| p.param("qu")).unwrap_or("requests");
+        if unit.eq_ignore_ascii_case("requests") {
+            let tighter = requests.is_none_or(|(best_r, _, best_reset)| {
+                (r, std::cmp::Reverse(reset)) < (best_r, std::cmp::Reverse(best_reset))
+            });
+            if tighter {
+                requests = Some((r, q, reset));
+            }
+        } else {
+            let unit = match unit.to_ascii_lowercase().as_str() {
+                "tokens" => QuotaUnit::Tokens,
+                "input-tokens" => QuotaUnit::InputTokens,
+                "output-tokens" => QuotaUnit::OutputTokens,
+                _ => QuotaUnit::Other,
+            };
+            quota = Quota::tighter(quota, Quota::new(unit, q, Some(r), reset));
+        }
+    }
+    let requests = requests.map_or_else(Window::default, |(r, q, reset)| Window {
+        limit: q,
+        remaining: Some(r),
+        resets_at_ms: reset,
     });
-    let w = Window {
-        limit,
-        remaining: Some(remaining),
-        resets_at_ms: t.map(|t| now_ms.saturating_add(t.saturating_mul(1000))),
-    };
-    Some((RateLimitSource::IetfStructured, w))
+    Family { requests, quota }.found()
 }
 
 /// A list member of a (tolerantly parsed) structured field: `name;key=value;...`.

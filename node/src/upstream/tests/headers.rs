@@ -5,6 +5,8 @@ use super::*;
 // ----- pure header parsing -----------------------------------------------------------------------------
 
 const NOW: u64 = 1_700_000_000_000;
+/// 2025-01-01T00:00:00Z.
+const NEW_YEAR_2025: u64 = 1_735_689_600_000;
 
 #[test]
 fn go_durations() {
@@ -96,6 +98,7 @@ fn openai_headers() {
         (l.limit, l.remaining, l.resets_at_ms),
         (Some(500), Some(499), Some(NOW + 360_000))
     );
+    assert_eq!(l.quota, None, "remaining tokens without their limit say nothing");
     assert_eq!(l.retry_after_ms, None);
     let l = parse_rate_limit(
         &h(&[
@@ -266,13 +269,19 @@ fn garbage_is_ignored() {
 
 #[test]
 fn random_header_values_never_panic() {
-    const NAMES: [&str; 14] = [
+    const NAMES: [&str; 20] = [
         "x-ratelimit-limit-requests",
         "x-ratelimit-remaining-requests",
         "x-ratelimit-reset-requests",
+        "x-ratelimit-limit-tokens",
+        "x-ratelimit-remaining-tokens",
+        "x-ratelimit-reset-tokens",
         "anthropic-ratelimit-requests-limit",
         "anthropic-ratelimit-requests-remaining",
         "anthropic-ratelimit-requests-reset",
+        "anthropic-ratelimit-output-tokens-limit",
+        "anthropic-ratelimit-output-tokens-remaining",
+        "anthropic-ratelimit-output-tokens-reset",
         "ratelimit",
         "ratelimit-policy",
         "ratelimit-limit",
@@ -313,7 +322,14 @@ fn random_header_values_never_panic() {
         } else {
             NOW
         };
-        let _ = parse_rate_limit(&headers, now);
+        if let Some(l) = parse_rate_limit(&headers, now) {
+            for capacity in [0, 1, 60, u64::MAX] {
+                let scaled = l.in_requests(capacity);
+                if let (Binding::Quota(_), Some(r)) = (scaled.bound_by, scaled.remaining) {
+                    assert!(r <= capacity, "{l:?} {scaled:?}");
+                }
+            }
+        }
     }
     for s in [
         "",
@@ -328,4 +344,325 @@ fn random_header_values_never_panic() {
         let _ = parse_rfc3339_ms(s);
         let _ = parse_rate_limit(&h(&[("ratelimit", s), ("ratelimit-policy", s)]), NOW);
     }
+}
+
+// ----- tokens as well as requests ----------------------------------------------------------------------
+
+#[test]
+fn openai_tokens_and_requests_the_tighter_wins() {
+    // A real response's set (gpt-4o, tier 2): both nearly full; tokens round down one request below.
+    let l = parse_rate_limit(
+        &h(&[
+            ("x-ratelimit-limit-requests", "10000"),
+            ("x-ratelimit-limit-tokens", "150000"),
+            ("x-ratelimit-remaining-requests", "9999"),
+            ("x-ratelimit-remaining-tokens", "149984"),
+            ("x-ratelimit-reset-requests", "8.64s"),
+            ("x-ratelimit-reset-tokens", "6ms"),
+        ]),
+        NOW,
+    )
+    .expect("learned");
+    assert_eq!(l.source, RateLimitSource::OpenAi);
+    assert_eq!(
+        (l.limit, l.remaining, l.resets_at_ms),
+        (Some(10_000), Some(9_999), Some(NOW + 8_640))
+    );
+    assert_eq!(
+        l.quota,
+        Some(Quota {
+            unit: QuotaUnit::Tokens,
+            limit: 150_000,
+            remaining: 149_984,
+            resets_at_ms: Some(NOW + 6)
+        })
+    );
+    assert_eq!(
+        l.in_requests(10_000),
+        Scaled {
+            remaining: Some(9_998),
+            resets_at_ms: Some(NOW + 6),
+            bound_by: Binding::Quota(QuotaUnit::Tokens),
+            then: Some((9_999, NOW + 8_640)),
+        }
+    );
+
+    // Tokens at 10 %, requests at 80 %: 10 % of the capacity, until the tokens reset.
+    let l = parse_rate_limit(
+        &h(&[
+            ("x-ratelimit-limit-requests", "10000"),
+            ("x-ratelimit-limit-tokens", "150000"),
+            ("x-ratelimit-remaining-requests", "8000"),
+            ("x-ratelimit-remaining-tokens", "15000"),
+            ("x-ratelimit-reset-requests", "1m12s"),
+            ("x-ratelimit-reset-tokens", "54s"),
+        ]),
+        NOW,
+    )
+    .expect("learned");
+    assert_eq!(
+        l.in_requests(10_000),
+        Scaled {
+            remaining: Some(1_000),
+            resets_at_ms: Some(NOW + 54_000),
+            bound_by: Binding::Quota(QuotaUnit::Tokens),
+            then: Some((8_000, NOW + 72_000)),
+        }
+    );
+
+    // Requests at 1 %, tokens full: requests bind; the tokens reset sooner, so nothing follows.
+    let l = parse_rate_limit(
+        &h(&[
+            ("x-ratelimit-limit-requests", "10000"),
+            ("x-ratelimit-limit-tokens", "150000"),
+            ("x-ratelimit-remaining-requests", "100"),
+            ("x-ratelimit-remaining-tokens", "150000"),
+            ("x-ratelimit-reset-requests", "14m24s"),
+            ("x-ratelimit-reset-tokens", "0s"),
+        ]),
+        NOW,
+    )
+    .expect("learned");
+    assert_eq!(
+        l.in_requests(10_000),
+        Scaled {
+            remaining: Some(100),
+            resets_at_ms: Some(NOW + 864_000),
+            bound_by: Binding::Requests,
+            then: None,
+        }
+    );
+}
+
+#[test]
+fn anthropic_tightest_of_tokens_input_and_output() {
+    let reset = |s: u64| NEW_YEAR_2025 + s * 1_000;
+    let l = parse_rate_limit(
+        &h(&[
+            ("anthropic-ratelimit-requests-limit", "50"),
+            ("anthropic-ratelimit-requests-remaining", "49"),
+            ("anthropic-ratelimit-requests-reset", "2025-01-01T00:00:01Z"),
+            ("anthropic-ratelimit-tokens-limit", "48000"),
+            ("anthropic-ratelimit-tokens-remaining", "44000"),
+            ("anthropic-ratelimit-tokens-reset", "2025-01-01T00:00:30Z"),
+            ("anthropic-ratelimit-input-tokens-limit", "40000"),
+            ("anthropic-ratelimit-input-tokens-remaining", "4000"),
+            ("anthropic-ratelimit-input-tokens-reset", "2025-01-01T00:00:54Z"),
+            ("anthropic-ratelimit-output-tokens-limit", "8000"),
+            ("anthropic-ratelimit-output-tokens-remaining", "7600"),
+            ("anthropic-ratelimit-output-tokens-reset", "2025-01-01T00:00:03Z"),
+            ("retry-after", "1"),
+        ]),
+        NOW,
+    )
+    .expect("learned");
+    assert_eq!(l.source, RateLimitSource::Anthropic);
+    assert_eq!(
+        (l.limit, l.remaining, l.resets_at_ms),
+        (Some(50), Some(49), Some(reset(1)))
+    );
+    assert_eq!(
+        l.quota,
+        Some(Quota {
+            unit: QuotaUnit::InputTokens,
+            limit: 40_000,
+            remaining: 4_000,
+            resets_at_ms: Some(reset(54))
+        }),
+        "input tokens at 10 % are the tightest"
+    );
+    let scaled = l.in_requests(50);
+    assert_eq!(
+        (scaled.remaining, scaled.resets_at_ms, scaled.bound_by),
+        (Some(5), Some(reset(54)), Binding::Quota(QuotaUnit::InputTokens))
+    );
+    assert_eq!(scaled.then, None, "the requests reset before the input tokens");
+
+    // Only token headers (no request counts): scaled against the capacity the caller knows.
+    let l = parse_rate_limit(
+        &h(&[
+            ("anthropic-ratelimit-tokens-limit", "80000"),
+            ("anthropic-ratelimit-tokens-remaining", "20000"),
+            ("anthropic-ratelimit-tokens-reset", "2025-01-01T00:00:30Z"),
+        ]),
+        NOW,
+    )
+    .expect("tokens alone");
+    assert_eq!((l.limit, l.remaining), (None, None));
+    assert_eq!(
+        (l.in_requests(60).remaining, l.in_requests(60).resets_at_ms),
+        (Some(15), Some(reset(30)))
+    );
+}
+
+#[test]
+fn ietf_structured_quota_units() {
+    let l = parse_rate_limit(
+        &h(&[
+            (
+                "RateLimit-Policy",
+                r#""burst";q=100;w=60, "tokens";q=10000;w=60;qu="tokens", "bytes";q=1000000;w=3600;qu="content-bytes""#,
+            ),
+            ("RateLimit", r#""burst";r=80;t=40, "tokens";r=500;t=20, "bytes";r=900000;t=1800"#),
+        ]),
+        NOW,
+    )
+    .expect("learned");
+    assert_eq!(l.source, RateLimitSource::IetfStructured);
+    assert_eq!(
+        (l.limit, l.remaining, l.resets_at_ms),
+        (Some(100), Some(80), Some(NOW + 40_000)),
+        "a request policy is the request window, not the token one with fewer left"
+    );
+    assert_eq!(
+        l.quota,
+        Some(Quota {
+            unit: QuotaUnit::Tokens,
+            limit: 10_000,
+            remaining: 500,
+            resets_at_ms: Some(NOW + 20_000)
+        })
+    );
+    assert_eq!(
+        l.in_requests(100),
+        Scaled {
+            remaining: Some(5),
+            resets_at_ms: Some(NOW + 20_000),
+            bound_by: Binding::Quota(QuotaUnit::Tokens),
+            then: Some((80, NOW + 40_000)),
+        }
+    );
+
+    // Another unit binds when it is the tightest; a quota without `q` cannot be scaled and is ignored.
+    let l = parse_rate_limit(
+        &h(&[
+            (
+                "RateLimit-Policy",
+                r#""bytes";q=1000;qu="content-bytes", "tok";qu="tokens""#,
+            ),
+            ("RateLimit", r#""bytes";r=10;t=5, "tok";r=0;t=5"#),
+        ]),
+        NOW,
+    )
+    .expect("learned");
+    assert_eq!((l.limit, l.remaining), (None, None));
+    assert_eq!(
+        l.quota.map(|q| (q.unit, q.remaining)),
+        Some((QuotaUnit::Other, 10))
+    );
+    assert_eq!(l.in_requests(60).remaining, Some(0), "1 % of 60, rounded down");
+}
+
+#[test]
+fn scaling_edge_cases() {
+    let learned = |requests: Option<u64>, quota: Option<(u64, u64)>| LearnedLimit {
+        source: RateLimitSource::OpenAi,
+        limit: requests.map(|_| 100),
+        remaining: requests,
+        resets_at_ms: Some(NOW + 1_000),
+        quota: quota.map(|(limit, remaining)| Quota {
+            unit: QuotaUnit::Tokens,
+            limit,
+            remaining,
+            resets_at_ms: Some(NOW + 2_000),
+        }),
+        retry_after_ms: None,
+    };
+    // A tie goes to requests.
+    let tie = learned(Some(50), Some((1_000, 500))).in_requests(100);
+    assert_eq!((tie.remaining, tie.bound_by), (Some(50), Binding::Requests));
+    assert_eq!(tie.then, Some((50, NOW + 2_000)));
+    // Tokens exhausted: nothing left, until the tokens reset.
+    let out = learned(Some(90), Some((1_000, 0))).in_requests(100);
+    assert_eq!(
+        (out.remaining, out.resets_at_ms, out.then),
+        (Some(0), Some(NOW + 2_000), None),
+        "the requests reset first"
+    );
+    // No capacity, no headroom; huge numbers do not overflow.
+    assert_eq!(learned(None, Some((10, 10))).in_requests(0).remaining, Some(0));
+    let big = learned(None, Some((u64::MAX, u64::MAX - 1))).in_requests(u64::MAX);
+    assert_eq!(big.remaining, Some(u64::MAX - 1));
+    // Neither dimension counted: nothing to say about what is left.
+    assert_eq!(learned(None, None).in_requests(100).remaining, None);
+
+    // A remaining count above its limit is clamped; a limit of 0 cannot be scaled and is ignored.
+    let l = parse_rate_limit(
+        &h(&[
+            ("x-ratelimit-limit-tokens", "100"),
+            ("x-ratelimit-remaining-tokens", "250"),
+        ]),
+        NOW,
+    )
+    .expect("learned");
+    assert_eq!(l.in_requests(60).remaining, Some(60));
+    let zero = h(&[
+        ("x-ratelimit-limit-tokens", "0"),
+        ("x-ratelimit-remaining-tokens", "0"),
+    ]);
+    assert_eq!(parse_rate_limit(&zero, NOW), None);
+}
+
+#[test]
+fn http_estimate_follows_tokens_then_requests() {
+    let up = http("http://127.0.0.1:9/");
+    let now = 1_000;
+    let answered = up.try_acquire(now, 0).expect("unit");
+    up.learn(
+        200,
+        &h(&[
+            ("x-ratelimit-limit-requests", "10000"),
+            ("x-ratelimit-limit-tokens", "150000"),
+            ("x-ratelimit-remaining-requests", "8000"),
+            ("x-ratelimit-remaining-tokens", "15000"),
+            ("x-ratelimit-reset-requests", "1m12s"),
+            ("x-ratelimit-reset-tokens", "54s"),
+        ]),
+        now,
+    );
+    assert_eq!(
+        up.headroom(now),
+        Headroom {
+            remaining: 1_000,
+            capacity: 10_000,
+            resets_at_ms: now + 54_000
+        }
+    );
+    let more = up.try_acquire(now, 0).expect("unit");
+    // The tokens are full again: the requests' 80 % (less the unit just taken) holds until their reset.
+    assert_eq!(
+        up.headroom(now + 54_000),
+        Headroom {
+            remaining: 7_999,
+            capacity: 10_000,
+            resets_at_ms: now + 72_000
+        }
+    );
+    assert_eq!(up.headroom(now + 72_000).remaining, 10_000);
+    drop((answered, more));
+
+    // A 429 for tokens blocks until the tokens reset, not the later request reset.
+    let now = 200_000;
+    up.learn(
+        429,
+        &h(&[
+            ("x-ratelimit-limit-requests", "10000"),
+            ("x-ratelimit-limit-tokens", "150000"),
+            ("x-ratelimit-remaining-requests", "9000"),
+            ("x-ratelimit-remaining-tokens", "0"),
+            ("x-ratelimit-reset-requests", "6m0s"),
+            ("x-ratelimit-reset-tokens", "20s"),
+        ]),
+        now,
+    );
+    assert_eq!(
+        up.headroom(now),
+        Headroom {
+            remaining: 0,
+            capacity: 10_000,
+            resets_at_ms: now + 20_000
+        }
+    );
+    assert_eq!(up.headroom(now + 20_000).remaining, 9_000);
+    assert_eq!(up.headroom(now + 20_000).resets_at_ms, now + 360_000);
 }

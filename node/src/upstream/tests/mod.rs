@@ -148,9 +148,12 @@ fn config(base: &str) -> HttpUpstreamConfig {
     HttpUpstreamConfig {
         base_url: base.into(),
         api_key_env: Some("LENDMESH_TEST_UPSTREAM_KEY".into()),
+        auth: AuthStyle::Bearer,
+        extra_headers: vec![],
         budget_per_window: 5,
         window: MINUTE,
-        timeout: Duration::from_secs(5),
+        first_byte_timeout: Duration::from_secs(5),
+        idle_timeout: Duration::from_secs(5),
         max_response_bytes: 64 * 1024,
     }
 }
@@ -345,6 +348,7 @@ fn api_key_from_environment() {
 }
 
 mod headers;
+mod providers;
 mod server;
 
 #[tokio::test(start_paused = true)]
@@ -352,14 +356,20 @@ async fn mock_streams_server_sent_events_apart() {
     let m = MockUpstream::new("sse".into(), 5, Duration::from_secs(60), Duration::ZERO)
         .streaming(3, Duration::from_millis(200));
     let p = m.try_acquire(0, 0).expect("unit");
-    let resp = m.call(p, req("POST", "/v1/chat/completions")).await.expect("answers");
+    let resp = m
+        .call(p, req("POST", "/v1/chat/completions"))
+        .await
+        .expect("answers");
     assert!(resp.is_event_stream());
     let mut body = resp.body;
     use futures::StreamExt;
     let start = tokio::time::Instant::now();
     let mut events = Vec::new();
     while let Some(chunk) = body.next().await {
-        events.push((start.elapsed(), String::from_utf8(chunk.expect("chunk")).expect("utf-8")));
+        events.push((
+            start.elapsed(),
+            String::from_utf8(chunk.expect("chunk")).expect("utf-8"),
+        ));
     }
     assert_eq!(events.len(), 4, "three events and [DONE]");
     assert!(events[0].1.starts_with("data: {") && events[0].1.ends_with("\n\n"));

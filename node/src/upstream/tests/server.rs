@@ -1,47 +1,84 @@
-//! The HTTP upstream against a local server: forwarding, keys, header families, refusals, limits.
+//! The HTTP upstream against a local server: forwarding, keys, header families, refusals, limits, timeouts. The
+//! server and its helpers serve `providers.rs` too.
 
 use super::*;
+use futures::StreamExt;
 
 // ----- http: against a local server --------------------------------------------------------------------
 
 /// What the test server answers next.
 #[derive(Clone, Debug)]
-struct Script {
-    status: u16,
-    headers: Vec<(&'static str, &'static str)>,
+pub(super) struct Script {
+    pub(super) status: u16,
+    pub(super) headers: Vec<(&'static str, &'static str)>,
     /// Answer this many bytes (with Content-Length) instead of the echo.
-    body_len: Option<usize>,
+    pub(super) body_len: Option<usize>,
     /// Answer this many 1 KiB chunks without Content-Length instead of the echo.
-    stream_chunks: Option<usize>,
+    pub(super) stream_chunks: Option<usize>,
     /// Never answer.
-    hang: bool,
+    pub(super) hang: bool,
+    /// Wait this long before the head.
+    pub(super) head_delay: Duration,
+    /// Answer these chunks, each after its pause, instead of the echo (no Content-Length).
+    pub(super) paced: Vec<(Duration, &'static str)>,
+    /// Answer 401 (with none of the scripted headers) unless each of these request headers came exactly once
+    /// with this value, the way a provider refuses a request without its key or version header.
+    pub(super) require: Vec<(&'static str, &'static str)>,
 }
 
 impl Script {
-    fn ok(headers: &[(&'static str, &'static str)]) -> Self {
+    pub(super) fn ok(headers: &[(&'static str, &'static str)]) -> Self {
         Script {
             status: 200,
             headers: headers.to_vec(),
             body_len: None,
             stream_chunks: None,
             hang: false,
+            head_delay: Duration::ZERO,
+            paced: vec![],
+            require: vec![],
         }
     }
 }
 
-type Shared = Arc<Mutex<Script>>;
+pub(super) type Shared = Arc<Mutex<Script>>;
+
+/// Every request's headers as received, in order, repeated names included.
+pub(super) type Seen = Arc<Mutex<Vec<Vec<(String, String)>>>>;
 
 /// Echoes the request as JSON (method, uri, body, headers) with the scripted status and headers.
 async fn echo(
-    State(s): State<Shared>,
+    State((s, log)): State<(Shared, Seen)>,
     method: Method,
     uri: Uri,
     headers: AxumHeaders,
     body: Bytes,
 ) -> Response {
     let script = lock(&s).clone();
+    lock(&log).push(
+        headers
+            .iter()
+            .map(|(n, v)| {
+                let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                (n.as_str().to_owned(), v)
+            })
+            .collect(),
+    );
     if script.hang {
         futures::future::pending::<()>().await;
+    }
+    tokio::time::sleep(script.head_delay).await;
+    let refused = script.require.iter().any(|(name, want)| {
+        let got: Vec<_> = headers.get_all(*name).iter().collect();
+        got.len() != 1 || got[0].as_bytes() != want.as_bytes()
+    });
+    if refused {
+        let body =
+            r#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#;
+        return Response::builder()
+            .status(401)
+            .body(Body::from(body))
+            .expect("valid response");
     }
     let mut seen = serde_json::Map::new();
     for (n, v) in &headers {
@@ -55,6 +92,13 @@ async fn echo(
         "body": String::from_utf8_lossy(&body), "headers": seen,
     });
     let body = match (script.body_len, script.stream_chunks) {
+        _ if !script.paced.is_empty() => {
+            let chunks = futures::stream::iter(script.paced).then(|(pause, chunk)| async move {
+                tokio::time::sleep(pause).await;
+                Ok::<_, std::io::Error>(Bytes::from_static(chunk.as_bytes()))
+            });
+            Body::from_stream(chunks)
+        }
         (_, Some(n)) => Body::from_stream(futures::stream::iter(
             (0..n).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![b'x'; 1024]))),
         )),
@@ -68,26 +112,35 @@ async fn echo(
     resp.body(body).expect("valid response")
 }
 
-async fn serve(script: Script) -> (String, Shared) {
+pub(super) async fn serve(script: Script) -> (String, Shared) {
+    let (base, shared, _seen) = serve_seen(script).await;
+    (base, shared)
+}
+
+/// A server that also records the headers of every request.
+pub(super) async fn serve_seen(script: Script) -> (String, Shared, Seen) {
     let shared = Arc::new(Mutex::new(script));
+    let seen = Seen::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind loopback");
     let addr = listener.local_addr().expect("addr");
-    let app = axum::Router::new().fallback(echo).with_state(Arc::clone(&shared));
+    let app = axum::Router::new()
+        .fallback(echo)
+        .with_state((Arc::clone(&shared), Arc::clone(&seen)));
     tokio::spawn(async move { axum::serve(listener, app).await });
-    (format!("http://{addr}"), shared)
+    (format!("http://{addr}"), shared, seen)
 }
 
 /// A whole answer, its body read to the end.
 #[derive(Debug)]
-struct Whole {
-    status: u16,
-    headers: Vec<(String, Vec<u8>)>,
-    body: Vec<u8>,
+pub(super) struct Whole {
+    pub(super) status: u16,
+    pub(super) headers: Vec<(String, Vec<u8>)>,
+    pub(super) body: Vec<u8>,
 }
 
-async fn call(up: &HttpUpstream, r: UpstreamRequest) -> Result<Whole, UpstreamError> {
+pub(super) async fn call(up: &HttpUpstream, r: UpstreamRequest) -> Result<Whole, UpstreamError> {
     let permit = up
         .try_acquire(wall_clock_ms(), 0)
         .expect("headroom for the test call");
@@ -102,6 +155,19 @@ async fn call(up: &HttpUpstream, r: UpstreamRequest) -> Result<Whole, UpstreamEr
     tokio::time::timeout(WAIT, whole)
         .await
         .expect("call finished in time")
+}
+
+/// An upstream sending [`KEY`] the `auth` way, with `extra` headers.
+pub(super) fn styled(base: &str, auth: AuthStyle, extra: &[(&str, &str)]) -> HttpUpstream {
+    let cfg = HttpUpstreamConfig {
+        auth,
+        extra_headers: extra
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+            .collect(),
+        ..config(base)
+    };
+    HttpUpstream::with_api_key(cfg, Some(KEY.into())).expect("upstream")
 }
 
 #[tokio::test]
@@ -166,22 +232,32 @@ async fn http_key_absent_from_debug_and_errors() {
     let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = closed.local_addr().expect("addr");
     drop(closed);
-    let up = http(&format!("http://{addr}/"));
-    let dbg = format!("{up:?}");
-    assert!(!dbg.contains(KEY) && dbg.contains("<redacted>"), "{dbg}");
-    let now = wall_clock_ms();
-    let before = up.headroom(now).remaining;
-    let err = call(&up, req("GET", "/v1/models"))
-        .await
-        .expect_err("nothing listens");
-    assert!(matches!(err, UpstreamError::Connect { .. }), "{err:?}");
-    let shown = format!("{err} / {err:?} / {:?}", std::error::Error::source(&err));
-    assert!(!shown.contains(KEY), "{shown}");
-    assert_eq!(
-        up.headroom(now).remaining,
-        before,
-        "a failed connect gives its unit back"
-    );
+    for style in [
+        AuthStyle::Bearer,
+        AuthStyle::XApiKey,
+        AuthStyle::Header("api-key".into()),
+    ] {
+        let up = styled(
+            &format!("http://{addr}/"),
+            style,
+            &[("anthropic-version", "2023-06-01")],
+        );
+        let dbg = format!("{up:?}");
+        assert!(!dbg.contains(KEY) && dbg.contains("<redacted>"), "{dbg}");
+        let now = wall_clock_ms();
+        let before = up.headroom(now).remaining;
+        let err = call(&up, req("GET", "/v1/models"))
+            .await
+            .expect_err("nothing listens");
+        assert!(matches!(err, UpstreamError::Connect { .. }), "{err:?}");
+        let shown = format!("{err} / {err:?} / {:?}", std::error::Error::source(&err));
+        assert!(!shown.contains(KEY), "{shown}");
+        assert_eq!(
+            up.headroom(now).remaining,
+            before,
+            "a failed connect gives its unit back"
+        );
+    }
 }
 
 #[tokio::test]
@@ -333,26 +409,99 @@ async fn http_oversized_response_is_refused() {
     assert!(matches!(err, UpstreamError::BodyTooLarge { .. }), "{err:?}");
 }
 
+/// An upstream with these limits (the key is [`KEY`], sent as a bearer token).
+fn timed(base: &str, first_byte: Duration, idle: Duration) -> HttpUpstream {
+    let cfg = HttpUpstreamConfig {
+        first_byte_timeout: first_byte,
+        idle_timeout: idle,
+        ..config(base)
+    };
+    HttpUpstream::with_api_key(cfg, Some(KEY.into())).expect("upstream")
+}
+
 #[tokio::test]
-async fn http_timeout_is_reported() {
+async fn http_no_head_within_the_first_byte_limit_is_a_timeout() {
     let (base, _script) = serve(Script {
         hang: true,
         ..Script::ok(&[])
     })
     .await;
-    let timeout = Duration::from_millis(200);
-    let up = HttpUpstream::with_api_key(
-        HttpUpstreamConfig {
-            timeout,
-            ..config(&base)
-        },
-        Some(KEY.into()),
-    )
-    .expect("upstream");
+    let first_byte = Duration::from_millis(200);
+    let up = timed(&base, first_byte, Duration::from_secs(5));
+    let now = wall_clock_ms();
+    let before = up.headroom(now).remaining;
     let err = call(&up, req("GET", "/slow")).await.expect_err("never answers");
     assert!(
-        matches!(err, UpstreamError::Timeout { timeout: t } if t == timeout),
+        matches!(err, UpstreamError::Timeout { timeout: t } if t == first_byte),
         "{err:?}"
+    );
+    assert!(err.to_string().contains("first_byte_timeout"), "{err}");
+    assert_eq!(
+        up.headroom(now).remaining,
+        before - 1,
+        "the request may have reached the upstream: its unit stays spent"
+    );
+}
+
+#[tokio::test]
+async fn http_stream_slower_than_the_limits_completes_while_chunks_keep_coming() {
+    // Ten chunks 100 ms apart after a 100 ms head: a second in all, twice both limits, every pause a fifth of
+    // the idle limit.
+    let chunks: Vec<(Duration, &'static str)> = (0..10)
+        .map(|_| (Duration::from_millis(100), "data: {\"delta\":\"tok\"}\n\n"))
+        .collect();
+    let (base, _script) = serve(Script {
+        head_delay: Duration::from_millis(100),
+        paced: chunks,
+        ..Script::ok(&[("content-type", "text/event-stream")])
+    })
+    .await;
+    let limit = Duration::from_millis(500);
+    let up = timed(&base, limit, limit);
+    let start = std::time::Instant::now();
+    let resp = call(&up, req("POST", "/v1/chat/completions"))
+        .await
+        .expect("a slow but lively stream completes");
+    assert!(
+        start.elapsed() >= Duration::from_millis(1_000),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(resp.status, 200);
+    let text = String::from_utf8(resp.body).expect("utf-8");
+    assert_eq!(text.matches("data: ").count(), 10, "{text}");
+}
+
+#[tokio::test]
+async fn http_pause_longer_than_the_idle_limit_ends_the_stream_with_idle() {
+    let (base, _script) = serve(Script {
+        paced: vec![
+            (Duration::ZERO, "data: first\n\n"),
+            (Duration::from_secs(5), "data: too late\n\n"),
+        ],
+        ..Script::ok(&[("content-type", "text/event-stream")])
+    })
+    .await;
+    let idle = Duration::from_millis(300);
+    let up = timed(&base, Duration::from_secs(5), idle);
+    let permit = up.try_acquire(wall_clock_ms(), 0).expect("unit");
+    let read = async {
+        let resp = up.call(permit, req("POST", "/v1/messages")).await.expect("head");
+        let start = std::time::Instant::now();
+        let items: Vec<_> = resp.body.collect().await;
+        (items, start.elapsed())
+    };
+    let (items, took) = tokio::time::timeout(WAIT, read).await.expect("ended in time");
+    assert_eq!(items.len(), 2, "{items:?}");
+    assert_eq!(items[0].as_deref().ok(), Some(&b"data: first\n\n"[..]));
+    assert!(
+        matches!(&items[1], Err(UpstreamError::Idle { idle: i }) if *i == idle),
+        "{:?}",
+        items[1]
+    );
+    assert!(
+        took < Duration::from_secs(4),
+        "ended by the idle limit, not the late chunk: {took:?}"
     );
 }
 
