@@ -64,6 +64,14 @@ pub struct NetworkConfig {
     /// How long a relay may take to acknowledge a request before it is taken as never sent (100ms to 60s).
     #[serde(with = "duration_str")]
     pub relay_ack_timeout: Duration,
+    /// How long a borrow waits for the lender's first byte (100ms to 1h): long enough for a thinking model; keep it
+    /// above the lenders' `[upstream] first_byte_timeout`. Failover to another lender happens only before it.
+    #[serde(with = "duration_str")]
+    pub first_byte_timeout: Duration,
+    /// How long a streamed answer may pause between two pieces before it is taken as cut short (100ms to 1h); keep
+    /// it above the lenders' `[upstream] idle_timeout`.
+    #[serde(with = "duration_str")]
+    pub idle_timeout: Duration,
 }
 
 impl Default for NetworkConfig {
@@ -75,6 +83,8 @@ impl Default for NetworkConfig {
             mdns: false,
             stream_open_timeout: crate::net::streams::DEFAULT_OPEN_TIMEOUT,
             relay_ack_timeout: crate::net::streams::DEFAULT_ACK_TIMEOUT,
+            first_byte_timeout: crate::net::streams::DEFAULT_FIRST_BYTE_TIMEOUT,
+            idle_timeout: crate::net::streams::DEFAULT_IDLE_TIMEOUT,
         }
     }
 }
@@ -84,6 +94,8 @@ impl NetworkConfig {
     pub fn check(&self) -> Result<(), String> {
         check_step_timeout("stream_open_timeout", self.stream_open_timeout)?;
         check_step_timeout("relay_ack_timeout", self.relay_ack_timeout)?;
+        check_answer_timeout("first_byte_timeout", self.first_byte_timeout)?;
+        check_answer_timeout("idle_timeout", self.idle_timeout)?;
         Ok(())
     }
 
@@ -92,9 +104,27 @@ impl NetworkConfig {
         crate::net::streams::StreamTimeouts {
             open: self.stream_open_timeout,
             ack: self.relay_ack_timeout,
+            first_byte: self.first_byte_timeout,
+            idle: self.idle_timeout,
             ..Default::default()
         }
     }
+}
+
+/// Parses `--first-byte-timeout` and `--idle-timeout`.
+pub fn parse_answer_timeout(s: &str) -> Result<Duration, String> {
+    check_answer_timeout("the timeout", parse_duration(s)?)
+}
+
+/// A streamed answer's limit must be from 100 ms to an hour.
+fn check_answer_timeout(name: &str, d: Duration) -> Result<Duration, String> {
+    if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+        return Err(format!(
+            "{name} must be from 100ms to 1h (got {})",
+            format_duration(d)
+        ));
+    }
+    Ok(d)
 }
 
 /// Parses `--stream-open-timeout` and `--relay-ack-timeout`.
@@ -558,6 +588,22 @@ mod tests {
             "{err}"
         );
         assert!(parse_step_timeout("10ms").is_err());
+        std::fs::write(
+            &file,
+            "[network]\nfirst_byte_timeout = \"10m\"\nidle_timeout = \"2s\"\n",
+        )
+        .unwrap();
+        let t = Config::load(dir.path()).unwrap().network.stream_timeouts();
+        assert_eq!(
+            (t.first_byte, t.idle),
+            (Duration::from_secs(600), Duration::from_secs(2))
+        );
+        std::fs::write(&file, "[network]\nidle_timeout = \"2h\"\n").unwrap();
+        let err = Config::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("[network] idle_timeout must be from 100ms to 1h"),
+            "{err}"
+        );
         assert_eq!(parse_step_timeout("2s"), Ok(Duration::from_secs(2)));
     }
 

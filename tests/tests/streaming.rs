@@ -277,3 +277,45 @@ fn the_openai_sdk_sees_a_borrowed_stream_chunk_by_chunk() {
         assert!(n.stop());
     }
 }
+
+#[test]
+fn a_call_longer_than_every_limit_completes_while_it_keeps_streaming() {
+    // Every limit is small (the first byte within 4 s, then never 3 s without a piece; the lender's own upstream
+    // limits 3 s and 2 s), and the call takes about 9 s: a second to its head, then an event a second.
+    let upstream = ScriptedUpstream::start(Script {
+        events: 8,
+        pace: Pace::Every(Duration::from_secs(1)),
+        head_delay: Duration::from_secs(1),
+        headers: vec![],
+    });
+    let limits = [
+        "--first-byte-timeout",
+        "4s",
+        "--idle-timeout",
+        "3s",
+        "--upstream-first-byte-timeout",
+        "3s",
+        "--upstream-idle-timeout",
+        "2s",
+    ];
+    let Borrowed { _g, a, b, l } = borrowed("long-stream", &upstream.url, &limits);
+    let started = std::time::Instant::now();
+    let mut resp = StreamingResponse::send(&b.gateway, "POST", "/v1/chat/completions", CHAT, WAIT);
+    assert_eq!(resp.status, 200);
+    let mut pending = String::new();
+    let mut events = Vec::new();
+    loop {
+        let batch = resp.next_events(&mut pending).expect("events keep coming");
+        if batch.is_empty() {
+            break;
+        }
+        events.extend(batch);
+    }
+    let took = started.elapsed();
+    assert_eq!(events.len(), 9, "eight events and [DONE]");
+    assert!(took > Duration::from_secs(4), "longer than every limit: {took:?}");
+    eprintln!("a {took:?} call completed under limits of at most 4 s");
+    for n in [b, l, a] {
+        assert!(n.stop());
+    }
+}

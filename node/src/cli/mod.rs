@@ -257,6 +257,12 @@ pub struct RunArgs {
     /// [default: 2s].
     #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_step_timeout)]
     pub relay_ack_timeout: Option<Duration>,
+    /// How long a borrow waits for the lender's first byte (100ms to 1h) [default: 5m30s].
+    #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_answer_timeout)]
+    pub first_byte_timeout: Option<Duration>,
+    /// How long a streamed answer may pause between pieces (100ms to 1h) [default: 90s].
+    #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_answer_timeout)]
+    pub idle_timeout: Option<Duration>,
 }
 
 impl RunArgs {
@@ -341,6 +347,12 @@ impl RunArgs {
         }
         if let Some(v) = self.relay_ack_timeout {
             c.network.relay_ack_timeout = v;
+        }
+        if let Some(v) = self.first_byte_timeout {
+            c.network.first_byte_timeout = v;
+        }
+        if let Some(v) = self.idle_timeout {
+            c.network.idle_timeout = v;
         }
         c
     }
