@@ -38,6 +38,11 @@
 //!   failure is the relay's — the relay cools down, the lender does not, the token stays unspent, and the request
 //!   goes out again through another relay (never the one that just failed; at most [`MAX_RELAY_FAILURES`] per
 //!   request, then `no_relay`).
+//! - **Conversation stickiness.** A run may carry a preferred lender ([`BorrowRun::with_sticky`]: the one that served
+//!   the conversation's last turn, so the provider's prompt cache stays warm). It is chosen whenever it is eligible
+//!   (fresh headroom, not cooling down, not this node) until a first lender attempt settles; once it has refused or
+//!   failed it is tried no more for this request — like any lender tried — and the run moves on by the policy. A
+//!   relay's failure settles nothing, so the request goes out again to the preferred lender through another relay.
 //! - At most `max_attempts` lenders per request (a setting: [`DEFAULT_MAX_ATTEMPTS`]).
 //! - **Why it ended, truthfully.** With no lender left to try, a run whose attempts were all clean refusals (the
 //!   token unspent) ends as the case that holds now — no member has headroom ([`BorrowFailure::NoLender`]), or
@@ -310,6 +315,8 @@ struct Pending {
 #[derive(Clone, Debug)]
 pub struct BorrowRun {
     cfg: BorrowConfig,
+    /// The preferred lender (conversation stickiness), honoured until a first lender attempt settles.
+    sticky: Option<PeerId>,
     tried: Vec<PeerId>,
     has_token: bool,
     token_problem: Option<NoToken>,
@@ -328,8 +335,15 @@ pub struct BorrowRun {
 impl BorrowRun {
     /// A run with no token yet.
     pub fn new(cfg: BorrowConfig) -> Self {
+        Self::with_sticky(cfg, None)
+    }
+
+    /// A run with no token yet that prefers `sticky` — the lender that served the conversation before — for its
+    /// first lender choice, when that lender is eligible (see the module doc).
+    pub fn with_sticky(cfg: BorrowConfig, sticky: Option<PeerId>) -> Self {
         BorrowRun {
             cfg,
+            sticky,
             tried: Vec::new(),
             has_token: false,
             token_problem: None,
@@ -346,6 +360,14 @@ impl BorrowRun {
     /// Lenders tried so far.
     pub fn tried(&self) -> &[PeerId] {
         &self.tried
+    }
+
+    /// The lender that served, once the run has finished served (for the driver's conversation map).
+    pub fn served_by(&self) -> Option<PeerId> {
+        match &self.finished {
+            Some(Finish { result: Ok(()), .. }) => self.tried.last().copied(),
+            _ => None,
+        }
     }
 
     /// The driver took a token.
@@ -404,7 +426,8 @@ impl BorrowRun {
             candidates: view.candidates,
             tried: &self.tried,
             now_ms: view.now_ms,
-            sticky: None,
+            // Only for the first lender choice: once a lender attempt has settled, the run moves on by the policy.
+            sticky: self.sticky.as_ref().filter(|_| self.tried.is_empty()),
         };
         let Some(lender) = routing::choose_lender(self.cfg.policy, &q, &self.cfg.params, rng) else {
             if !self.only_refusals {

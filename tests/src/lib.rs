@@ -550,3 +550,52 @@ pub fn refill_requests(n: &RunningNode) -> std::collections::BTreeMap<String, u6
 pub fn refill_requests_total(n: &RunningNode) -> u64 {
     refill_requests(n).values().sum()
 }
+
+/// Waits (bounded) until `n` is connected to `peers` peers and holds a fresh attestation from each.
+pub fn wait_ready(n: &mut RunningNode, peers: usize) {
+    let wait = Duration::from_secs(60);
+    n.wait_until("connections", wait, |n| connected_peers(n) >= peers as u64);
+    n.wait_until("fresh attestations", wait, |n| {
+        let (_, p) = n.get("/v1/peers");
+        p["peers"]
+            .as_array()
+            .map_or(0, |ps| ps.iter().filter(|p| !p["attestation"].is_null()).count())
+            >= peers
+    });
+}
+
+/// The group's admin with no capacity of its own (so it borrows everything, refilling 20 tokens at a time) and
+/// every other member a lender with `capacity` (each a relay for the others); all started with `common` flags,
+/// connected, and holding each other's attestations.
+pub fn borrower_and_lenders(
+    admin: &Path,
+    homes: &[tempfile::TempDir],
+    common: &[&str],
+    capacity: u64,
+) -> (RunningNode, Vec<RunningNode>) {
+    let mut a = RunningNode::start(
+        admin,
+        &[
+            common,
+            &["--mock-capacity", "0", "--low-water", "20", "--batch", "20"],
+        ]
+        .concat(),
+    );
+    let boot = a.p2p_addr.clone();
+    let cap = capacity.to_string();
+    let mut lenders: Vec<RunningNode> = homes
+        .iter()
+        .map(|h| {
+            RunningNode::start(
+                h.path(),
+                &[common, &["--mock-capacity", &cap, "--bootstrap", &boot]].concat(),
+            )
+        })
+        .collect();
+    let peers = homes.len();
+    wait_ready(&mut a, peers);
+    for l in lenders.iter_mut() {
+        wait_ready(l, peers);
+    }
+    (a, lenders)
+}

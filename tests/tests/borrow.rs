@@ -32,19 +32,6 @@ fn group(members: usize) -> Group {
     }
 }
 
-fn ready(n: &mut RunningNode, peers: usize) {
-    n.wait_until("connections", WAIT, |n| {
-        n.get("/v1/node").1["connected_peers"].as_u64().unwrap_or(0) >= peers as u64
-    });
-    n.wait_until("fresh attestations", WAIT, |n| {
-        let (_, p) = n.get("/v1/peers");
-        p["peers"]
-            .as_array()
-            .map_or(0, |ps| ps.iter().filter(|p| !p["attestation"].is_null()).count())
-            >= peers
-    });
-}
-
 fn counter(n: &RunningNode, name: &str) -> u64 {
     n.get("/v1/node").1["counters"][name].as_u64().unwrap_or(0)
 }
@@ -54,29 +41,7 @@ fn fifty_requests_borrowed_through_relays_never_reveal_the_borrower() {
     let g = group(3);
     // The admin is member A here: capacity 0, so everything is borrowed.
     let common = ["--attestation-period", "1s", "--gateway", "127.0.0.1:0"];
-    let mut a = RunningNode::start(
-        g.admin.path(),
-        &[
-            &common[..],
-            &["--mock-capacity", "0", "--low-water", "20", "--batch", "20"],
-        ]
-        .concat(),
-    );
-    let boot = a.p2p_addr.clone();
-    let mut lenders: Vec<RunningNode> = g
-        .homes
-        .iter()
-        .map(|h| {
-            RunningNode::start(
-                h.path(),
-                &[&common[..], &["--mock-capacity", "40", "--bootstrap", &boot]].concat(),
-            )
-        })
-        .collect();
-    ready(&mut a, 3);
-    for l in lenders.iter_mut() {
-        ready(l, 3);
-    }
+    let (mut a, mut lenders) = borrower_and_lenders(g.admin.path(), &g.homes, &common, 40);
     a.wait_until("tokens", WAIT, |n| {
         n.get("/v1/node").1["wallet_balance"].as_u64().unwrap_or(0) >= 20
     });
@@ -176,7 +141,7 @@ fn killing_the_lender_mid_request_gives_a_response_or_a_clear_504_and_no_double_
     let mut b = RunningNode::start(g.homes[1].path(), &lender_args);
     let mut c = RunningNode::start(g.homes[2].path(), &lender_args);
     for n in [&mut a, &mut r, &mut b, &mut c] {
-        ready(n, 3);
+        wait_ready(n, 3);
     }
     a.wait_until("tokens", WAIT, |n| {
         n.get("/v1/node").1["wallet_balance"].as_u64().unwrap_or(0) >= 5

@@ -153,10 +153,7 @@ fn borrowing_continues_across_epoch_switches_quotas_refill_and_retired_epochs_ar
     // Epoch 2 starts: a token of epoch 1 is still accepted (grace period), and counted in epoch 1's spent set.
     admin.wait_until("epoch 2", WAIT, |n| current_epoch(n) >= 2);
     let in_grace = rt.block_on(spend(&mut rogue, &lender, &old_tokens[0], [1; 16]));
-    assert!(
-        matches!(in_grace, InnerBorrowResponse::Served),
-        "{in_grace:?}"
-    );
+    assert!(matches!(in_grace, InnerBorrowResponse::Served), "{in_grace:?}");
     assert!(
         sample(&metrics(&lender), "lendmesh_spent_set_size{epoch=\"1\"}").unwrap_or(0.0) >= 1.0,
         "epoch 1's spent set is shown while it is accepted"

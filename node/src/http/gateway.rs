@@ -7,7 +7,10 @@
 //! - hop-by-hop: `Connection`, `Keep-Alive`, `Proxy-Connection`, `Proxy-Authenticate`, `Proxy-Authorization`, `TE`,
 //!   `Trailer`, `Transfer-Encoding`, `Upgrade`, `Content-Length` (recomputed) and any header `Connection` names;
 //! - identifying: `Host`, `Authorization` (the upstream's key is the lender's), `Cookie`, `Forwarded`,
-//!   `X-Forwarded-*`, `X-Real-IP`, `Via`, `Referer`, `Origin`, `User-Agent`, `From`.
+//!   `X-Forwarded-*`, `X-Real-IP`, `Via`, `Referer`, `Origin`, `User-Agent`, `From`;
+//! - for this node only: `Lendmesh-Conversation`, which names a conversation whose turns go to the same lender while
+//!   it has headroom (1 to 128 visible ASCII characters, else `400 bad_conversation`; see
+//!   [`crate::roles::sticky`]).
 //!
 //! Bodies are limited (default 1 MiB each way; a clear 413, or 502 when the upstream announces a larger body).
 //! Responses stream: each chunk goes to the tool as it arrives, with no `Content-Length`; a server-sent event stream
@@ -30,6 +33,7 @@ use tracing::debug;
 use crate::clock::now_ms;
 use crate::metrics::NodeMetrics;
 use crate::roles::borrower::Borrower;
+use crate::roles::sticky::{CONVERSATION_HEADER, conversation_from_headers};
 use crate::upstream::{Upstream, UpstreamRequest, UpstreamResponse};
 
 pub use crate::config::DEFAULT_BODY_LIMIT;
@@ -58,6 +62,8 @@ const IDENTIFYING: &[&str] = &[
     "user-agent",
     "from",
 ];
+/// Headers for this node alone: read by the gateway, never passed on.
+const NODE_ONLY: &[&str] = &[CONVERSATION_HEADER];
 
 /// The gateway's state.
 #[derive(Clone)]
@@ -124,6 +130,7 @@ pub fn outbound_headers(headers: &axum::http::HeaderMap) -> Vec<(String, Vec<u8>
             let k = k.as_str();
             !HOP_BY_HOP.contains(&k)
                 && !IDENTIFYING.contains(&k)
+                && !NODE_ONLY.contains(&k)
                 && !k.starts_with("x-forwarded-")
                 && !named_by_connection.iter().any(|n| n == k)
         })
@@ -143,6 +150,11 @@ async fn handle(State(s): State<Arc<GatewayState>>, req: Request) -> Response<Bo
                 None,
             );
         }
+    };
+    let named = parts.headers.get_all(CONVERSATION_HEADER);
+    let conversation = match conversation_from_headers(named.iter().map(|v| v.as_bytes())) {
+        Ok(c) => c,
+        Err(e) => return error_response(400, "bad_conversation", &e.to_string(), None),
     };
     let http = HttpRequest {
         method: parts.method.as_str().to_string(),
@@ -176,7 +188,7 @@ async fn handle(State(s): State<Arc<GatewayState>>, req: Request) -> Response<Bo
             ),
         };
     }
-    match s.borrower.borrow(http).await {
+    match s.borrower.borrow(http, conversation).await {
         Ok(resp) => {
             let event_stream = is_event_stream(&resp.headers);
             stream_body(resp.status, resp.headers, resp.body, event_stream, s.body_limit)
@@ -303,13 +315,24 @@ mod tests {
             ("user-agent", "tool/1.0"),
             ("content-type", "application/json"),
             ("x-request-kind", "chat"),
+            ("lendmesh-conversation", "conversation-a"),
         ] {
             h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
         }
-        let out: Vec<String> = outbound_headers(&h).into_iter().map(|(k, _)| k).collect();
+        let out = outbound_headers(&h);
+        // The conversation's name never leaves the node, under any header.
+        assert!(out.iter().all(|(_, v)| v != b"conversation-a"));
+        let out: Vec<String> = out.into_iter().map(|(k, _)| k).collect();
         assert_eq!(
             out,
             vec!["content-type".to_string(), "x-request-kind".to_string()]
         );
+        // However the tool spells the name.
+        let mut h = axum::http::HeaderMap::new();
+        h.append(
+            HeaderName::from_bytes(b"Lendmesh-Conversation").unwrap(),
+            HeaderValue::from_static("b"),
+        );
+        assert!(outbound_headers(&h).is_empty());
     }
 }

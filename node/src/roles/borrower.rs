@@ -12,6 +12,10 @@
 //! forward — `RelayFailed`; the relay answering that it could not reach the lender — the lender's refusal before any
 //! claim; accepted and then silent — ambiguous with the relay to blame; the relay answering that the lender was
 //! silent — ambiguous with nobody blamed yet.
+//!
+//! **Conversation stickiness**: a borrow that names a conversation prefers the lender that served its last turn
+//! ([`Conversations`], a bounded map of hashed names; the run's `with_sticky`), and a served borrow records its
+//! lender there.
 
 use std::sync::Arc;
 
@@ -37,6 +41,7 @@ pub use crate::roles::borrowed::BorrowedResponse;
 use crate::roles::borrowed::{SealedReader, SealedRequest};
 use crate::roles::member::{MemberHandle, NoToken};
 use crate::roles::peerbook::{AttemptOutcome, PeerBookHandle};
+use crate::roles::sticky::Conversations;
 
 /// Why a borrow failed; each maps to an HTTP status and a sentence for the tool.
 #[derive(Debug, thiserror::Error)]
@@ -233,21 +238,35 @@ pub struct Borrower {
     pub privacy: PrivacyMode,
     /// NodeMetrics.
     pub counters: Arc<NodeMetrics>,
+    /// Which lender served each conversation last (conversation stickiness), shared by every borrow of the node.
+    pub conversations: Arc<Conversations>,
 }
 
 impl Borrower {
     /// Borrows one request, driving `protocol`'s [`BorrowRun`]. Returns once the lender's answer has begun (its
     /// head); the body streams from the lender. Failover to another lender happens only before that.
-    pub async fn borrow(&self, http: HttpRequest) -> Result<BorrowedResponse, BorrowError> {
+    ///
+    /// `conversation` (the gateway's checked `Lendmesh-Conversation` header): the lender that served this
+    /// conversation last is preferred while it is eligible, and the lender that serves is remembered for it.
+    pub async fn borrow(
+        &self,
+        http: HttpRequest,
+        conversation: Option<&str>,
+    ) -> Result<BorrowedResponse, BorrowError> {
         let started = std::time::Instant::now();
         let http_bytes = bhttp::encode_request(&http);
         let digest = wire::request_digest(&http_bytes);
-        let mut run = BorrowRun::new(BorrowConfig {
+        let conversation = conversation.map(|name| self.conversations.key(name));
+        let sticky = conversation
+            .as_ref()
+            .and_then(|key| self.conversations.lender(key, now_ms()));
+        let config = BorrowConfig {
             policy: self.policy,
             params: self.params,
             privacy: self.privacy,
             ..BorrowConfig::default()
-        });
+        };
+        let mut run = BorrowRun::with_sticky(config, sticky);
         let mut rng = rand::rngs::OsRng;
         let mut token: Option<WalletToken> = None;
         let mut sent: Option<(InnerBorrowRequest, Vec<u8>)> = None;
@@ -335,6 +354,11 @@ impl Borrower {
         };
         match &result {
             Ok(_) => {
+                if let (Some(key), Some(lender)) = (conversation, run.served_by()) {
+                    let moved = sticky.is_some_and(|s| s != lender);
+                    debug!(lender = %lender.short(), remembered = sticky.is_some(), moved, "conversation served");
+                    self.conversations.record(key, lender, now_ms());
+                }
                 self.counters.inc(&self.counters.borrows_ok);
                 NodeMetrics::outcome(&self.counters.borrows, "ok");
                 self.counters

@@ -17,3 +17,4 @@ pub mod member;
 pub mod peerbook;
 pub mod relay;
 pub mod replica;
+pub mod sticky;

@@ -560,3 +560,137 @@ fn failures_name_the_hop_that_failed() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A run preferring `sticky`, driven from a world seeded with `seed`.
+fn sticky_run(w: &mut World, seed: u64, sticky: PeerId) -> (BorrowRun, PeerId) {
+    w.rng = ChaCha20Rng::seed_from_u64(seed);
+    let mut run = BorrowRun::with_sticky(BorrowConfig::default(), Some(sticky));
+    let (lender, ..) = send(&w.next(&mut run));
+    (run, lender)
+}
+
+#[test]
+fn the_sticky_lender_is_chosen_while_eligible() {
+    let mut w = World::new(&[2, 3, 4, 5]);
+    // Even with less headroom than the others, under every policy.
+    w.candidates[2].headroom = HeadroomBucket::Low;
+    for policy in Policy::ALL {
+        for seed in 0..200 {
+            w.rng = ChaCha20Rng::seed_from_u64(seed);
+            let mut run = BorrowRun::with_sticky(
+                BorrowConfig {
+                    policy,
+                    ..BorrowConfig::default()
+                },
+                Some(pid(4)),
+            );
+            let (lender, relay, same) = send(&w.next(&mut run));
+            assert_eq!(lender, pid(4), "{policy:?} seed {seed}");
+            assert!(relay.is_some() && relay != Some(lender) && !same);
+        }
+    }
+    // Served: the run names the lender for the driver's conversation map.
+    let (mut run, lender) = sticky_run(&mut w, 1, pid(4));
+    assert_eq!(run.served_by(), None, "not served yet");
+    run.record(AttemptResult::Served, 1_000, &mut w.rng);
+    assert_eq!((lender, run.served_by()), (pid(4), Some(pid(4))));
+    // Without a preference the same seeds spread over the lenders.
+    w.candidates[2].headroom = HeadroomBucket::High;
+    let chosen: std::collections::HashSet<PeerId> = (0..200)
+        .map(|seed| {
+            w.rng = ChaCha20Rng::seed_from_u64(seed);
+            send(&w.next(&mut BorrowRun::new(BorrowConfig::default()))).0
+        })
+        .collect();
+    assert_eq!(chosen.len(), 4, "{chosen:?}");
+}
+
+#[test]
+fn the_sticky_lender_is_ignored_when_cooling_without_headroom_stale_or_unknown() {
+    type Spoil = fn(&mut Candidate);
+    let cases: [(&str, Spoil); 3] = [
+        ("cooling", |c| c.cooling_until_ms = Some(60_000)),
+        ("no headroom", |c| c.headroom = HeadroomBucket::None),
+        ("stale", |c| c.attestation_age_ms = 10 * 60_000),
+    ];
+    for (what, spoil) in cases {
+        let mut w = World::new(&[2, 3, 4]);
+        spoil(&mut w.candidates[0]);
+        let mut seen = std::collections::HashSet::new();
+        for seed in 0..200 {
+            let (_, lender) = sticky_run(&mut w, seed, pid(2));
+            assert_ne!(lender, pid(2), "{what}, seed {seed}");
+            seen.insert(lender);
+        }
+        assert_eq!(seen.len(), 2, "{what}: the policy chooses among the rest");
+    }
+    // A lender this node knows nothing about (no fresh attestation), or this node itself.
+    let mut w = World::new(&[2, 3, 4]);
+    for sticky in [pid(50), pid(1)] {
+        for seed in 0..200 {
+            let (_, lender) = sticky_run(&mut w, seed, sticky);
+            assert!([pid(2), pid(3), pid(4)].contains(&lender), "seed {seed}");
+        }
+    }
+}
+
+#[test]
+fn a_sticky_lender_that_refused_is_never_tried_again() {
+    for seed in 0..100 {
+        let mut w = World::new(&[2, 3, 4, 5]);
+        let (mut run, first) = sticky_run(&mut w, seed, pid(3));
+        assert_eq!(first, pid(3));
+        // Its refusal is not applied to the view (no cooldown there): the run itself must not go back.
+        run.record(refused(), 1_000, &mut w.rng);
+        let mut lenders = vec![first];
+        loop {
+            match w.next(&mut run) {
+                Decision::Send { lender, .. } => {
+                    lenders.push(lender);
+                    run.record(refused(), 1_000, &mut w.rng);
+                }
+                Decision::Finish(_) => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(lenders.len(), 4, "each lender once: {lenders:?}");
+        let distinct: std::collections::HashSet<_> = lenders.iter().collect();
+        assert_eq!(distinct.len(), 4, "never back to a tried lender: {lenders:?}");
+    }
+    // An ambiguous try is retried at the sticky lender; once that settles it (the token given up), the next
+    // lender is another one.
+    let mut w = World::new(&[2, 3]);
+    let (mut run, first) = sticky_run(&mut w, 3, pid(2));
+    let ambiguous = || AttemptResult::Ambiguous {
+        why: "timeout".into(),
+        relay_silent: false,
+    };
+    run.record(ambiguous(), 1_000, &mut w.rng);
+    let (again, _, same) = send(&w.decide(&mut run));
+    assert_eq!((again, same), (first, true));
+    assert_eq!(
+        run.record(ambiguous(), 1_000, &mut w.rng),
+        vec![Effect::DropToken]
+    );
+    assert_eq!(send(&w.next(&mut run)).0, pid(3));
+}
+
+#[test]
+fn a_relay_failure_keeps_the_sticky_lender() {
+    let mut w = World::new(&[2, 3, 4]);
+    w.connected.extend([pid(97), pid(98)]);
+    for seed in 0..50 {
+        w.rng = ChaCha20Rng::seed_from_u64(seed);
+        let mut run = BorrowRun::with_sticky(BorrowConfig::default(), Some(pid(4)));
+        let (first, relay, _) = send(&w.next(&mut run));
+        run.record(
+            AttemptResult::RelayFailed { why: "reset".into() },
+            1_000,
+            &mut w.rng,
+        );
+        // The relay failed, not the lender: nothing settled, the same lender through another relay.
+        let (lender, other, same) = send(&w.decide(&mut run));
+        assert_eq!((first, lender, same), (pid(4), pid(4), false), "seed {seed}");
+        assert!(other.is_some() && other != relay);
+    }
+}
