@@ -106,7 +106,7 @@ pub struct InnerBorrowRequest {
     pub request_id: [u8; 16],
     /// The token, bound to this lender and to `request_digest(http_request)`.
     pub spend: TokenSpend,
-    /// The HTTP request as Binary HTTP (RFC 9292, known length: `crate::bhttp::encode_request`).
+    /// The HTTP request as Binary HTTP (RFC 9292, known length: the `bhttp` module's `encode_request`).
     #[serde(with = "serde_bytes_compat::vec")]
     pub http_request: Vec<u8>,
 }
