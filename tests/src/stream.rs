@@ -142,11 +142,8 @@ fn serve_call(conn: TcpStream, script: &Script, record: &Arc<(Mutex<Record>, Con
     }
     for i in 0..=script.events {
         match &script.pace {
-            Pace::Gated if i < script.events => {
-                if gate.recv_timeout(Duration::from_secs(60)).is_err() {
-                    return;
-                }
-            }
+            // Gated: wait for the test's go (a minute at most).
+            Pace::Gated if i < script.events && gate.recv_timeout(Duration::from_secs(60)).is_err() => return,
             Pace::Every(d) if i > 0 => std::thread::sleep(*d),
             _ => {}
         }
