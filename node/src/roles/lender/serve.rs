@@ -126,7 +126,7 @@ impl LenderHandle {
             }
             Answer::Sealed(answer) => {
                 let sent = match streams.send(&mut wr, &relay, &BorrowResponse::Sealed).await {
-                    Ok(()) => match sealed_request.response(&mut wr) {
+                    Ok(()) => match sealed_request.response(Guarded::new(&mut wr)) {
                         Ok(mut sealed) => {
                             write_sealed_head(&mut sealed, &answer).await;
                             let _ = sealed.close().await;
@@ -145,13 +145,19 @@ impl LenderHandle {
             Answer::Served(upstream) => {
                 let (bytes, outcome) = match streams.send(&mut wr, &relay, &BorrowResponse::Sealed).await {
                     Err(_) => (0, LendOutcome::Cancelled),
-                    Ok(()) => match sealed_request.response(&mut wr) {
-                        Ok(mut sealed) => stream_served(&mut sealed, &mut rd, streams, upstream).await,
-                        Err(e) => {
-                            warn!(%e, "cannot seal a borrow answer");
-                            (0, LendOutcome::Internal)
+                    Ok(()) => {
+                        let guard = Guarded::new(&mut wr);
+                        let failed = guard.failed.clone();
+                        match sealed_request.response(guard) {
+                            Ok(mut sealed) => {
+                                stream_served(&mut sealed, &failed, &mut rd, streams, upstream).await
+                            }
+                            Err(e) => {
+                                warn!(%e, "cannot seal a borrow answer");
+                                (0, LendOutcome::Internal)
+                            }
                         }
-                    },
+                    }
                 };
                 if outcome == LendOutcome::Cancelled {
                     NodeMetrics::outcome(&sh.counters.cancelled, "lend");
@@ -184,6 +190,7 @@ async fn write_sealed_head<W: AsyncWrite + Unpin>(sealed: &mut W, answer: &Inner
 /// end and the final chunk. Returns the body bytes sent and how it ended.
 async fn stream_served<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(
     sealed: &mut W,
+    failed: &Arc<std::sync::atomic::AtomicBool>,
     rd: &mut R,
     streams: &Streams,
     upstream: UpstreamResponse,
@@ -203,7 +210,8 @@ async fn stream_served<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(
         502
     };
     head.extend_from_slice(&bhttp::response_head(status, &headers));
-    if write_piece(sealed, &head).await.is_err() {
+    let gone = || failed.load(std::sync::atomic::Ordering::Acquire);
+    if write_piece(sealed, &head).await.is_err() || gone() {
         return (0, LendOutcome::Cancelled);
     }
     let mut body = upstream.body;
@@ -216,7 +224,8 @@ async fn stream_served<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(
         match next {
             Some(Ok(chunk)) => {
                 bytes += chunk.len() as u64;
-                if write_piece(sealed, &bhttp::response_chunk(&chunk)).await.is_err() {
+                let written = write_piece(sealed, &bhttp::response_chunk(&chunk)).await;
+                if written.is_err() || gone() {
                     return (bytes, LendOutcome::Cancelled);
                 }
             }
@@ -226,12 +235,87 @@ async fn stream_served<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(
                 return (bytes, LendOutcome::UpstreamFailed);
             }
             None => {
-                if write_piece(sealed, &bhttp::response_end()).await.is_err() || sealed.close().await.is_err()
+                if write_piece(sealed, &bhttp::response_end()).await.is_err()
+                    || sealed.close().await.is_err()
+                    || gone()
                 {
                     return (bytes, LendOutcome::Cancelled);
                 }
                 return (bytes, LendOutcome::Served);
             }
+        }
+    }
+}
+
+/// The stream under the sealing writer, shielding it from the stream's errors: `ohttp` 0.8's chunk writer panics when
+/// its destination fails while sealed bytes are still buffered (`Poll::map(|_| unreachable!())` on an error, in
+/// `stream.rs`). A failure is recorded in `failed` and the bytes are dropped instead; the lend checks `failed` after
+/// every piece and ends as cancelled (the relay or the borrower went away).
+struct Guarded<W> {
+    inner: W,
+    failed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<W> Guarded<W> {
+    fn new(inner: W) -> Self {
+        Guarded {
+            inner,
+            failed: Arc::default(),
+        }
+    }
+
+    fn fail(&self) {
+        self.failed.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for Guarded<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.failed.load(std::sync::atomic::Ordering::Acquire) {
+            return std::task::Poll::Ready(Ok(buf.len()));
+        }
+        match std::pin::Pin::new(&mut self.inner).poll_write(cx, buf) {
+            std::task::Poll::Ready(Err(_)) => {
+                self.fail();
+                std::task::Poll::Ready(Ok(buf.len()))
+            }
+            other => other,
+        }
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.failed.load(std::sync::atomic::Ordering::Acquire) {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        match std::pin::Pin::new(&mut self.inner).poll_flush(cx) {
+            std::task::Poll::Ready(Err(_)) => {
+                self.fail();
+                std::task::Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+
+    fn poll_close(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.failed.load(std::sync::atomic::Ordering::Acquire) {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        match std::pin::Pin::new(&mut self.inner).poll_close(cx) {
+            std::task::Poll::Ready(Err(_)) => {
+                self.fail();
+                std::task::Poll::Ready(Ok(()))
+            }
+            other => other,
         }
     }
 }
