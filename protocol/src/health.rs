@@ -78,6 +78,14 @@ impl PeerHealth {
             || (self.connected_at_ms.is_some() && !self.healthy(now_ms, unhealthy_after_ms))
     }
 
+    /// Whether routing leaves the peer out at `now`, given whether some other peer of the same role is fine: a
+    /// failed stream always does; silence only while another peer answers. On an overloaded machine every pong can
+    /// come late, and leaving everyone out would refuse every borrow; a stream that cannot be opened or acknowledged
+    /// within seconds settles such a peer then, with the token unspent.
+    pub fn left_out(&self, now_ms: u64, unhealthy_after_ms: u64, another_is_fine: bool) -> bool {
+        self.failed_at_ms.is_some() || (another_is_fine && self.sick(now_ms, unhealthy_after_ms))
+    }
+
     /// When the peer was last heard from (a ping answered), if ever.
     pub fn last_answer_ms(&self) -> Option<u64> {
         self.last_answer_ms
@@ -124,6 +132,23 @@ mod tests {
         );
         h.answered(1_600);
         assert!(h.healthy(1_600, AFTER));
+    }
+
+    #[test]
+    fn silence_leaves_a_peer_out_only_while_another_answers() {
+        let mut h = PeerHealth::default();
+        h.connected(0);
+        let late = AFTER + 1;
+        assert!(h.left_out(late, AFTER, true), "silent, and another peer answers");
+        assert!(
+            !h.left_out(late, AFTER, false),
+            "everyone silent: a loaded machine, not a frozen peer"
+        );
+        h.failed(late);
+        assert!(
+            h.left_out(late, AFTER, false),
+            "a failed stream always leaves it out"
+        );
     }
 
     #[test]

@@ -26,7 +26,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use lendmesh_protocol::wire::{self, WireMessage};
+use lendmesh_protocol::wire::{self, BorrowRequest, BorrowResponse, WireMessage};
 use libp2p::core::transport::PortUse;
 use libp2p::core::{Endpoint, InboundUpgrade, Multiaddr, OutboundUpgrade, UpgradeInfo};
 use libp2p::swarm::handler::{
@@ -245,6 +245,28 @@ impl Streams {
         }
     }
 
+    /// One `/lendmesh/borrow/2` exchange up to the head of the answer: opens `lender`'s stream, writes the sealed
+    /// request, reads the lender's `BorrowResponse` within the first-byte limit. The stream comes back to read the
+    /// sealed answer from when the head is `Sealed`.
+    pub async fn lend(
+        &self,
+        lender: lendmesh_protocol::PeerId,
+        sealed: Vec<u8>,
+    ) -> Result<(BorrowResponse, Stream), LendError> {
+        let mut stream = self
+            .open(lender, BORROW_PROTOCOL)
+            .await
+            .map_err(LendError::NotOpened)?;
+        self.send(&mut stream, &lender, &BorrowRequest { sealed })
+            .await
+            .map_err(LendError::NoHead)?;
+        let head = self
+            .recv::<BorrowResponse, _>(&mut stream, &lender, self.timeouts.first_byte)
+            .await
+            .map_err(LendError::NoHead)?;
+        Ok((head, stream))
+    }
+
     /// Reads what arrives next into `buf` within `within` (an idle limit): `Ok(0)` at the end of the stream.
     pub async fn read_some<S: AsyncRead + Unpin>(
         &self,
@@ -321,6 +343,17 @@ impl Streams {
             r = write => r.map_err(io_err),
         }
     }
+}
+
+/// Why a `/lendmesh/borrow/2` exchange ([`Streams::lend`]) brought no answer head.
+#[derive(Debug, thiserror::Error)]
+pub enum LendError {
+    /// No stream could be opened: nothing was written, the lender never saw the request.
+    #[error("no stream to the lender: {0}")]
+    NotOpened(StreamError),
+    /// The request was written (at least in part) and no head came: it may have reached the lender.
+    #[error("the lender did not answer: {0}")]
+    NoHead(StreamError),
 }
 
 /// Why a frame could not be read.

@@ -28,7 +28,7 @@ use lendmesh_protocol::borrow::{
 use lendmesh_protocol::routing::{Candidate, Policy, RoutingParams};
 use lendmesh_protocol::token::WalletToken;
 use lendmesh_protocol::wire::{
-    self, BorrowRefusal, BorrowRequest, BorrowResponse, DeliveryFailure, HttpRequest, InnerBorrowRequest,
+    self, BorrowRefusal, BorrowResponse, DeliveryFailure, HttpRequest, InnerBorrowRequest,
     InnerBorrowResponse, RelayFrame, RelayRequest, RelayResponse,
 };
 use tracing::{debug, warn};
@@ -36,7 +36,7 @@ use tracing::{debug, warn};
 use crate::clock::now_ms;
 use crate::metrics::NodeMetrics;
 use crate::net::NetworkHandle;
-use crate::net::streams::{BORROW_PROTOCOL, RELAY_PROTOCOL, StreamError};
+use crate::net::streams::{LendError, RELAY_PROTOCOL, StreamError};
 pub use crate::roles::borrowed::BorrowedResponse;
 use crate::roles::borrowed::{SealedReader, SealedRequest};
 use crate::roles::member::{MemberHandle, NoToken};
@@ -533,37 +533,22 @@ impl Borrower {
 
     /// Straight to the lender (best-effort privacy, no relay) on a `/lendmesh/borrow/2` stream.
     async fn direct(&self, lender: PeerId, sealed: Vec<u8>) -> Result<libp2p::Stream, AttemptResult> {
-        let streams = self.net.streams();
-        let mut stream = match streams.open(lender, BORROW_PROTOCOL).await {
-            Ok(s) => s,
-            Err(e) => {
-                // Nothing was written: the lender never saw it.
-                if !matches!(e, StreamError::Stopped) {
+        match self.net.streams().lend(lender, sealed).await {
+            Ok((BorrowResponse::Sealed, stream)) => Ok(stream),
+            Ok((BorrowResponse::Failed(f), _)) => Err(delivery_failure(f)),
+            // Nothing was written: the lender never saw it.
+            Err(e @ LendError::NotOpened(_)) => {
+                if !matches!(e, LendError::NotOpened(StreamError::Stopped)) {
                     self.peerbook.unhealthy(lender);
                 }
-                return Err(AttemptResult::Refused {
+                Err(AttemptResult::Refused {
                     retry_after_ms: None,
-                    why: format!("no stream to the lender: {e}"),
+                    why: e.to_string(),
                     delivered: false,
-                });
+                })
             }
-        };
-        let head = match streams
-            .send(&mut stream, &lender, &BorrowRequest { sealed })
-            .await
-        {
-            Ok(()) => {
-                streams
-                    .recv::<BorrowResponse, _>(&mut stream, &lender, streams.timeouts().first_byte)
-                    .await
-            }
-            Err(e) => Err(e),
-        };
-        match head {
-            Ok(BorrowResponse::Sealed) => Ok(stream),
-            Ok(BorrowResponse::Failed(f)) => Err(delivery_failure(f)),
-            Err(e) => Err(AttemptResult::Ambiguous {
-                why: format!("the lender did not answer: {e}"),
+            Err(e @ LendError::NoHead(_)) => Err(AttemptResult::Ambiguous {
+                why: e.to_string(),
                 relay_silent: false,
             }),
         }

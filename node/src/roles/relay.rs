@@ -16,9 +16,7 @@ use std::sync::Arc;
 use futures::{AsyncReadExt, AsyncWriteExt};
 use lendmesh_protocol::PeerId;
 use lendmesh_protocol::group::Roster;
-use lendmesh_protocol::wire::{
-    BorrowRequest, BorrowResponse, DeliveryFailure, RelayFrame, RelayRequest, RelayResponse,
-};
+use lendmesh_protocol::wire::{BorrowResponse, DeliveryFailure, RelayFrame, RelayRequest, RelayResponse};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::task::TaskTracker;
 use tracing::debug;
@@ -26,7 +24,7 @@ use tracing::debug;
 use crate::clock::now_ms;
 use crate::metrics::NodeMetrics;
 use crate::net::NetworkHandle;
-use crate::net::streams::{BORROW_PROTOCOL, StreamError, Streams};
+use crate::net::streams::{LendError, StreamError, Streams};
 
 /// Relays forwarded at once; more are refused with `RelayBusy` (the borrower picks another relay or lender).
 pub const MAX_CONCURRENT_RELAYS: usize = 128;
@@ -143,31 +141,16 @@ impl Relay {
     /// Opens the lender's stream, writes the sealed request, reads the head of its answer (up to the first-byte
     /// limit). The stream comes back when the sealed answer follows.
     async fn forward(&self, lender: PeerId, sealed: Vec<u8>) -> (RelayResponse, Option<libp2p::Stream>) {
-        let streams = self.net.streams();
-        let mut stream = match streams.open(lender, BORROW_PROTOCOL).await {
-            Ok(s) => s,
-            Err(e) => {
-                // Nothing was written: the lender never saw it.
+        match self.net.streams().lend(lender, sealed).await {
+            Ok((BorrowResponse::Sealed, stream)) => (RelayResponse::Delivered, Some(stream)),
+            Ok((BorrowResponse::Failed(f), _)) => (RelayResponse::Failed(f), None),
+            // Nothing was written: the lender never saw it.
+            Err(e @ LendError::NotOpened(_)) => {
                 debug!(lender = %lender.short(), %e, "cannot reach the lender");
-                return (RelayResponse::Failed(DeliveryFailure::LenderUnreachable), None);
+                (RelayResponse::Failed(DeliveryFailure::LenderUnreachable), None)
             }
-        };
-        let head = match streams
-            .send(&mut stream, &lender, &BorrowRequest { sealed })
-            .await
-        {
-            Ok(()) => {
-                streams
-                    .recv::<BorrowResponse, _>(&mut stream, &lender, streams.timeouts().first_byte)
-                    .await
-            }
-            Err(e) => Err(e),
-        };
-        match head {
-            Ok(BorrowResponse::Sealed) => (RelayResponse::Delivered, Some(stream)),
-            Ok(BorrowResponse::Failed(f)) => (RelayResponse::Failed(f), None),
             // Written (at least in part): it may have reached the lender.
-            Err(e) => {
+            Err(e @ LendError::NoHead(_)) => {
                 debug!(lender = %lender.short(), %e, "the lender did not answer");
                 (RelayResponse::Failed(DeliveryFailure::LenderTimeout), None)
             }

@@ -8,6 +8,10 @@
 //! error, never a clean end. While the answer streams the lender watches its side of the stream: the relay going
 //! away (the tool disconnected) ends the lend at once and drops the upstream call, which cancels it.
 
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
@@ -190,7 +194,7 @@ async fn write_sealed_head<W: AsyncWrite + Unpin>(sealed: &mut W, answer: &Inner
 /// end and the final chunk. Returns the body bytes sent and how it ended.
 async fn stream_served<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(
     sealed: &mut W,
-    failed: &Arc<std::sync::atomic::AtomicBool>,
+    failed: &Arc<AtomicBool>,
     rd: &mut R,
     streams: &Streams,
     upstream: UpstreamResponse,
@@ -210,7 +214,7 @@ async fn stream_served<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(
         502
     };
     head.extend_from_slice(&bhttp::response_head(status, &headers));
-    let gone = || failed.load(std::sync::atomic::Ordering::Acquire);
+    let gone = || failed.load(Ordering::Acquire);
     if write_piece(sealed, &head).await.is_err() || gone() {
         return (0, LendOutcome::Cancelled);
     }
@@ -253,7 +257,7 @@ async fn stream_served<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(
 /// every piece and ends as cancelled (the relay or the borrower went away).
 struct Guarded<W> {
     inner: W,
-    failed: Arc<std::sync::atomic::AtomicBool>,
+    failed: Arc<AtomicBool>,
 }
 
 impl<W> Guarded<W> {
@@ -263,60 +267,41 @@ impl<W> Guarded<W> {
             failed: Arc::default(),
         }
     }
+}
 
-    fn fail(&self) {
-        self.failed.store(true, std::sync::atomic::Ordering::Release);
+/// The one rule for every write, flush and close of a [`Guarded`] stream: once it failed, or when it fails now,
+/// report `done` (the bytes are dropped) and remember the failure in `failed`.
+fn shield<T>(failed: &AtomicBool, op: impl FnOnce() -> Poll<io::Result<T>>, done: T) -> Poll<io::Result<T>> {
+    if failed.load(Ordering::Acquire) {
+        return Poll::Ready(Ok(done));
+    }
+    match op() {
+        Poll::Ready(Err(_)) => {
+            failed.store(true, Ordering::Release);
+            Poll::Ready(Ok(done))
+        }
+        other => other,
     }
 }
 
 impl<W: AsyncWrite + Unpin> AsyncWrite for Guarded<W> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        if self.failed.load(std::sync::atomic::Ordering::Acquire) {
-            return std::task::Poll::Ready(Ok(buf.len()));
-        }
-        match std::pin::Pin::new(&mut self.inner).poll_write(cx, buf) {
-            std::task::Poll::Ready(Err(_)) => {
-                self.fail();
-                std::task::Poll::Ready(Ok(buf.len()))
-            }
-            other => other,
-        }
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        shield(
+            &this.failed,
+            || Pin::new(&mut this.inner).poll_write(cx, buf),
+            buf.len(),
+        )
     }
 
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        if self.failed.load(std::sync::atomic::Ordering::Acquire) {
-            return std::task::Poll::Ready(Ok(()));
-        }
-        match std::pin::Pin::new(&mut self.inner).poll_flush(cx) {
-            std::task::Poll::Ready(Err(_)) => {
-                self.fail();
-                std::task::Poll::Ready(Ok(()))
-            }
-            other => other,
-        }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        shield(&this.failed, || Pin::new(&mut this.inner).poll_flush(cx), ())
     }
 
-    fn poll_close(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        if self.failed.load(std::sync::atomic::Ordering::Acquire) {
-            return std::task::Poll::Ready(Ok(()));
-        }
-        match std::pin::Pin::new(&mut self.inner).poll_close(cx) {
-            std::task::Poll::Ready(Err(_)) => {
-                self.fail();
-                std::task::Poll::Ready(Ok(()))
-            }
-            other => other,
-        }
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        shield(&this.failed, || Pin::new(&mut this.inner).poll_close(cx), ())
     }
 }
 

@@ -9,52 +9,47 @@ impl PeerBook {
         let window = AcceptorConfig::default().window_ms;
         let active = |p: &PeerId| p != &self.me && roster.is_active(p, now);
         let after = lendmesh_protocol::health::DEFAULT_UNHEALTHY_AFTER_MS;
-        let lenders = self
+        let fresh: Vec<(&PeerId, &PeerEntry, &Attestation, u64)> = self
             .peers
             .iter()
             .filter(|(p, _)| active(p))
             .filter_map(|(p, e)| {
                 let (att, _) = e.attestation.as_ref()?;
                 let age = now.saturating_sub(att.body.issued_at_ms);
-                (age <= window && !att.body.ohttp_key_config.is_empty()).then(|| LenderCandidate {
-                    candidate: lendmesh_protocol::routing::Candidate {
-                        peer: *p,
-                        headroom: att.body.headroom,
-                        attestation_age_ms: age,
-                        // A sick lender (silent, or a stream to it failed) waits like a cooling one, until its
-                        // next ping answer at the earliest.
-                        cooling_until_ms: if e.health.sick(now, after) {
-                            Some(e.cooling_until_ms.unwrap_or(0).max(now + after))
-                        } else {
-                            e.cooling_until_ms
-                        },
-                    },
-                    key_config: att.body.ohttp_key_config.clone(),
-                })
+                (age <= window && !att.body.ohttp_key_config.is_empty()).then_some((p, e, att, age))
             })
             .collect();
-        // Relays: connected members not cooling down and answering pings. Should every one be silent (a loaded
-        // machine can delay pongs), the silent ones without a failed stream are still tried: a stream that cannot be
-        // opened or acknowledged in seconds settles it, with the token unspent.
+        // A lender left out by `protocol::health` (a failed stream; silence while another answers) waits like a
+        // cooling one, until its next ping answer at the earliest.
+        let a_lender_is_fine = fresh.iter().any(|(_, e, ..)| !e.health.sick(now, after));
+        let lenders = fresh
+            .into_iter()
+            .map(|(p, e, att, age)| LenderCandidate {
+                candidate: lendmesh_protocol::routing::Candidate {
+                    peer: *p,
+                    headroom: att.body.headroom,
+                    attestation_age_ms: age,
+                    cooling_until_ms: if e.health.left_out(now, after, a_lender_is_fine) {
+                        Some(e.cooling_until_ms.unwrap_or(0).max(now + after))
+                    } else {
+                        e.cooling_until_ms
+                    },
+                },
+                key_config: att.body.ohttp_key_config.clone(),
+            })
+            .collect();
+        // Relays: connected members not cooling down and not left out by `protocol::health`.
         let usable: Vec<(&PeerId, &PeerEntry)> = self
             .peers
             .iter()
             .filter(|(p, e)| e.connected && active(p) && e.relay_cooling_until_ms.is_none_or(|t| t <= now))
             .collect();
-        let healthy: Vec<PeerId> = usable
+        let a_relay_is_fine = usable.iter().any(|(_, e)| e.health.healthy(now, after));
+        let connected = usable
             .iter()
-            .filter(|(_, e)| e.health.healthy(now, after))
+            .filter(|(_, e)| !e.health.left_out(now, after, a_relay_is_fine))
             .map(|(p, _)| **p)
             .collect();
-        let connected = if healthy.is_empty() {
-            usable
-                .iter()
-                .filter(|(_, e)| !e.health.sick(now, u64::MAX))
-                .map(|(p, _)| **p)
-                .collect()
-        } else {
-            healthy
-        };
         let known = roster.member_ids().filter(|p| *p != &self.me).count();
         RoutingView {
             lenders,
