@@ -220,3 +220,97 @@ async fn dropping_the_body_early_counts_a_cancel() {
     drop(resp);
     assert_eq!(count(&counters, &Family::Cancelled, "borrow"), 1);
 }
+
+/// Hands over `step` bytes at a time, each after a `Pending` (a relay whose bytes arrive in small pieces).
+struct Stutter {
+    data: Vec<u8>,
+    at: usize,
+    step: usize,
+    ready: bool,
+}
+
+impl Stutter {
+    fn new(data: Vec<u8>, step: usize) -> Self {
+        Stutter {
+            data,
+            at: 0,
+            step,
+            ready: false,
+        }
+    }
+}
+
+impl AsyncRead for Stutter {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if !self.ready {
+            self.ready = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        self.ready = false;
+        let k = self.step.min(buf.len()).min(self.data.len() - self.at);
+        buf[..k].copy_from_slice(&self.data[self.at..self.at + k]);
+        self.at += k;
+        Poll::Ready(Ok(k))
+    }
+}
+
+/// Plaintext pieces whose sealed chunks have lengths of one, two and four bytes (under 64, under 16 KiB, 16 KiB).
+fn mixed_pieces() -> (Vec<Vec<u8>>, Vec<u8>) {
+    let body: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+    let pieces = vec![
+        bhttp::response_head(200, &[("content-type".into(), b"text/event-stream".to_vec())]),
+        bhttp::response_chunk(&body[..10]),
+        bhttp::response_chunk(&body[10..3000]),
+        bhttp::response_chunk(&body[3000..]),
+        bhttp::response_end(),
+    ];
+    (pieces, body)
+}
+
+#[tokio::test]
+async fn an_answer_arriving_in_small_pieces_streams_whole() {
+    // Every split of a chunk length across two arrivals (`ohttp` 0.8 misreads one; `WholeLengths` mends it).
+    for step in [1, 2, 3, 5, 7, 4099] {
+        let (request, bytes, server) = sealed_pair().await;
+        let (pieces, body) = mixed_pieces();
+        let sealed = sealed_answer(server, &bytes, &pieces, true).await;
+        let (streams, counters) = streams(Duration::from_secs(5));
+        let reader = request.open(Stutter::new(sealed, step)).unwrap();
+        let resp = BorrowedResponse::open(reader, streams, peer(), &counters)
+            .await
+            .unwrap();
+        let (got, err) = read_all(resp).await;
+        assert!(err.is_none(), "step {step}: {err:?}");
+        assert!(got == body, "step {step}: {} of {} bytes", got.len(), body.len());
+    }
+}
+
+#[tokio::test]
+async fn a_length_split_across_reads_is_read_whole() {
+    // The canary for `WholeLengths`: `ohttp`'s own reader, given the same bytes one at a time, misreads a chunk
+    // length. When this fails, `ohttp` reads split lengths right and `WholeLengths` can go.
+    let (_, _, server) = sealed_pair().await;
+    let encoded = server.config().encode().unwrap();
+    let sink = SealedBuf::default();
+    let mut request = ohttp::ClientRequest::from_encoded_config(&encoded)
+        .unwrap()
+        .encapsulate_stream(sink.clone())
+        .unwrap();
+    request.write_all(b"the request").await.unwrap();
+    request.close().await.unwrap();
+    let (pieces, _) = mixed_pieces();
+    let sealed = sealed_answer(server, &sink.take(), &pieces, true).await;
+    let mut plain = Vec::new();
+    let mut raw = request.response(Stutter::new(sealed, 1)).unwrap();
+    let read = raw.read_to_end(&mut plain).await;
+    let whole: Vec<u8> = pieces.concat();
+    assert!(
+        read.is_err() || plain != whole,
+        "ohttp now reads a chunk length split across reads: remove WholeLengths (roles/borrowed.rs)"
+    );
+}
