@@ -185,13 +185,26 @@ impl Default for GatewayConfig {
 }
 
 /// Borrowing settings.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BorrowConfig {
     /// `strict` (never without a relay) or `best-effort`.
     pub privacy: lendmesh_protocol::borrow::PrivacyMode,
     /// Lender choice: `p2c` (default), `greedy`, `uniform`, `weighted`.
     pub policy: lendmesh_protocol::routing::Policy,
+    /// Withhold the environment coding tools write into the prompt (working directory, paths under a home
+    /// directory, platform, shell, OS version) from borrowed requests (default on; docs/design.md §9.2).
+    pub redact_environment: bool,
+}
+
+impl Default for BorrowConfig {
+    fn default() -> Self {
+        BorrowConfig {
+            privacy: Default::default(),
+            policy: Default::default(),
+            redact_environment: true,
+        }
+    }
 }
 
 /// Which upstream this member shares.

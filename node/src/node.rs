@@ -236,6 +236,9 @@ pub async fn start(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Res
         privacy: config.borrow.privacy,
         counters: base.counters.clone(),
         conversations: Default::default(),
+        scrub: lendmesh_protocol::scrub::ScrubSettings {
+            redact_environment: config.borrow.redact_environment,
+        },
     };
     let gateway_addr = gateway_listener.local_addr()?;
     info!("gateway listening on http://{gateway_addr}");

@@ -56,6 +56,7 @@ pub mod lend;
 pub mod redeemer;
 pub mod refill;
 pub mod routing;
+pub mod scrub;
 pub mod token;
 pub mod wallet;
 pub mod wire;

@@ -47,7 +47,12 @@ pub struct Record {
     pub dropped: Vec<usize>,
     /// Calls that sent everything.
     pub completed: Vec<usize>,
+    /// Each call's headers and body: what the upstream received.
+    pub requests: Vec<Received>,
 }
+
+/// One call's headers (names as sent, in order) and body.
+pub type Received = (Vec<(String, String)>, Vec<u8>);
 
 /// The path of a call that streams a bulk body instead of the script's events: `bytes` bytes of [`BulkPattern`] in
 /// chunks of `chunk` bytes (the last one shorter), written as fast as the socket takes them,
@@ -174,15 +179,17 @@ fn serve_call(conn: TcpStream, script: &Script, record: &Arc<(Mutex<Record>, Con
     let request = line.trim().to_string();
     let bulk = request.split_whitespace().nth(1).and_then(parse_bulk);
     let mut length = 0usize;
+    let mut headers = Vec::new();
     loop {
         let mut h = String::new();
         if reader.read_line(&mut h).is_err() || h == "\r\n" || h.is_empty() {
             break;
         }
-        if let Some((k, v)) = h.split_once(':')
-            && k.eq_ignore_ascii_case("content-length")
-        {
-            length = v.trim().parse().unwrap_or(0);
+        if let Some((k, v)) = h.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+            headers.push((k.to_string(), v.trim().to_string()));
         }
     }
     let mut body = vec![0u8; length];
@@ -191,6 +198,7 @@ fn serve_call(conn: TcpStream, script: &Script, record: &Arc<(Mutex<Record>, Con
         let (lock, cvar) = &**record;
         let mut r = lock.lock().unwrap();
         r.calls.push(request);
+        r.requests.push((headers, body));
         r.sent.push(0);
         cvar.notify_all();
         r.calls.len() - 1

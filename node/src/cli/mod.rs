@@ -190,6 +190,10 @@ pub struct RunArgs {
     /// Lender choice: p2c, greedy, uniform or weighted.
     #[arg(long)]
     pub policy: Option<lendmesh_protocol::routing::Policy>,
+    /// Send borrowed requests with the environment coding tools write into the prompt (working directory, home
+    /// paths, platform, shell, OS version); by default it is withheld (`[borrow] redact_environment`).
+    #[arg(long)]
+    pub keep_environment: bool,
     /// Units of this member's capacity never lent.
     #[arg(long)]
     pub reserve: Option<u64>,
@@ -286,6 +290,9 @@ impl RunArgs {
         }
         if let Some(p) = self.policy {
             c.borrow.policy = p;
+        }
+        if self.keep_environment {
+            c.borrow.redact_environment = false;
         }
         if let Some(r) = self.reserve {
             c.lender.reserve = r;

@@ -6,11 +6,17 @@
 //! Before a request leaves the node these request headers are stripped:
 //! - hop-by-hop: `Connection`, `Keep-Alive`, `Proxy-Connection`, `Proxy-Authenticate`, `Proxy-Authorization`, `TE`,
 //!   `Trailer`, `Transfer-Encoding`, `Upgrade`, `Content-Length` (recomputed) and any header `Connection` names;
-//! - identifying: `Host`, `Authorization` (the upstream's key is the lender's), `Cookie`, `Forwarded`,
-//!   `X-Forwarded-*`, `X-Real-IP`, `Via`, `Referer`, `Origin`, `User-Agent`, `From`;
+//! - the tool's credentials, on every path (`protocol::scrub::CREDENTIAL_HEADERS`: `Authorization`, `X-Api-Key`,
+//!   `Api-Key`, `Cookie`, `OpenAI-Organization`, … — the upstream's key is this node's own, or the lender's);
+//! - identifying: `Host`, `Forwarded`, `X-Forwarded-*`, `X-Real-IP`, `Via`, `Referer`, `Origin`, `User-Agent`,
+//!   `From`;
 //! - for this node only: `Lendmesh-Conversation`, which names a conversation whose turns go to the same lender while
 //!   it has headroom (1 to 128 visible ASCII characters, else `400 bad_conversation`; see
 //!   [`crate::roles::sticky`]).
+//!
+//! That is all for this member's own upstream. A **borrowed** request is rebuilt further by the borrower
+//! (`protocol::scrub`, docs/design.md §9.2): only the headers its API needs, identifying body fields replaced or
+//! removed, the environment a coding tool wrote into the prompt withheld.
 //!
 //! Bodies are limited (default 1 MiB each way; a clear 413, or 502 when the upstream announces a larger body).
 //! Responses stream: each chunk goes to the tool as it arrives, with no `Content-Length`; a server-sent event stream
@@ -52,8 +58,6 @@ const HOP_BY_HOP: &[&str] = &[
 ];
 const IDENTIFYING: &[&str] = &[
     "host",
-    "authorization",
-    "cookie",
     "forwarded",
     "x-real-ip",
     "via",
@@ -130,6 +134,7 @@ pub fn outbound_headers(headers: &axum::http::HeaderMap) -> Vec<(String, Vec<u8>
             let k = k.as_str();
             !HOP_BY_HOP.contains(&k)
                 && !IDENTIFYING.contains(&k)
+                && !lendmesh_protocol::scrub::is_credential(k)
                 && !NODE_ONLY.contains(&k)
                 && !k.starts_with("x-forwarded-")
                 && !named_by_connection.iter().any(|n| n == k)
@@ -309,6 +314,9 @@ mod tests {
         for (k, v) in [
             ("host", "x"),
             ("authorization", "Bearer secret"),
+            ("x-api-key", "sk-ant-tool-key"),
+            ("openai-organization", "org-tool"),
+            ("cookie", "session=1"),
             ("x-forwarded-for", "10.0.0.1"),
             ("connection", "keep-alive, x-private"),
             ("x-private", "1"),

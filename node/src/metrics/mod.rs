@@ -138,6 +138,8 @@ pub struct NodeMetrics {
     pub cancelled: Family<OutcomeLabel, Counter>,
     /// Borrowed answers that ended badly after their head, by kind (`cut_short`, `stalled`, `malformed`).
     pub stream_errors: Family<OutcomeLabel, Counter>,
+    /// What the borrowed-request rules changed or could not read (`field`, `environment`, `not_json`).
+    pub scrubbed: Family<OutcomeLabel, Counter>,
     /// Claims answered as a replica.
     pub claims_answered: Counter,
     /// Upstream calls by status class.
@@ -191,6 +193,9 @@ pub const REFILL_OUTCOMES: [&str; 6] = [
 const CANCELLED_ROLES: [&str; 3] = ["borrow", "relay", "lend"];
 /// How a borrowed answer can end badly after its head.
 pub const STREAM_ERRORS: [&str; 3] = ["cut_short", "stalled", "malformed"];
+/// What the borrowed-request rules (`protocol::scrub`) count: identifying fields replaced or removed, tool-written
+/// texts with the environment withheld, and bodies that were not JSON (forwarded as they were).
+pub const SCRUBBED: [&str; 3] = ["field", "environment", "not_json"];
 
 /// The refill counter with every outcome at 0, so each series exists from the start.
 fn refill_requests() -> Family<OutcomeLabel, Counter> {
@@ -238,6 +243,7 @@ impl Default for NodeMetrics {
             relays_failed: Counter::default(),
             cancelled: family_with(&CANCELLED_ROLES),
             stream_errors: family_with(&STREAM_ERRORS),
+            scrubbed: family_with(&SCRUBBED),
             claims_answered: Counter::default(),
             upstream_calls: Family::default(),
             wallet_balance: Gauge::default(),
@@ -332,6 +338,11 @@ impl NodeMetrics {
             "stream_errors",
             "Borrowed answers that ended badly after their head, by kind (cut_short, stalled, malformed)",
             self.stream_errors.clone(),
+        );
+        r.register(
+            "borrowed_scrubbed",
+            "Borrowed requests' identifying fields replaced or removed (field), tool-written texts with the environment withheld (environment), bodies forwarded unread because they were not JSON (not_json)",
+            self.scrubbed.clone(),
         );
         r.register(
             "cancelled",

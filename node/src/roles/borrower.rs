@@ -26,6 +26,7 @@ use lendmesh_protocol::borrow::{
     AttemptResult, BorrowConfig, BorrowFailure, BorrowRun, Decision, Effect, RouteView,
 };
 use lendmesh_protocol::routing::{Candidate, Policy, RoutingParams};
+use lendmesh_protocol::scrub::{self, ApiFamily, ScrubSettings};
 use lendmesh_protocol::token::WalletToken;
 use lendmesh_protocol::wire::{
     self, BorrowRefusal, BorrowResponse, DeliveryFailure, HttpRequest, InnerBorrowRequest,
@@ -41,7 +42,7 @@ pub use crate::roles::borrowed::BorrowedResponse;
 use crate::roles::borrowed::{SealedReader, SealedRequest};
 use crate::roles::member::{MemberHandle, NoToken};
 use crate::roles::peerbook::{AttemptOutcome, PeerBookHandle};
-use crate::roles::sticky::Conversations;
+use crate::roles::sticky::{ConversationKey, Conversations};
 
 /// Why a borrow failed; each maps to an HTTP status and a sentence for the tool.
 #[derive(Debug, thiserror::Error)]
@@ -240,9 +241,54 @@ pub struct Borrower {
     pub counters: Arc<NodeMetrics>,
     /// Which lender served each conversation last (conversation stickiness), shared by every borrow of the node.
     pub conversations: Arc<Conversations>,
+    /// What of a tool's request may leave for a lender (`[privacy] redact_environment`).
+    pub scrub: ScrubSettings,
 }
 
 impl Borrower {
+    /// What of the tool's request leaves for a lender (`protocol::scrub`, docs/design.md §9.2): the headers the
+    /// request's API needs, nothing else; the body's identifying fields replaced by the conversation's pseudonym or
+    /// removed, and the environment a tool wrote into the prompt withheld (unless `[privacy] redact_environment` is
+    /// off). The conversation is the one the tool named, else the tool's session header or the conversation's start;
+    /// its key stays on this node.
+    fn outgoing(&self, http: HttpRequest, named: Option<&str>) -> (HttpRequest, Option<ConversationKey>) {
+        let family = ApiFamily::of(&http.path_and_query, &http.headers);
+        let body = scrub::Body::parse(&http.body);
+        let key = match named {
+            Some(name) => Some(self.conversations.key(name.as_bytes())),
+            None => scrub::conversation_hint(family, &http.headers, &body)
+                .map(|h| self.conversations.key(&h.key())),
+        };
+        let pseudonym = match &key {
+            Some(k) => self.conversations.pseudonym(k),
+            None => {
+                let mut one_off = [0u8; 16];
+                rand_core::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut one_off);
+                hex::encode(one_off)
+            }
+        };
+        let (body, report) = scrub::scrub_body(family, &http.body, body, &pseudonym, self.scrub);
+        for (what, n) in [
+            ("field", report.fields),
+            ("environment", report.environment),
+            ("not_json", u32::from(report.not_json)),
+        ] {
+            if n > 0 {
+                self.counters
+                    .scrubbed
+                    .get_or_create(&crate::metrics::OutcomeLabel { outcome: what.into() })
+                    .inc_by(u64::from(n));
+            }
+        }
+        let outgoing = HttpRequest {
+            headers: scrub::borrowed_headers(family, &http.headers),
+            method: http.method,
+            path_and_query: http.path_and_query,
+            body,
+        };
+        (outgoing, key)
+    }
+
     /// Borrows one request, driving `protocol`'s [`BorrowRun`]. Returns once the lender's answer has begun (its
     /// head); the body streams from the lender. Failover to another lender happens only before that.
     ///
@@ -254,9 +300,9 @@ impl Borrower {
         conversation: Option<&str>,
     ) -> Result<BorrowedResponse, BorrowError> {
         let started = std::time::Instant::now();
+        let (http, conversation) = self.outgoing(http, conversation);
         let http_bytes = bhttp::encode_request(&http);
         let digest = wire::request_digest(&http_bytes);
-        let conversation = conversation.map(|name| self.conversations.key(name));
         let sticky = conversation
             .as_ref()
             .and_then(|key| self.conversations.lender(key, now_ms()));

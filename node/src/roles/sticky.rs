@@ -147,12 +147,24 @@ impl Conversations {
         }
     }
 
-    /// The key a conversation name is kept under.
-    pub fn key(&self, name: &str) -> ConversationKey {
+    /// The key a conversation name (the tool's `Lendmesh-Conversation`, or what `protocol::scrub` reads off the
+    /// request) is kept under.
+    pub fn key(&self, name: &[u8]) -> ConversationKey {
         let mut h = Sha256::new();
         h.update(self.salt);
-        h.update(name.as_bytes());
+        h.update(name);
         ConversationKey(h.finalize().into())
+    }
+
+    /// The conversation's random value, the one thing about it a lender may see (`protocol::scrub` puts it where a
+    /// tool's identifiers were): 32 hex characters, the same for every turn of the conversation while this process
+    /// runs, unrelated between conversations and to the name without the salt.
+    pub fn pseudonym(&self, key: &ConversationKey) -> String {
+        let mut h = Sha256::new();
+        h.update(b"lendmesh conversation pseudonym");
+        h.update(self.salt);
+        h.update(key.0);
+        hex::encode(&h.finalize()[..16])
     }
 
     /// The lender that last served `key`, unless the conversation has been idle too long (then it is forgotten).
@@ -220,7 +232,7 @@ mod tests {
     #[test]
     fn a_served_lender_is_remembered_and_replaced_when_the_conversation_moves() {
         let map = Conversations::with_limits(10, 1_000, [7; 16]);
-        let (a, b) = (map.key("conversation-a"), map.key("conversation-b"));
+        let (a, b) = (map.key(b"conversation-a"), map.key(b"conversation-b"));
         assert_eq!(map.lender(&a, 0), None);
         map.record(a, pid(2), 0);
         map.record(b, pid(3), 0);
@@ -236,7 +248,7 @@ mod tests {
     #[test]
     fn idle_conversations_expire_on_the_injected_clock() {
         let map = Conversations::with_limits(10, 1_000, [7; 16]);
-        let k = map.key("c");
+        let k = map.key(b"c");
         map.record(k, pid(2), 5_000);
         assert_eq!(map.lender(&k, 5_999), Some(pid(2)));
         // A lookup is not a served turn: it does not keep the conversation alive.
@@ -251,7 +263,7 @@ mod tests {
     #[test]
     fn the_map_is_bounded_dropping_expired_then_least_recently_served() {
         let map = Conversations::with_limits(3, 1_000, [7; 16]);
-        let keys: Vec<ConversationKey> = (0..6).map(|i| map.key(&format!("c{i}"))).collect();
+        let keys: Vec<ConversationKey> = (0..6).map(|i| map.key(format!("c{i}").as_bytes())).collect();
         map.record(keys[0], pid(2), 0);
         map.record(keys[1], pid(2), 500);
         map.record(keys[2], pid(2), 600);
@@ -270,7 +282,7 @@ mod tests {
         assert_eq!(map.len(), 3);
         // Many more conversations than the bound: still three.
         for i in 0..1_000u64 {
-            map.record(map.key(&format!("many{i}")), pid(6), 1_500 + i);
+            map.record(map.key(format!("many{i}").as_bytes()), pid(6), 1_500 + i);
         }
         assert_eq!(map.len(), 3);
         assert_eq!(MAX_CONVERSATIONS, 10_000);
@@ -279,25 +291,36 @@ mod tests {
 
     #[test]
     fn the_map_keeps_a_salted_hash_not_the_name() {
-        let name = "my-secret-conversation-id";
+        let name = b"my-secret-conversation-id";
         let map = Conversations::with_limits(10, 1_000, [7; 16]);
         let key = map.key(name);
         let mut plain = Sha256::new();
         plain.update([7u8; 16]);
-        plain.update(name.as_bytes());
+        plain.update(name);
         assert_eq!(key.0, <[u8; 32]>::from(plain.finalize()));
         map.record(key, pid(2), 0);
         let held = format!("{:?}", map.lock());
-        assert!(!held.contains(name), "{held}");
+        assert!(!held.contains("my-secret-conversation-id"), "{held}");
         assert!(!held.contains(&hex::encode(name)), "{held}");
         // Another salt (another process, or a restart) gives another key: unsalted guesses find nothing.
         let other = Conversations::default();
         assert_ne!(other.key(name), key);
-        assert_ne!(
-            other.key(name).0,
-            <[u8; 32]>::from(Sha256::digest(name.as_bytes()))
-        );
+        assert_ne!(other.key(name).0, <[u8; 32]>::from(Sha256::digest(name)));
         assert_eq!(map.key(name), key, "stable within one map");
+    }
+
+    #[test]
+    fn a_conversations_pseudonym_is_stable_and_unlinkable() {
+        let map = Conversations::with_limits(10, 1_000, [7; 16]);
+        let (a, b) = (map.key(b"a"), map.key(b"b"));
+        let p = map.pseudonym(&a);
+        assert_eq!(p.len(), 32);
+        assert!(p.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(map.pseudonym(&a), p, "every turn of a conversation");
+        assert_ne!(map.pseudonym(&b), p, "another conversation");
+        let other = Conversations::with_limits(10, 1_000, [8; 16]);
+        assert_ne!(other.pseudonym(&other.key(b"a")), p, "another node, or a restart");
+        assert!(!hex::encode(a.0).contains(&p), "not the map's key");
     }
 
     #[test]

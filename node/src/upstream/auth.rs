@@ -19,9 +19,9 @@ const RESERVED: [&str; 9] = [
 ];
 
 /// Credentials a caller may send that are never forwarded upstream, whatever the auth style: the upstream is
-/// the lender's account, and a borrower's (or a tool's placeholder) key has no business there.
-pub(super) const CALLER_CREDENTIALS: [&str; 4] =
-    ["authorization", "proxy-authorization", "x-api-key", "api-key"];
+/// the lender's account, and a borrower's (or a tool's placeholder) key has no business there. The one list, in
+/// `protocol` (the gateway drops the same headers before a request leaves the member's node at all).
+pub(super) use lendmesh_protocol::scrub::CREDENTIAL_HEADERS as CALLER_CREDENTIALS;
 
 /// How the API key is sent to the upstream.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]

@@ -297,7 +297,7 @@ impl HttpUpstream {
         for (name, value) in headers {
             if REPLACED
                 .iter()
-                .chain(&CALLER_CREDENTIALS)
+                .chain(CALLER_CREDENTIALS)
                 .any(|r| name.eq_ignore_ascii_case(r))
             {
                 continue;
