@@ -193,7 +193,7 @@ pub struct BorrowConfig {
     /// Lender choice: `p2c` (default), `greedy`, `uniform`, `weighted`.
     pub policy: lendmesh_protocol::routing::Policy,
     /// Withhold the environment coding tools write into the prompt (working directory, paths under a home
-    /// directory, platform, shell, OS version) from borrowed requests (default on; docs/design.md §9.2).
+    /// directory, platform, shell, OS version) from borrowed requests (default on; docs/design.md §9.1).
     pub redact_environment: bool,
 }
 

@@ -38,6 +38,8 @@
 //!   announcement, the invite file.
 //! - [`wire`]: versioned postcard frames for every protocol, size-limited before decoding.
 //! - [`routing`]: lender choice (power of two choices with age-discounted headroom by default) and relay choice.
+//! - [`scrub`]: what a borrowed request may carry to a lender — headers by allowlist, identifying body fields
+//!   replaced, tool-written environment withheld.
 //! - [`ids`]: [`ids::PeerId`] in libp2p's ed25519 encoding, [`ids::GroupId`].
 
 #![deny(missing_docs)]

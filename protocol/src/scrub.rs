@@ -1,4 +1,4 @@
-//! What a borrowed request may carry to a lender (docs/design.md §9.2): the rules that keep a tool's metadata — its
+//! What a borrowed request may carry to a lender (docs/design.md §9.1): the rules that keep a tool's metadata — its
 //! keys, ids, client fingerprint and the environment it writes into the prompt — on the member's node.
 //!
 //! A lender opens every request it serves; anything in it that is the same on each of one member's requests links
@@ -86,7 +86,7 @@ impl ApiFamily {
 }
 
 /// Headers every borrowed request may carry.
-const COMMON_HEADERS: &[&str] = &["content-type", "accept"];
+const COMMON_HEADERS: &[&str] = &["content-type", "content-encoding", "accept"];
 /// And per family, what its upstream needs to serve the request.
 const ANTHROPIC_HEADERS: &[&str] = &["anthropic-version", "anthropic-beta"];
 const OPENAI_HEADERS: &[&str] = &["openai-beta"];

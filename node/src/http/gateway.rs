@@ -15,7 +15,7 @@
 //!   [`crate::roles::sticky`]).
 //!
 //! That is all for this member's own upstream. A **borrowed** request is rebuilt further by the borrower
-//! (`protocol::scrub`, docs/design.md §9.2): only the headers its API needs, identifying body fields replaced or
+//! (`protocol::scrub`, docs/design.md §9.1): only the headers its API needs, identifying body fields replaced or
 //! removed, the environment a coding tool wrote into the prompt withheld.
 //!
 //! Bodies are limited (default 1 MiB each way; a clear 413, or 502 when the upstream announces a larger body).

@@ -246,7 +246,7 @@ pub struct Borrower {
 }
 
 impl Borrower {
-    /// What of the tool's request leaves for a lender (`protocol::scrub`, docs/design.md §9.2): the headers the
+    /// What of the tool's request leaves for a lender (`protocol::scrub`, docs/design.md §9.1): the headers the
     /// request's API needs, nothing else; the body's identifying fields replaced by the conversation's pseudonym or
     /// removed, and the environment a tool wrote into the prompt withheld (unless `[privacy] redact_environment` is
     /// off). The conversation is the one the tool named, else the tool's session header or the conversation's start;
