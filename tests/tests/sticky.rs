@@ -1,7 +1,8 @@
 //! Issue 11 part 6 (conversation stickiness): turns of a conversation named by `Lendmesh-Conversation` go to the lender
 //! that served the conversation before while it can lend, so the provider's prompt cache stays warm; requests without
 //! the header still spread over the lenders; a conversation whose lender is gone moves to another and sticks there.
-//! The header never reaches a lender, and a bad one is refused with `400 bad_conversation`.
+//! The header never reaches a lender, and a bad one is refused with `400 bad_conversation`. Without it, a tool's own
+//! session header or a chat's start keeps the turns together (issue 20).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{HashMap, HashSet};
@@ -87,6 +88,49 @@ fn turns_of_a_conversation_stick_to_one_lender_and_the_header_never_leaves() {
     // land on one is about 3 in 3.5 billion).
     let spread: HashSet<String> = (0..20).map(|i| turn(&gw, None, 100 + i)).collect();
     assert!(spread.len() > 1, "no spread without a conversation: {spread:?}");
+
+    // Without the header the node names the conversation itself (issue 20): by the tool's own session header, or
+    // by the conversation's start, which every later turn of a chat repeats.
+    let by_session: HashSet<String> = (0..10)
+        .map(|i| {
+            let (status, body) = gateway_request_with(
+                &gw,
+                "POST",
+                &format!("/v1/echo?session-turn={i}"),
+                "{}",
+                "X-Claude-Code-Session-Id: 5b0e8f7c-tool-session\r\n",
+            );
+            assert_eq!(status, 200, "{body}");
+            serde_json::from_str::<serde_json::Value>(&body).unwrap()["served_by"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        by_session.len(),
+        1,
+        "a tool session moved between lenders: {by_session:?}"
+    );
+    let mut history = vec![r#"{"role":"system","content":"be brief"}"#.to_string()];
+    let by_start: HashSet<String> = (0..10)
+        .map(|i| {
+            history.push(format!(r#"{{"role":"user","content":"question {i}"}}"#));
+            let body = format!(r#"{{"model":"m","messages":[{}]}}"#, history.join(","));
+            history.push(format!(r#"{{"role":"assistant","content":"answer {i}"}}"#));
+            let (status, answer) = gateway_request_with(&gw, "POST", "/v1/chat/completions", &body, "");
+            assert_eq!(status, 200, "{answer}");
+            serde_json::from_str::<serde_json::Value>(&answer).unwrap()["served_by"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        by_start.len(),
+        1,
+        "a chat's turns moved between lenders: {by_start:?}"
+    );
 
     // The header never reached a lender: no lender's records or log carry a conversation's name; nor does the
     // borrower's own log (the map keeps a salted hash, never the name).
