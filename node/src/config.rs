@@ -33,8 +33,11 @@ pub struct Config {
     pub api: ApiConfig,
     /// The gateway tools call.
     pub gateway: GatewayConfig,
-    /// The member's own upstream.
+    /// The member's own upstream (the command-line flags set this one).
     pub upstream: UpstreamConfig,
+    /// More upstreams the member shares, each with its own name, API, models, budget and reserve
+    /// (docs/design.md §5.3); `[upstream]` comes first.
+    pub upstreams: Vec<UpstreamConfig>,
     /// Token wallet.
     pub wallet: WalletConfig,
     /// Lending.
@@ -257,6 +260,18 @@ pub struct UpstreamConfig {
     /// HTTP: fixed headers sent with every request, e.g. `anthropic-version = "2023-06-01"` (a table; a caller's
     /// header of the same name is replaced). Shown by `config show`: not for secrets.
     pub extra_headers: std::collections::BTreeMap<String, String>,
+    /// Its name, unique among the node's upstreams (logs, `/v1/node`).
+    pub name: String,
+    /// The API it speaks: `openai-chat`, `openai-responses`, `anthropic-messages`, or `any` (every request).
+    pub api: lendmesh_protocol::capability::Api,
+    /// The models it serves (exact names, or prefixes ending in `*`); empty: any. At most 64, each at most 96
+    /// visible ASCII characters.
+    pub models: Vec<String>,
+    /// Units of each window never lent; unset: `[lender] reserve`.
+    pub reserve: Option<u64>,
+    /// Share of each window never lent (0 to 1): lending stops once only this share is left, the member's own
+    /// requests may use it. Unset: 0.3 for an HTTP upstream (lend only below 70 % utilization), 0 for the mock.
+    pub keep_share: Option<f64>,
 }
 
 impl Default for UpstreamConfig {
@@ -276,13 +291,33 @@ impl Default for UpstreamConfig {
             first_byte_timeout: crate::upstream::DEFAULT_FIRST_BYTE_TIMEOUT,
             idle_timeout: crate::upstream::DEFAULT_IDLE_TIMEOUT,
             extra_headers: std::collections::BTreeMap::new(),
+            name: "default".into(),
+            api: lendmesh_protocol::capability::Api::Any,
+            models: Vec::new(),
+            reserve: None,
+            keep_share: None,
         }
     }
 }
 
+/// What an HTTP upstream keeps for its member when `keep_share` is unset: lend only below 70 % utilization.
+pub const DEFAULT_KEEP_SHARE: f64 = 0.3;
+
 impl UpstreamConfig {
     /// Refuses settings out of range and headers that cannot be sent, naming the setting.
     pub fn check(&self) -> Result<(), String> {
+        if self.name.is_empty() || self.name.len() > 64 || !self.name.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "name {:?} must be 1 to 64 visible ASCII characters",
+                self.name
+            ));
+        }
+        lendmesh_protocol::capability::check_models(&self.models).map_err(|e| format!("models: {e}"))?;
+        if let Some(k) = self.keep_share
+            && !(0.0..=1.0).contains(&k)
+        {
+            return Err(format!("keep_share {k} must be from 0 to 1"));
+        }
         check_upstream_timeout("first_byte_timeout", self.first_byte_timeout)?;
         check_upstream_timeout("idle_timeout", self.idle_timeout)?;
         crate::upstream::check_extra_headers(
@@ -448,6 +483,25 @@ impl Config {
     pub fn check(&self) -> Result<(), String> {
         self.network.check().map_err(|e| format!("[network] {e}"))?;
         self.upstream.check().map_err(|e| format!("[upstream] {e}"))?;
+        let mut names = std::collections::BTreeSet::from([self.upstream.name.as_str()]);
+        for (i, u) in self.upstreams.iter().enumerate() {
+            u.check()
+                .map_err(|e| format!("[[upstreams]] number {} ({}): {e}", i + 1, u.name))?;
+            if !names.insert(u.name.as_str()) {
+                return Err(format!(
+                    "[[upstreams]] number {}: the name {:?} is used twice; give each upstream its own",
+                    i + 1,
+                    u.name
+                ));
+            }
+        }
+        let count = 1 + self.upstreams.len();
+        if count > lendmesh_protocol::capability::MAX_CAPABILITIES {
+            return Err(format!(
+                "{count} upstreams, over the limit of {}",
+                lendmesh_protocol::capability::MAX_CAPABILITIES
+            ));
+        }
         self.lender.check().map_err(|e| format!("[lender] {e}"))
     }
 

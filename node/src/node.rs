@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::clock::now_ms;
-use crate::config::{Config, UpstreamKind};
+use crate::config::{Config, UpstreamConfig, UpstreamKind};
 use crate::group::state::{GroupState, GroupView};
 use crate::http::limit::LimitedListener;
 use crate::http::{api, gateway};
@@ -41,7 +41,7 @@ use crate::roles::relay::Relay;
 use crate::roles::replica::Replica;
 use crate::roles::{issuer, lender, member, peerbook};
 use crate::store::{Store, StoreError};
-use crate::upstream::{HttpUpstream, HttpUpstreamConfig, MockUpstream, Upstream};
+use crate::upstream::{HttpUpstream, HttpUpstreamConfig, MockUpstream, Shared, Upstream, UpstreamSet};
 
 /// How long shutdown waits for each actor.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -125,9 +125,8 @@ fn parse_addrs(list: &[String], what: &str) -> anyhow::Result<Vec<Multiaddr>> {
         .collect()
 }
 
-/// Builds the upstream the config names.
-pub fn build_upstream(config: &Config, node_name: String) -> anyhow::Result<Arc<dyn Upstream>> {
-    let u = &config.upstream;
+/// Builds one upstream from its settings.
+pub fn build_upstream(u: &UpstreamConfig, node_name: String) -> anyhow::Result<Arc<dyn Upstream>> {
     Ok(match u.kind {
         UpstreamKind::Mock => Arc::new(
             MockUpstream::new(node_name, u.mock_capacity, u.mock_window, u.mock_latency)
@@ -151,6 +150,28 @@ pub fn build_upstream(config: &Config, node_name: String) -> anyhow::Result<Arc<
             max_response_bytes: crate::upstream::DEFAULT_MAX_RESPONSE_BYTES,
         })?),
     })
+}
+
+/// Builds every upstream the config names: `[upstream]`, then each `[[upstreams]]` (docs/design.md §5.3).
+pub fn build_upstreams(config: &Config, node_name: String) -> anyhow::Result<Arc<UpstreamSet>> {
+    let mut shared = Vec::new();
+    for u in std::iter::once(&config.upstream).chain(&config.upstreams) {
+        let upstream =
+            build_upstream(u, node_name.clone()).with_context(|| format!("upstream {:?}", u.name))?;
+        let default_share = match u.kind {
+            UpstreamKind::Mock => 0.0,
+            UpstreamKind::Http => crate::config::DEFAULT_KEEP_SHARE,
+        };
+        shared.push(Shared {
+            name: u.name.clone(),
+            api: u.api,
+            models: u.models.clone(),
+            reserve: u.reserve.unwrap_or(config.lender.reserve),
+            keep_share: u.keep_share.unwrap_or(default_share),
+            upstream,
+        });
+    }
+    Ok(Arc::new(UpstreamSet::new(shared)))
 }
 
 /// Runs a node until `shutdown` is cancelled, then stops every task.
@@ -186,7 +207,7 @@ pub async fn start(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Res
     let actors = CancellationToken::new();
     let tracker = TaskTracker::new();
     let (net, net_events, net_task) = spawn_network(&mut base, config, &actors)?;
-    let upstream = build_upstream(config, base.me.short())?;
+    let upstreams = build_upstreams(config, base.me.short())?;
     let (book, book_task) = peerbook::spawn(
         peerbook::PeerBookParams {
             me: base.me,
@@ -205,7 +226,7 @@ pub async fn start(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Res
     let keys = OhttpKeys::generate()?;
     let ohttp_key_config = keys.encoded_config().to_vec();
     let lender = spawn_lender(
-        &base, config, &net, &upstream, keys, &tracker, &actors, &mut tasks,
+        &base, config, &net, &upstreams, keys, &tracker, &actors, &mut tasks,
     );
     let dispatcher = Dispatcher {
         admin: base.group.admin,
@@ -243,7 +264,7 @@ pub async fn start(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Res
     let gateway_addr = gateway_listener.local_addr()?;
     info!("gateway listening on http://{gateway_addr}");
     let gw = gateway::GatewayState {
-        upstream: upstream.clone(),
+        upstreams: upstreams.clone(),
         borrower,
         counters: base.counters.clone(),
         body_limit: config.gateway.body_limit,
@@ -268,7 +289,7 @@ pub async fn start(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Res
         book,
         member,
         lender,
-        upstream,
+        upstreams,
         ohttp_key_config,
         api_addr,
     )?;
@@ -439,7 +460,7 @@ fn spawn_lender(
     base: &Base,
     config: &Config,
     net: &NetworkHandle,
-    upstream: &Arc<dyn Upstream>,
+    upstreams: &Arc<UpstreamSet>,
     keys: OhttpKeys,
     tracker: &TaskTracker,
     actors: &CancellationToken,
@@ -451,8 +472,7 @@ fn spawn_lender(
             node_key: base.key.clone(),
             group_id: base.group.group_id,
             attestation_key: base.group.attestation_key.clone(),
-            upstream: upstream.clone(),
-            reserve: config.lender.reserve,
+            upstreams: upstreams.clone(),
             period: config.lender.attestation_period,
             redeemer: Redeemer::new(base.me),
             view: base.view_rx.clone(),
@@ -480,7 +500,7 @@ fn api_state(
     peerbook: PeerBookHandle,
     member: MemberHandle,
     lender: LenderHandle,
-    upstream: Arc<dyn Upstream>,
+    upstreams: Arc<UpstreamSet>,
     ohttp_key_config: Vec<u8>,
     api_addr: SocketAddr,
 ) -> anyhow::Result<api::ApiState> {
@@ -500,7 +520,7 @@ fn api_state(
         member,
         lender,
         counters: base.counters,
-        upstream: upstream.kind(),
+        upstream: upstreams.primary().map_or("none", |s| s.upstream.kind()),
         privacy: config.borrow.privacy,
         ohttp_key_config,
         registry: Arc::new(base.registry),
@@ -508,8 +528,7 @@ fn api_state(
         store: base.store,
         view: base.view_rx,
         admin_token,
-        reserve: config.lender.reserve,
-        upstream_handle: upstream,
+        upstreams,
         external_addrs: config.network.external.clone(),
     })
 }

@@ -72,6 +72,7 @@ fn attestation(c: &mut Criterion) {
         window_resets_at_ms: 1_060_000,
         ohttp_key_config: vec![0; 41],
         epoch_keys: vec![],
+        capabilities: vec![],
     };
     let mut g = c.benchmark_group("attestation");
     g.bench_function("sign", |b| {

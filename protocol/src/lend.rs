@@ -197,7 +197,8 @@ pub enum UpstreamVerdict {
 /// Step 4: what an upstream outcome means for the claim.
 pub fn after_upstream(outcome: UpstreamOutcome) -> UpstreamVerdict {
     match outcome {
-        UpstreamOutcome::Status(s @ (429 | 503)) => UpstreamVerdict::ReleaseAndRefuse { status: s },
+        // Rate limited, unavailable, overloaded (Anthropic's 529): refused before any work.
+        UpstreamOutcome::Status(s @ (429 | 503 | 529)) => UpstreamVerdict::ReleaseAndRefuse { status: s },
         UpstreamOutcome::Status(_) => UpstreamVerdict::Served,
         UpstreamOutcome::Unreachable => UpstreamVerdict::ReleaseAndRefuse { status: 502 },
         UpstreamOutcome::Failed => UpstreamVerdict::Failed,

@@ -37,9 +37,13 @@
 //! - [`group`]: group id, the pnet pre-shared key (`swarm.key` format), the admin-signed roster and epoch
 //!   announcement, the invite file.
 //! - [`wire`]: versioned postcard frames for every protocol, size-limited before decoding.
+//! - [`capability`]: what each lender's upstreams serve (API, models, headroom), so borrows go only where they
+//!   can be served.
 //! - [`routing`]: lender choice (power of two choices with age-discounted headroom by default) and relay choice.
 //! - [`scrub`]: what a borrowed request may carry to a lender — headers by allowlist, identifying body fields
 //!   replaced, tool-written environment withheld.
+//! - [`subscription`]: what a shared subscription's rate-limit windows (Anthropic's `anthropic-ratelimit-unified-*`,
+//!   Codex's `x-codex-*` headers) leave for a request for a given model, and the share a member keeps for itself.
 //! - [`ids`]: [`ids::PeerId`] in libp2p's ed25519 encoding, [`ids::GroupId`].
 
 #![deny(missing_docs)]
@@ -49,6 +53,7 @@ pub mod backoff;
 pub mod bhttp;
 pub mod blind_rsa;
 pub mod borrow;
+pub mod capability;
 pub mod epoch;
 pub mod group;
 pub mod health;
@@ -59,6 +64,7 @@ pub mod redeemer;
 pub mod refill;
 pub mod routing;
 pub mod scrub;
+pub mod subscription;
 pub mod token;
 pub mod wallet;
 pub mod wire;

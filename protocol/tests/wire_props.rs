@@ -35,7 +35,7 @@ prop_compose! {
                          bucket in 0u8..4, cfg in bytes(100)) -> Attestation {
         let headroom = [HeadroomBucket::None, HeadroomBucket::Low, HeadroomBucket::Medium, HeadroomBucket::High][bucket as usize];
         let body = AttestationBody { group_id: GroupId([3; 16]), peer_id: peer(signer), seq, issued_at_ms: at,
-            headroom, window_resets_at_ms: resets, ohttp_key_config: cfg, epoch_keys: vec![(seq as u32, [signer; 32])] };
+            headroom, window_resets_at_ms: resets, ohttp_key_config: cfg, epoch_keys: vec![(seq as u32, [signer; 32])], capabilities: vec![] };
         Attestation::create(body, &AttestationKey::from_bytes([1; 32]), &node_key(signer)).unwrap()
     }
 }

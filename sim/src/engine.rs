@@ -687,6 +687,7 @@ impl<'a> Sim<'a> {
             window_resets_at_ms: pubn.resets_at_ms,
             ohttp_key_config: vec![0x20; 41],
             epoch_keys: vec![],
+            capabilities: vec![],
         };
         let att = Attestation::create(body, &self.att_key, &self.members[p].key).ok()?;
         self.att_memo[p] = Some((pubn.seq, att.clone()));

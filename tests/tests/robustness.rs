@@ -211,6 +211,7 @@ fn forged_attestation(seed: &[u8; 32], group: lendmesh_protocol::GroupId) -> Vec
         window_resets_at_ms: lendmesh_node::now_ms() + 60_000,
         ohttp_key_config: vec![],
         epoch_keys: vec![],
+        capabilities: vec![],
     };
     let att = Attestation::create(body, &AttestationKey::from_bytes([9; 32]), &key).unwrap();
     lendmesh_protocol::wire::encode(&lendmesh_protocol::wire::GossipMessage::Attestation(att)).unwrap()

@@ -31,7 +31,6 @@ use crate::net::NetworkHandle;
 use crate::roles::member::MemberHandle;
 use crate::roles::peerbook::{AdminOp, AdminReply, PeerBookHandle};
 use crate::store::{LendCursor, Store};
-use crate::upstream::Upstream;
 
 /// What the API reads from.
 #[derive(Clone)]
@@ -68,10 +67,8 @@ pub struct ApiState {
     pub view: watch::Receiver<Arc<GroupView>>,
     /// The local admin token (from `admin.token`).
     pub admin_token: String,
-    /// Units of own capacity never lent.
-    pub reserve: u64,
-    /// The upstream (own headroom bucket).
-    pub upstream_handle: Arc<dyn Upstream>,
+    /// The upstreams this member shares (headroom buckets, `/v1/node`'s `upstreams`).
+    pub upstreams: Arc<crate::upstream::UpstreamSet>,
     /// Addresses other members reach this node at (from the config).
     pub external_addrs: Vec<String>,
 }
@@ -166,7 +163,7 @@ async fn refresh_gauges(s: &ApiState) {
         }
     }
     let (bucket, _) =
-        crate::roles::lender::lendable_bucket(&*s.upstream_handle, s.reserve, crate::clock::now_ms());
+        crate::upstream::UpstreamSet::summary(&s.upstreams.capabilities(crate::clock::now_ms()));
     c.headroom_bucket.set(bucket as i64);
     // One series per epoch with a spent set: a retired epoch's series disappears when its rows are pruned.
     if let Ok(epochs) = s.store.spent_epochs() {
@@ -254,7 +251,28 @@ async fn node(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
     let group = s.peerbook.group().await;
     let balance = s.member.balance().await;
     let now = crate::clock::now_ms();
-    let (bucket, _) = crate::roles::lender::lendable_bucket(&*s.upstream_handle, s.reserve, now);
+    let caps = s.upstreams.capabilities(now);
+    let (bucket, _) = crate::upstream::UpstreamSet::summary(&caps);
+    let upstreams: Vec<serde_json::Value> = s
+        .upstreams
+        .iter()
+        .zip(&caps)
+        .map(|(u, c)| {
+            let h = u.upstream.headroom(now);
+            json!({
+                "name": u.name,
+                "kind": u.upstream.kind(),
+                "api": u.api.name(),
+                "models": u.models,
+                "remaining": h.remaining,
+                "capacity": h.capacity,
+                "kept": u.kept(&h),
+                "lendable_bucket": c.headroom.label(),
+                "resets_at_ms": h.resets_at_ms,
+                "may_lend": u.upstream.may_lend(),
+            })
+        })
+        .collect();
     Json(json!({
         "peer_id": s.peer_id.to_string(),
         "short_id": s.peer_id.short(),
@@ -272,6 +290,7 @@ async fn node(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
         "wallet_balance": balance,
         "headroom_bucket": bucket.label(),
         "upstream": s.upstream,
+        "upstreams": upstreams,
         "privacy_mode": s.privacy,
         "ohttp_key_config": hex::encode(&s.ohttp_key_config),
         "tokens_received": NodeMetrics::get(&s.counters.tokens_received),

@@ -1,7 +1,7 @@
 //! The gateway tools call (docs/design.md §11): any method and path on `127.0.0.1:8640` by default.
 //!
-//! While this member's own upstream has headroom the request is served from it, with no token; otherwise it is
-//! borrowed (see [`crate::roles::borrower`]). The response keeps its status and headers (hop-by-hop ones removed).
+//! While one of this member's own upstreams serves the request (its API and model, docs/design.md §5.3) and has
+//! headroom, the request is served from it, with no token; otherwise it is borrowed (see [`crate::roles::borrower`]). The response keeps its status and headers (hop-by-hop ones removed).
 //!
 //! Before a request leaves the node these request headers are stripped:
 //! - hop-by-hop: `Connection`, `Keep-Alive`, `Proxy-Connection`, `Proxy-Authenticate`, `Proxy-Authorization`, `TE`,
@@ -40,7 +40,8 @@ use crate::clock::now_ms;
 use crate::metrics::NodeMetrics;
 use crate::roles::borrower::Borrower;
 use crate::roles::sticky::{CONVERSATION_HEADER, conversation_from_headers};
-use crate::upstream::{Upstream, UpstreamRequest, UpstreamResponse};
+use crate::upstream::{UpstreamRequest, UpstreamResponse, UpstreamSet};
+use lendmesh_protocol::capability::Need;
 
 pub use crate::config::DEFAULT_BODY_LIMIT;
 
@@ -72,8 +73,8 @@ const NODE_ONLY: &[&str] = &[CONVERSATION_HEADER];
 /// The gateway's state.
 #[derive(Clone)]
 pub struct GatewayState {
-    /// This member's upstream.
-    pub upstream: Arc<dyn Upstream>,
+    /// This member's upstreams.
+    pub upstreams: Arc<UpstreamSet>,
     /// The borrower.
     pub borrower: Borrower,
     /// NodeMetrics.
@@ -171,14 +172,19 @@ async fn handle(State(s): State<Arc<GatewayState>>, req: Request) -> Response<Bo
         body,
     };
     // Own capacity first: no token needed.
-    if let Some(permit) = s.upstream.try_acquire(now_ms(), 0) {
+    let need = Need::of(
+        &http.path_and_query,
+        &http.headers,
+        &lendmesh_protocol::scrub::Body::parse(&http.body),
+    );
+    if let Some((own, permit)) = s.upstreams.acquire_own(&need, now_ms()) {
         let req = UpstreamRequest {
             method: http.method,
             path_and_query: http.path_and_query,
             headers: http.headers,
             body: http.body,
         };
-        let result = s.upstream.call(permit, req).await;
+        let result = own.upstream.call(permit, req).await;
         s.counters.upstream_call(result.as_ref().ok().map(|r| r.status));
         return match result {
             Ok(r) => {

@@ -25,6 +25,7 @@ pub use lendmesh_protocol::borrow::PrivacyMode;
 use lendmesh_protocol::borrow::{
     AttemptResult, BorrowConfig, BorrowFailure, BorrowRun, Decision, Effect, RouteView,
 };
+use lendmesh_protocol::capability::{self, Need, Offer};
 use lendmesh_protocol::routing::{Candidate, Policy, RoutingParams};
 use lendmesh_protocol::scrub::{self, ApiFamily, ScrubSettings};
 use lendmesh_protocol::token::WalletToken;
@@ -58,6 +59,16 @@ pub enum BorrowError {
         fresh: usize,
         /// Suggested wait.
         retry_s: u64,
+    },
+    /// No member's upstream serves the request's API or model.
+    #[error(
+        "no member of the group serves {what}: none of the {lenders} members with a fresh attestation advertises an upstream for it (check the model name, or ask a member who has it to list it in its upstream's `models`)"
+    )]
+    NotServed {
+        /// The API and model asked for.
+        what: String,
+        /// Members with a fresh attestation.
+        lenders: usize,
     },
     /// Members with headroom exist, but all are cooling down after refusals or failures, or are not answering.
     #[error(
@@ -178,6 +189,7 @@ impl BorrowError {
     pub fn code(&self) -> &'static str {
         match self {
             BorrowError::NoLender { .. } => "no_lender_available",
+            BorrowError::NotServed { .. } => "no_capable_lender",
             BorrowError::LendersCooling { .. } => "lenders_cooling_down",
             BorrowError::NoRelay { .. } => "no_relay_available",
             BorrowError::WalletEmpty { .. } => "wallet_empty",
@@ -195,6 +207,8 @@ impl BorrowError {
             | BorrowError::NoRelay { .. }
             | BorrowError::WalletEmpty { .. } => 503,
             BorrowError::QuotaExhausted { .. } => 429,
+            // Not found in this group: retrying does not help until a member shares it.
+            BorrowError::NotServed { .. } => 404,
             BorrowError::Timeout { .. } => 504,
             BorrowError::Failed { .. } => 502,
         }
@@ -301,6 +315,23 @@ impl Borrower {
     ) -> Result<BorrowedResponse, BorrowError> {
         let started = std::time::Instant::now();
         let (http, conversation) = self.outgoing(http, conversation);
+        let need = Need::of(
+            &http.path_and_query,
+            &http.headers,
+            &scrub::Body::parse(&http.body),
+        );
+        // A request no member serves is refused at once, before any token is taken.
+        let first = self.peerbook.routing().await;
+        if !first.lenders.is_empty() && capable(&need, &first).candidates.is_empty() {
+            let e = BorrowError::NotServed {
+                what: need.describe(),
+                lenders: first.lenders.len(),
+            };
+            self.counters.inc(&self.counters.borrows_failed);
+            NodeMetrics::outcome(&self.counters.borrows, e.code());
+            return Err(e);
+        }
+        let mut next_reset_ms: Option<u64>;
         let http_bytes = bhttp::encode_request(&http);
         let digest = wire::request_digest(&http_bytes);
         let sticky = conversation
@@ -319,7 +350,10 @@ impl Borrower {
         let mut served: Option<BorrowedResponse> = None;
         let finish = loop {
             let view = self.peerbook.routing().await;
-            let candidates: Vec<Candidate> = view.lenders.iter().map(|l| l.candidate.clone()).collect();
+            // Only lenders that serve the request's API and model, each with that upstream's headroom.
+            let capable = capable(&need, &view);
+            next_reset_ms = capable.next_reset_ms;
+            let candidates: Vec<Candidate> = capable.candidates;
             let route = RouteView {
                 me: &self.me,
                 candidates: &candidates,
@@ -396,7 +430,21 @@ impl Borrower {
                 tried: run.tried().len(),
                 last: "served without a response".into(),
             }),
-            (Err(f), _) => Err(BorrowError::from(f)),
+            (Err(f), _) => Err(match BorrowError::from(f) {
+                // Capable lenders with no headroom: retry when the first of them resets.
+                BorrowError::NoLender {
+                    known,
+                    fresh,
+                    retry_s,
+                } => BorrowError::NoLender {
+                    known,
+                    fresh,
+                    retry_s: next_reset_ms.map_or(retry_s, |at| {
+                        at.saturating_sub(now_ms()).div_ceil(1000).clamp(1, 24 * 3600)
+                    }),
+                },
+                e => e,
+            }),
         };
         match &result {
             Ok(_) => {
@@ -632,7 +680,27 @@ fn refusal(reason: BorrowRefusal, retry_after_ms: Option<u64>) -> AttemptResult 
         BorrowRefusal::AlreadyServed => AttemptResult::Spent {
             why: "it served this request to an earlier attempt whose answer was lost on the way".into(),
         },
+        BorrowRefusal::NotServed => AttemptResult::Refused {
+            retry_after_ms,
+            why: "none of its upstreams serves this API or model".into(),
+            delivered: true,
+        },
     }
+}
+
+/// The lenders of `view` that serve `need` (`protocol::capability`).
+fn capable(need: &Need, view: &crate::roles::peerbook::RoutingView) -> capability::Capable {
+    let offers: Vec<Offer<'_>> = view
+        .lenders
+        .iter()
+        .map(|l| Offer {
+            peer: l.candidate.peer,
+            capabilities: &l.capabilities,
+            attestation_age_ms: l.candidate.attestation_age_ms,
+            cooling_until_ms: l.candidate.cooling_until_ms,
+        })
+        .collect();
+    capability::candidates_for(need, &offers)
 }
 
 fn run_failure(why: &str) -> lendmesh_protocol::borrow::Finish {

@@ -1,6 +1,7 @@
 //! The HTTP upstream: forwards to a real rate-limited API, reading its rate-limit headers for headroom.
 
 use super::*;
+use lendmesh_protocol::subscription::Subscription;
 
 /// Settings for [`HttpUpstream`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,6 +43,9 @@ struct HttpState {
     /// The looser dimension (requests or tokens, in requests) that binds once the tighter one resets:
     /// `(remaining, resets_at_ms)`, later than `resets_at_ms`.
     then: Option<(u64, u64)>,
+    /// A subscription's windows (`anthropic-ratelimit-unified-*`, Codex's percentages), merged response by
+    /// response: the headroom is also at most the binding window's fraction left of the capacity.
+    subscription: Option<Subscription>,
 }
 
 /// An upstream reached over HTTP(S) with an optional key.
@@ -170,6 +174,7 @@ impl HttpUpstream {
                 resets_at_ms: 0,
                 epoch: 0,
                 then: None,
+                subscription: None,
             }),
             in_flight: Arc::new(AtomicU64::new(0)),
         })
@@ -177,6 +182,27 @@ impl HttpUpstream {
 
     fn capacity(&self, st: &HttpState) -> u64 {
         st.limit.unwrap_or(self.budget)
+    }
+
+    /// The headroom for a request for `model`: the request estimate, and at most the subscription's fraction left
+    /// (of the binding window that applies to `model`) of the capacity, resetting with that window.
+    fn view(&self, st: &HttpState, now_ms: u64, model: Option<&str>) -> Headroom {
+        let capacity = self.capacity(st).max(st.remaining);
+        let mut h = Headroom {
+            remaining: st.remaining,
+            capacity,
+            resets_at_ms: st.resets_at_ms,
+        };
+        if let Some(sub) = &st.subscription {
+            let left = lendmesh_protocol::subscription::units(sub.left(model, now_ms), capacity);
+            if left < h.remaining {
+                h.remaining = left;
+                if let Some(reset) = sub.resets_at_ms(model, now_ms) {
+                    h.resets_at_ms = reset;
+                }
+            }
+        }
+        h
     }
 
     /// The estimate rolled forward to `now_ms`: once the reset instant has passed, the looser dimension takes
@@ -246,16 +272,34 @@ impl HttpUpstream {
                 "upstream rate limit learned"
             );
         }
-        let refused = status == 429 || status == 503;
+        let subscription = Subscription::parse(headers);
+        let told = learned.is_some() || subscription.is_some();
+        if let Some(newer) = subscription {
+            if newer.ignored > 0 {
+                debug!(
+                    ignored = newer.ignored,
+                    "subscription rate-limit values ignored (malformed or out of range)"
+                );
+            }
+            match &mut st.subscription {
+                Some(sub) => sub.update(newer),
+                None => st.subscription = Some(newer),
+            }
+        }
         let retry_after = learned.and_then(|l| l.retry_after_ms);
-        let block_until = if refused {
-            let header_instant = retry_after.max(reset_learned);
-            Some(
-                header_instant
+        // What a refusal means (docs/design.md §5.3): a 429 that says nothing about the limits fails over without
+        // touching the headroom; one with rate-limit headers set it from them above, and its `Retry-After` or reset
+        // blocks until then. An unavailable or overloaded upstream (503, 529) has not spent any quota.
+        let block_until = match status {
+            503 | 529 => None,
+            429 if !told => None,
+            429 if st.subscription.is_some() && learned.is_none() => None,
+            429 => Some(
+                retry_after
+                    .max(reset_learned)
                     .unwrap_or_else(|| st.resets_at_ms.max(now_ms.saturating_add(MIN_REFUSAL_BACKOFF_MS))),
-            )
-        } else {
-            retry_after
+            ),
+            _ => retry_after,
         };
         if let Some(until) = block_until.filter(|&u| u > now_ms) {
             st.remaining = 0;
@@ -411,17 +455,27 @@ impl Upstream for HttpUpstream {
     }
 
     fn headroom(&self, now_ms: u64) -> Headroom {
-        let st = self.state(now_ms);
-        Headroom {
-            remaining: st.remaining,
-            capacity: self.capacity(&st).max(st.remaining),
-            resets_at_ms: st.resets_at_ms,
-        }
+        self.view(&self.state(now_ms), now_ms, None)
+    }
+
+    fn headroom_for(&self, now_ms: u64, model: Option<&str>) -> Headroom {
+        self.view(&self.state(now_ms), now_ms, model)
+    }
+
+    fn may_lend(&self) -> bool {
+        lock(&self.state)
+            .subscription
+            .as_ref()
+            .is_none_or(Subscription::may_lend)
     }
 
     fn try_acquire(&self, now_ms: u64, reserve: u64) -> Option<Permit> {
+        self.try_acquire_for(now_ms, reserve, None)
+    }
+
+    fn try_acquire_for(&self, now_ms: u64, reserve: u64, model: Option<&str>) -> Option<Permit> {
         let mut st = self.state(now_ms);
-        (st.remaining > reserve).then(|| {
+        (self.view(&st, now_ms, model).remaining > reserve).then(|| {
             st.remaining -= 1;
             if let Some((left, _)) = &mut st.then {
                 *left = left.saturating_sub(1);

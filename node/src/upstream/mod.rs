@@ -302,6 +302,19 @@ pub trait Upstream: Send + Sync + 'static {
     /// Gives the unit back (the upstream refused before doing work). A permit from an earlier window is only
     /// retired: the new window already started full.
     fn release(&self, permit: Permit);
+    /// What is left for a request for `model` (an upstream whose provider reports per-model windows, such as a
+    /// subscription's `7d_sonnet`, narrows it); by default the same for every model.
+    fn headroom_for(&self, now_ms: u64, _model: Option<&str>) -> Headroom {
+        self.headroom(now_ms)
+    }
+    /// [`Upstream::try_acquire`] for a request for `model`.
+    fn try_acquire_for(&self, now_ms: u64, reserve: u64, _model: Option<&str>) -> Option<Permit> {
+        self.try_acquire(now_ms, reserve)
+    }
+    /// Whether this upstream may be lent at all now: a subscription that bills beyond its plan may not.
+    fn may_lend(&self) -> bool {
+        true
+    }
     /// Calls the upstream, spending `permit`. Resolves when the response head arrives; the body follows as a
     /// stream ([`UpstreamResponse::body`]), and dropping it (or this future) cancels the call.
     fn call(
@@ -336,10 +349,12 @@ mod auth;
 mod http;
 mod mock;
 mod ratelimit;
+mod set;
 pub use auth::*;
 pub use http::*;
 pub use mock::*;
 pub use ratelimit::*;
+pub use set::*;
 
 #[cfg(test)]
 mod tests;

@@ -103,6 +103,26 @@ pub struct AttestationBody {
     /// `(epoch, issuer key id)` of the epochs the lender holds (at most
     /// [`MAX_ANNOUNCED_KEYS`]): receivers compare them with their own (key consistency, docs/design.md §4).
     pub epoch_keys: Vec<(u32, [u8; 32])>,
+    /// What each of the lender's upstreams serves and can lend (at most
+    /// [`crate::capability::MAX_CAPABILITIES`]; docs/design.md §5.3). `headroom` above is the best of them.
+    pub capabilities: Vec<crate::capability::Capability>,
+}
+
+impl AttestationBody {
+    /// The lender's capabilities; a lender that lists none serves any request from one upstream (`Api::Any`, any
+    /// model) with the body's headroom.
+    pub fn offered(&self) -> Vec<crate::capability::Capability> {
+        if self.capabilities.is_empty() {
+            vec![crate::capability::Capability {
+                api: crate::capability::Api::Any,
+                models: vec![],
+                headroom: self.headroom,
+                resets_at_ms: self.window_resets_at_ms,
+            }]
+        } else {
+            self.capabilities.clone()
+        }
+    }
 }
 
 /// A tagged and signed attestation.
@@ -273,7 +293,10 @@ impl AttestationAcceptor {
         if !roster.is_active(&body.peer_id, now_ms) {
             return Err(AttestationRejection::NotOnRoster);
         }
-        if body.ohttp_key_config.len() > MAX_KEY_CONFIG_LEN || body.epoch_keys.len() > MAX_ANNOUNCED_KEYS {
+        if body.ohttp_key_config.len() > MAX_KEY_CONFIG_LEN
+            || body.epoch_keys.len() > MAX_ANNOUNCED_KEYS
+            || crate::capability::check(&body.capabilities).is_err()
+        {
             return Err(AttestationRejection::Malformed);
         }
         if body.issued_at_ms + self.config.window_ms < now_ms {
@@ -411,6 +434,7 @@ mod tests {
             window_resets_at_ms: at + 60_000,
             ohttp_key_config: vec![1, 2, 3],
             epoch_keys: vec![(1, [9; 32])],
+            capabilities: vec![],
         };
         Attestation::create(body, akey, &key(signer)).unwrap()
     }

@@ -129,6 +129,9 @@ pub enum BorrowRefusal {
     BadRequest(String),
     /// This request id was already served (its answer went to an earlier attempt): the token is spent.
     AlreadyServed,
+    /// None of the lender's upstreams serves the request's API or model (before claiming: the token stays
+    /// unspent). The borrower's view of the lender was stale.
+    NotServed,
 }
 
 /// What the lender seals back first (a length-prefixed frame at the start of the sealed plaintext).

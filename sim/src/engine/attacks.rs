@@ -148,6 +148,7 @@ impl Sim<'_> {
                     window_resets_at_ms: local + 60_000,
                     ohttp_key_config: vec![0x20; 41],
                     epoch_keys: vec![],
+                    capabilities: vec![],
                 };
                 let (att, about) = if self.adv_rng.next_u32().is_multiple_of(2) {
                     // Tagged with a key that is not the group's.

@@ -8,12 +8,13 @@
 //! borrower used a stale key config: it is told so in the clear and re-seals), then goes down `protocol`'s lend
 //! ladder (`protocol::lend`, which the simulator drives too), in order:
 //! 1. answers a retry of a known request id from its idempotency cache (or joins the in-flight original);
-//! 2. takes one unit of its upstream's capacity, keeping `reserve` for its own member — **refusing before any
-//!    claim** when there is none, so the token stays unspent;
+//! 2. takes one unit of the first of its upstreams that serves the request (its API and model, docs/design.md §5.3)
+//!    and has room beyond what its member keeps — **refusing before any claim** when there is none (or none serves
+//!    it), so the token stays unspent;
 //! 3. redeems the token (type, epoch, key id, signature, spend binding) and **claims its hash durably** in the
 //!    store before doing any work;
-//! 4. calls the upstream; a 429 / 503 means no work was done, so the claim is released and the token can be spent
-//!    again elsewhere;
+//! 4. calls that upstream; a 429, 503 or 529 means no work was done, so the claim is released and the token can be
+//!    spent again elsewhere;
 //! 5. seals the response to the borrower.
 //!
 //! The lender sees the request and *a* valid token, bound to itself, and the relay's id — never the borrower's. Its
@@ -43,7 +44,7 @@ use crate::group::state::GroupView;
 use crate::metrics::NodeMetrics;
 use crate::net::NetworkHandle;
 use crate::store::{LendEntry, LendRetention, Store};
-use crate::upstream::{Upstream, UpstreamError, UpstreamRequest};
+use crate::upstream::{UpstreamError, UpstreamRequest, UpstreamSet};
 
 /// Messages queued to the lender: 256 (borrows from every member at once in a 100-member group, with room).
 pub const CAPACITY: usize = 256;
@@ -97,6 +98,8 @@ pub enum LendOutcome {
     BadRequest,
     /// No headroom beyond the reserve: refused before any claim.
     NoHeadroom,
+    /// None of this member's upstreams serves the request's API or model: refused before any claim.
+    NotServed,
     /// The token was rejected (the redeemer's label).
     TokenRejected(&'static str),
     /// The redemption task failed.
@@ -117,6 +120,7 @@ impl LendOutcome {
             LendOutcome::Served => "served",
             LendOutcome::BadRequest => "bad_request",
             LendOutcome::NoHeadroom => "no_headroom",
+            LendOutcome::NotServed => "not_served",
             LendOutcome::TokenRejected(_) => "token_rejected",
             LendOutcome::Internal => "internal",
             LendOutcome::UpstreamRefused(_) => "upstream_refused",
@@ -265,10 +269,8 @@ pub struct LenderParams {
     pub group_id: GroupId,
     /// The group attestation key.
     pub attestation_key: AttestationKey,
-    /// The member's upstream.
-    pub upstream: Arc<dyn Upstream>,
-    /// Units kept for this member.
-    pub reserve: u64,
+    /// The member's upstreams.
+    pub upstreams: Arc<UpstreamSet>,
     /// Periodic attestation interval.
     pub period: Duration,
     /// Token checks; its accepted epochs follow `view`.
@@ -292,16 +294,6 @@ impl std::fmt::Debug for LenderParams {
     }
 }
 
-/// The bucket this member attests: its headroom after the reserve.
-pub fn lendable_bucket(upstream: &dyn Upstream, reserve: u64, now: u64) -> (HeadroomBucket, u64) {
-    let h = upstream.headroom(now);
-    let lendable = h.remaining.saturating_sub(reserve);
-    (
-        HeadroomBucket::from_remaining(lendable, h.capacity.saturating_sub(reserve)),
-        h.resets_at_ms,
-    )
-}
-
 /// Starts the lender.
 pub fn spawn(
     params: LenderParams,
@@ -314,10 +306,9 @@ pub fn spawn(
     let seq = store.attestation_seq().unwrap_or(0);
     let shared = Arc::new(serve::LendShared {
         counters: counters.clone(),
-        upstream: params.upstream.clone(),
+        upstreams: params.upstreams.clone(),
         redeemer: std::sync::RwLock::new(params.redeemer.clone()),
         store: store.clone(),
-        reserve: params.reserve,
         keys: params.keys.clone(),
         tasks: params.tasks.clone(),
     });
@@ -330,7 +321,7 @@ pub fn spawn(
         counters,
         rx,
         seq,
-        last_bucket: None,
+        last_buckets: Vec::new(),
         ladder: LendLadder::new(LendConfig::default()),
         waiters: HashMap::new(),
         shared: shared.clone(),
@@ -345,7 +336,7 @@ struct Lender {
     counters: Arc<NodeMetrics>,
     rx: mpsc::Receiver<Command>,
     seq: u64,
-    last_bucket: Option<HeadroomBucket>,
+    last_buckets: Vec<HeadroomBucket>,
     /// The lend rules' idempotency cache and bounds (`protocol::lend`).
     ladder: LendLadder<InnerBorrowResponse>,
     /// Retries parked until the original ends (at most `max_waiters` per request id, by the ladder).
@@ -407,8 +398,9 @@ impl Lender {
                     last_sent = tokio::time::Instant::now();
                 }
                 _ = change.tick() => {
-                    let (bucket, _) = lendable_bucket(&*self.p.upstream, self.p.reserve, now_ms());
-                    if Some(bucket) != self.last_bucket && last_sent.elapsed() >= DEBOUNCE {
+                    let buckets: Vec<HeadroomBucket> =
+                        self.p.upstreams.capabilities(now_ms()).iter().map(|c| c.headroom).collect();
+                    if buckets != self.last_buckets && last_sent.elapsed() >= DEBOUNCE {
                         self.handle_publish().await;
                         last_sent = tokio::time::Instant::now();
                     }
@@ -426,7 +418,9 @@ impl Lender {
 
     async fn handle_publish(&mut self) {
         let now = now_ms();
-        let (bucket, resets) = lendable_bucket(&*self.p.upstream, self.p.reserve, now);
+        let capabilities = self.p.upstreams.capabilities(now);
+        let (bucket, resets) = UpstreamSet::summary(&capabilities);
+        let buckets: Vec<HeadroomBucket> = capabilities.iter().map(|c| c.headroom).collect();
         let seq = self.seq + 1;
         // Durable before publishing: a restart never reuses an accepted seq.
         if let Err(e) = self.store.put_attestation_seq(seq) {
@@ -443,6 +437,7 @@ impl Lender {
             window_resets_at_ms: resets,
             ohttp_key_config: self.p.keys.encoded_config().to_vec(),
             epoch_keys: self.p.view.borrow().epochs.announced_keys(now),
+            capabilities,
         };
         let att = match Attestation::create(body, &self.p.attestation_key, &self.p.node_key) {
             Ok(a) => a,
@@ -453,7 +448,7 @@ impl Lender {
         };
         match self.net.publish(GossipMessage::Attestation(att)).await {
             Ok(()) => {
-                self.last_bucket = Some(bucket);
+                self.last_buckets = buckets;
                 self.counters.inc(&self.counters.attestations_published);
                 debug!(seq, bucket = bucket.label(), "attestation published");
             }

@@ -16,11 +16,13 @@ use std::time::Instant;
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use lendmesh_protocol::bhttp;
+use lendmesh_protocol::capability::Need;
+use lendmesh_protocol::scrub::Body;
 use tokio_util::task::TaskTracker;
 
 use super::*;
 use crate::net::streams::Streams;
-use crate::upstream::UpstreamResponse;
+use crate::upstream::{NoUpstream, UpstreamResponse};
 
 /// Largest request body a borrower can send (the wire's limit for an HTTP message).
 const MAX_REQUEST_BODY: usize = wire::MAX_HTTP_MESSAGE;
@@ -32,11 +34,10 @@ const HOP_BY_HOP: [&str; 4] = ["connection", "keep-alive", "transfer-encoding", 
 /// What serving a borrow needs (cheap clones of shared handles; no domain state).
 pub(crate) struct LendShared {
     pub(super) counters: Arc<NodeMetrics>,
-    pub(super) upstream: Arc<dyn Upstream>,
+    pub(super) upstreams: Arc<UpstreamSet>,
     /// The actor keeps it current with the group's epochs; a lend reads a snapshot.
     pub(super) redeemer: std::sync::RwLock<Redeemer>,
     pub(super) store: Store,
-    pub(super) reserve: u64,
     pub(super) keys: OhttpKeys,
     pub(super) tasks: TaskTracker,
 }
@@ -44,7 +45,7 @@ pub(crate) struct LendShared {
 impl std::fmt::Debug for LendShared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LendShared")
-            .field("reserve", &self.reserve)
+            .field("upstreams", &self.upstreams)
             .finish_non_exhaustive()
     }
 }
@@ -346,15 +347,20 @@ impl LendShared {
         };
         record.request = format!("{} {}", http.method, http.path_and_query);
         record.request_bytes = http.body.len() as u64;
-        // 2. Headroom, keeping the reserve: refuse before any claim (`protocol::lend::headroom`).
-        let h = self.upstream.headroom(now);
-        let permit = lend::headroom(h.remaining, self.reserve, h.resets_at_ms, now)
-            .ok()
-            .and_then(|()| self.upstream.try_acquire(now, self.reserve));
-        let Some(permit) = permit else {
-            record.outcome = LendOutcome::NoHeadroom;
-            let retry = lend::headroom(0, 0, h.resets_at_ms, now).err();
-            return (refuse(BorrowRefusal::NoHeadroom, retry), record);
+        // 2. An upstream that serves the request and has room beyond what its member keeps: refuse before any
+        //    claim (`protocol::lend::headroom`).
+        let need = Need::of(&http.path_and_query, &http.headers, &Body::parse(&http.body));
+        let (upstream, permit) = match self.upstreams.acquire_lend(&need, now) {
+            Ok((shared, permit)) => (shared.upstream.clone(), permit),
+            Err(NoUpstream::NotServed) => {
+                record.outcome = LendOutcome::NotServed;
+                return (refuse(BorrowRefusal::NotServed, None), record);
+            }
+            Err(NoUpstream::NoHeadroom { resets_at_ms }) => {
+                record.outcome = LendOutcome::NoHeadroom;
+                let retry = lend::headroom(0, 0, resets_at_ms, now).err();
+                return (refuse(BorrowRefusal::NoHeadroom, retry), record);
+            }
         };
         // 3. Redeem and claim durably before any work.
         let digest = wire::request_digest(&inner.http_request);
@@ -365,7 +371,7 @@ impl LendShared {
         let redemption = match redeemed {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
-                self.upstream.release(permit);
+                upstream.release(permit);
                 record.outcome = LendOutcome::TokenRejected(e.label());
                 return (
                     refuse(BorrowRefusal::TokenRejected(e.label().into()), None),
@@ -373,14 +379,13 @@ impl LendShared {
                 );
             }
             Err(e) => {
-                self.upstream.release(permit);
+                upstream.release(permit);
                 record.outcome = LendOutcome::Internal;
                 return (refuse(BorrowRefusal::UpstreamFailed(e.to_string()), None), record);
             }
         };
         // 4. The upstream; what its answer means for the claim is `protocol::lend::after_upstream`.
-        let result = self
-            .upstream
+        let result = upstream
             .call(
                 permit,
                 UpstreamRequest {

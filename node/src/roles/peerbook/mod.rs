@@ -161,6 +161,8 @@ pub struct LenderCandidate {
     pub candidate: lendmesh_protocol::routing::Candidate,
     /// Its OHTTP key config.
     pub key_config: Vec<u8>,
+    /// What its upstreams serve and can lend (`protocol::capability`).
+    pub capabilities: Vec<lendmesh_protocol::capability::Capability>,
 }
 
 /// What the borrower needs to route one request.

@@ -36,6 +36,7 @@ impl PeerBook {
                     },
                 },
                 key_config: att.body.ohttp_key_config.clone(),
+                capabilities: att.body.offered(),
             })
             .collect();
         // Relays: connected members not cooling down and not left out by `protocol::health`.

@@ -3,6 +3,8 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap as AxumHeaders, Method, Uri};
 use axum::response::Response;
+use lendmesh_protocol::attestation::HeadroomBucket;
+use lendmesh_protocol::capability::{Api, Need};
 use serde_json::Value;
 
 /// Upper bound on every network wait in these tests.
@@ -246,7 +248,8 @@ fn http_refusals_block_until_retry_after_or_reset() {
     assert!(up.try_acquire(120_999, 0).is_none());
     assert_eq!(up.headroom(121_000).remaining, 5);
 
-    // 503 with a reset header later than Retry-After: the later instant wins.
+    // An unavailable or overloaded upstream has spent no quota (docs/design.md §5.3): its rate-limit headers still
+    // say what is left, its Retry-After does not block.
     up.learn(
         503,
         &h(&[
@@ -258,19 +261,109 @@ fn http_refusals_block_until_retry_after_or_reset() {
     assert_eq!(
         up.headroom(200_000),
         Headroom {
-            remaining: 0,
+            remaining: 3,
             capacity: 10,
             resets_at_ms: 230_000
         }
     );
-    // 429 with nothing to go on: blocked until the current window ends.
-    up.learn(429, &[], 230_000);
-    assert_eq!(up.headroom(230_000).remaining, 0);
-    assert_eq!(up.headroom(230_000).resets_at_ms, 240_000);
+    up.learn(529, &h(&[("retry-after", "30")]), 200_000);
+    assert_eq!(
+        up.headroom(200_000).remaining,
+        3,
+        "overloaded is not out of quota"
+    );
+    // A 429 with nothing to go on fails over without touching the headroom.
+    up.learn(429, &[], 200_000);
+    assert_eq!(up.headroom(200_000).remaining, 3);
+    // A 429 whose headers say the window is spent blocks until its reset.
+    up.learn(
+        429,
+        &h(&[("ratelimit", "limit=10, remaining=0, reset=40")]),
+        200_000,
+    );
+    assert_eq!(up.headroom(200_000).remaining, 0);
+    assert_eq!(up.headroom(200_000).resets_at_ms, 240_000);
     // Retry-After on a success still means "not before then".
     up.learn(200, &h(&[("retry-after", "2")]), 300_000);
     assert_eq!(up.headroom(300_000).remaining, 0);
     assert_eq!(up.headroom(302_000).remaining, 10);
+}
+
+/// A subscription's windows (Anthropic's unified headers) in the order a Claude subscription sends them.
+fn unified(windows: &[(&str, &str, &str, u64)], summary: Option<(&str, &str)>) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for (name, status, utilization, reset_s) in windows {
+        let p = format!("anthropic-ratelimit-unified-{name}");
+        out.push((format!("{p}-status"), status.as_bytes().to_vec()));
+        out.push((format!("{p}-utilization"), utilization.as_bytes().to_vec()));
+        out.push((format!("{p}-reset"), reset_s.to_string().into_bytes()));
+    }
+    if let Some((status, claim)) = summary {
+        out.push((
+            "anthropic-ratelimit-unified-status".into(),
+            status.as_bytes().to_vec(),
+        ));
+        out.push((
+            "anthropic-ratelimit-unified-representative-claim".into(),
+            claim.as_bytes().to_vec(),
+        ));
+    }
+    out
+}
+
+#[test]
+fn a_subscriptions_windows_set_the_headroom_per_model() {
+    let up = http("http://127.0.0.1:9/");
+    let now = 1_000_000;
+    let later_s = 4_000;
+    // Healthy: 42 % of the 5 h window used binds (the budget is 5 a window in these tests).
+    up.learn(
+        200,
+        &unified(
+            &[
+                ("5h", "allowed", "0.42", later_s),
+                ("7d", "allowed", "0.10", later_s * 10),
+            ],
+            Some(("allowed", "five_hour")),
+        ),
+        now,
+    );
+    assert_eq!(
+        up.headroom_for(now, Some("claude-sonnet-4-5")).remaining,
+        2,
+        "58 % of 5"
+    );
+    assert!(up.may_lend());
+    // The trap: a 429 whose summary says rejected while only the opus-scoped weekly window is: Sonnet is not
+    // blocked, Opus is, until that window resets.
+    up.learn(
+        429,
+        &unified(
+            &[("7d_oi", "rejected", "1.02", later_s)],
+            Some(("rejected", "seven_day_opus")),
+        ),
+        now,
+    );
+    assert_eq!(up.headroom_for(now, Some("claude-opus-4-1")).remaining, 0);
+    assert_eq!(
+        up.headroom_for(now, Some("claude-opus-4-1")).resets_at_ms,
+        later_s * 1000
+    );
+    assert_eq!(up.headroom_for(now, Some("claude-sonnet-4-5")).remaining, 2);
+    assert!(up.try_acquire_for(now, 0, Some("claude-opus-4-1")).is_none());
+    assert!(up.try_acquire_for(now, 0, Some("claude-sonnet-4-5")).is_some());
+    // A 429 carrying only the spent 5 h window: nothing for any model until it resets; the week survives.
+    up.learn(429, &unified(&[("5h", "rejected", "1.0", later_s)], None), now);
+    assert_eq!(up.headroom_for(now, Some("claude-sonnet-4-5")).remaining, 0);
+    assert_eq!(
+        up.headroom_for(later_s * 1000, Some("claude-sonnet-4-5"))
+            .remaining,
+        4,
+        "90 % of 5, the week"
+    );
+    // Billing beyond the plan: never lent.
+    up.learn(200, &unified(&[], Some(("allowed", "overage"))), now);
+    assert!(!up.may_lend());
 }
 
 #[test]
@@ -376,4 +469,76 @@ async fn mock_streams_server_sent_events_apart() {
     assert_eq!(events[3].1, "data: [DONE]\n\n");
     assert_eq!(events[0].0, Duration::ZERO, "the first event comes at once");
     assert_eq!(events[3].0, Duration::from_millis(600), "then one every 200 ms");
+}
+
+fn shared(name: &str, api: Api, models: &[&str], capacity: u64, keep_share: f64) -> Shared {
+    Shared {
+        name: name.into(),
+        api,
+        models: models.iter().map(|m| m.to_string()).collect(),
+        reserve: 0,
+        keep_share,
+        upstream: Arc::new(MockUpstream::new(
+            name.into(),
+            capacity,
+            Duration::from_secs(60),
+            Duration::ZERO,
+        )),
+    }
+}
+
+fn need(path: &str, model: Option<&str>) -> Need {
+    let body = model.map_or_else(String::new, |m| format!(r#"{{"model":"{m}"}}"#));
+    Need::of(path, &[], &lendmesh_protocol::scrub::Body::parse(body.as_bytes()))
+}
+
+#[test]
+fn a_lend_goes_to_an_upstream_that_serves_it_and_stops_at_the_kept_share() {
+    let set = UpstreamSet::new(vec![
+        shared("openai", Api::OpenAiChat, &["gpt-4o"], 10, 0.3),
+        shared("claude", Api::AnthropicMessages, &[], 10, 0.3),
+    ]);
+    let now = 0;
+    let anthropic = need("/v1/messages", Some("claude-sonnet-4-5"));
+    // Seven lends, then the kept 30 % is the member's alone.
+    for _ in 0..7 {
+        let (s, p) = set.acquire_lend(&anthropic, now).expect("room to lend");
+        assert_eq!(s.name, "claude");
+        s.upstream.release(p);
+        let (_, p) = set.acquire_own(&anthropic, now).expect("own");
+        drop(p);
+    }
+    assert_eq!(
+        set.acquire_lend(&anthropic, now).map(|(s, _)| s.name.clone()),
+        Err(NoUpstream::NoHeadroom { resets_at_ms: 60_000 })
+    );
+    for _ in 0..3 {
+        let (s, p) = set.acquire_own(&anthropic, now).expect("the member's own share");
+        assert_eq!(s.name, "claude");
+        drop(p);
+    }
+    assert!(set.acquire_own(&anthropic, now).is_none(), "the window is spent");
+    // Nobody here serves this model, or this API.
+    assert_eq!(
+        set.acquire_lend(&need("/v1/chat/completions", Some("o3")), now)
+            .map(|(s, _)| s.name.clone()),
+        Err(NoUpstream::NotServed)
+    );
+    assert_eq!(
+        set.acquire_lend(&need("/api/generate", None), now)
+            .map(|(s, _)| s.name.clone()),
+        Err(NoUpstream::NotServed)
+    );
+    // The attestation: one capability per upstream, with its lendable bucket.
+    let caps = set.capabilities(now);
+    assert_eq!(caps.len(), 2);
+    assert_eq!(
+        (caps[0].api, caps[0].headroom),
+        (Api::OpenAiChat, HeadroomBucket::High)
+    );
+    assert_eq!(
+        (caps[1].api, caps[1].headroom),
+        (Api::AnthropicMessages, HeadroomBucket::None)
+    );
+    assert_eq!(UpstreamSet::summary(&caps).0, HeadroomBucket::High);
 }
