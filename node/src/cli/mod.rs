@@ -232,6 +232,16 @@ pub struct RunArgs {
     /// caller's header of the same name is replaced).
     #[arg(long = "upstream-header", value_name = "NAME=VALUE", value_parser = crate::upstream::parse_header_flag)]
     pub upstream_headers: Vec<(String, String)>,
+    /// The API the upstream speaks: openai-chat, openai-responses, anthropic-messages or any [default: any]; borrows
+    /// of another API are not sent to this member.
+    #[arg(long, value_name = "API")]
+    pub upstream_api: Option<lendmesh_protocol::capability::Api>,
+    /// A model the upstream serves (repeatable; a trailing * matches by prefix) [default: any model].
+    #[arg(long = "upstream-model", value_name = "MODEL")]
+    pub upstream_models: Vec<String>,
+    /// Share of each window of the upstream never lent, 0 to 1 [default: 0.3 for http, 0 for mock].
+    #[arg(long, value_name = "SHARE")]
+    pub keep_share: Option<f64>,
     /// HTTP upstream: how long to wait for the response head (1s to 1h) [default: 5m].
     #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_upstream_timeout)]
     pub upstream_first_byte_timeout: Option<Duration>,
@@ -321,6 +331,15 @@ impl RunArgs {
         }
         if let Some(v) = &self.upstream_key_env {
             c.upstream.key_env = v.clone();
+        }
+        if let Some(api) = self.upstream_api {
+            c.upstream.api = api;
+        }
+        if !self.upstream_models.is_empty() {
+            c.upstream.models = self.upstream_models.clone();
+        }
+        if let Some(k) = self.keep_share {
+            c.upstream.keep_share = Some(k);
         }
         if let Some(v) = &self.upstream_auth {
             c.upstream.auth = v.clone();

@@ -256,8 +256,7 @@ async fn node(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
     let upstreams: Vec<serde_json::Value> = s
         .upstreams
         .iter()
-        .zip(&caps)
-        .map(|(u, c)| {
+        .map(|u| {
             let h = u.upstream.headroom(now);
             json!({
                 "name": u.name,
@@ -267,7 +266,8 @@ async fn node(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
                 "remaining": h.remaining,
                 "capacity": h.capacity,
                 "kept": u.kept(&h),
-                "lendable_bucket": c.headroom.label(),
+                "lendable_bucket": u.capability(now).headroom.label(),
+                "advertised": h.capacity > 0,
                 "resets_at_ms": h.resets_at_ms,
                 "may_lend": u.upstream.may_lend(),
             })

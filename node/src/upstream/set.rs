@@ -123,9 +123,14 @@ impl UpstreamSet {
         self.shared.first()
     }
 
-    /// Each upstream's capability at `now`.
+    /// Each upstream's capability at `now`, but for upstreams of no capacity at all (a member that shares nothing,
+    /// such as a mock with a capacity of 0): those are not advertised.
     pub fn capabilities(&self, now: u64) -> Vec<Capability> {
-        self.shared.iter().map(|s| s.capability(now)).collect()
+        self.shared
+            .iter()
+            .filter(|s| s.upstream.headroom(now).capacity > 0)
+            .map(|s| s.capability(now))
+            .collect()
     }
 
     /// The best bucket among `caps` and the earliest reset among those with it (the attestation's summary).

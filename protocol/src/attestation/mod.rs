@@ -109,10 +109,13 @@ pub struct AttestationBody {
 }
 
 impl AttestationBody {
-    /// The lender's capabilities; a lender that lists none serves any request from one upstream (`Api::Any`, any
-    /// model) with the body's headroom.
+    /// The lender's capabilities. A lender that lists none shares nothing if it attests no headroom (a member whose
+    /// every upstream has a capacity of zero), else it serves any request from one upstream (`Api::Any`, any model)
+    /// with the body's headroom.
     pub fn offered(&self) -> Vec<crate::capability::Capability> {
-        if self.capabilities.is_empty() {
+        if self.capabilities.is_empty() && self.headroom == HeadroomBucket::None {
+            vec![]
+        } else if self.capabilities.is_empty() {
             vec![crate::capability::Capability {
                 api: crate::capability::Api::Any,
                 models: vec![],

@@ -152,6 +152,21 @@ pub struct AttestationView {
     pub age_ms: u64,
     /// Sequence number.
     pub seq: u64,
+    /// What each of its upstreams serves and can lend.
+    pub upstreams: Vec<CapabilityView>,
+}
+
+/// One advertised upstream's public view.
+#[derive(Clone, Debug, Serialize)]
+pub struct CapabilityView {
+    /// Its API (`openai-chat`, `openai-responses`, `anthropic-messages`, `any`).
+    pub api: &'static str,
+    /// The models it serves; empty: any.
+    pub models: Vec<String>,
+    /// What it can lend.
+    pub bucket: &'static str,
+    /// When its window resets (ms since the Unix epoch).
+    pub resets_at_ms: u64,
 }
 
 /// A lender candidate: what routing needs, plus its key config to seal to.

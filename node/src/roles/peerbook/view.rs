@@ -103,6 +103,17 @@ impl PeerBook {
                         issued_at_ms: a.body.issued_at_ms,
                         age_ms: now.saturating_sub(a.body.issued_at_ms),
                         seq: a.body.seq,
+                        upstreams: a
+                            .body
+                            .offered()
+                            .into_iter()
+                            .map(|c| CapabilityView {
+                                api: c.api.name(),
+                                models: c.models,
+                                bucket: c.headroom.label(),
+                                resets_at_ms: c.resets_at_ms,
+                            })
+                            .collect(),
                     }),
                     last_seen_ago_ms: e.last_seen_ms.map(|t| now.saturating_sub(t)),
                     outcomes: e.outcomes,
