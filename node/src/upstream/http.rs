@@ -273,7 +273,8 @@ impl HttpUpstream {
             );
         }
         let subscription = Subscription::parse(headers);
-        let told = learned.is_some() || subscription.is_some();
+        let windows_said = subscription.is_some();
+        let told = learned.is_some() || windows_said;
         if let Some(newer) = subscription {
             if newer.ignored > 0 {
                 debug!(
@@ -288,12 +289,13 @@ impl HttpUpstream {
         }
         let retry_after = learned.and_then(|l| l.retry_after_ms);
         // What a refusal means (docs/design.md §5.3): a 429 that says nothing about the limits fails over without
-        // touching the headroom; one with rate-limit headers set it from them above, and its `Retry-After` or reset
-        // blocks until then. An unavailable or overloaded upstream (503, 529) has not spent any quota.
+        // touching the headroom; one with a subscription's windows set it from them above, window by window (its
+        // `Retry-After`, hours for a weekly window, would block every model for one model family's window); one
+        // with other rate-limit headers set it from them, and its `Retry-After` or reset blocks until then. An
+        // unavailable or overloaded upstream (503, 529) has not spent any quota.
         let block_until = match status {
             503 | 529 => None,
-            429 if !told => None,
-            429 if st.subscription.is_some() && learned.is_none() => None,
+            429 if !told || windows_said => None,
             429 => Some(
                 retry_after
                     .max(reset_learned)

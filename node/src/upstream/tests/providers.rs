@@ -237,3 +237,120 @@ async fn http_anthropic_style_headroom_follows_the_tightest_token_limit() {
     );
     assert_eq!(up.headroom(4_070_908_860_000).remaining, 50);
 }
+
+/// `s` for the life of the test (the scripted server takes `'static` header values).
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+#[tokio::test]
+async fn http_subscription_headroom_follows_its_windows_and_scoped_rejections_stay_scoped() {
+    let reset_s = wall_clock_ms() / 1000 + 3600;
+    let reset = leak(reset_s.to_string());
+    let week = leak((reset_s + 86_400).to_string());
+    // A Claude subscription, healthy: the 5 h window binds at 42 %.
+    let (base, script) = serve(Script::ok(&[
+        ("anthropic-ratelimit-unified-5h-status", "allowed"),
+        ("anthropic-ratelimit-unified-5h-utilization", "0.42"),
+        ("anthropic-ratelimit-unified-5h-reset", reset),
+        ("anthropic-ratelimit-unified-7d-status", "allowed"),
+        ("anthropic-ratelimit-unified-7d-utilization", "0.1"),
+        ("anthropic-ratelimit-unified-7d-reset", week),
+        ("anthropic-ratelimit-unified-7d_sonnet-status", "allowed"),
+        ("anthropic-ratelimit-unified-7d_sonnet-utilization", "0.3"),
+        ("anthropic-ratelimit-unified-7d_sonnet-reset", week),
+        ("anthropic-ratelimit-unified-status", "allowed"),
+        ("anthropic-ratelimit-unified-reset", reset),
+        ("anthropic-ratelimit-unified-representative-claim", "five_hour"),
+        ("anthropic-ratelimit-unified-fallback", "available"),
+    ]))
+    .await;
+    let up = styled(&base, AuthStyle::XApiKey, &[("anthropic-version", "2023-06-01")]);
+    call(&up, req("POST", "/v1/messages")).await.expect("answered");
+    let now = wall_clock_ms();
+    let sonnet = up.headroom_for(now, Some("claude-sonnet-4-5"));
+    // 58 % of the 5-request test budget, until the 5 h window resets.
+    assert_eq!(
+        (sonnet.remaining, sonnet.resets_at_ms),
+        (2, reset_s * 1000),
+        "{sonnet:?}"
+    );
+    assert!(up.may_lend());
+
+    // A 429 whose summary says rejected while only the `7d_oi` window is: Opus waits for that window, Sonnet does
+    // not, and the rest of the windows are kept.
+    {
+        let mut s = lock(&script);
+        s.status = 429;
+        s.headers = vec![
+            ("anthropic-ratelimit-unified-7d_oi-status", "rejected"),
+            ("anthropic-ratelimit-unified-7d_oi-utilization", "1.02"),
+            ("anthropic-ratelimit-unified-7d_oi-reset", week),
+            ("anthropic-ratelimit-unified-status", "rejected"),
+            ("anthropic-ratelimit-unified-representative-claim", "seven_day_oi"),
+            ("retry-after", "90000"),
+        ];
+    }
+    assert_eq!(
+        call(&up, req("POST", "/v1/messages"))
+            .await
+            .expect("answered")
+            .status,
+        429
+    );
+    let now = wall_clock_ms();
+    assert_eq!(up.headroom_for(now, Some("claude-opus-4-1")).remaining, 0);
+    assert_eq!(
+        up.headroom_for(now, Some("claude-sonnet-4-5")).remaining,
+        2,
+        "not blocked by an Opus window"
+    );
+
+    // A real 429 on a spent 5 h window with the per-window headers only: nothing for any model until it resets.
+    lock(&script).headers = vec![
+        ("anthropic-ratelimit-unified-5h-status", "rejected"),
+        ("anthropic-ratelimit-unified-5h-utilization", "1.0"),
+        ("anthropic-ratelimit-unified-5h-reset", reset),
+    ];
+    call(&up, req("POST", "/v1/messages")).await.expect("answered");
+    let now = wall_clock_ms();
+    let h = up.headroom_for(now, Some("claude-sonnet-4-5"));
+    assert_eq!((h.remaining, h.resets_at_ms), (0, reset_s * 1000), "{h:?}");
+    // Once it resets, the week binds (Sonnet: its own 30 %, the higher).
+    let after = reset_s * 1000 + 1;
+    assert_eq!(
+        up.headroom_for(after, Some("claude-sonnet-4-5")).remaining,
+        3,
+        "70 % of 5"
+    );
+
+    // Billing beyond the plan: never lent.
+    {
+        let mut s = lock(&script);
+        s.status = 200;
+        s.headers = vec![("anthropic-ratelimit-unified-representative-claim", "overage")];
+    }
+    let fresh = styled(&base, AuthStyle::XApiKey, &[]);
+    call(&fresh, req("POST", "/v1/messages")).await.expect("answered");
+    assert!(!fresh.may_lend());
+}
+
+#[tokio::test]
+async fn http_refusals_without_limits_or_from_overload_spend_no_headroom() {
+    // A server that sends no rate-limit headers at all.
+    let (base, script) = serve(Script::ok(&[])).await;
+    let up = styled(&base, AuthStyle::Bearer, &[]);
+    let mut left = up.headroom(wall_clock_ms()).remaining;
+    for status in [429, 503, 529] {
+        lock(&script).status = status;
+        let got = call(&up, req("POST", "/v1/chat/completions"))
+            .await
+            .expect("answered");
+        assert_eq!(got.status, status);
+        // Only the call's own unit: a refusal that says nothing of the limits, an unavailable or an overloaded
+        // upstream has not spent the window.
+        left -= 1;
+        assert_eq!(up.headroom(wall_clock_ms()).remaining, left, "{status}");
+    }
+    assert!(left > 0);
+}
