@@ -36,7 +36,7 @@ pub struct Config {
     /// The member's own upstream (the command-line flags set this one).
     pub upstream: UpstreamConfig,
     /// More upstreams the member shares, each with its own name, API, models, budget and reserve
-    /// (docs/design.md §5.3); `[upstream]` comes first.
+    /// (docs/design.md §5.1); `[upstream]` comes first.
     pub upstreams: Vec<UpstreamConfig>,
     /// Token wallet.
     pub wallet: WalletConfig,

@@ -152,7 +152,7 @@ pub fn build_upstream(u: &UpstreamConfig, node_name: String) -> anyhow::Result<A
     })
 }
 
-/// Builds every upstream the config names: `[upstream]`, then each `[[upstreams]]` (docs/design.md §5.3).
+/// Builds every upstream the config names: `[upstream]`, then each `[[upstreams]]` (docs/design.md §5.1).
 pub fn build_upstreams(config: &Config, node_name: String) -> anyhow::Result<Arc<UpstreamSet>> {
     let mut shared = Vec::new();
     for u in std::iter::once(&config.upstream).chain(&config.upstreams) {

@@ -1,4 +1,4 @@
-//! What a lender can serve (docs/design.md §5.3): per shared upstream, its API, the models it serves and its
+//! What a lender can serve (docs/design.md §5.1): per shared upstream, its API, the models it serves and its
 //! headroom, carried in the attestation, so a borrower sends a request only to a lender that can serve it.
 //!
 //! A request **needs** ([`Need`]) an API — the one its path names (`/v1/chat/completions`, `/v1/responses`,

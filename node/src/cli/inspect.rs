@@ -99,6 +99,34 @@ pub(super) fn cmd_inspect(config: &Config, args: &ApiArgs, peers: bool) -> anyho
             v["headroom_bucket"].as_str().unwrap_or("?"),
             v["upstream"].as_str().unwrap_or("?")
         ));
+        for u in v["upstreams"].as_array().into_iter().flatten() {
+            let models: Vec<&str> = u["models"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|m| m.as_str())
+                .collect();
+            out(format!(
+                "upstream  {} ({}, {}, {}): {} of {} left, {} kept for this member, lends {}{}",
+                u["name"].as_str().unwrap_or("?"),
+                u["kind"].as_str().unwrap_or("?"),
+                u["api"].as_str().unwrap_or("?"),
+                if models.is_empty() {
+                    "any model".to_string()
+                } else {
+                    models.join(" ")
+                },
+                u["remaining"],
+                u["capacity"],
+                u["kept"],
+                u["lendable_bucket"].as_str().unwrap_or("?"),
+                if u["may_lend"].as_bool() == Some(false) {
+                    " (billing overage: not lent)"
+                } else {
+                    ""
+                }
+            ));
+        }
         out(format!(
             "peers     {} connected; privacy mode {}",
             v["connected_peers"],

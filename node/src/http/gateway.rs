@@ -1,6 +1,6 @@
 //! The gateway tools call (docs/design.md §11): any method and path on `127.0.0.1:8640` by default.
 //!
-//! While one of this member's own upstreams serves the request (its API and model, docs/design.md §5.3) and has
+//! While one of this member's own upstreams serves the request (its API and model, docs/design.md §5.1) and has
 //! headroom, the request is served from it, with no token; otherwise it is borrowed (see [`crate::roles::borrower`]). The response keeps its status and headers (hop-by-hop ones removed).
 //!
 //! Before a request leaves the node these request headers are stripped:

@@ -288,7 +288,7 @@ impl HttpUpstream {
             }
         }
         let retry_after = learned.and_then(|l| l.retry_after_ms);
-        // What a refusal means (docs/design.md §5.3): a 429 that says nothing about the limits fails over without
+        // What a refusal means (docs/design.md §5.1): a 429 that says nothing about the limits fails over without
         // touching the headroom; one with a subscription's windows set it from them above, window by window (its
         // `Retry-After`, hours for a weekly window, would block every model for one model family's window); one
         // with other rate-limit headers set it from them, and its `Retry-After` or reset blocks until then. An

@@ -1,4 +1,4 @@
-//! The upstreams a member shares (docs/design.md §5.3): each with a name, the API it speaks and the models it
+//! The upstreams a member shares (docs/design.md §5.1): each with a name, the API it speaks and the models it
 //! serves (`protocol::capability`), and what of it the member keeps for itself.
 //!
 //! A request goes to the first upstream that serves it (its path's API and its body's model) and has room: for the

@@ -104,7 +104,7 @@ pub struct AttestationBody {
     /// [`MAX_ANNOUNCED_KEYS`]): receivers compare them with their own (key consistency, docs/design.md §4).
     pub epoch_keys: Vec<(u32, [u8; 32])>,
     /// What each of the lender's upstreams serves and can lend (at most
-    /// [`crate::capability::MAX_CAPABILITIES`]; docs/design.md §5.3). `headroom` above is the best of them.
+    /// [`crate::capability::MAX_CAPABILITIES`]; docs/design.md §5.1). `headroom` above is the best of them.
     pub capabilities: Vec<crate::capability::Capability>,
 }
 

@@ -8,7 +8,7 @@
 //! borrower used a stale key config: it is told so in the clear and re-seals), then goes down `protocol`'s lend
 //! ladder (`protocol::lend`, which the simulator drives too), in order:
 //! 1. answers a retry of a known request id from its idempotency cache (or joins the in-flight original);
-//! 2. takes one unit of the first of its upstreams that serves the request (its API and model, docs/design.md §5.3)
+//! 2. takes one unit of the first of its upstreams that serves the request (its API and model, docs/design.md §5.1)
 //!    and has room beyond what its member keeps — **refusing before any claim** when there is none (or none serves
 //!    it), so the token stays unspent;
 //! 3. redeems the token (type, epoch, key id, signature, spend binding) and **claims its hash durably** in the

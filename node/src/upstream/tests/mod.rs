@@ -248,7 +248,7 @@ fn http_refusals_block_until_retry_after_or_reset() {
     assert!(up.try_acquire(120_999, 0).is_none());
     assert_eq!(up.headroom(121_000).remaining, 5);
 
-    // An unavailable or overloaded upstream has spent no quota (docs/design.md §5.3): its rate-limit headers still
+    // An unavailable or overloaded upstream has spent no quota (docs/design.md §5.1): its rate-limit headers still
     // say what is left, its Retry-After does not block.
     up.learn(
         503,
