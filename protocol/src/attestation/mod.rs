@@ -475,6 +475,44 @@ mod tests {
     }
 
     #[test]
+    fn capability_claims_beyond_the_bounds_are_malformed() {
+        use crate::capability::{Api, Capability};
+        let akey = AttestationKey::from_bytes([7; 32]);
+        let mut acc = acceptor(&akey);
+        let signed = |seq: u64, capabilities: Vec<Capability>| {
+            let mut body = att(2, seq, NOW, &akey).body;
+            body.capabilities = capabilities;
+            let node_key = SigningKey::from_bytes(&[2; 32]);
+            Attestation::create(body, &akey, &node_key).unwrap()
+        };
+        let cap = |models: Vec<String>| Capability {
+            api: Api::OpenAiChat,
+            models,
+            headroom: HeadroomBucket::High,
+            resets_at_ms: NOW,
+        };
+        let thousand = signed(1, vec![cap(vec![]); 1000]);
+        assert_eq!(
+            acc.accept(&thousand, &roster(), NOW),
+            Err(AttestationRejection::Malformed)
+        );
+        let models: Vec<String> = (0..10_000).map(|i| format!("model-{i}")).collect();
+        assert_eq!(
+            acc.accept(&signed(2, vec![cap(models)]), &roster(), NOW),
+            Err(AttestationRejection::Malformed)
+        );
+        assert_eq!(
+            acc.accept(&signed(3, vec![cap(vec!["gpt-4o".into()]); 8]), &roster(), NOW),
+            Ok(())
+        );
+        // What a lender that lists nothing offers: `any` with its headroom, or nothing when it has none.
+        let mut body = att(2, 4, NOW, &akey).body;
+        assert_eq!(body.offered().len(), 1);
+        body.headroom = HeadroomBucket::None;
+        assert!(body.offered().is_empty());
+    }
+
+    #[test]
     fn adversarial_attestations_are_refused_with_reasons() {
         let akey = AttestationKey::from_bytes([7; 32]);
         let r = roster();
