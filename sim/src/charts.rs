@@ -7,6 +7,8 @@ use plotters::prelude::*;
 
 use crate::report::Report;
 
+mod drain;
+
 /// A chart could not be drawn or written.
 #[derive(Debug, thiserror::Error)]
 #[error("drawing {file}: {reason}")]
@@ -75,7 +77,8 @@ fn draw_legend<'a, CT: CoordTranslate>(
         .map_err(text)
 }
 
-/// Writes every chart for `reports` (one per policy, same scenario) into `dir`; returns (title, file) pairs.
+/// Writes every chart for `reports` (one per policy, same scenario) into `dir`, and for a scenario with mixed
+/// upstreams the drain chart of the first report (`drain.svg`); returns (title, file) pairs.
 pub fn write_all(dir: &Path, reports: &[Report]) -> Result<Vec<(String, String)>, ChartError> {
     let charts: [Chart; 5] = [
         ("Served demand over time", "served.svg", served),
@@ -91,6 +94,17 @@ pub fn write_all(dir: &Path, reports: &[Report]) -> Result<Vec<(String, String)>
             reason,
         };
         let svg = draw(reports).map_err(err)?;
+        std::fs::write(dir.join(file), svg).map_err(|e| err(e.to_string()))?;
+        out.push((title.to_owned(), file.to_owned()));
+    }
+    // Scenarios with mixed upstreams: each lender's drain by API family.
+    if reports.first().is_some_and(|r| r.mixed.is_some()) {
+        let (title, file) = ("Drain per lender by API family", "drain.svg");
+        let err = |reason: String| ChartError {
+            file: file.to_owned(),
+            reason,
+        };
+        let svg = drain::drain(reports).map_err(err)?;
         std::fs::write(dir.join(file), svg).map_err(|e| err(e.to_string()))?;
         out.push((title.to_owned(), file.to_owned()));
     }
@@ -284,14 +298,7 @@ fn bars(b: &Bars) -> Drawn {
             .configure_mesh()
             .disable_x_mesh()
             .x_labels(k * 2 + 1)
-            .x_label_formatter(&|x| {
-                let i = x.floor() as usize;
-                if (x - x.floor() - 0.5).abs() < 0.01 {
-                    cats.get(i).cloned().unwrap_or_default()
-                } else {
-                    String::new()
-                }
-            })
+            .x_label_formatter(&|x| category_label(&cats, *x))
             .y_desc(b.y_desc)
             .draw()
             .map_err(text)?;
@@ -397,4 +404,15 @@ fn failures(reports: &[Report]) -> Drawn {
         values,
         names: reports.iter().map(policy).collect(),
     })
+}
+
+/// The label of the bar centred at `x` on an axis with one unit per category (`k * 2 + 1` ticks put one at each
+/// centre); blank between bars.
+pub(crate) fn category_label(labels: &[String], x: f64) -> String {
+    let i = x.floor() as usize;
+    if (x - x.floor() - 0.5).abs() < 0.01 {
+        labels.get(i).cloned().unwrap_or_default()
+    } else {
+        String::new()
+    }
 }

@@ -1,13 +1,13 @@
 //! The discrete-event loop: a binary heap of events keyed by (virtual time, sequence number), one seeded RNG per
 //! concern, and the protocol's own state machines doing every check and making every decision: borrows run
-//! `protocol::borrow::BorrowRun`, lenders `protocol::lend`'s ladder, refills `protocol::refill::RefillPlanner`
-//! (see [`borrow`] and [`Sim::maybe_refill`]).
+//! `protocol::borrow::BorrowRun` among the lenders `protocol::capability` finds capable, lenders `protocol::lend`'s
+//! ladder, refills `protocol::refill::RefillPlanner` (see [`borrow`], [`mixed`] and [`Sim::maybe_refill`]).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 
 use ed25519_dalek::SigningKey;
-use lendmesh_protocol::attestation::{Attestation, AttestationBody, AttestationKey, HeadroomBucket};
+use lendmesh_protocol::attestation::{Attestation, AttestationBody, AttestationKey};
 use lendmesh_protocol::borrow::{BorrowConfig, BorrowRun};
 use lendmesh_protocol::epoch::EpochBook;
 use lendmesh_protocol::group::{Roster, RosterEntry};
@@ -26,14 +26,17 @@ use crate::member::{Answer, Member, Publication, Role};
 use crate::net::{Ms, Network, mix};
 use crate::outcome::{Bin, RunResult};
 use crate::scenario::{Scenario, UNLIMITED_QUOTA};
-use crate::workload::{self, Request};
+use crate::upstream::Upstream;
+use crate::workload::{self, Layout, Request};
 
 mod attacks;
 mod borrow;
 mod epochs;
 mod linkage;
+mod mixed;
 
 use epochs::EpochState;
+use mixed::MixTally;
 
 #[derive(Debug)]
 enum Ev {
@@ -50,6 +53,8 @@ enum Ev {
         relay: Option<usize>,
         request_id: [u8; 16],
         spend: Box<TokenSpend>,
+        /// The request's kind (what the lender reads from the request: its API and model).
+        need: u16,
         /// Ground truth for scoring the linkage attackers; the lender's logic never reads it.
         truth: usize,
     },
@@ -121,6 +126,8 @@ impl Ord for Item {
 struct Borrow {
     borrower: usize,
     started: Ms,
+    /// The request's kind (`Layout::needs`).
+    need: u16,
     /// Every rule of this borrow.
     run: BorrowRun,
     /// Stands for the request's content (the spend is bound to it).
@@ -136,10 +143,11 @@ struct Borrow {
 }
 
 impl Borrow {
-    fn new(borrower: usize, started: Ms, cfg: BorrowConfig, digest: [u8; 32]) -> Self {
+    fn new(borrower: usize, started: Ms, need: u16, cfg: BorrowConfig, digest: [u8; 32]) -> Self {
         Borrow {
             borrower,
             started,
+            need,
             run: BorrowRun::new(cfg),
             digest,
             token: None,
@@ -185,6 +193,10 @@ pub(crate) struct Sim<'a> {
     borrows: BTreeMap<u64, Borrow>,
     next_borrow: u64,
     trace: Vec<Request>,
+    /// Who shares which upstreams and asks for what.
+    layout: Layout,
+    /// Per request kind and the mixed-upstreams counts.
+    mix: MixTally,
     genuine: HashSet<TokenHash>,
     served_by: Vec<HashSet<TokenHash>>,
     admin_sigs: HashMap<Vec<u8>, usize>,
@@ -243,16 +255,23 @@ impl<'a> Sim<'a> {
             .max()
             .unwrap_or(0);
         let (ep, issuer, first) = EpochState::new(s, group, admin_key, roster.clone(), behind + 60_000)?;
-        let caps = workload::capacities(s, seed);
+        let layout = Layout::new(s);
+        let caps = workload::capacities(s, &layout, seed);
         let roles = roles(s);
         let mut members: Vec<Member> = Vec::with_capacity(n);
         for (i, k) in keys.into_iter().enumerate() {
             let book = EpochBook::new(first.clone(), &group, &admin).map_err(|e| e.to_string())?;
             let planner = RefillPlanner::new(s.tokens.low_water, s.tokens.refill_batch);
+            let upstreams = layout
+                .upstreams(i)
+                .iter()
+                .zip(&caps[i])
+                .map(|(u, &c)| Upstream::new(u.api, u.models.clone(), c))
+                .collect();
             members.push(Member::new(
                 k,
                 roles[i],
-                caps[i],
+                upstreams,
                 n,
                 group,
                 att_key.clone(),
@@ -296,7 +315,9 @@ impl<'a> Sim<'a> {
             next_seq: 0,
             borrows: BTreeMap::new(),
             next_borrow: 0,
-            trace: workload::trace(s, seed, end),
+            trace: workload::trace(s, &layout, seed, end),
+            mix: MixTally::new(&layout, n),
+            layout,
             genuine: HashSet::new(),
             served_by: vec![HashSet::new(); n],
             admin_sigs: HashMap::new(),
@@ -385,8 +406,20 @@ impl<'a> Sim<'a> {
                 relay,
                 request_id,
                 spend,
+                need,
                 truth,
-            } => self.on_at_lender(t, borrow, attempt, lender, relay, request_id, &spend, truth),
+            } => {
+                let at = borrow::AtLender {
+                    id: borrow,
+                    attempt,
+                    lender,
+                    relay,
+                    request_id,
+                    need,
+                    truth,
+                };
+                self.on_at_lender(t, &at, &spend)
+            }
             Ev::Reply {
                 borrow,
                 attempt,
@@ -414,7 +447,8 @@ impl<'a> Sim<'a> {
                     self.out.attacks.outcome(kind, "lost");
                     return;
                 }
-                let answer = self.lend(t, lender, request_id, &spend, None);
+                let need = self.probe_need(lender);
+                let answer = self.lend(t, lender, request_id, &spend, None, &need);
                 let late = match answer {
                     Answer::Served if self.fresh_serve => self.check_probe_served(lender, kind),
                     _ => None,
@@ -442,27 +476,28 @@ impl<'a> Sim<'a> {
             let nt = next.t;
             self.at(nt, Ev::Demand(k + 1));
         }
-        let m = self.trace[k].member;
+        let Request { member: m, need, .. } = self.trace[k];
         if self.net.is_down(m, t) {
             self.out.offline_requests += 1;
             return;
         }
         self.out.demand += 1;
+        self.mix.kind(need).demand += 1;
         let bin = (t / self.bin_ms) as usize;
         self.out.bins[bin].demand += 1;
         self.sync_member(m, t);
         let window_ms = self.window_ms;
         let me = &mut self.members[m];
         me.roll(t, window_ms);
-        if me.remaining() > 0 {
-            me.used += 1;
+        if me.serve_own(&self.layout.needs[usize::from(need)]) {
             self.out.served_own += 1;
+            self.mix.kind(need).served_own += 1;
             self.out.bins[bin].served += 1;
             self.note_demand(t, true);
             return;
         }
         self.note_demand(t, false);
-        self.start_borrow(t, m);
+        self.start_borrow(t, m, need);
     }
 
     /// Member `m`'s refill, as the node's member actor makes it: a pending batch is sent again first (same request
@@ -651,11 +686,13 @@ impl<'a> Sim<'a> {
         me.roll(t, window_ms);
         me.seq += 1;
         let resets = crate::net::EPOCH_START_MS + (me.window + 1) * window_ms;
+        let (buckets, headroom) = me.buckets();
         self.pubs[i].push(Publication {
             t,
             seq: me.seq,
             issued_at_ms: local,
-            headroom: HeadroomBucket::from_remaining(u64::from(me.remaining()), u64::from(me.capacity)),
+            headroom,
+            buckets,
             exact: me.remaining(),
             resets_at_ms: resets,
         });
@@ -678,6 +715,9 @@ impl<'a> Sim<'a> {
         {
             return Some(att.clone());
         }
+        // One capability per upstream, each with its own bucket; `headroom` is the best of them (as the node's).
+        let upstreams = &self.members[p].upstreams;
+        let capabilities = crate::upstream::capabilities(upstreams, &pubn.buckets, pubn.resets_at_ms);
         let body = AttestationBody {
             group_id: self.group,
             peer_id: self.members[p].id,
@@ -687,7 +727,7 @@ impl<'a> Sim<'a> {
             window_resets_at_ms: pubn.resets_at_ms,
             ohttp_key_config: vec![0x20; 41],
             epoch_keys: vec![],
-            capabilities: vec![],
+            capabilities,
         };
         let att = Attestation::create(body, &self.att_key, &self.members[p].key).ok()?;
         self.att_memo[p] = Some((pubn.seq, att.clone()));
@@ -713,6 +753,7 @@ impl<'a> Sim<'a> {
                 me.table[p] = Some(crate::member::PeerView {
                     headroom: att.body.headroom,
                     issued_at_ms: att.body.issued_at_ms,
+                    capabilities: att.body.offered(),
                 });
             }
             Err(e) => {
@@ -735,15 +776,16 @@ impl<'a> Sim<'a> {
                 "liveness: {k} borrows still pending {bound} s after faults healed"
             ));
         }
-        let caps: Vec<u32> = self.members.iter().map(|m| m.capacity).collect();
+        let pool = self.pool();
         crate::baseline::fill(
             &mut self.out,
             &self.trace,
-            &caps,
+            &pool,
             &self.net,
             self.window_ms,
             self.bin_ms,
         );
+        let caps: Vec<u32> = self.members.iter().map(Member::capacity).collect();
         let out = &mut self.out;
         out.served_fraction =
             crate::outcome::ratio((out.served_own + out.served_borrowed) as f64, out.demand as f64);
@@ -760,7 +802,28 @@ impl<'a> Sim<'a> {
         let mean = loads.iter().sum::<u64>() as f64 / loads.len().max(1) as f64;
         out.herding = crate::outcome::ratio(loads.iter().copied().max().unwrap_or(0) as f64, mean);
         self.out.epochs = self.finish_epochs();
+        self.out.mixed = self.finish_mixed();
         self.out
+    }
+
+    /// Every member's upstreams as the baselines see them: capacity per window and which request kinds each serves.
+    fn pool(&self) -> crate::baseline::Pool {
+        let serves = self
+            .members
+            .iter()
+            .map(|m| {
+                m.upstreams
+                    .iter()
+                    .map(|u| self.layout.needs.iter().map(|n| u.serves(n)).collect())
+                    .collect()
+            })
+            .collect();
+        let capacity = self
+            .members
+            .iter()
+            .map(|m| m.upstreams.iter().map(|u| u.capacity).collect())
+            .collect();
+        crate::baseline::Pool { capacity, serves }
     }
 }
 
@@ -784,6 +847,8 @@ fn roles(s: &Scenario) -> Vec<Role> {
 
 #[cfg(test)]
 mod tests {
+    use lendmesh_protocol::attestation::HeadroomBucket;
+
     use super::*;
 
     fn small() -> Scenario {
@@ -807,7 +872,7 @@ mod tests {
             2,
             "the same token served twice by one lender"
         );
-        sim.members[2].used = sim.members[2].capacity + 1;
+        sim.members[2].upstreams[0].used = sim.members[2].upstreams[0].capacity + 1;
         sim.genuine.insert(TokenHash([8; 32]));
         sim.check_serve(2, &TokenHash([8; 32]));
         assert_eq!(sim.out.violations.len(), 3, "over capacity");
@@ -815,7 +880,7 @@ mod tests {
     }
 
     /// Member `m` gets one token of the first epoch from the real issuer.
-    fn issue_one(sim: &mut Sim<'_>, m: usize) -> WalletToken {
+    pub(super) fn issue_one(sim: &mut Sim<'_>, m: usize) -> WalletToken {
         let key = sim.members[m].book.get(0).unwrap().key.clone();
         let (request, batch) = Wallet::prepare_batch(&key, 0, 1, &mut sim.members[m].rng).unwrap();
         let now = sim.local(sim.net.admin(), 0);
@@ -836,21 +901,28 @@ mod tests {
         let mut sim = Sim::new(&s, 1).unwrap();
         let token = issue_one(&mut sim, 0);
         let (lender, t) = (1, 1_000);
+        let need = sim.layout.needs[0].clone();
         let spend = token.spend(sim.members[lender].id, [3; 32], sim.local(0, t));
-        assert_eq!(sim.lend(t, lender, [1; 16], &spend, Some(2)), Answer::Served);
+        assert_eq!(
+            sim.lend(t, lender, [1; 16], &spend, Some(2), &need),
+            Answer::Served
+        );
         assert!(sim.fresh_serve);
         // The borrower's retry (same request id, through another relay): the cached answer, no second serve.
-        assert_eq!(sim.lend(t + 10, lender, [1; 16], &spend, Some(3)), Answer::Served);
+        assert_eq!(
+            sim.lend(t + 10, lender, [1; 16], &spend, Some(3), &need),
+            Answer::Served
+        );
         assert!(!sim.fresh_serve);
         // Replays are keyed by request id, not by content: the same spend under another id is a double spend.
         assert_eq!(
-            sim.lend(t + 20, lender, [2; 16], &spend, Some(3)),
+            sim.lend(t + 20, lender, [2; 16], &spend, Some(3), &need),
             Answer::TokenRejected("double_spend")
         );
         // The cache is memory: after a crash the retry meets the durable spent set.
         sim.on_crash(lender);
         assert_eq!(
-            sim.lend(t + 30, lender, [1; 16], &spend, Some(2)),
+            sim.lend(t + 30, lender, [1; 16], &spend, Some(2), &need),
             Answer::TokenRejected("double_spend")
         );
         assert_eq!(sim.out.lender_load[lender], 1);
@@ -870,15 +942,22 @@ mod tests {
         // Member 0 sees every other member with headroom; all but member 2 are in fact exhausted for the window.
         for p in 1..sim.n {
             let issued_at_ms = sim.local(p, t);
+            let capabilities = crate::upstream::capabilities(
+                &sim.members[p].upstreams,
+                &[HeadroomBucket::High],
+                local + 3_600_000,
+            );
             sim.members[0].table[p] = Some(crate::member::PeerView {
                 headroom: HeadroomBucket::High,
                 issued_at_ms,
+                capabilities,
             });
             if p != 2 {
-                sim.members[p].used = sim.members[p].capacity;
+                let u = &mut sim.members[p].upstreams[0];
+                u.used = u.capacity;
             }
         }
-        sim.start_borrow(t, 0);
+        sim.start_borrow(t, 0, 0);
         while let Some(Reverse(item)) = sim.queue.pop() {
             sim.handle(item.t, item.ev);
         }
@@ -916,7 +995,11 @@ mod tests {
         }
         for i in 0..sim.n {
             let me = &sim.members[i];
-            assert_eq!(me.used, 0, "nothing used: own headroom is full");
+            assert_eq!(
+                me.remaining(),
+                me.capacity(),
+                "nothing used: own headroom is full"
+            );
             assert_eq!(me.wallet.balance(), s.tokens.refill_batch as usize, "member {i}");
             assert!(me.refill.is_none() && !me.refill_in_flight);
             let wallet = &me.wallet;

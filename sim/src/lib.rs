@@ -29,6 +29,12 @@
 //!   [`RefillPlanner`](lendmesh_protocol::refill::RefillPlanner), spends only spendable tokens, lends within the
 //!   book's windows and prunes retired epochs from its wallet and spent set. The report gives a row per epoch and
 //!   served demand before and after each switch. Without `[epochs]` a run is one epoch longer than itself.
+//! - **Mixed upstreams** (scenarios with `[[profiles]]`, [`upstream`]): members share one or more upstreams, each
+//!   with an API, its models and its capacity, and ask for a mix of request kinds. Each lender attests one
+//!   capability per upstream with its own bucket; a borrower routes only among the lenders
+//!   `protocol::capability::candidates_for` finds capable, and refuses at once (no token) a request no fresh lender
+//!   serves; a lender serves from the first upstream that serves the request and has room, or refuses `NotServed`.
+//!   The report counts served demand per kind, misrouted attempts (must be 0) and each family's drain.
 //! - **Network** ([`net`]): per-link latency with jitter, loss, partitions, crashes (memory lost, durable state
 //!   kept) and per-node clock skew. Gossip is evaluated lazily when a member routes, with per-message delay and
 //!   loss derived from a keyed hash so that laziness cannot change results.
@@ -50,6 +56,7 @@ pub mod net;
 pub mod outcome;
 pub mod report;
 pub mod scenario;
+pub mod upstream;
 pub mod workload;
 
 pub use outcome::RunResult;

@@ -1,5 +1,5 @@
-//! One simulated member: its capacity window, wallet and refill planner, lender state (lend ladder, redeemer, spent
-//! set, records) and its view of the others (attestation acceptor and peer table).
+//! One simulated member: its upstreams and their capacity window, wallet and refill planner, lender state (lend
+//! ladder, redeemer, spent set, records) and its view of the others (attestation acceptor and peer table).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -7,6 +7,7 @@ use ed25519_dalek::SigningKey;
 use lendmesh_protocol::GroupId;
 use lendmesh_protocol::PeerId;
 use lendmesh_protocol::attestation::{AcceptorConfig, AttestationAcceptor, AttestationKey, HeadroomBucket};
+use lendmesh_protocol::capability::{Capability, MAX_CAPABILITIES, Need};
 use lendmesh_protocol::epoch::EpochBook;
 use lendmesh_protocol::lend::{LendConfig, LendLadder};
 use lendmesh_protocol::redeemer::{MemorySpentSet, Redeemer};
@@ -16,14 +17,17 @@ use lendmesh_protocol::wallet::{PendingBatch, Wallet};
 use rand_chacha::ChaCha8Rng;
 
 use crate::net::Ms;
+use crate::upstream::Upstream;
 
 /// What a member last accepted from one peer.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct PeerView {
-    /// Its bucket.
+    /// Its bucket (the best of its upstreams').
     pub headroom: HeadroomBucket,
     /// The attestation's `issued_at_ms` (the sender's clock).
     pub issued_at_ms: u64,
+    /// What each of its upstreams serves and can lend (`AttestationBody::offered`).
+    pub capabilities: Vec<Capability>,
 }
 
 /// What a lender keeps about a served borrow: by construction nothing names the borrower; `via` is the relay
@@ -62,6 +66,8 @@ pub enum Answer {
     UpstreamFailed,
     /// Too many lends in flight, or too many retries waiting on one request id.
     Busy,
+    /// None of the lender's upstreams serves the request's API or model: refused before any claim.
+    NotServed,
 }
 
 /// A role an adversarial member plays besides being an ordinary member.
@@ -88,10 +94,8 @@ pub struct Member {
     pub id: PeerId,
     /// Adversarial role, if any.
     pub role: Role,
-    /// Requests per window.
-    pub capacity: u32,
-    /// Used in the current window.
-    pub used: u32,
+    /// Its shared upstreams, in the order it tries them (at most `MAX_CAPABILITIES`).
+    pub upstreams: Vec<Upstream>,
     /// The current window's index.
     pub window: u64,
     /// Tokens.
@@ -147,7 +151,7 @@ impl Member {
     pub fn new(
         key: SigningKey,
         role: Role,
-        capacity: u32,
+        upstreams: Vec<Upstream>,
         n: usize,
         group: GroupId,
         att_key: AttestationKey,
@@ -162,8 +166,7 @@ impl Member {
             key,
             id,
             role,
-            capacity,
-            used: 0,
+            upstreams,
             window: 0,
             wallet: Wallet::new(),
             refill: None,
@@ -193,13 +196,45 @@ impl Member {
         let w = t / window_ms.max(1);
         if w != self.window {
             self.window = w;
-            self.used = 0;
+            self.upstreams.iter_mut().for_each(|u| u.used = 0);
         }
     }
 
-    /// Capacity left in the current window.
+    /// Capacity per window, all upstreams.
+    pub fn capacity(&self) -> u32 {
+        self.upstreams.iter().map(|u| u.capacity).sum()
+    }
+
+    /// Capacity left in the current window, all upstreams.
     pub fn remaining(&self) -> u32 {
-        self.capacity.saturating_sub(self.used)
+        self.upstreams.iter().map(Upstream::remaining).sum()
+    }
+
+    /// Serves an own request from the first upstream that serves `need` and has room (the node's
+    /// `acquire_own`); false if none can.
+    pub fn serve_own(&mut self, need: &Need) -> bool {
+        match self
+            .upstreams
+            .iter_mut()
+            .find(|u| u.remaining() > 0 && u.serves(need))
+        {
+            Some(u) => {
+                u.used += 1;
+                u.own_total += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Each upstream's bucket now, in order (unused entries: `None`), and the best of them.
+    pub fn buckets(&self) -> ([HeadroomBucket; MAX_CAPABILITIES], HeadroomBucket) {
+        let mut out = [HeadroomBucket::None; MAX_CAPABILITIES];
+        for (slot, u) in out.iter_mut().zip(&self.upstreams) {
+            *slot = u.bucket();
+        }
+        let best = out.iter().copied().max().unwrap_or(HeadroomBucket::None);
+        (out, best)
     }
 
     /// Forgets everything held in memory (a crash) but the refill planner (the simulator renews it with the
@@ -224,9 +259,11 @@ pub struct Publication {
     pub seq: u64,
     /// The sender's clock at publication.
     pub issued_at_ms: u64,
-    /// Bucket.
+    /// Bucket: the best of its upstreams' (the attestation's summary).
     pub headroom: HeadroomBucket,
-    /// Exact remaining capacity (never sent; the exact variant's attacker sees it).
+    /// Each upstream's bucket, in the member's order (the attestation's capabilities).
+    pub buckets: [HeadroomBucket; MAX_CAPABILITIES],
+    /// Exact remaining capacity, all upstreams (never sent; the exact variant's attacker sees it).
     pub exact: u32,
     /// Window reset time.
     pub resets_at_ms: u64,

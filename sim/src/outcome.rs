@@ -181,6 +181,81 @@ pub struct EpochRun {
     pub adoptions_deferred: u64,
 }
 
+/// One request kind in a run with mixed upstreams.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct KindRun {
+    /// Whether some upstream in the group serves it (if not, every request of it is unserved by design).
+    pub servable: bool,
+    /// Requests made (member up).
+    pub demand: u64,
+    /// Served from the member's own upstreams.
+    pub served_own: u64,
+    /// Served by a lender.
+    pub served_borrowed: u64,
+    /// Refused at once: no fresh lender serves it (`no_capable_lender`; no token taken, nothing sent).
+    pub nobody_serves: u64,
+    /// Borrows of it that failed otherwise.
+    pub failed: u64,
+    /// Attempts sent to lenders for it.
+    pub attempts: u64,
+    /// Tokens taken from the wallet for it.
+    pub tokens_taken: u64,
+    /// Of those, given back to the wallet (refused before any claim).
+    pub tokens_returned: u64,
+}
+
+impl KindRun {
+    /// Tokens it cost: taken and not given back (spent, or dropped as possibly claimed).
+    pub fn tokens_spent(&self) -> u64 {
+        self.tokens_taken.saturating_sub(self.tokens_returned)
+    }
+}
+
+/// How much of one member's upstreams of one API family was used over a run.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct DrainRow {
+    /// The member.
+    pub member: usize,
+    /// Its profile.
+    pub profile: String,
+    /// The family (`openai`, `anthropic`, `generic`).
+    pub family: String,
+    /// Units of capacity over the run (per window, times the windows the demand spans).
+    pub capacity: u64,
+    /// Units its own requests used.
+    pub own: u64,
+    /// Units it lent.
+    pub lent: u64,
+    /// Borrows other members started for request kinds these upstreams serve (its family's demand for it).
+    pub wanted: u64,
+}
+
+impl DrainRow {
+    /// Share of its capacity used (own requests and lends).
+    pub fn drain(&self) -> f64 {
+        ratio((self.own + self.lent) as f64, self.capacity as f64)
+    }
+
+    /// Share of its capacity lent.
+    pub fn lent_share(&self) -> f64 {
+        ratio(self.lent as f64, self.capacity as f64)
+    }
+}
+
+/// Mixed upstreams in one run (scenarios with `[[profiles]]`).
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct MixedRun {
+    /// Per request kind, by its description (`model claude-opus-4-1 (anthropic-messages)`).
+    pub kinds: BTreeMap<String, KindRun>,
+    /// Borrow attempts that reached a lender none of whose upstreams serves the request (`NotServed`; must be 0
+    /// while capabilities are attested truthfully).
+    pub misrouted: u64,
+    /// Requests refused at once because no fresh lender serves them.
+    pub nobody_serves: u64,
+    /// Per member and family of its upstreams.
+    pub drain: Vec<DrainRow>,
+}
+
 /// One run's measurements.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct RunResult {
@@ -233,4 +308,7 @@ pub struct RunResult {
     /// Epochs (scenarios with `[epochs]` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub epochs: Option<EpochRun>,
+    /// Mixed upstreams (scenarios with `[[profiles]]` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mixed: Option<MixedRun>,
 }

@@ -8,6 +8,10 @@ use serde::Serialize;
 use crate::outcome::{Attacks, Bin, EpochRun, RunResult, Window, ratio};
 use crate::scenario::Scenario;
 
+mod mixed;
+
+pub use mixed::{FamilyDrain, KindStat, LenderDrain, MixedReport};
+
 /// A metric across seeds.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct Stat {
@@ -375,6 +379,9 @@ pub struct Report {
     /// Epochs (scenarios with `[epochs]` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub epochs: Option<EpochReport>,
+    /// Mixed upstreams (scenarios with `[[profiles]]` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mixed: Option<MixedReport>,
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -496,6 +503,7 @@ impl Report {
             lender_load,
             events: runs.iter().map(|r| r.events).sum(),
             epochs: EpochReport::build(&runs.iter().filter_map(|r| r.epochs.as_ref()).collect::<Vec<_>>()),
+            mixed: MixedReport::build(runs),
         }
     }
 
@@ -576,6 +584,9 @@ impl Report {
             let _ = writeln!(md, "| {c} | {} |", st.show(100.0, 3));
         }
         md.push('\n');
+        if let Some(m) = &self.mixed {
+            m.to_markdown(&mut md);
+        }
         if let Some(e) = &self.epochs {
             e.to_markdown(&mut md);
         }

@@ -4,6 +4,13 @@ use lendmesh_protocol::borrow::DEFAULT_MAX_ATTEMPTS;
 use lendmesh_protocol::routing::Policy;
 use serde::{Deserialize, Serialize};
 
+mod profiles;
+
+pub use profiles::{
+    CapacityRange, MAX_DEMAND_FACTOR, MAX_PROFILE_NAME, MAX_PROFILES, MAX_REQUEST_KINDS, Profile,
+    RequestKind, UpstreamSpec,
+};
+
 /// Scenario files larger than this are refused before parsing: real scenarios are a few kilobytes, and a bound
 /// keeps a mistaken path (a log, a binary) from being read whole into the TOML parser.
 pub const MAX_SCENARIO_BYTES: usize = 64 * 1024;
@@ -15,7 +22,7 @@ pub const MAX_MEMBERS: usize = 200;
 pub const MAX_DURATION_HOURS: f64 = 24.0 * 7.0;
 
 /// Upper bound on a scenario's expected requests (members × rate × burst factor × (1 + skew) × hours): the trace
-/// is held in memory, about 16 bytes a request, and each request is at least one event.
+/// is held in memory, about 24 bytes a request, and each request is at least one event.
 pub const MAX_EXPECTED_REQUESTS: f64 = 20_000_000.0;
 
 /// A scenario could not be loaded.
@@ -46,7 +53,8 @@ pub enum ScenarioError {
 /// `privacy = "strict"` / `"best-effort"` means what the node's `privacy` borrow setting means.
 pub use lendmesh_protocol::borrow::PrivacyMode;
 
-/// Per-member capacity: uniform between `min` and `max` requests per window.
+/// Per-member capacity: uniform between `min` and `max` requests per window (of each upstream whose profile sets
+/// no range of its own).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Capacity {
@@ -353,6 +361,10 @@ pub struct Scenario {
     /// Epochs; absent: one epoch longer than the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epochs: Option<Epochs>,
+    /// Kinds of members, each with its upstreams (API, models, capacity) and its mix of requests; absent: every
+    /// member shares one upstream of any API with `[capacity]` (see [`Scenario::member_profiles`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub profiles: Vec<Profile>,
 }
 
 /// Both finite, non-negative, and `a <= b`.
@@ -457,8 +469,12 @@ impl Scenario {
             return Err(bad("network.clock_skew_ms", "must be in [0, 3600000]"));
         }
         // Bound the work (and memory) a scenario can ask for: the demand trace is generated up front.
-        let peak =
-            self.members as f64 * d.mean_per_hour * d.burst_factor * (1.0 + d.skew) * self.duration_hours;
+        let peak = self.members as f64
+            * d.mean_per_hour
+            * self.max_demand_factor()
+            * d.burst_factor
+            * (1.0 + d.skew)
+            * self.duration_hours;
         if peak > MAX_EXPECTED_REQUESTS {
             return Err(bad(
                 "demand",
@@ -517,6 +533,7 @@ impl Scenario {
         if !finite_pos(a.period_s) {
             return Err(bad("adversaries.period_s", "must be positive"));
         }
+        self.validate_profiles()?;
         if let Some(e) = &self.epochs {
             let min_minutes = 1.0;
             let max_minutes = lendmesh_protocol::epoch::MAX_EPOCH_MS as f64 / 60_000.0;
@@ -572,6 +589,8 @@ mod tests {
             "test-stale",
             "test-adversaries",
             "test-epochs",
+            "test-crowded",
+            "mixed",
         ] {
             let path = format!("{}/scenarios/{name}.toml", env!("CARGO_MANIFEST_DIR"));
             let s = Scenario::from_file(std::path::Path::new(&path));

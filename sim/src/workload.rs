@@ -1,27 +1,117 @@
-//! Demand and capacity: each member's requests as a time-ordered trace, generated before the run from the seed
-//! alone, so every policy and both baselines see exactly the same demand.
+//! Demand and capacity: who shares which upstreams and asks for what ([`Layout`]), each upstream's capacity, and
+//! each member's requests as a time-ordered trace, generated before the run from the seed alone, so every policy
+//! and both baselines see exactly the same demand.
 
+use lendmesh_protocol::capability::Need;
 use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
 
 use crate::net::{Ms, exp_from_unit, mix, unit};
-use crate::scenario::Scenario;
+use crate::scenario::{CapacityRange, Profile, Scenario, UpstreamSpec};
 
-/// One request: at virtual time `t`, member `member` wants one unit of capacity.
+/// One request: at virtual time `t`, member `member` wants one unit of capacity of an upstream that serves
+/// `Layout::needs[need]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Request {
     /// Virtual time.
     pub t: Ms,
     /// Member index.
     pub member: usize,
+    /// Its kind: an index into [`Layout::needs`].
+    pub need: u16,
 }
 
-/// Capacity per window of each member: uniform in `[min, max]`.
-pub fn capacities(s: &Scenario, seed: u64) -> Vec<u32> {
+/// Who shares what and asks for what: each member's profile, every distinct request kind with what it needs of an
+/// upstream, and each profile's mix over them.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    /// The profiles (the scenario's, or the implicit one: see [`Scenario::member_profiles`]).
+    pub profiles: Vec<Profile>,
+    /// Each member's profile, by index.
+    pub profile_of: Vec<usize>,
+    /// Every distinct request kind, in the order profiles first name it.
+    pub needs: Vec<Need>,
+    /// Per profile: `(need index, cumulative weight)`, the last weight being 1.
+    mix: Vec<Vec<(u16, f64)>>,
+}
+
+impl Layout {
+    /// Lays the scenario's members out by profile (a validated scenario: counts add up, at most
+    /// `MAX_PROFILES × MAX_REQUEST_KINDS` kinds).
+    pub fn new(s: &Scenario) -> Self {
+        let profiles = s.member_profiles();
+        let profile_of = profiles
+            .iter()
+            .enumerate()
+            .flat_map(|(i, p)| std::iter::repeat_n(i, p.members))
+            .collect();
+        let mut needs: Vec<Need> = Vec::new();
+        let mix = profiles
+            .iter()
+            .map(|p| {
+                let total: f64 = p.requests.iter().map(|r| r.weight).sum();
+                let mut acc = 0.0;
+                p.requests
+                    .iter()
+                    .map(|r| {
+                        let need = r.need();
+                        let k = needs.iter().position(|n| *n == need).unwrap_or_else(|| {
+                            needs.push(need);
+                            needs.len() - 1
+                        });
+                        acc += r.weight / total;
+                        (k as u16, acc)
+                    })
+                    .collect()
+            })
+            .collect();
+        Layout {
+            profiles,
+            profile_of,
+            needs,
+            mix,
+        }
+    }
+
+    /// Member `m`'s profile.
+    pub fn profile(&self, m: usize) -> &Profile {
+        &self.profiles[self.profile_of[m]]
+    }
+
+    /// Member `m`'s upstreams.
+    pub fn upstreams(&self, m: usize) -> &[UpstreamSpec] {
+        &self.profile(m).upstreams
+    }
+
+    /// The kind of member `m`'s request for a uniform draw `u` in `[0, 1)`.
+    fn pick(&self, m: usize, u: f64) -> u16 {
+        let mix = &self.mix[self.profile_of[m]];
+        mix.iter()
+            .find(|&&(_, acc)| u < acc)
+            .or(mix.last())
+            .map_or(0, |&(k, _)| k)
+    }
+}
+
+/// Capacity per window of each member's upstreams: uniform in the upstream's range, or `[capacity]`'s.
+pub fn capacities(s: &Scenario, layout: &Layout, seed: u64) -> Vec<Vec<u32>> {
     let mut rng = ChaCha8Rng::seed_from_u64(mix(seed ^ 0xCA9A_C17E));
-    let span = f64::from(s.capacity.max - s.capacity.min + 1);
+    let default = CapacityRange {
+        min: s.capacity.min,
+        max: s.capacity.max,
+    };
     (0..s.members)
-        .map(|_| s.capacity.min + ((unit(&mut rng) * span) as u32).min(s.capacity.max - s.capacity.min))
+        .map(|m| {
+            layout
+                .upstreams(m)
+                .iter()
+                .map(|u| {
+                    let c = u.capacity.unwrap_or(default);
+                    let span = f64::from(c.max - c.min + 1);
+                    c.min + ((unit(&mut rng) * span) as u32).min(c.max - c.min)
+                })
+                .collect()
+        })
         .collect()
 }
 
@@ -54,14 +144,16 @@ fn quiet(s: &Scenario, t: Ms) -> bool {
     }
 }
 
-/// The whole group's demand over `[0, end)`, sorted by time then member.
-pub fn trace(s: &Scenario, seed: u64, end: Ms) -> Vec<Request> {
+/// The whole group's demand over `[0, end)`, sorted by time then member. Each request's kind is drawn from its
+/// member's profile mix with a stream of its own, so the times do not depend on the mix.
+pub fn trace(s: &Scenario, layout: &Layout, seed: u64, end: Ms) -> Vec<Request> {
     let w = weights(s, seed);
     let d = &s.demand;
     let mut out = Vec::new();
     for (m, weight) in w.iter().enumerate() {
         let mut rng = ChaCha8Rng::seed_from_u64(mix(seed ^ mix(0xDE3A_0D00 + m as u64)));
-        let base = d.mean_per_hour * weight / 3_600_000.0;
+        let mut kinds = ChaCha8Rng::seed_from_u64(mix(seed ^ mix(0x4B1D_0000 + m as u64)));
+        let base = d.mean_per_hour * weight * layout.profile(m).demand_factor / 3_600_000.0;
         if base <= 0.0 {
             continue;
         }
@@ -94,7 +186,12 @@ pub fn trace(s: &Scenario, seed: u64, end: Ms) -> Vec<Request> {
                 rate *= d.quiet_factor;
             }
             if unit(&mut rng) < rate / peak {
-                out.push(Request { t: tm, member: m });
+                let need = layout.pick(m, unit(&mut kinds));
+                out.push(Request {
+                    t: tm,
+                    member: m,
+                    need,
+                });
             }
         }
     }

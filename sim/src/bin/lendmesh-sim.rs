@@ -181,6 +181,17 @@ fn main() -> anyhow::Result<()> {
                 report.violations.len(),
                 o.out.display()
             )?;
+            if let Some(m) = &report.mixed {
+                writeln!(
+                    stdout,
+                    "{}: mixed upstreams: served {:.2} % of the demand some upstream serves, misrouted {}, refused at \
+                     once (nobody serves it) {:.1} per run; drain per family in report.md, chart drain.svg",
+                    s.name,
+                    m.mean("served_servable") * 100.0,
+                    m.mean("misrouted"),
+                    m.mean("nobody_serves"),
+                )?;
+            }
             if let Some(v) = report.violations.first() {
                 bail!("invariant violated ({} in all): {v}", report.violations.len());
             }

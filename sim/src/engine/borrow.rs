@@ -2,8 +2,12 @@
 //! every lender goes down `protocol::lend`'s ladder. This file only moves data between those machines and the
 //! simulated world, and measures; it decides nothing.
 //!
-//! **Borrower** ([`Sim::drive`]). Each step reads the member's own view (its peer table, refreshed from gossip, with
-//! its cooldowns; relays are the members with a fresh attestation) and asks the run to `decide`:
+//! **Borrower** ([`Sim::drive`]). A request that no fresh lender serves (`protocol::capability::candidates_for` finds
+//! none among the lenders the member holds a fresh attestation of) is refused at once as `no_capable_lender`,
+//! before any token is taken, as the node refuses it. Otherwise each step reads the member's own view (its peer
+//! table, refreshed from gossip, with its cooldowns; only the lenders that serve the request's API and model, each
+//! with the bucket of its best serving upstream; relays are the members with a fresh attestation) and asks the run
+//! to `decide`:
 //! - `TakeToken`: the oldest spendable token from the member's wallet, or `no_token`;
 //! - `Send`: the token bound to the chosen lender under a fresh request id (or, when `same_request`, the previous
 //!   request id and spend unchanged), through the chosen relay, with the scenario's timeout;
@@ -14,10 +18,11 @@
 //! lender cools down (its `Retry-After` capped, or the default), the idempotent retry after a timeout and the attempt
 //! budget are all the machine's (see its module doc).
 //!
-//! **Lender** ([`Sim::lend`]). `LendLadder::admit` by request id (a known id gets its cached answer again), then
-//! `lend::headroom` (no reserve is modelled), the real `Redeemer` claiming into the member's spent set, and
-//! `lend::after_upstream` on what the simulated upstream did. The upstream is capacity only: a request that got a
-//! unit of capacity is served (status 200).
+//! **Lender** ([`Sim::lend`]). `LendLadder::admit` by request id (a known id gets its cached answer again), then the
+//! first of its upstreams that serves the request (`protocol::capability`'s rule) and passes `lend::headroom` (no
+//! reserve is modelled) — none serving it: `NotServed`, none with room: `NoHeadroom`, both before any claim — the
+//! real `Redeemer` claiming into the member's spent set, and `lend::after_upstream` on what the simulated upstream
+//! did. The upstream is capacity only: a request that got a unit of capacity is served (status 200).
 //!
 //! Failure causes in the report are the simulator's measurement: a `BorrowFailure` names the cause, and `Failed`
 //! takes the label of the last attempt's outcome (`no_lender_headroom`, `token_already_spent`, a redeemer label,
@@ -25,6 +30,7 @@
 
 use lendmesh_protocol::PeerId;
 use lendmesh_protocol::borrow::{AttemptResult, BorrowFailure, Decision, Effect, Finish, RouteView};
+use lendmesh_protocol::capability::{self, Need, Offer};
 use lendmesh_protocol::lend::{self, Admission, UpstreamOutcome, UpstreamVerdict};
 use lendmesh_protocol::refill::RefillPlanner;
 use lendmesh_protocol::routing::Candidate;
@@ -49,6 +55,7 @@ fn cause_of(answer: Answer) -> &'static str {
         Answer::UpstreamRefused { .. } => "upstream_refused",
         Answer::UpstreamFailed => "upstream_failed",
         Answer::Busy => "lender_busy",
+        Answer::NotServed => "lender_not_serving",
     }
 }
 
@@ -69,6 +76,8 @@ fn attempt_result(answer: Answer) -> AttemptResult {
         },
         // The node's `DeliveryFailure::LenderBusy`: the lender refused before opening the request.
         Answer::Busy => refused(None, false),
+        // The node's `BorrowRefusal::NotServed`: refused before any claim, no `Retry-After`.
+        Answer::NotServed => refused(None, true),
     }
 }
 
@@ -81,19 +90,85 @@ pub(super) fn refusal_label(answer: Answer) -> String {
         Answer::UpstreamRefused { status } => format!("refused:upstream_{status}"),
         Answer::UpstreamFailed => "refused:upstream_failed".into(),
         Answer::Busy => "refused:lender_busy".into(),
+        Answer::NotServed => "refused:not_served".into(),
     }
 }
 
+/// A borrow attempt as it reaches a lender.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct AtLender {
+    /// The borrow.
+    pub(super) id: u64,
+    /// Its attempt number.
+    pub(super) attempt: u32,
+    /// The lender.
+    pub(super) lender: usize,
+    /// The relay it came through.
+    pub(super) relay: Option<usize>,
+    /// The attempt's request id.
+    pub(super) request_id: [u8; 16],
+    /// The request's kind.
+    pub(super) need: u16,
+    /// The borrower (ground truth for the linkage attackers and the invariants only).
+    pub(super) truth: usize,
+}
+
 impl Sim<'_> {
-    pub(super) fn start_borrow(&mut self, t: Ms, m: usize) {
+    /// Member `m` borrows for a request of kind `need` its own upstreams could not serve.
+    pub(super) fn start_borrow(&mut self, t: Ms, m: usize, need: u16) {
+        // The node's rule: a request that no fresh lender serves is refused at once, before any token is taken.
+        self.refresh_view(m, t);
+        if self.nobody_serves(m, t, need) {
+            return self.refuse_unserved(need);
+        }
         self.note_borrow(t, m);
+        self.mix.note_borrow(need, m);
         let mut digest = [0u8; 32];
         self.members[m].rng.fill_bytes(&mut digest);
         let id = self.next_borrow;
         self.next_borrow += 1;
         self.borrows
-            .insert(id, Borrow::new(m, t, self.borrow_cfg, digest));
+            .insert(id, Borrow::new(m, t, need, self.borrow_cfg, digest));
         self.drive(t, id);
+    }
+
+    /// Brings member `m`'s peer table up to what gossip brought it by `t`.
+    fn refresh_view(&mut self, m: usize, t: Ms) {
+        self.sync_member(m, t);
+        for p in (0..self.n).filter(|&p| p != m) {
+            self.refresh_one(m, p, t);
+        }
+    }
+
+    /// Whether member `m` holds a fresh attestation of some lender and none of those lenders serves `need`
+    /// (`protocol::capability::candidates_for`, as the node's borrower asks it).
+    fn nobody_serves(&self, m: usize, t: Ms, need: u16) -> bool {
+        let local = self.local(m, t);
+        let fresh: Vec<Offer<'_>> = self
+            .offers(m, local)
+            .into_iter()
+            .filter(|o| o.attestation_age_ms <= self.params.max_age_ms)
+            .collect();
+        !fresh.is_empty()
+            && capability::candidates_for(&self.layout.needs[usize::from(need)], &fresh)
+                .candidates
+                .is_empty()
+    }
+
+    /// Member `m`'s lenders as its table holds them at its clock `local`: attested capabilities, age, cooldown.
+    fn offers(&self, m: usize, local: u64) -> Vec<Offer<'_>> {
+        let me = &self.members[m];
+        (0..self.n)
+            .filter(|&p| p != m)
+            .filter_map(|p| {
+                me.table[p].as_ref().map(|v| Offer {
+                    peer: self.members[p].id,
+                    capabilities: &v.capabilities,
+                    attestation_age_ms: local.saturating_sub(v.issued_at_ms),
+                    cooling_until_ms: me.cooling[p],
+                })
+            })
+            .collect()
     }
 
     /// Counts an unserved request of a borrow started at `started`.
@@ -102,41 +177,30 @@ impl Sim<'_> {
         self.note_borrow_failed(started, cause);
     }
 
-    /// Member `m`'s routing view at its clock `local`: lenders it holds an attestation of (with its cooldowns), and
-    /// the members it can relay through (a fresh attestation stands for a live connection).
-    fn route_view(&self, m: usize, local: u64) -> (Vec<Candidate>, Vec<PeerId>) {
-        let me = &self.members[m];
-        let candidates: Vec<Candidate> = (0..self.n)
-            .filter(|&p| p != m)
-            .filter_map(|p| {
-                me.table[p].map(|v| Candidate {
-                    peer: self.members[p].id,
-                    headroom: v.headroom,
-                    attestation_age_ms: local.saturating_sub(v.issued_at_ms),
-                    cooling_until_ms: me.cooling[p],
-                })
-            })
-            .collect();
-        let connected = candidates
+    /// Member `m`'s routing view at its clock `local` for a request of kind `need`: the lenders it holds an
+    /// attestation of that serve it (`protocol::capability::candidates_for`: each with the bucket of its best serving
+    /// upstream, with its cooldowns), and the members it can relay through (a fresh attestation stands for a live
+    /// connection, whatever the lender serves).
+    fn route_view(&self, m: usize, local: u64, need: u16) -> (Vec<Candidate>, Vec<PeerId>) {
+        let offers = self.offers(m, local);
+        let connected = offers
             .iter()
-            .filter(|c| c.attestation_age_ms <= self.params.max_age_ms)
-            .map(|c| c.peer)
+            .filter(|o| o.attestation_age_ms <= self.params.max_age_ms)
+            .map(|o| o.peer)
             .collect();
-        (candidates, connected)
+        let capable = capability::candidates_for(&self.layout.needs[usize::from(need)], &offers);
+        (capable.candidates, connected)
     }
 
     /// Runs borrow `id`'s machine until it sends an attempt (then the answer or the timeout drives it on) or
     /// finishes.
     pub(super) fn drive(&mut self, t: Ms, id: u64) {
-        let Some(m) = self.borrows.get(&id).map(|b| b.borrower) else {
+        let Some((m, need)) = self.borrows.get(&id).map(|b| (b.borrower, b.need)) else {
             return;
         };
-        self.sync_member(m, t);
-        for p in (0..self.n).filter(|&p| p != m) {
-            self.refresh_one(m, p, t);
-        }
+        self.refresh_view(m, t);
         let local = self.local(m, t);
-        let (candidates, connected) = self.route_view(m, local);
+        let (candidates, connected) = self.route_view(m, local, need);
         let me = self.members[m].id;
         loop {
             let view = RouteView {
@@ -173,6 +237,7 @@ impl Sim<'_> {
                         None => {
                             b.token = token;
                             b.run.token_taken();
+                            self.mix.kind(need).tokens_taken += 1;
                         }
                         Some(why) => b.run.no_token(why),
                     }
@@ -235,7 +300,8 @@ impl Sim<'_> {
             self.out.direct_borrows += 1;
         }
         b.attempt += 1;
-        let attempt = b.attempt;
+        let (attempt, need) = (b.attempt, b.need);
+        self.mix.kind(need).attempts += 1;
         b.sent = Some(Sent {
             request_id,
             spend: spend.clone(),
@@ -258,6 +324,7 @@ impl Sim<'_> {
                     relay,
                     request_id,
                     spend: Box::new(spend),
+                    need,
                     truth: m,
                 },
             );
@@ -307,10 +374,12 @@ impl Sim<'_> {
             && let Some(token) = b.token.take()
         {
             self.members[m].wallet.put_back(token);
+            self.mix.kind(b.need).tokens_returned += 1;
         }
         match finish.result {
             Ok(()) => {
                 self.out.served_borrowed += 1;
+                self.mix.kind(b.need).served_borrowed += 1;
                 self.out.borrow_latency_ms.push(t - b.started);
                 self.out.bins[(b.started / self.bin_ms) as usize].served += 1;
                 let epoch = b.sent.map_or(0, |s| s.spend.token.input.epoch);
@@ -325,13 +394,15 @@ impl Sim<'_> {
                     BorrowFailure::Timeout { .. } => "timeout",
                     BorrowFailure::Failed { .. } => b.last_cause,
                 };
+                self.mix.kind(b.need).failed += 1;
                 self.fail_cause(cause, b.started);
             }
         }
     }
 
-    /// The lender's side, `protocol::lend`'s ladder: a known request id gets its answer again; then headroom, the
-    /// redeemer's checks and claim, and what the upstream's answer means for the claim.
+    /// The lender's side, `protocol::lend`'s ladder for a request that needs `need`: a known request id gets its
+    /// answer again; then an upstream that serves it with headroom, the redeemer's checks and claim, and what the
+    /// upstream's answer means for the claim.
     pub(super) fn lend(
         &mut self,
         t: Ms,
@@ -339,6 +410,7 @@ impl Sim<'_> {
         request_id: [u8; 16],
         spend: &TokenSpend,
         via: Option<usize>,
+        need: &Need,
     ) -> Answer {
         let window_ms = self.window_ms;
         let local = self.local(l, t);
@@ -352,23 +424,46 @@ impl Sim<'_> {
             Admission::Join | Admission::Busy => return Answer::Busy,
             Admission::Proceed => {}
         }
-        let answer = self.lend_new(t, l, spend, via, local);
+        let answer = self.lend_new(t, l, spend, via, local, need);
         self.members[l].ladder.finish(request_id, answer, local);
         answer
     }
 
     /// Steps 2–4 of the ladder for a new request id.
-    fn lend_new(&mut self, t: Ms, l: usize, spend: &TokenSpend, via: Option<usize>, local: u64) -> Answer {
+    fn lend_new(
+        &mut self,
+        t: Ms,
+        l: usize,
+        spend: &TokenSpend,
+        via: Option<usize>,
+        local: u64,
+        need: &Need,
+    ) -> Answer {
         let window_ms = self.window_ms;
         let via = via.map(|r| self.members[r].id);
         let lender = &mut self.members[l];
-        // 2. Headroom, keeping the reserve: refused before any claim.
+        // 2. The first upstream that serves the request and has headroom beyond the reserve (the node's
+        //    `acquire_lend`); none serving it, or none with room: refused before any claim.
         let resets = crate::net::EPOCH_START_MS + (lender.window + 1) * window_ms;
-        if let Err(retry_after_ms) =
-            lend::headroom(u64::from(lender.remaining()), LEND_RESERVE, resets, local)
+        let mut refusal = Answer::NotServed;
+        let mut chosen = None;
+        for (k, u) in lender
+            .upstreams
+            .iter()
+            .enumerate()
+            .filter(|(_, u)| u.serves(need))
         {
-            return Answer::NoHeadroom { retry_after_ms };
+            match lend::headroom(u64::from(u.remaining()), LEND_RESERVE, resets, local) {
+                Ok(()) => {
+                    chosen = Some(k);
+                    break;
+                }
+                Err(retry_after_ms) => refusal = Answer::NoHeadroom { retry_after_ms },
+            }
         }
+        let Some(k) = chosen else {
+            return refusal;
+        };
         // 3. Redeem and claim before any work.
         let redemption = match lender
             .redeemer
@@ -389,7 +484,9 @@ impl Sim<'_> {
             }
             UpstreamVerdict::Failed => return Answer::UpstreamFailed,
         }
-        lender.used += 1;
+        let upstream = &mut lender.upstreams[k];
+        upstream.used += 1;
+        upstream.lent_total += 1;
         lender.records.push(LenderRecord {
             at: t,
             token_hash: redemption.token_hash,
@@ -406,10 +503,15 @@ impl Sim<'_> {
     /// Safety invariants, checked on every serve.
     pub(super) fn check_serve(&mut self, l: usize, hash: &TokenHash) {
         let lender = &self.members[l];
-        if lender.used > lender.capacity {
+        if let Some((k, u)) = lender
+            .upstreams
+            .iter()
+            .enumerate()
+            .find(|(_, u)| u.used > u.capacity)
+        {
+            let (used, capacity) = (u.used, u.capacity);
             self.violation(format!(
-                "lender {l} served {} > capacity {}",
-                lender.used, lender.capacity
+                "lender {l} served {used} > capacity {capacity} of its upstream {k}"
             ));
         }
         if !self.served_by[l].insert(*hash) {
@@ -427,19 +529,34 @@ impl Sim<'_> {
         self.out.violations.push(format!("seed {seed}: {what}"));
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn on_at_lender(
-        &mut self,
-        t: Ms,
-        id: u64,
-        attempt: u32,
-        l: usize,
-        relay: Option<usize>,
-        request_id: [u8; 16],
-        spend: &TokenSpend,
-        truth: usize,
-    ) {
-        let answer = self.lend(t, l, request_id, spend, relay);
+    /// A request lender `l` serves (what an adversary's spend presents): one of its first upstream's API, naming no
+    /// model.
+    pub(super) fn probe_need(&self, l: usize) -> Need {
+        let api = self.members[l].upstreams.first().map(|u| u.api);
+        crate::scenario::RequestKind {
+            api: api.unwrap_or(lendmesh_protocol::capability::Api::Any),
+            model: None,
+            weight: 1.0,
+        }
+        .need()
+    }
+
+    pub(super) fn on_at_lender(&mut self, t: Ms, at: &AtLender, spend: &TokenSpend) {
+        let AtLender {
+            id,
+            attempt,
+            lender: l,
+            relay,
+            request_id,
+            need,
+            truth,
+        } = *at;
+        let wanted = self.layout.needs[usize::from(need)].clone();
+        let answer = self.lend(t, l, request_id, spend, relay, &wanted);
+        if answer == Answer::NotServed {
+            // The borrower routed it to a lender none of whose upstreams serves it.
+            self.mix.misrouted += 1;
+        }
         // The lender's records must never name the borrower.
         if let Some(rec) = self.members[l].records.last()
             && rec.request_digest == spend.request_digest

@@ -81,8 +81,8 @@ impl Sim<'_> {
         if !self.ep.enabled {
             return None;
         }
-        let caps: Vec<u32> = self.members.iter().map(|m| m.capacity).collect();
-        let oracle_at = crate::baseline::oracle_served_at(&self.trace, &caps, &self.net, self.window_ms);
+        let pool = self.pool();
+        let oracle_at = crate::baseline::oracle_served_at(&self.trace, &pool, &self.net, self.window_ms);
         let ep = &mut self.ep;
         ep.served_at.sort_unstable();
         ep.failed_at.sort_unstable();
