@@ -225,6 +225,14 @@ pub fn check_models(models: &[String]) -> Result<(), CapabilityError> {
     Ok(())
 }
 
+/// Units of a window of `capacity` that its member keeps (never lent): the larger of `reserve` units and
+/// `keep_share` (clamped to 0..=1) of the window, rounded up. Lending stops when only that is left; the member's own
+/// requests may use it.
+pub fn kept(capacity: u64, reserve: u64, keep_share: f64) -> u64 {
+    let share = (capacity as f64 * keep_share.clamp(0.0, 1.0)).ceil();
+    reserve.max(share as u64)
+}
+
 /// One lender as the borrower knows it: its attested capabilities and what routing needs besides.
 #[derive(Clone, Copy, Debug)]
 pub struct Offer<'a> {
@@ -395,6 +403,15 @@ mod tests {
                 .candidates
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn the_member_keeps_the_larger_of_its_reserve_and_its_share() {
+        assert_eq!(kept(60, 0, 0.3), 18);
+        assert_eq!(kept(10, 5, 0.3), 5);
+        assert_eq!(kept(7, 0, 0.3), 3, "rounded up");
+        assert_eq!(kept(10, 0, 2.0), 10, "clamped");
+        assert_eq!(kept(10, 0, f64::NAN), 0);
     }
 
     #[test]

@@ -51,8 +51,7 @@ impl Shared {
 
     /// Units of `h` the member keeps: the larger of the reserve and the keep share of the window (rounded up).
     pub fn kept(&self, h: &Headroom) -> u64 {
-        let share = (h.capacity as f64 * self.keep_share.clamp(0.0, 1.0)).ceil();
-        self.reserve.max(share as u64)
+        lendmesh_protocol::capability::kept(h.capacity, self.reserve, self.keep_share)
     }
 
     /// What it can lend for `model` at `now`: its headroom less what the member keeps (nothing when the upstream
