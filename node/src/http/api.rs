@@ -165,6 +165,13 @@ async fn refresh_gauges(s: &ApiState) {
     let (bucket, _) =
         crate::upstream::UpstreamSet::summary(&s.upstreams.capabilities(crate::clock::now_ms()));
     c.headroom_bucket.set(bucket as i64);
+    for u in s.upstreams.iter() {
+        let label = crate::metrics::UpstreamLabel {
+            upstream: u.name.clone(),
+        };
+        let ignored = i64::try_from(u.upstream.ignored_rate_limit_values()).unwrap_or(i64::MAX);
+        c.upstream_ignored_values.get_or_create(&label).set(ignored);
+    }
     // One series per epoch with a spent set: a retired epoch's series disappears when its rows are pruned.
     if let Ok(epochs) = s.store.spent_epochs() {
         c.spent_set.clear();
@@ -270,6 +277,7 @@ async fn node(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
                 "advertised": h.capacity > 0,
                 "resets_at_ms": h.resets_at_ms,
                 "may_lend": u.upstream.may_lend(),
+                "ignored_rate_limit_values": u.upstream.ignored_rate_limit_values(),
             })
         })
         .collect();

@@ -39,6 +39,13 @@ pub struct ClassLabel {
     pub class: String,
 }
 
+/// A label set naming one of this member's upstreams.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabel {
+    /// Its configured name.
+    pub upstream: String,
+}
+
 /// A label set naming an epoch.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EpochLabel {
@@ -148,6 +155,9 @@ pub struct NodeMetrics {
     pub wallet_balance: Gauge,
     /// Spent token hashes per epoch (set at scrape).
     pub spent_set: Family<EpochLabel, Gauge>,
+    /// Rate-limit header values an upstream sent that were ignored (malformed or out of range), per upstream (set
+    /// at scrape).
+    pub upstream_ignored_values: Family<UpstreamLabel, Gauge>,
     /// Connected peers (set at scrape).
     pub peers_connected: Gauge,
     /// Peers with a fresh attestation (set at scrape).
@@ -248,6 +258,7 @@ impl Default for NodeMetrics {
             upstream_calls: Family::default(),
             wallet_balance: Gauge::default(),
             spent_set: Family::default(),
+            upstream_ignored_values: Family::default(),
             peers_connected: Gauge::default(),
             fresh_attestations: Gauge::default(),
             headroom_bucket: Gauge::default(),
@@ -414,6 +425,11 @@ impl NodeMetrics {
             "spent_set_size",
             "Spent token hashes held, per epoch",
             self.spent_set.clone(),
+        );
+        r.register(
+            "upstream_ignored_rate_limit_values",
+            "Rate-limit header values an upstream sent that were ignored as malformed or out of range, per upstream",
+            self.upstream_ignored_values.clone(),
         );
         r.register(
             "attestations_accepted",

@@ -66,6 +66,8 @@ pub struct HttpUpstream {
     idle_timeout: Duration,
     max_response_bytes: usize,
     state: Mutex<HttpState>,
+    /// Rate-limit header values ignored as malformed or out of range.
+    ignored: AtomicU64,
     in_flight: Arc<AtomicU64>,
 }
 
@@ -177,6 +179,7 @@ impl HttpUpstream {
                 subscription: None,
             }),
             in_flight: Arc::new(AtomicU64::new(0)),
+            ignored: AtomicU64::new(0),
         })
     }
 
@@ -277,6 +280,8 @@ impl HttpUpstream {
         let told = learned.is_some() || windows_said;
         if let Some(newer) = subscription {
             if newer.ignored > 0 {
+                self.ignored
+                    .fetch_add(u64::from(newer.ignored), Ordering::Relaxed);
                 debug!(
                     ignored = newer.ignored,
                     "subscription rate-limit values ignored (malformed or out of range)"
@@ -473,6 +478,10 @@ impl Upstream for HttpUpstream {
 
     fn try_acquire(&self, now_ms: u64, reserve: u64) -> Option<Permit> {
         self.try_acquire_for(now_ms, reserve, None)
+    }
+
+    fn ignored_rate_limit_values(&self) -> u64 {
+        self.ignored.load(Ordering::Relaxed)
     }
 
     fn try_acquire_for(&self, now_ms: u64, reserve: u64, model: Option<&str>) -> Option<Permit> {

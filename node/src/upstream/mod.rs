@@ -315,6 +315,10 @@ pub trait Upstream: Send + Sync + 'static {
     fn may_lend(&self) -> bool {
         true
     }
+    /// Rate-limit header values it sent that were ignored as malformed or out of range, so far.
+    fn ignored_rate_limit_values(&self) -> u64 {
+        0
+    }
     /// Calls the upstream, spending `permit`. Resolves when the response head arrives; the body follows as a
     /// stream ([`UpstreamResponse::body`]), and dropping it (or this future) cancels the call.
     fn call(

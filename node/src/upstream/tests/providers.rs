@@ -328,11 +328,16 @@ async fn http_subscription_headroom_follows_its_windows_and_scoped_rejections_st
     {
         let mut s = lock(&script);
         s.status = 200;
-        s.headers = vec![("anthropic-ratelimit-unified-representative-claim", "overage")];
+        s.headers = vec![
+            ("anthropic-ratelimit-unified-representative-claim", "overage"),
+            ("anthropic-ratelimit-unified-5h-utilization", "not-a-number"),
+            ("anthropic-ratelimit-unified-5h-reset", "-3"),
+        ];
     }
     let fresh = styled(&base, AuthStyle::XApiKey, &[]);
     call(&fresh, req("POST", "/v1/messages")).await.expect("answered");
     assert!(!fresh.may_lend());
+    assert_eq!(fresh.ignored_rate_limit_values(), 2, "bad values are ignored and counted");
 }
 
 #[tokio::test]
