@@ -337,7 +337,11 @@ async fn http_subscription_headroom_follows_its_windows_and_scoped_rejections_st
     let fresh = styled(&base, AuthStyle::XApiKey, &[]);
     call(&fresh, req("POST", "/v1/messages")).await.expect("answered");
     assert!(!fresh.may_lend());
-    assert_eq!(fresh.ignored_rate_limit_values(), 2, "bad values are ignored and counted");
+    assert_eq!(
+        fresh.ignored_rate_limit_values(),
+        2,
+        "bad values are ignored and counted"
+    );
 }
 
 #[tokio::test]
