@@ -6,17 +6,15 @@
 //! model. An upstream's [`Capability`] **serves** it when the APIs match (an upstream of [`Api::Any`] serves every
 //! request; one of a known API serves its own path and the other paths of its family, such as `/v1/models`) and the
 //! model is among its models (an empty list: any model; an entry ending in `*`: a prefix). Routing then looks only
-//! at capable lenders, each with the headroom of its best capable upstream ([`candidates_for`]); the node and the
-//! simulator share this.
+//! at capable lenders, each with the headroom of its best capable upstream (`routing::candidates_for`); the node
+//! and the simulator share this.
 //!
 //! Bounded: at most [`MAX_CAPABILITIES`] upstreams per lender, [`MAX_MODELS`] models each, [`MAX_MODEL_LEN`] bytes
 //! per model name; [`check`] refuses more (an attestation that claims more is rejected as malformed).
 
 use serde::{Deserialize, Serialize};
 
-use crate::attestation::HeadroomBucket;
-use crate::ids::PeerId;
-use crate::routing::Candidate;
+use crate::headroom::HeadroomBucket;
 use crate::scrub::{ApiFamily, Body};
 
 /// Upstreams one lender may advertise.
@@ -233,53 +231,6 @@ pub fn kept(capacity: u64, reserve: u64, keep_share: f64) -> u64 {
     reserve.max(share as u64)
 }
 
-/// One lender as the borrower knows it: its attested capabilities and what routing needs besides.
-#[derive(Clone, Copy, Debug)]
-pub struct Offer<'a> {
-    /// The lender.
-    pub peer: PeerId,
-    /// Its attested capabilities.
-    pub capabilities: &'a [Capability],
-    /// Age of its attestation.
-    pub attestation_age_ms: u64,
-    /// Cooling down until this instant.
-    pub cooling_until_ms: Option<u64>,
-}
-
-/// The lenders that can serve `need`, for routing.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Capable {
-    /// Each capable lender with the headroom of its best upstream that serves `need`.
-    pub candidates: Vec<Candidate>,
-    /// The earliest window reset among capable lenders with no headroom for it (for a `Retry-After`).
-    pub next_reset_ms: Option<u64>,
-}
-
-/// The lenders of `offers` that serve `need`.
-pub fn candidates_for(need: &Need, offers: &[Offer<'_>]) -> Capable {
-    let mut out = Capable::default();
-    for o in offers {
-        let serving: Vec<&Capability> = o.capabilities.iter().filter(|c| c.serves(need)).collect();
-        let Some(best) = serving.iter().max_by_key(|c| c.headroom) else {
-            continue;
-        };
-        if best.headroom == HeadroomBucket::None {
-            let reset = serving.iter().map(|c| c.resets_at_ms).min();
-            out.next_reset_ms = match (out.next_reset_ms, reset) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-        }
-        out.candidates.push(Candidate {
-            peer: o.peer,
-            headroom: best.headroom,
-            attestation_age_ms: o.attestation_age_ms,
-            cooling_until_ms: o.cooling_until_ms,
-        });
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,10 +246,6 @@ mod tests {
             headroom,
             resets_at_ms: 1_000,
         }
-    }
-
-    fn pid(seed: u8) -> PeerId {
-        PeerId::from_public_key(&ed25519_dalek::SigningKey::from_bytes(&[seed; 32]).verifying_key())
     }
 
     #[test]
@@ -346,62 +293,6 @@ mod tests {
         assert!(
             !responses.serves(&chat),
             "chat completions and responses are told apart"
-        );
-    }
-
-    #[test]
-    fn only_capable_lenders_are_candidates_with_their_best_capable_headroom() {
-        let a = [
-            cap(Api::OpenAiChat, &["gpt-4o"], HeadroomBucket::High),
-            cap(Api::AnthropicMessages, &[], HeadroomBucket::Low),
-        ];
-        let b = [cap(Api::AnthropicMessages, &[], HeadroomBucket::None)];
-        let c = [cap(Api::OpenAiChat, &[], HeadroomBucket::Medium)];
-        let offers = [
-            Offer {
-                peer: pid(1),
-                capabilities: &a,
-                attestation_age_ms: 10,
-                cooling_until_ms: None,
-            },
-            Offer {
-                peer: pid(2),
-                capabilities: &b,
-                attestation_age_ms: 10,
-                cooling_until_ms: None,
-            },
-            Offer {
-                peer: pid(3),
-                capabilities: &c,
-                attestation_age_ms: 10,
-                cooling_until_ms: Some(5),
-            },
-        ];
-        let got = candidates_for(&need("/v1/messages", r#"{"model":"claude-x"}"#), &offers);
-        let peers: Vec<(PeerId, HeadroomBucket)> =
-            got.candidates.iter().map(|c| (c.peer, c.headroom)).collect();
-        assert_eq!(
-            peers,
-            [(pid(1), HeadroomBucket::Low), (pid(2), HeadroomBucket::None)]
-        );
-        assert_eq!(
-            got.next_reset_ms,
-            Some(1_000),
-            "when the exhausted capable lender resets"
-        );
-        let got = candidates_for(&need("/v1/chat/completions", r#"{"model":"gpt-4o"}"#), &offers);
-        assert_eq!(got.candidates.len(), 2);
-        assert_eq!(got.candidates[1].cooling_until_ms, Some(5));
-        assert!(
-            candidates_for(&need("/v1/chat/completions", r#"{"model":"o3"}"#), &offers)
-                .candidates
-                .len()
-                == 1
-        );
-        assert!(
-            candidates_for(&need("/api/generate", "{}"), &offers)
-                .candidates
-                .is_empty()
         );
     }
 

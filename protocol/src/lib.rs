@@ -37,6 +37,8 @@
 //! - [`group`]: group id, the pnet pre-shared key (`swarm.key` format), the admin-signed roster and epoch
 //!   announcement, the invite file.
 //! - [`wire`]: versioned postcard frames for every protocol, size-limited before decoding.
+//! - [`claims`]: one spend per token across the group — replica sets over the epoch's frozen roster and the
+//!   lender's quorum tally.
 //! - [`capability`]: what each lender's upstreams serve (API, models, headroom), so borrows go only where they
 //!   can be served.
 //! - [`routing`]: lender choice (power of two choices with age-discounted headroom by default) and relay choice.
@@ -54,8 +56,10 @@ pub mod bhttp;
 pub mod blind_rsa;
 pub mod borrow;
 pub mod capability;
+pub mod claims;
 pub mod epoch;
 pub mod group;
+pub mod headroom;
 pub mod health;
 pub mod ids;
 pub mod issuer;

@@ -22,6 +22,7 @@ use std::str::FromStr;
 use rand_core::RngCore;
 
 use crate::attestation::{DEFAULT_WINDOW_MS, HeadroomBucket};
+use crate::capability::{Capability, Need};
 use crate::ids::PeerId;
 
 /// A lender-selection policy.
@@ -201,6 +202,53 @@ pub fn choose_lender(
         }
     };
     Some(chosen.peer)
+}
+
+/// One lender as the borrower knows it: its attested capabilities and what routing needs besides.
+#[derive(Clone, Copy, Debug)]
+pub struct Offer<'a> {
+    /// The lender.
+    pub peer: PeerId,
+    /// Its attested capabilities.
+    pub capabilities: &'a [Capability],
+    /// Age of its attestation.
+    pub attestation_age_ms: u64,
+    /// Cooling down until this instant.
+    pub cooling_until_ms: Option<u64>,
+}
+
+/// The lenders that can serve `need`, for routing.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Capable {
+    /// Each capable lender with the headroom of its best upstream that serves `need`.
+    pub candidates: Vec<Candidate>,
+    /// The earliest window reset among capable lenders with no headroom for it (for a `Retry-After`).
+    pub next_reset_ms: Option<u64>,
+}
+
+/// The lenders of `offers` that serve `need` (`crate::capability`).
+pub fn candidates_for(need: &Need, offers: &[Offer<'_>]) -> Capable {
+    let mut out = Capable::default();
+    for o in offers {
+        let serving: Vec<&Capability> = o.capabilities.iter().filter(|c| c.serves(need)).collect();
+        let Some(best) = serving.iter().max_by_key(|c| c.headroom) else {
+            continue;
+        };
+        if best.headroom == HeadroomBucket::None {
+            let reset = serving.iter().map(|c| c.resets_at_ms).min();
+            out.next_reset_ms = match (out.next_reset_ms, reset) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        out.candidates.push(Candidate {
+            peer: o.peer,
+            headroom: best.headroom,
+            attestation_age_ms: o.attestation_age_ms,
+            cooling_until_ms: o.cooling_until_ms,
+        });
+    }
+    out
 }
 
 /// Chooses a relay uniformly among `connected`, never `me` nor `lender`.
@@ -445,5 +493,90 @@ mod tests {
             assert_eq!(p.name().parse::<Policy>().unwrap(), p);
         }
         assert!("best".parse::<Policy>().is_err());
+    }
+
+    fn need(path: &str, body: &str) -> Need {
+        Need::of(path, &[], &crate::scrub::Body::parse(body.as_bytes()))
+    }
+
+    fn cap(api: crate::capability::Api, models: &[&str], headroom: HeadroomBucket) -> Capability {
+        Capability {
+            api,
+            models: models.iter().map(|m| m.to_string()).collect(),
+            headroom,
+            resets_at_ms: 1_000,
+        }
+    }
+
+    #[test]
+    fn only_capable_lenders_are_candidates_with_their_best_capable_headroom() {
+        let a = [
+            cap(
+                crate::capability::Api::OpenAiChat,
+                &["gpt-4o"],
+                HeadroomBucket::High,
+            ),
+            cap(
+                crate::capability::Api::AnthropicMessages,
+                &[],
+                HeadroomBucket::Low,
+            ),
+        ];
+        let b = [cap(
+            crate::capability::Api::AnthropicMessages,
+            &[],
+            HeadroomBucket::None,
+        )];
+        let c = [cap(
+            crate::capability::Api::OpenAiChat,
+            &[],
+            HeadroomBucket::Medium,
+        )];
+        let offers = [
+            Offer {
+                peer: pid(1),
+                capabilities: &a,
+                attestation_age_ms: 10,
+                cooling_until_ms: None,
+            },
+            Offer {
+                peer: pid(2),
+                capabilities: &b,
+                attestation_age_ms: 10,
+                cooling_until_ms: None,
+            },
+            Offer {
+                peer: pid(3),
+                capabilities: &c,
+                attestation_age_ms: 10,
+                cooling_until_ms: Some(5),
+            },
+        ];
+        let got = candidates_for(&need("/v1/messages", r#"{"model":"claude-x"}"#), &offers);
+        let peers: Vec<(PeerId, HeadroomBucket)> =
+            got.candidates.iter().map(|c| (c.peer, c.headroom)).collect();
+        assert_eq!(
+            peers,
+            [(pid(1), HeadroomBucket::Low), (pid(2), HeadroomBucket::None)]
+        );
+        assert_eq!(
+            got.next_reset_ms,
+            Some(1_000),
+            "when the exhausted capable lender resets"
+        );
+        let got = candidates_for(&need("/v1/chat/completions", r#"{"model":"gpt-4o"}"#), &offers);
+        assert_eq!(got.candidates.len(), 2);
+        assert_eq!(got.candidates[1].cooling_until_ms, Some(5));
+        assert!(
+            candidates_for(&need("/v1/chat/completions", r#"{"model":"o3"}"#), &offers)
+                .candidates
+                .len()
+                == 1
+        );
+        assert!(
+            candidates_for(&need("/api/generate", "{}"), &offers)
+                .candidates
+                .is_empty()
+        );
     }
 }

@@ -32,7 +32,7 @@
 //! - **Mixed upstreams** (scenarios with `[[profiles]]`, [`upstream`]): members share one or more upstreams, each
 //!   with an API, its models and its capacity, and ask for a mix of request kinds. Each lender attests one
 //!   capability per upstream with its own bucket; a borrower routes only among the lenders
-//!   `protocol::capability::candidates_for` finds capable, and refuses at once (no token) a request no fresh lender
+//!   `protocol::routing::candidates_for` finds capable, and refuses at once (no token) a request no fresh lender
 //!   serves; a lender serves from the first upstream that serves the request and has room, or refuses `NotServed`.
 //!   The report counts served demand per kind, misrouted attempts (must be 0) and each family's drain.
 //! - **Network** ([`net`]): per-link latency with jitter, loss, partitions, crashes (memory lost, durable state

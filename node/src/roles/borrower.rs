@@ -25,7 +25,8 @@ pub use lendmesh_protocol::borrow::PrivacyMode;
 use lendmesh_protocol::borrow::{
     AttemptResult, BorrowConfig, BorrowFailure, BorrowRun, Decision, Effect, RouteView,
 };
-use lendmesh_protocol::capability::{self, Need, Offer};
+use lendmesh_protocol::capability::Need;
+use lendmesh_protocol::routing::{self as routing_rules, Offer};
 use lendmesh_protocol::routing::{Candidate, Policy, RoutingParams};
 use lendmesh_protocol::scrub::{self, ApiFamily, ScrubSettings};
 use lendmesh_protocol::token::WalletToken;
@@ -689,7 +690,7 @@ fn refusal(reason: BorrowRefusal, retry_after_ms: Option<u64>) -> AttemptResult 
 }
 
 /// The lenders of `view` that serve `need` (`protocol::capability`).
-fn capable(need: &Need, view: &crate::roles::peerbook::RoutingView) -> capability::Capable {
+fn capable(need: &Need, view: &crate::roles::peerbook::RoutingView) -> routing_rules::Capable {
     let offers: Vec<Offer<'_>> = view
         .lenders
         .iter()
@@ -700,7 +701,7 @@ fn capable(need: &Need, view: &crate::roles::peerbook::RoutingView) -> capabilit
             cooling_until_ms: l.candidate.cooling_until_ms,
         })
         .collect();
-    capability::candidates_for(need, &offers)
+    routing_rules::candidates_for(need, &offers)
 }
 
 fn run_failure(why: &str) -> lendmesh_protocol::borrow::Finish {

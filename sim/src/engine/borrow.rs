@@ -2,7 +2,7 @@
 //! every lender goes down `protocol::lend`'s ladder. This file only moves data between those machines and the
 //! simulated world, and measures; it decides nothing.
 //!
-//! **Borrower** ([`Sim::drive`]). A request that no fresh lender serves (`protocol::capability::candidates_for` finds
+//! **Borrower** ([`Sim::drive`]). A request that no fresh lender serves (`protocol::routing::candidates_for` finds
 //! none among the lenders the member holds a fresh attestation of) is refused at once as `no_capable_lender`,
 //! before any token is taken, as the node refuses it. Otherwise each step reads the member's own view (its peer
 //! table, refreshed from gossip, with its cooldowns; only the lenders that serve the request's API and model, each
@@ -30,10 +30,11 @@
 
 use lendmesh_protocol::PeerId;
 use lendmesh_protocol::borrow::{AttemptResult, BorrowFailure, Decision, Effect, Finish, RouteView};
-use lendmesh_protocol::capability::{self, Need, Offer};
+use lendmesh_protocol::capability::Need;
 use lendmesh_protocol::lend::{self, Admission, UpstreamOutcome, UpstreamVerdict};
 use lendmesh_protocol::refill::RefillPlanner;
 use lendmesh_protocol::routing::Candidate;
+use lendmesh_protocol::routing::{self as routing_rules, Offer};
 use lendmesh_protocol::token::{TokenHash, TokenSpend};
 use rand_core::RngCore;
 
@@ -141,7 +142,7 @@ impl Sim<'_> {
     }
 
     /// Whether member `m` holds a fresh attestation of some lender and none of those lenders serves `need`
-    /// (`protocol::capability::candidates_for`, as the node's borrower asks it).
+    /// (`protocol::routing::candidates_for`, as the node's borrower asks it).
     fn nobody_serves(&self, m: usize, t: Ms, need: u16) -> bool {
         let local = self.local(m, t);
         let fresh: Vec<Offer<'_>> = self
@@ -150,7 +151,7 @@ impl Sim<'_> {
             .filter(|o| o.attestation_age_ms <= self.params.max_age_ms)
             .collect();
         !fresh.is_empty()
-            && capability::candidates_for(&self.layout.needs[usize::from(need)], &fresh)
+            && routing_rules::candidates_for(&self.layout.needs[usize::from(need)], &fresh)
                 .candidates
                 .is_empty()
     }
@@ -178,7 +179,7 @@ impl Sim<'_> {
     }
 
     /// Member `m`'s routing view at its clock `local` for a request of kind `need`: the lenders it holds an
-    /// attestation of that serve it (`protocol::capability::candidates_for`: each with the bucket of its best serving
+    /// attestation of that serve it (`protocol::routing::candidates_for`: each with the bucket of its best serving
     /// upstream, with its cooldowns), and the members it can relay through (a fresh attestation stands for a live
     /// connection, whatever the lender serves).
     fn route_view(&self, m: usize, local: u64, need: u16) -> (Vec<Candidate>, Vec<PeerId>) {
@@ -188,7 +189,7 @@ impl Sim<'_> {
             .filter(|o| o.attestation_age_ms <= self.params.max_age_ms)
             .map(|o| o.peer)
             .collect();
-        let capable = capability::candidates_for(&self.layout.needs[usize::from(need)], &offers);
+        let capable = routing_rules::candidates_for(&self.layout.needs[usize::from(need)], &offers);
         (capable.candidates, connected)
     }
 

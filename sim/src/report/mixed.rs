@@ -165,7 +165,7 @@ impl MixedReport {
         let _ = writeln!(
             md,
             "## Mixed upstreams\n\nEach lender attests one capability per upstream (API, models, its own bucket); \
-             borrowers route only among the lenders `protocol::capability::candidates_for` finds capable, and a \
+             borrowers route only among the lenders `protocol::routing::candidates_for` finds capable, and a \
              request no fresh lender serves is refused at once (`no_capable_lender`, no token taken).\n\n\
              | per run | value |\n|---|---|\n\
              | served (% of demand) | {} |\n\
