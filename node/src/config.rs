@@ -385,6 +385,14 @@ pub struct LenderConfig {
     /// Lend records older than this are removed (at least 1s, e.g. 30d).
     #[serde(with = "duration_str")]
     pub lend_records_max_age: Duration,
+    /// Without a majority of a token's replicas answering: `strict` refuses before any work (the token stays
+    /// unspent), `lenient` serves and counts it for reconciliation (docs/design.md §7).
+    pub claims: crate::roles::claimer::ClaimMode,
+    /// Replicas per token (odd, 1 to 15; capped at the roster size).
+    pub claim_replicas: usize,
+    /// How long each replica may take to answer a claim (100ms to 60s).
+    #[serde(with = "duration_str")]
+    pub claim_timeout: Duration,
 }
 
 impl Default for LenderConfig {
@@ -394,6 +402,9 @@ impl Default for LenderConfig {
             reserve: 1,
             lend_records: DEFAULT_LEND_RECORDS,
             lend_records_max_age: DEFAULT_LEND_RECORDS_MAX_AGE,
+            claims: crate::roles::claimer::ClaimMode::Strict,
+            claim_replicas: lendmesh_protocol::claims::DEFAULT_REPLICAS,
+            claim_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -403,6 +414,18 @@ impl LenderConfig {
     pub fn check(&self) -> Result<(), String> {
         check_lend_records(self.lend_records)?;
         check_lend_records_max_age(self.lend_records_max_age)?;
+        if !(1..=15).contains(&self.claim_replicas) || self.claim_replicas.is_multiple_of(2) {
+            return Err(format!(
+                "claim_replicas {} must be odd, from 1 to 15",
+                self.claim_replicas
+            ));
+        }
+        if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&self.claim_timeout) {
+            return Err(format!(
+                "claim_timeout {:?} must be from 100ms to 60s",
+                self.claim_timeout
+            ));
+        }
         Ok(())
     }
 }

@@ -33,6 +33,7 @@ use crate::http::{api, gateway};
 use crate::metrics::NodeMetrics;
 use crate::net::{self, NetEvent, NetworkHandle, NetworkParams};
 use crate::roles::borrower::Borrower;
+use crate::roles::claimer::Claimer;
 use crate::roles::dispatch::Dispatcher;
 use crate::roles::lender::{LenderHandle, OhttpKeys};
 use crate::roles::member::{IssuerRoute, MemberHandle, RefillConfig};
@@ -225,8 +226,26 @@ pub async fn start(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Res
     let (issuer, member) = spawn_wallet(&base, config, &net, &book, &actors, &mut tasks)?;
     let keys = OhttpKeys::generate()?;
     let ohttp_key_config = keys.encoded_config().to_vec();
+    let replica = Replica::new(
+        base.me,
+        &opts.home,
+        base.store.clone(),
+        base.view_rx.clone(),
+        base.counters.clone(),
+        config.lender.claim_replicas,
+    );
+    let claimer = Claimer {
+        me: base.me,
+        net: net.clone(),
+        view: base.view_rx.clone(),
+        replica: replica.clone(),
+        replicas: config.lender.claim_replicas,
+        timeout: config.lender.claim_timeout,
+        mode: config.lender.claims,
+        counters: base.counters.clone(),
+    };
     let lender = spawn_lender(
-        &base, config, &net, &upstreams, keys, &tracker, &actors, &mut tasks,
+        &base, config, &net, &upstreams, claimer, keys, &tracker, &actors, &mut tasks,
     );
     let dispatcher = Dispatcher {
         admin: base.group.admin,
@@ -241,7 +260,7 @@ pub async fn start(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Res
             tracker.clone(),
             base.counters.clone(),
         ),
-        replica: Replica::new(base.store.clone(), base.view_rx.clone(), base.counters.clone()),
+        replica,
         net: net.clone(),
         counters: base.counters.clone(),
         tasks: tracker.clone(),
@@ -461,6 +480,7 @@ fn spawn_lender(
     config: &Config,
     net: &NetworkHandle,
     upstreams: &Arc<UpstreamSet>,
+    claimer: Claimer,
     keys: OhttpKeys,
     tracker: &TaskTracker,
     actors: &CancellationToken,
@@ -473,6 +493,7 @@ fn spawn_lender(
             group_id: base.group.group_id,
             attestation_key: base.group.attestation_key.clone(),
             upstreams: upstreams.clone(),
+            claimer,
             period: config.lender.attestation_period,
             redeemer: Redeemer::new(base.me),
             view: base.view_rx.clone(),

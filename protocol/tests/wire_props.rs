@@ -122,8 +122,11 @@ proptest! {
     #[test]
     fn claim_and_gossip_round_trip(hash in any::<[u8; 32]>(), id in any::<[u8; 16]>(), epoch in any::<u32>(),
                                    att in any_attestation()) {
-        round_trip(&ClaimRequest { token_hash: TokenHash(hash), claim_id: id, epoch });
+        let claim = Claim { token_hash: TokenHash(hash), epoch, lender: peer(3), request_id: id, roster: hash };
+        round_trip(&ClaimRequest::Claim(claim));
+        round_trip(&ClaimRequest::Release(claim));
         round_trip(&ClaimResponse::Denied);
+        round_trip(&ClaimResponse::Refused(ClaimRefusal::WrongRoster));
         round_trip(&GossipMessage::Attestation(att));
     }
 

@@ -256,6 +256,49 @@ impl Rogue {
             .unwrap_or_else(|_| Err("timeout".into()))
     }
 
+    /// Like [`Rogue::raw_request`] on streamed protocols, for several `(protocol, peer, bytes)` at once: every
+    /// stream is opened and written before any answer is awaited, so the nodes see them concurrently. Bounded.
+    pub async fn raw_streams(
+        &mut self,
+        requests: Vec<(String, PeerId, Vec<u8>)>,
+    ) -> Vec<Result<Vec<u8>, String>> {
+        let exchanges = requests.into_iter().map(|(protocol, peer, bytes)| {
+            let mut control = self.swarm.behaviour().streams.new_control();
+            async move {
+                let protocol = StreamProtocol::try_from_owned(protocol).map_err(|e| e.to_string())?;
+                let mut stream = control
+                    .open_stream(peer, protocol)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                stream.write_all(&bytes).await.map_err(|e| e.to_string())?;
+                stream.flush().await.map_err(|e| e.to_string())?;
+                let mut buf = Vec::new();
+                stream
+                    .take(65536)
+                    .read_to_end(&mut buf)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>(buf)
+            }
+        });
+        let all = futures::future::join_all(exchanges);
+        let swarm = &mut self.swarm;
+        let drive = async {
+            loop {
+                swarm.select_next_some().await;
+            }
+        };
+        let both = async {
+            tokio::select! {
+                r = all => r,
+                () = drive => unreachable!("the swarm stream never ends"),
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), both)
+            .await
+            .unwrap_or_else(|_| vec![Err("timeout".into())])
+    }
+
     /// Subscribes to `topic`, waits until `peer` is subscribed too, and publishes `data`. Bounded.
     pub async fn publish_when_ready(&mut self, topic: &str, peer: PeerId, data: Vec<u8>) {
         let topic = gossipsub::IdentTopic::new(topic);

@@ -42,44 +42,69 @@ pub async fn spend_direct(
     request_id: [u8; 16],
     request: &HttpRequest,
 ) -> InnerBorrowResponse {
-    let (_, lender_peer) = peer_of(lender);
-    let key_config = hex::decode(lender.get("/v1/node").1["ohttp_key_config"].as_str().unwrap()).unwrap();
-    let http_bytes = lendmesh_protocol::bhttp::encode_request(request);
-    let inner = InnerBorrowRequest {
-        request_id,
-        spend: token.spend(
-            bound_to,
-            wire::request_digest(&http_bytes),
-            lendmesh_node::now_ms(),
-        ),
-        http_request: http_bytes,
-    };
-    let mut sealed = SealedRequest::seal(&key_config, &wire::encode(&inner).unwrap())
+    spend_direct_at_once(rogue, &[(lender, token, bound_to, request_id, request)])
         .await
-        .unwrap();
-    let bytes = std::mem::take(&mut sealed.bytes);
-    let raw = rogue
-        .raw_request(
-            "/lendmesh/borrow/2",
+        .remove(0)
+}
+
+/// One spend for [`spend_direct_at_once`]: the lender, the token, whom it is bound to, the request id, the request.
+pub type DirectSpend<'a> = (
+    &'a RunningNode,
+    &'a WalletToken,
+    PeerId,
+    [u8; 16],
+    &'a HttpRequest,
+);
+
+/// Like [`spend_direct`] for several spends sent at once (each stream written before any answer is read): a
+/// double spender presenting one token at several lenders concurrently. Panics if a lender does not answer.
+pub async fn spend_direct_at_once(rogue: &mut Rogue, spends: &[DirectSpend<'_>]) -> Vec<InnerBorrowResponse> {
+    let mut sealed_requests = Vec::new();
+    let mut frames = Vec::new();
+    for (lender, token, bound_to, request_id, request) in spends {
+        let (_, lender_peer) = peer_of(lender);
+        let key_config = hex::decode(lender.get("/v1/node").1["ohttp_key_config"].as_str().unwrap()).unwrap();
+        let http_bytes = lendmesh_protocol::bhttp::encode_request(request);
+        let inner = InnerBorrowRequest {
+            request_id: *request_id,
+            spend: token.spend(
+                *bound_to,
+                wire::request_digest(&http_bytes),
+                lendmesh_node::now_ms(),
+            ),
+            http_request: http_bytes,
+        };
+        let mut sealed = SealedRequest::seal(&key_config, &wire::encode(&inner).unwrap())
+            .await
+            .unwrap();
+        let bytes = std::mem::take(&mut sealed.bytes);
+        frames.push((
+            "/lendmesh/borrow/2".to_string(),
             lender_peer,
             crate::rogue::frame(&wire::encode(&BorrowRequest { sealed: bytes }).unwrap()),
-        )
-        .await
-        .expect("the lender answers");
-    let head = crate::rogue::unframe(&raw);
-    match wire::decode::<BorrowResponse>(head).unwrap() {
-        BorrowResponse::Sealed => {
-            let rest = raw[wire::FRAME_PREFIX + head.len()..].to_vec();
-            let mut reader = sealed.open(futures::io::Cursor::new(rest)).unwrap();
-            let mut prefix = [0u8; wire::FRAME_PREFIX];
-            reader.read_exact(&mut prefix).await.unwrap();
-            let len = wire::prefixed_len::<InnerBorrowResponse>(prefix).unwrap();
-            let mut frame = vec![0u8; len];
-            reader.read_exact(&mut frame).await.unwrap();
-            wire::decode(&frame).unwrap()
-        }
-        BorrowResponse::Failed(f) => panic!("delivery failed: {f:?}"),
+        ));
+        sealed_requests.push(sealed);
     }
+    let answers = rogue.raw_streams(frames).await;
+    let mut out = Vec::new();
+    for (sealed, raw) in sealed_requests.into_iter().zip(answers) {
+        let raw = raw.expect("the lender answers");
+        let head = crate::rogue::unframe(&raw);
+        out.push(match wire::decode::<BorrowResponse>(head).unwrap() {
+            BorrowResponse::Sealed => {
+                let rest = raw[wire::FRAME_PREFIX + head.len()..].to_vec();
+                let mut reader = sealed.open(futures::io::Cursor::new(rest)).unwrap();
+                let mut prefix = [0u8; wire::FRAME_PREFIX];
+                reader.read_exact(&mut prefix).await.unwrap();
+                let len = wire::prefixed_len::<InnerBorrowResponse>(prefix).unwrap();
+                let mut frame = vec![0u8; len];
+                reader.read_exact(&mut frame).await.unwrap();
+                wire::decode(&frame).unwrap()
+            }
+            BorrowResponse::Failed(f) => panic!("delivery failed: {f:?}"),
+        });
+    }
+    out
 }
 
 /// `n` tokens of the invite's epoch, issued to the rogue by the running `admin` over the issue protocol.

@@ -197,6 +197,10 @@ pub struct RunArgs {
     /// Units of this member's capacity never lent.
     #[arg(long)]
     pub reserve: Option<u64>,
+    /// Without a majority of a token's replicas answering: strict (refuse, the token stays unspent) or lenient
+    /// (serve, count it for reconciliation) [default: strict].
+    #[arg(long, value_enum)]
+    pub claims: Option<crate::roles::claimer::ClaimMode>,
     /// Discover members on the LAN with mDNS.
     #[arg(long)]
     pub mdns: bool,
@@ -306,6 +310,9 @@ impl RunArgs {
         }
         if let Some(r) = self.reserve {
             c.lender.reserve = r;
+        }
+        if let Some(m) = self.claims {
+            c.lender.claims = m;
         }
         c.network.mdns |= self.mdns;
         if let Some(u) = self.upstream {

@@ -149,6 +149,12 @@ pub struct NodeMetrics {
     pub scrubbed: Family<OutcomeLabel, Counter>,
     /// Claims answered as a replica.
     pub claims_answered: Counter,
+    /// Claims a replica refused to vote on, by reason (`unknown_epoch`, `wrong_roster`, `not_replica`,
+    /// `wrong_lender`).
+    pub claim_refusals: Family<OutcomeLabel, Counter>,
+    /// A lender's quorum claims by verdict (`serve`, `spent_elsewhere`, `split_vote`, `unreachable_refused`,
+    /// `unreachable_served`).
+    pub claims: Family<OutcomeLabel, Counter>,
     /// Upstream calls by status class.
     pub upstream_calls: Family<ClassLabel, Counter>,
     /// Tokens in the wallet (set at scrape).
@@ -203,6 +209,16 @@ pub const REFILL_OUTCOMES: [&str; 6] = [
 const CANCELLED_ROLES: [&str; 3] = ["borrow", "relay", "lend"];
 /// How a borrowed answer can end badly after its head.
 pub const STREAM_ERRORS: [&str; 3] = ["cut_short", "stalled", "malformed"];
+/// Why a replica refuses to vote on a claim (`protocol::claims::ClaimRefusal`).
+pub const CLAIM_REFUSALS: [&str; 4] = ["unknown_epoch", "wrong_roster", "not_replica", "wrong_lender"];
+/// A lender's claim verdicts.
+pub const CLAIM_VERDICTS: [&str; 5] = [
+    "serve",
+    "spent_elsewhere",
+    "split_vote",
+    "unreachable_refused",
+    "unreachable_served",
+];
 /// What the borrowed-request rules (`protocol::scrub`) count: identifying fields replaced or removed, tool-written
 /// texts with the environment withheld, and bodies that were not JSON (forwarded as they were).
 pub const SCRUBBED: [&str; 3] = ["field", "environment", "not_json"];
@@ -255,6 +271,8 @@ impl Default for NodeMetrics {
             stream_errors: family_with(&STREAM_ERRORS),
             scrubbed: family_with(&SCRUBBED),
             claims_answered: Counter::default(),
+            claim_refusals: family_with(&CLAIM_REFUSALS),
+            claims: family_with(&CLAIM_VERDICTS),
             upstream_calls: Family::default(),
             wallet_balance: Gauge::default(),
             spent_set: Family::default(),
@@ -507,6 +525,16 @@ impl NodeMetrics {
             "claims_answered",
             "Claims answered as a replica",
             self.claims_answered.clone(),
+        );
+        r.register(
+            "claim_refusals",
+            "Claims this replica refused to vote on, by reason",
+            self.claim_refusals.clone(),
+        );
+        r.register(
+            "claims",
+            "Quorum claims this lender made, by verdict",
+            self.claims.clone(),
         );
         r.register(
             "refill_requests",

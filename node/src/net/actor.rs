@@ -59,6 +59,7 @@ pub fn spawn(
         events: event_tx,
         roster: params.roster,
         pending_issue: HashMap::new(),
+        pending_claim: HashMap::new(),
         counters,
         fingerprint: params.psk.fingerprint().to_string(),
         libp2p_metrics: params.libp2p_metrics,
@@ -80,6 +81,7 @@ struct Network {
     events: mpsc::Sender<NetEvent>,
     roster: watch::Receiver<Arc<Roster>>,
     pending_issue: PendingMap<IssueResponse>,
+    pending_claim: PendingMap<ClaimResponse>,
     counters: Arc<NodeMetrics>,
     fingerprint: String,
     libp2p_metrics: Libp2pMetrics,
@@ -114,6 +116,9 @@ impl Network {
         }
         self.drain().await;
         for (_, reply) in self.pending_issue.drain() {
+            let _ = reply.send(Err(NetError::Stopped));
+        }
+        for (_, reply) in self.pending_claim.drain() {
             let _ = reply.send(Err(NetError::Stopped));
         }
         info!("network stopped");
@@ -180,6 +185,14 @@ impl Network {
                     .issue
                     .send_request(&to_libp2p(&peer), req);
                 self.pending_issue.insert(id, reply);
+            }
+            Command::Claim { peer, req, reply } => {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .claim
+                    .send_request(&to_libp2p(&peer), req);
+                self.pending_claim.insert(id, reply);
             }
             Command::RespondIssue { channel, resp } => {
                 if self
@@ -474,7 +487,7 @@ impl Network {
                 self.unsent_responses = self
                     .unsent_responses
                     .saturating_sub(usize::from(response_settled(&e)));
-                let r = request_response_event(e, &mut PendingMap::new(), &self.roster, &self.counters);
+                let r = request_response_event(e, &mut self.pending_claim, &self.roster, &self.counters);
                 if let Some((peer, req, channel)) = r {
                     self.emit(NetEvent::InboundClaim { peer, req, channel });
                 }
@@ -552,7 +565,7 @@ fn response_settled<Req, Resp>(e: &request_response::Event<Req, Resp>) -> bool {
     )
 }
 
-/// Where a protocol's outbound answers go (claims are only answered by this node, never asked yet).
+/// Where a protocol's outbound answers go.
 type PendingMap<Resp> = HashMap<OutboundRequestId, oneshot::Sender<Result<Resp, NetError>>>;
 
 /// Handles one request-response event for any protocol: inbound requests from active roster members are returned

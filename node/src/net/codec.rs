@@ -124,11 +124,15 @@ mod tests {
 
     #[tokio::test]
     async fn oversized_and_garbage_frames_are_refused() {
-        let msg = ClaimRequest {
+        let msg = ClaimRequest::Release(lendmesh_protocol::claims::Claim {
             token_hash: TokenHash([1; 32]),
-            claim_id: [2; 16],
             epoch: 3,
-        };
+            lender: lendmesh_protocol::PeerId::from_public_key(
+                &ed25519_dalek::SigningKey::from_bytes(&[2; 32]).verifying_key(),
+            ),
+            request_id: [2; 16],
+            roster: [4; 32],
+        });
         let good = wire::encode(&msg).unwrap();
         let mut cur = futures::io::Cursor::new(good);
         assert_eq!(read_frame::<ClaimRequest, _>(&mut cur).await.unwrap(), msg);

@@ -213,6 +213,11 @@ enum Command {
         channel: ResponseChannel<IssueResponse>,
         resp: IssueResponse,
     },
+    Claim {
+        peer: lendmesh_protocol::PeerId,
+        req: ClaimRequest,
+        reply: oneshot::Sender<Result<ClaimResponse, NetError>>,
+    },
     RespondClaim {
         channel: ResponseChannel<ClaimResponse>,
         resp: ClaimResponse,
@@ -243,6 +248,7 @@ impl std::fmt::Debug for Command {
         f.write_str(match self {
             Command::Issue { .. } => "Issue",
             Command::RespondIssue { .. } => "RespondIssue",
+            Command::Claim { .. } => "Claim",
             Command::RespondClaim { .. } => "RespondClaim",
             Command::Publish { .. } => "Publish",
             Command::Report { .. } => "Report",
@@ -261,6 +267,20 @@ impl NetworkHandle {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Issue { peer, req, reply })
+            .await
+            .map_err(|_| NetError::Stopped)?;
+        rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// Asks `peer` (a replica) to record or release a claim (`/lendmesh/claim/1`).
+    pub async fn claim(
+        &self,
+        peer: lendmesh_protocol::PeerId,
+        req: ClaimRequest,
+    ) -> Result<ClaimResponse, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Claim { peer, req, reply })
             .await
             .map_err(|_| NetError::Stopped)?;
         rx.await.map_err(|_| NetError::Stopped)?

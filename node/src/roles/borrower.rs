@@ -681,6 +681,11 @@ fn refusal(reason: BorrowRefusal, retry_after_ms: Option<u64>) -> AttemptResult 
         BorrowRefusal::AlreadyServed => AttemptResult::Spent {
             why: "it served this request to an earlier attempt whose answer was lost on the way".into(),
         },
+        BorrowRefusal::NoQuorum => AttemptResult::Refused {
+            retry_after_ms,
+            why: "too few of the token's replicas answered its claim".into(),
+            delivered: true,
+        },
         BorrowRefusal::NotServed => AttemptResult::Refused {
             retry_after_ms,
             why: "none of its upstreams serves this API or model".into(),

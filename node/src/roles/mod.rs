@@ -10,6 +10,7 @@
 
 pub mod borrowed;
 pub mod borrower;
+pub mod claimer;
 pub mod dispatch;
 pub mod issuer;
 pub mod lender;

@@ -162,8 +162,48 @@ impl Store {
                 }
             }
         };
+        {
+            let mut meta = tx.open_table(META)?;
+            let max = meta
+                .get(K_CLAIMS_MAX_EPOCH)?
+                .and_then(|v| v.value().try_into().ok().map(u32::from_le_bytes));
+            if max.is_none_or(|m| epoch > m) {
+                meta.insert(K_CLAIMS_MAX_EPOCH, epoch.to_le_bytes().as_slice())?;
+            }
+        }
         commit(tx)?;
         Ok(granted)
+    }
+
+    /// Forgets the claim of `hash` in `epoch` if it is `claim_id` (its lender refused before any work); `true` when
+    /// it was held.
+    pub fn release_claim(
+        &self,
+        epoch: u32,
+        hash: &TokenHash,
+        claim_id: &[u8; 16],
+    ) -> Result<bool, StoreError> {
+        let key = spent_key(epoch, hash);
+        let tx = self.begin_write()?;
+        let released = {
+            let mut t = tx.open_table(CLAIMS)?;
+            let held = t
+                .get(key.as_slice())?
+                .is_some_and(|v| v.value() == claim_id.as_slice());
+            if held {
+                t.remove(key.as_slice())?;
+            }
+            held
+        };
+        commit(tx)?;
+        Ok(released)
+    }
+
+    /// The newest epoch this store ever recorded a claim for.
+    pub fn claims_max_epoch(&self) -> Result<Option<u32>, StoreError> {
+        Ok(self
+            .meta_get(K_CLAIMS_MAX_EPOCH)?
+            .and_then(|v| v.as_slice().try_into().ok().map(u32::from_le_bytes)))
     }
 
     /// Every spent token hash of an epoch (for audits and tests).

@@ -37,6 +37,8 @@ pub const SCHEMA_VERSION: u32 = 2;
 /// The store's file name inside the home directory.
 pub const STORE_FILE: &str = "store.redb";
 
+/// Meta key: the newest epoch a claim was recorded for (replica restore detection, docs/design.md §7).
+const K_CLAIMS_MAX_EPOCH: &str = "claims_max_epoch";
 const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
 const ISSUER_KEYS: TableDefinition<'_, u32, &[u8]> = TableDefinition::new("issuer_keys");
 const QUOTA: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("quota");

@@ -18,9 +18,10 @@ use serde::{Deserialize, Serialize};
 use crate::attestation::Attestation;
 use crate::group::{SignedEpochAnnouncement, SignedRoster};
 use crate::ids::{PeerId, serde_bytes_compat};
-use crate::token::{TokenHash, TokenSpend};
+use crate::token::TokenSpend;
 
 pub mod codec;
+pub use crate::claims::{Claim, ClaimRefusal};
 pub use crate::issuer::{IssueRequest, IssueResponse};
 pub use codec::*;
 use codec::{MAX_GOSSIP_FRAME, MAX_ISSUE_FRAME, SEALED_OVERHEAD};
@@ -132,6 +133,9 @@ pub enum BorrowRefusal {
     /// None of the lender's upstreams serves the request's API or model (before claiming: the token stays
     /// unspent). The borrower's view of the lender was stale.
     NotServed,
+    /// No majority of the token's replicas could be reached (`strict`): refused before any work, the claims
+    /// released; the token stays unspent (docs/design.md §7).
+    NoQuorum,
 }
 
 /// What the lender seals back first (a length-prefixed frame at the start of the sealed plaintext).
@@ -174,15 +178,24 @@ pub struct HttpResponse {
     pub body: Vec<u8>,
 }
 
-/// A lender asks a replica to record its claim of a token (`/lendmesh/claim/1`, docs/design.md §7).
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
-pub struct ClaimRequest {
-    /// The token.
-    pub token_hash: TokenHash,
-    /// The claiming lender's claim id (idempotent retries reuse it).
-    pub claim_id: [u8; 16],
-    /// The token's epoch.
-    pub epoch: u32,
+/// A lender asks a replica to record its claim of a token, or to forget it (`/lendmesh/claim/1`,
+/// docs/design.md §7).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum ClaimRequest {
+    /// Record this claim if it is the token's first; answer whether it is.
+    Claim(Claim),
+    /// Forget this claim (the lender refused the request before any work, `strict` with no majority): the
+    /// token may be claimed again. A replica forgets only the claim it holds, and only for its own lender.
+    Release(Claim),
+}
+
+impl ClaimRequest {
+    /// The claim it is about.
+    pub fn claim(&self) -> &Claim {
+        match self {
+            ClaimRequest::Claim(c) | ClaimRequest::Release(c) => c,
+        }
+    }
 }
 
 /// A replica's answer.
@@ -192,8 +205,10 @@ pub enum ClaimResponse {
     Granted,
     /// Another claim came first.
     Denied,
-    /// The replica does not accept that epoch.
-    UnknownEpoch,
+    /// The replica will not vote on it.
+    Refused(ClaimRefusal),
+    /// The claim is forgotten (or was not held).
+    Released,
 }
 
 /// What travels on the group's gossipsub topic.
@@ -239,11 +254,15 @@ mod tests {
 
     #[test]
     fn frames_carry_version_and_kind() {
-        let msg = ClaimRequest {
-            token_hash: TokenHash([3; 32]),
-            claim_id: [4; 16],
+        let msg = ClaimRequest::Claim(Claim {
+            token_hash: crate::token::TokenHash([3; 32]),
             epoch: 9,
-        };
+            lender: crate::ids::PeerId::from_public_key(
+                &ed25519_dalek::SigningKey::from_bytes(&[5; 32]).verifying_key(),
+            ),
+            request_id: [4; 16],
+            roster: [6; 32],
+        });
         let bytes = encode(&msg).unwrap();
         assert_eq!(&bytes[..2], &[WIRE_VERSION, MessageKind::ClaimRequest as u8]);
         assert_eq!(decode::<ClaimRequest>(&bytes).unwrap(), msg);

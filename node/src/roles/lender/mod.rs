@@ -11,8 +11,9 @@
 //! 2. takes one unit of the first of its upstreams that serves the request (its API and model, docs/design.md §5.1)
 //!    and has room beyond what its member keeps — **refusing before any claim** when there is none (or none serves
 //!    it), so the token stays unspent;
-//! 3. redeems the token (type, epoch, key id, signature, spend binding) and **claims its hash durably** in the
-//!    store before doing any work;
+//! 3. redeems the token (type, epoch, key id, signature, spend binding), **claims its hash durably** in the
+//!    store, and then at the token's replicas (`roles::claimer`, docs/design.md §7): it goes on only with a majority
+//!    of grants — before doing any work;
 //! 4. calls that upstream; a 429, 503 or 529 means no work was done, so the claim is released and the token can be
 //!    spent again elsewhere;
 //! 5. seals the response to the borrower.
@@ -100,6 +101,8 @@ pub enum LendOutcome {
     NoHeadroom,
     /// None of this member's upstreams serves the request's API or model: refused before any claim.
     NotServed,
+    /// No majority of the token's replicas answered (`strict`): refused before any work, claims released.
+    NoQuorum,
     /// The token was rejected (the redeemer's label).
     TokenRejected(&'static str),
     /// The redemption task failed.
@@ -121,6 +124,7 @@ impl LendOutcome {
             LendOutcome::BadRequest => "bad_request",
             LendOutcome::NoHeadroom => "no_headroom",
             LendOutcome::NotServed => "not_served",
+            LendOutcome::NoQuorum => "no_quorum",
             LendOutcome::TokenRejected(_) => "token_rejected",
             LendOutcome::Internal => "internal",
             LendOutcome::UpstreamRefused(_) => "upstream_refused",
@@ -271,6 +275,8 @@ pub struct LenderParams {
     pub attestation_key: AttestationKey,
     /// The member's upstreams.
     pub upstreams: Arc<UpstreamSet>,
+    /// Claims each redeemed token at its replicas before any work (one spend across the group).
+    pub claimer: crate::roles::claimer::Claimer,
     /// Periodic attestation interval.
     pub period: Duration,
     /// Token checks; its accepted epochs follow `view`.
@@ -307,6 +313,7 @@ pub fn spawn(
     let shared = Arc::new(serve::LendShared {
         counters: counters.clone(),
         upstreams: params.upstreams.clone(),
+        claimer: params.claimer.clone(),
         redeemer: std::sync::RwLock::new(params.redeemer.clone()),
         store: store.clone(),
         keys: params.keys.clone(),

@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use super::*;
 use crate::net::streams::Streams;
+use crate::roles::claimer::ClaimOutcome;
 use crate::upstream::{NoUpstream, UpstreamResponse};
 
 /// Largest request body a borrower can send (the wire's limit for an HTTP message).
@@ -35,6 +36,7 @@ const HOP_BY_HOP: [&str; 4] = ["connection", "keep-alive", "transfer-encoding", 
 pub(crate) struct LendShared {
     pub(super) counters: Arc<NodeMetrics>,
     pub(super) upstreams: Arc<UpstreamSet>,
+    pub(super) claimer: crate::roles::claimer::Claimer,
     /// The actor keeps it current with the group's epochs; a lend reads a snapshot.
     pub(super) redeemer: std::sync::RwLock<Redeemer>,
     pub(super) store: Store,
@@ -384,6 +386,26 @@ impl LendShared {
                 return (refuse(BorrowRefusal::UpstreamFailed(e.to_string()), None), record);
             }
         };
+        // 3b. One spend across the group: a majority of the token's replicas must grant this claim.
+        let spent_as = match self.claimer.claim(&redemption, inner.request_id).await {
+            ClaimOutcome::Serve => None,
+            ClaimOutcome::SpentElsewhere => Some("spent_elsewhere"),
+            ClaimOutcome::SplitVote => Some("split_vote"),
+            ClaimOutcome::Unreachable => {
+                upstream.release(permit);
+                if let Err(e) = self.redeemer().release(&redemption, &self.store) {
+                    warn!(%e, "could not release a claim");
+                }
+                record.outcome = LendOutcome::NoQuorum;
+                return (refuse(BorrowRefusal::NoQuorum, None), record);
+            }
+        };
+        if let Some(label) = spent_as {
+            // Spent elsewhere, or burnt by a split vote: the token stays spent here too.
+            upstream.release(permit);
+            record.outcome = LendOutcome::TokenRejected(label);
+            return (refuse(BorrowRefusal::TokenRejected(label.into()), None), record);
+        }
         // 4. The upstream; what its answer means for the claim is `protocol::lend::after_upstream`.
         let result = upstream
             .call(
