@@ -245,6 +245,19 @@ impl RunningNode {
         (ok, text)
     }
 
+    /// How the process ended, once it has (within `within`; `None` if it is still running then, and it is then
+    /// killed).
+    pub fn exit_status(mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// kill -9.
     pub fn kill9(mut self) {
         let _ = self.child.kill();
