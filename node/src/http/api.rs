@@ -304,15 +304,9 @@ async fn node(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
         "tokens_received": NodeMetrics::get(&s.counters.tokens_received),
         "tokens_issued": NodeMetrics::get(&s.counters.tokens_issued),
         "counters": counters_json(&s.counters),
-        "refill_requests": crate::metrics::REFILL_OUTCOMES
-            .iter()
-            .map(|o| {
-                let label = crate::metrics::OutcomeLabel {
-                    outcome: o.to_string(),
-                };
-                (o.to_string(), json!(s.counters.refill_requests.get_or_create(&label).get()))
-            })
-            .collect::<serde_json::Map<_, _>>(),
+        "claims": outcomes_json(&s.counters.claims, &crate::metrics::CLAIM_VERDICTS),
+        "claim_refusals": outcomes_json(&s.counters.claim_refusals, &crate::metrics::CLAIM_REFUSALS),
+        "refill_requests": outcomes_json(&s.counters.refill_requests, &crate::metrics::REFILL_OUTCOMES),
     }))
 }
 
@@ -358,6 +352,26 @@ async fn lends(State(s): State<Arc<ApiState>>, Query(query): Query<HashMap<Strin
 
 async fn peers(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
     Json(json!({ "peers": s.peerbook.peers().await }))
+}
+
+/// Each outcome of `family` with its count (every label present, 0 included).
+fn outcomes_json(
+    family: &prometheus_client::metrics::family::Family<
+        crate::metrics::OutcomeLabel,
+        prometheus_client::metrics::counter::Counter,
+    >,
+    outcomes: &[&str],
+) -> serde_json::Value {
+    outcomes
+        .iter()
+        .map(|o| {
+            let label = crate::metrics::OutcomeLabel {
+                outcome: o.to_string(),
+            };
+            (o.to_string(), json!(family.get_or_create(&label).get()))
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }
 
 fn counters_json(c: &NodeMetrics) -> serde_json::Value {
