@@ -175,11 +175,27 @@ pub async fn start_group(
         lendmesh_protocol::epoch::DEFAULT_GRACE_MS,
         quota,
     )?;
-    for (_, store, key) in stores.iter().skip(1) {
+    let mut members = Vec::new();
+    for (_, _, key) in stores.iter().skip(1) {
         let member = lendmesh_protocol::PeerId::from_public_key(&key.verifying_key());
-        let invite = invite_member(admin_key, &mut group, member, quota, 1, vec![])?;
+        invite_member(admin_key, &mut group, member, quota, 1, vec![])?;
+        members.push(member);
+    }
+    // A new epoch with every founding member on its frozen roster: they are the replicas that claim its tokens
+    // (docs/design.md §7), as `lendmesh group rotate` does for a real group once its members are invited.
+    let secret = crate::group::admin::generate_epoch_key(&group)?;
+    crate::group::admin::rotate_now(
+        admin_store,
+        admin_key,
+        &mut group,
+        &secret,
+        crate::clock::now_ms(),
+    )?;
+    admin_store.put_group(&group)?;
+    for ((_, store, _), member) in stores.iter().skip(1).zip(&members) {
+        let invite = invite_member(admin_key, &mut group, *member, quota, 1, vec![])?;
         admin_store.put_group(&group)?;
-        store.put_group(&GroupState::from_invite(&invite, &member)?)?;
+        store.put_group(&GroupState::from_invite(&invite, member)?)?;
     }
     let homes: Vec<_> = stores.into_iter().map(|(home, _, _)| home).collect();
     let mut nodes: Vec<StartedNode> = Vec::new();

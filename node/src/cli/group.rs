@@ -134,6 +134,18 @@ fn cmd_group_offline(store: Store, home: &Path, config: &Config, cmd: GroupComma
                 ));
             }
         }
+        GroupCommand::Rotate => {
+            out("generating the new epoch's issuer key…");
+            let secret = crate::group::admin::generate_epoch_key(&group)?;
+            let e = crate::group::admin::rotate_now(&store, &key, &mut group, &secret, now_ms())?;
+            store.put_group(&group)?;
+            out(format!(
+                "rotated: epoch {e} starts now with the {} members of roster version {} as its replicas; every older \
+                 token is refused",
+                group.roster().member_ids().count(),
+                group.roster().version
+            ));
+        }
         GroupCommand::Show => {
             let now = now_ms();
             for line in crate::group::admin::GroupSummary::of(&group, &me, now).render(now) {
@@ -190,6 +202,11 @@ fn cmd_group_live(home: &Path, config: &Config, cmd: GroupCommand) -> anyhow::Re
         }
     };
     match cmd {
+        GroupCommand::Rotate => bail!(
+            "the node in {} is running: stop it, then run `lendmesh group rotate` (or rotate with `lendmesh group \
+             remove <peer> --rotate` while it runs)",
+            home.display()
+        ),
         GroupCommand::Create { .. } => unreachable!("create needs a stopped node"),
         GroupCommand::Invite {
             peer_id,

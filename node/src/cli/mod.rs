@@ -139,6 +139,12 @@ pub enum GroupCommand {
         #[arg(long)]
         rotate: bool,
     },
+    /// Start a new epoch now, with the roster as it is: its members become the replicas that claim its tokens
+    /// (docs/design.md §7). Run it once the founding members are invited — a group's first epoch otherwise has only
+    /// the admin as replica. Every older token is refused from now on. Stop the node first.
+    #[command(after_help = "Example:
+  lendmesh group rotate")]
+    Rotate,
     /// Show the group: name, id, epochs, roster. Works on a running node too.
     #[command(after_help = "Example:\n  lendmesh group show")]
     Show,
