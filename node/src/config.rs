@@ -404,7 +404,7 @@ impl Default for LenderConfig {
             lend_records_max_age: DEFAULT_LEND_RECORDS_MAX_AGE,
             claims: crate::roles::claimer::ClaimMode::Strict,
             claim_replicas: lendmesh_protocol::claims::DEFAULT_REPLICAS,
-            claim_timeout: Duration::from_secs(2),
+            claim_timeout: Duration::from_secs(5),
         }
     }
 }

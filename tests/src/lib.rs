@@ -105,7 +105,8 @@ impl RunningNode {
         Self::start_with_env(home, listen, extra, &[])
     }
 
-    /// Like [`RunningNode::start_on`] with extra environment variables for the process.
+    /// Like [`RunningNode::start_on`] with extra environment variables for the process. Nodes log at `info`, or
+    /// with the filter in `LENDMESH_TEST_LOG` (e.g. `info,lendmesh_node::roles::claimer=debug`) when it is set.
     pub fn start_with_env(home: &Path, listen: &str, extra: &[&str], envs: &[(&str, &str)]) -> RunningNode {
         let gateway: &[&str] = if extra.contains(&"--gateway") {
             &[]
@@ -118,7 +119,10 @@ impl RunningNode {
             .args(["run", "--listen", listen, "--api", "127.0.0.1:0"])
             .args(gateway)
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("LENDMESH_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .envs(envs.iter().copied())
             .env_remove("LENDMESH_HOME")
             .stdout(Stdio::null())

@@ -46,6 +46,9 @@ use crate::roles::member::{MemberHandle, NoToken};
 use crate::roles::peerbook::{AttemptOutcome, PeerBookHandle};
 use crate::roles::sticky::{ConversationKey, Conversations};
 
+/// How often a borrower waiting for a relay's answer checks that the relay still answers pings.
+const RELAY_HEALTH_CHECK: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Why a borrow failed; each maps to an HTTP status and a sentence for the tool.
 #[derive(Debug, thiserror::Error)]
 pub enum BorrowError {
@@ -612,15 +615,39 @@ impl Borrower {
         // Accepted: from here on the request may reach the lender. The relay waits for the lender's stream and
         // first byte; this waits for the relay a little longer. This side stays open (closing it tells the relay
         // the tool went away).
+        // A relay that froze after accepting would hold the tool for the whole first-byte limit (minutes): while
+        // the answer is awaited, a relay that `protocol::health` leaves out (silent to pings while another member
+        // answers) ends the wait as a silent relay.
         let within = timeouts.open + timeouts.first_byte + std::time::Duration::from_secs(1);
-        match streams.recv::<RelayFrame, _>(&mut stream, &relay, within).await {
-            Ok(RelayFrame::Answer(answer)) => relay_answer(answer).map(|()| stream),
-            Ok(RelayFrame::Accepted) => Err(AttemptResult::Ambiguous {
+        let received = {
+            let answer = streams.recv::<RelayFrame, _>(&mut stream, &relay, within);
+            tokio::pin!(answer);
+            let mut check = tokio::time::interval(RELAY_HEALTH_CHECK);
+            check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            check.tick().await;
+            loop {
+                tokio::select! {
+                    r = &mut answer => break Some(r),
+                    _ = check.tick() => {
+                        if self.peerbook.silent(relay).await {
+                            break None;
+                        }
+                    }
+                }
+            }
+        };
+        match received {
+            Some(Ok(RelayFrame::Answer(answer))) => relay_answer(answer).map(|()| stream),
+            Some(Ok(RelayFrame::Accepted)) => Err(AttemptResult::Ambiguous {
                 why: "the relay acknowledged twice and sent no answer".into(),
                 relay_silent: true,
             }),
-            Err(e) => Err(AttemptResult::Ambiguous {
+            Some(Err(e)) => Err(AttemptResult::Ambiguous {
                 why: format!("the relay accepted the request, then: {e}"),
+                relay_silent: true,
+            }),
+            None => Err(AttemptResult::Ambiguous {
+                why: "the relay accepted the request, then stopped answering pings".into(),
                 relay_silent: true,
             }),
         }

@@ -3,7 +3,7 @@
 //! act on the quorum.
 //!
 //! The replica set is computed over the roster frozen in the token's epoch announcement. The claim goes to every
-//! replica at once (this node answers its own share directly), each answer within `[lender] claim_timeout`; the
+//! replica at once (this node answers its own share directly), each answer within `[lender] claim_timeout` (5 s); the
 //! tally stops as soon as the outcome is settled. What the lender then does is [`ClaimOutcome`].
 
 use std::sync::Arc;
@@ -23,6 +23,11 @@ use crate::group::state::GroupView;
 use crate::metrics::NodeMetrics;
 use crate::net::NetworkHandle;
 use crate::roles::replica::Replica;
+
+/// Requests per replica and claim at most (within the timeout).
+const CLAIM_ATTEMPTS: u32 = 3;
+/// Pause before asking a replica again after a request failed at once.
+const CLAIM_RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// What a lender does when too few replicas answer for any majority.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -154,22 +159,32 @@ impl Claimer {
         }
     }
 
-    /// One replica's answer within the timeout (`None`: no answer).
+    /// One replica's answer within the timeout (`None`: no answer). A request that fails at once (a stream reset,
+    /// an answer dropped by a replica too busy to take the event) is asked again while time is left: a replica
+    /// answers the same claim the same way, so asking twice is safe.
     async fn ask(&self, peer: PeerId, req: ClaimRequest) -> Option<ClaimResponse> {
         if peer == self.me {
             return self.replica.answer(self.me, req).await;
         }
-        match tokio::time::timeout(self.timeout, self.net.claim(peer, req)).await {
-            Ok(Ok(r)) => Some(r),
-            Ok(Err(e)) => {
-                debug!(replica = %peer.short(), %e, "claim not answered");
-                None
-            }
-            Err(_) => {
-                debug!(replica = %peer.short(), "claim not answered in time");
-                None
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        for attempt in 1..=CLAIM_ATTEMPTS {
+            match tokio::time::timeout_at(deadline, self.net.claim(peer, req)).await {
+                Ok(Ok(r)) => return Some(r),
+                Ok(Err(e)) => {
+                    debug!(replica = %peer.short(), %e, attempt, "claim not answered");
+                    tokio::time::sleep(
+                        CLAIM_RETRY_PAUSE
+                            .min(deadline.saturating_duration_since(tokio::time::Instant::now())),
+                    )
+                    .await;
+                }
+                Err(_) => {
+                    debug!(replica = %peer.short(), "claim not answered in time");
+                    return None;
+                }
             }
         }
+        None
     }
 }
 

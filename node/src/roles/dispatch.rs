@@ -69,9 +69,14 @@ impl Dispatcher {
                 }
             }
             NetEvent::InboundClaim { peer, req, channel } => {
-                if let Some(resp) = self.replica.answer(peer, req).await {
-                    self.net.respond_claim(channel, resp).await;
-                }
+                // A claim waits for a durable write: in a task of its own, so a slow disk never holds up the other
+                // events (bounded by the network's request-response concurrency).
+                let (replica, net) = (self.replica.clone(), self.net.clone());
+                self.tasks.spawn(async move {
+                    if let Some(resp) = replica.answer(peer, req).await {
+                        net.respond_claim(channel, resp).await;
+                    }
+                });
             }
             NetEvent::Subscribed { peer } => {
                 self.lender.nudge();

@@ -196,6 +196,10 @@ enum Command {
     Routing {
         reply: oneshot::Sender<RoutingView>,
     },
+    Silent {
+        peer: PeerId,
+        reply: oneshot::Sender<bool>,
+    },
     CoolDown {
         peer: PeerId,
         until_ms: u64,
@@ -304,6 +308,16 @@ impl PeerBookHandle {
             return RoutingView::default();
         }
         rx.await.unwrap_or_default()
+    }
+
+    /// Whether `peer` is left out for silence now (`protocol::health`: no ping answered for the unhealthy limit, or
+    /// a failed stream, while another member answers). A peer that is gone from the book is silent.
+    pub async fn silent(&self, peer: PeerId) -> bool {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::Silent { peer, reply }).await.is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
     }
 
     /// Records one borrow attempt with `lender` through `relay` (`delivered`: the relay brought an answer back).
@@ -458,6 +472,7 @@ impl PeerBook {
                     Command::Peers { reply } => { let _ = reply.send(self.views()); }
                     Command::Group { reply } => { let _ = reply.send(self.group.clone()); }
                     Command::Routing { reply } => { let _ = reply.send(self.routing_view()); }
+                    Command::Silent { peer, reply } => { let _ = reply.send(self.silent(&peer)); }
                     Command::CoolDown { peer, until_ms } => self.entry(peer).cooling_until_ms = Some(until_ms),
                     Command::CoolDownRelay { peer, until_ms } => self.entry(peer).relay_cooling_until_ms = Some(until_ms),
                     Command::Unhealthy { peer } => self.peers.entry(peer).or_default().health.failed(now_ms()),

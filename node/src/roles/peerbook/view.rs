@@ -3,6 +3,20 @@
 use super::*;
 
 impl PeerBook {
+    /// Whether `peer` is left out for silence (see [`PeerBookHandle::silent`]).
+    pub(super) fn silent(&self, peer: &PeerId) -> bool {
+        let now = now_ms();
+        let after = lendmesh_protocol::health::DEFAULT_UNHEALTHY_AFTER_MS;
+        let Some(e) = self.peers.get(peer) else {
+            return true;
+        };
+        let another_is_fine = self
+            .peers
+            .iter()
+            .any(|(p, o)| p != peer && p != &self.me && o.connected && o.health.healthy(now, after));
+        e.health.left_out(now, after, another_is_fine)
+    }
+
     pub(super) fn routing_view(&self) -> RoutingView {
         let now = now_ms();
         let roster = self.group.roster();
