@@ -199,12 +199,15 @@ pub enum AttemptResult {
 }
 
 /// Redeemer labels that make a token unusable anywhere (burnt); any other rejection is one lender's view.
-pub const BURNING_REJECTIONS: [&str; 5] = [
+pub const BURNING_REJECTIONS: [&str; 7] = [
     "double_spend",
     "bad_signature",
     "wrong_key_id",
     "wrong_token_type",
     "bad_spend_signature",
+    // Group-wide claims (docs/design.md §7): another lender won the token, or a split vote burnt it.
+    "spent_elsewhere",
+    "split_vote",
 ];
 
 /// Why a borrow failed.

@@ -176,6 +176,17 @@ impl EpochInfo {
     pub fn cancelled(&self) -> bool {
         self.effective_end_ms <= self.starts_at_ms()
     }
+    /// The members of the roster frozen in its announcement: its tokens' replicas are chosen among them
+    /// (docs/design.md §7).
+    pub fn frozen_roster(&self) -> Vec<crate::ids::PeerId> {
+        self.signed
+            .announcement
+            .roster
+            .roster
+            .member_ids()
+            .copied()
+            .collect()
+    }
     /// Lenders take its tokens until then.
     pub fn accepted_until_ms(&self) -> u64 {
         self.effective_end_ms.saturating_add(self.grace_ms())

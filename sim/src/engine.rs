@@ -1,7 +1,8 @@
 //! The discrete-event loop: a binary heap of events keyed by (virtual time, sequence number), one seeded RNG per
 //! concern, and the protocol's own state machines doing every check and making every decision: borrows run
 //! `protocol::borrow::BorrowRun` among the lenders `protocol::capability` finds capable, lenders `protocol::lend`'s
-//! ladder, refills `protocol::refill::RefillPlanner` (see [`borrow`], [`mixed`] and [`Sim::maybe_refill`]).
+//! ladder and, with claims, `protocol::claims`' replica sets and tally, refills `protocol::refill::RefillPlanner`
+//! (see [`borrow`], [`lend`], [`claims`], [`mixed`] and [`Sim::maybe_refill`]).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
@@ -17,7 +18,7 @@ use lendmesh_protocol::refill::RefillPlanner;
 use lendmesh_protocol::routing::RoutingParams;
 use lendmesh_protocol::token::{TokenHash, TokenSpend, WalletToken};
 use lendmesh_protocol::wallet::Wallet;
-use lendmesh_protocol::wire::IssueRequest;
+use lendmesh_protocol::wire::{ClaimRequest, ClaimResponse, IssueRequest};
 use lendmesh_protocol::{GroupId, PeerId};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -31,10 +32,13 @@ use crate::workload::{self, Layout, Request};
 
 mod attacks;
 mod borrow;
+mod claims;
 mod epochs;
+mod lend;
 mod linkage;
 mod mixed;
 
+use claims::ClaimState;
 use epochs::EpochState;
 use mixed::MixTally;
 
@@ -89,6 +93,37 @@ enum Ev {
         request_id: [u8; 16],
         spend: Box<TokenSpend>,
         kind: &'static str,
+    },
+    /// A lender's claim (or release) reaches one of the token's replicas.
+    ClaimAtReplica {
+        lend: u64,
+        lender: usize,
+        replica: usize,
+        request: Box<ClaimRequest>,
+        /// The lender's request to this replica for it (1, then its retries).
+        attempt: u32,
+        /// The borrower, when this replica is where the linkage attackers sit (ground truth for scoring only).
+        truth: Option<usize>,
+    },
+    /// A lender asks a replica again after its request failed at once.
+    ClaimRetry {
+        lend: u64,
+        replica: usize,
+        request: Box<ClaimRequest>,
+        attempt: u32,
+        truth: Option<usize>,
+    },
+    /// A replica's answer reaches the lender.
+    ClaimAnswer {
+        lend: u64,
+        replica: usize,
+        answer: ClaimResponse,
+        release: bool,
+    },
+    /// The per-replica timeout of a lend's claims (stage 0) or releases (stage 1).
+    ClaimTimer {
+        lend: u64,
+        stage: u8,
     },
     AdvAttestation {
         victim: usize,
@@ -206,6 +241,8 @@ pub(crate) struct Sim<'a> {
     borrow_cfg: BorrowConfig,
     bin_ms: Ms,
     fresh_serve: bool,
+    /// Group-wide single spend (scenarios with `[claims]`).
+    cl: ClaimState,
     out: RunResult,
 }
 
@@ -332,6 +369,7 @@ impl<'a> Sim<'a> {
             },
             bin_ms,
             fresh_serve: false,
+            cl: ClaimState::new(s, stream(5)),
             out,
         })
     }
@@ -409,7 +447,7 @@ impl<'a> Sim<'a> {
                 need,
                 truth,
             } => {
-                let at = borrow::AtLender {
+                let at = lend::AtLender {
                     id: borrow,
                     attempt,
                     lender,
@@ -448,18 +486,49 @@ impl<'a> Sim<'a> {
                     return;
                 }
                 let need = self.probe_need(lender);
-                let answer = self.lend(t, lender, request_id, &spend, None, &need);
-                let late = match answer {
-                    Answer::Served if self.fresh_serve => self.check_probe_served(lender, kind),
-                    _ => None,
-                };
-                let label = match answer {
-                    Answer::Served if !self.fresh_serve => "answered_idempotently_no_second_serve".to_owned(),
-                    Answer::Served => late.unwrap_or("served").to_owned(),
-                    refused => borrow::refusal_label(refused),
-                };
-                self.out.attacks.outcome(kind, &label);
+                match self.lend(t, lender, request_id, &spend, None, &need) {
+                    lend::Lent::Now(answer) => self.answer_adversary(lender, kind, answer),
+                    lend::Lent::Later(id) => self.attach(t, id, claims::Asker::Adversary { kind }),
+                }
             }
+            Ev::ClaimAtReplica {
+                lend,
+                lender,
+                replica,
+                request,
+                attempt,
+                truth,
+            } => {
+                let ask = claims::Ask {
+                    lend,
+                    replica,
+                    attempt,
+                    truth,
+                };
+                self.on_claim_at_replica(t, lender, &ask, &request)
+            }
+            Ev::ClaimRetry {
+                lend,
+                replica,
+                request,
+                attempt,
+                truth,
+            } => {
+                let ask = claims::Ask {
+                    lend,
+                    replica,
+                    attempt,
+                    truth,
+                };
+                self.on_claim_retry(t, &ask, &request)
+            }
+            Ev::ClaimAnswer {
+                lend,
+                replica,
+                answer,
+                release,
+            } => self.on_claim_answer(t, lend, replica, answer, release),
+            Ev::ClaimTimer { lend, stage } => self.on_claim_timer(t, lend, stage),
             Ev::AdvAttestation {
                 victim,
                 about,
@@ -803,6 +872,7 @@ impl<'a> Sim<'a> {
         out.herding = crate::outcome::ratio(loads.iter().copied().max().unwrap_or(0) as f64, mean);
         self.out.epochs = self.finish_epochs();
         self.out.mixed = self.finish_mixed();
+        self.out.claims = self.finish_claims();
         self.out
     }
 
@@ -836,6 +906,7 @@ fn roles(s: &Scenario) -> Vec<Role> {
         (a.forgers, Role::Forger),
         (a.attestation_replayers, Role::AttestationReplayer),
         (a.attestation_forgers, Role::AttestationForger),
+        (a.multi_spenders, Role::MultiSpender),
     ] {
         for _ in 0..count {
             k -= 1;
@@ -849,6 +920,7 @@ fn roles(s: &Scenario) -> Vec<Role> {
 mod tests {
     use lendmesh_protocol::attestation::HeadroomBucket;
 
+    use super::lend::Lent;
     use super::*;
 
     fn small() -> Scenario {
@@ -905,25 +977,25 @@ mod tests {
         let spend = token.spend(sim.members[lender].id, [3; 32], sim.local(0, t));
         assert_eq!(
             sim.lend(t, lender, [1; 16], &spend, Some(2), &need),
-            Answer::Served
+            Lent::Now(Answer::Served)
         );
         assert!(sim.fresh_serve);
         // The borrower's retry (same request id, through another relay): the cached answer, no second serve.
         assert_eq!(
             sim.lend(t + 10, lender, [1; 16], &spend, Some(3), &need),
-            Answer::Served
+            Lent::Now(Answer::Served)
         );
         assert!(!sim.fresh_serve);
         // Replays are keyed by request id, not by content: the same spend under another id is a double spend.
         assert_eq!(
             sim.lend(t + 20, lender, [2; 16], &spend, Some(3), &need),
-            Answer::TokenRejected("double_spend")
+            Lent::Now(Answer::TokenRejected("double_spend"))
         );
         // The cache is memory: after a crash the retry meets the durable spent set.
         sim.on_crash(lender);
         assert_eq!(
             sim.lend(t + 30, lender, [1; 16], &spend, Some(2), &need),
-            Answer::TokenRejected("double_spend")
+            Lent::Now(Answer::TokenRejected("double_spend"))
         );
         assert_eq!(sim.out.lender_load[lender], 1);
         assert!(sim.out.violations.is_empty(), "{:?}", sim.out.violations);

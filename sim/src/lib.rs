@@ -35,16 +35,23 @@
 //!   `protocol::routing::candidates_for` finds capable, and refuses at once (no token) a request no fresh lender
 //!   serves; a lender serves from the first upstream that serves the request and has room, or refuses `NotServed`.
 //!   The report counts served demand per kind, misrouted attempts (must be 0) and each family's drain.
+//! - **Group-wide single spend** (scenarios with `[claims]`, docs/design.md §7): a lender that redeemed a token
+//!   claims it at the token's replicas over the simulated network before any work — replica sets, the replica's
+//!   checks and the lender's tally are `protocol::claims`'s — and serves, refuses or (lenient) serves without a
+//!   majority as the node does; replicas keep the first claim of each token through crashes. Tokens served by more
+//!   than one lender anywhere in the group are counted in every mode (`off` included), a violation with `strict`.
 //! - **Network** ([`net`]): per-link latency with jitter, loss, partitions, crashes (memory lost, durable state
-//!   kept) and per-node clock skew. Gossip is evaluated lazily when a member routes, with per-message delay and
+//!   kept), members going down and coming back at a given uptime (`[faults.churn]`) and per-node clock skew. Gossip is evaluated lazily when a member routes, with per-message delay and
 //!   loss derived from a keyed hash so that laziness cannot change results.
 //! - **Workload** ([`workload`]): a demand trace fixed by the seed alone (Poisson with skew across members, bursts
 //!   and quiet hours), so policies and baselines are compared on identical demand.
-//! - **Checks**: safety invariants on every serve (capacity, one serve per token per lender, only issued tokens,
-//!   no borrower in a lender's records) and a liveness phase at the end; violations are reported with the seed.
-//! - **Adversaries**: double spenders, forgers, attestation replayers and forgers act through the network and meet
-//!   the same protocol code; linkage attackers (lender with bucketed or exact headroom, relay, admin) name the
-//!   borrower of each borrow from what their role observes, scored against chance.
+//! - **Checks**: safety invariants on every serve (capacity, one serve per token per lender — per group with strict
+//!   claims —, only issued tokens, no borrower in a lender's records) and a liveness phase at the end; violations
+//!   are reported with the seed.
+//! - **Adversaries**: double spenders, multi-spenders (one token at several lenders at once), forgers, attestation
+//!   replayers and forgers act through the network and meet the same protocol code; linkage attackers (lender with
+//!   bucketed or exact headroom, relay, admin, and with claims the token's replica) name the borrower of each borrow
+//!   from what their role observes, scored against chance.
 //! - **Output** ([`report`], [`charts`]): `report.json`, `report.md` with 95 % confidence intervals across seeds,
 //!   SVG charts.
 

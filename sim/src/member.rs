@@ -68,6 +68,9 @@ pub enum Answer {
     Busy,
     /// None of the lender's upstreams serves the request's API or model: refused before any claim.
     NotServed,
+    /// No majority of the token's replicas answered its claim (`strict`): refused before any work, the grants
+    /// released, the token unspent (the node's `BorrowRefusal::NoQuorum`).
+    NoQuorum,
 }
 
 /// A role an adversarial member plays besides being an ordinary member.
@@ -83,6 +86,8 @@ pub enum Role {
     AttestationReplayer,
     /// Sends attestations with a wrong tag.
     AttestationForger,
+    /// Presents one token at several lenders at once, the spend re-bound to each.
+    MultiSpender,
 }
 
 /// One member.
@@ -127,6 +132,9 @@ pub struct Member {
     pub redeemer: Redeemer,
     /// Spent tokens (durable: survives a crash).
     pub spent: MemorySpentSet,
+    /// As a replica (docs/design.md §7): the first claim of each token it voted on, by epoch and token hash — the
+    /// claim's id (`Claim::id`). Durable, as the node's `claims` table: survives a crash.
+    pub claims: BTreeMap<(u32, TokenHash), [u8; 16]>,
     /// The lend ladder's idempotency cache (by request id) and concurrency bounds (memory, as in the node).
     pub ladder: LendLadder<Answer>,
     /// Served borrows.
@@ -180,6 +188,7 @@ impl Member {
             unpruned: BTreeSet::new(),
             redeemer,
             spent: MemorySpentSet::new(),
+            claims: BTreeMap::new(),
             ladder: LendLadder::new(LendConfig::default()),
             records: Vec::new(),
             acceptor: AttestationAcceptor::new(group, att_key, AcceptorConfig::default()),

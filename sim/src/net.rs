@@ -61,6 +61,35 @@ pub struct Network {
     rng: ChaCha8Rng,
 }
 
+/// Member `i`'s down spells under `churn` before `until`: up and down spells alternate, each exponential (down with
+/// the churn's mean, up with the mean that gives its uptime), starting up or down as the long-run shares say, so the
+/// member is up an `uptime` share of the time from the start. Drawn from a keyed hash of (seed, member, spell), not
+/// the network's stream, so churn moves no other random choice.
+fn churn_spans(churn: &crate::scenario::Churn, seed: u64, i: usize, until: Ms) -> Vec<Span> {
+    let minute = 60_000.0;
+    let (down_ms, up_ms) = (churn.mean_down_minutes * minute, churn.mean_up_minutes() * minute);
+    let draw = |k: u64| hash_unit(seed ^ mix(0x4348_5552_4E00_0000 ^ ((i as u64) << 24) ^ k));
+    let mut spans = Vec::new();
+    if churn.uptime >= 1.0 {
+        return spans;
+    }
+    let mut up = draw(0) < churn.uptime;
+    let (mut at, mut k) = (0.0_f64, 1);
+    while at < until as f64 {
+        let length = exp_from_unit(draw(k), if up { up_ms } else { down_ms });
+        k += 1;
+        if !up {
+            let (start, end) = (at as Ms, ((at + length) as Ms).min(until));
+            if end > start {
+                spans.push(Span { start, end });
+            }
+        }
+        at += length;
+        up = !up;
+    }
+    spans
+}
+
 /// The Unix time (ms) at which every run starts, so protocol timestamps look like real ones.
 pub const EPOCH_START_MS: u64 = 1_700_000_000_000;
 
@@ -101,6 +130,11 @@ impl Network {
                 start: (c.at_min * minute) as Ms,
                 end: (c.restart_min * minute) as Ms,
             });
+        }
+        if let Some(churn) = &s.faults.churn {
+            for (i, d) in downs.iter_mut().take(s.members).enumerate() {
+                d.extend(churn_spans(churn, seed, i, faults_until));
+            }
         }
         Network {
             seed,

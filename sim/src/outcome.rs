@@ -256,6 +256,75 @@ pub struct MixedRun {
     pub drain: Vec<DrainRow>,
 }
 
+/// Claims of one kind of spender (honest borrowers, or adversaries) by verdict (`protocol::claims::Verdict`).
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct ClaimCounts {
+    /// Claims lenders made (one per redeemed attempt).
+    pub claims: u64,
+    /// A majority granted: served.
+    pub serve: u64,
+    /// A majority denied: spent elsewhere, refused.
+    pub spent_elsewhere: u64,
+    /// Neither claim can win: the token is burnt, refused.
+    pub split_vote: u64,
+    /// Too few replicas answered; `strict` refused (the grants released, the token unspent).
+    pub unreachable_refused: u64,
+    /// Too few replicas answered; `lenient` served anyway.
+    pub unreachable_served: u64,
+}
+
+impl ClaimCounts {
+    /// Claims a majority of the token's replicas answered (every verdict but unreachable).
+    pub fn majority(&self) -> u64 {
+        self.serve + self.spent_elsewhere + self.split_vote
+    }
+}
+
+/// Group-wide single spend in one run (scenarios with `[claims]`).
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct ClaimsRun {
+    /// Claims of honest borrows.
+    pub honest: ClaimCounts,
+    /// Claims of adversaries' spends.
+    pub adversary: ClaimCounts,
+    /// Honest claims without a majority of a token that had found none before: its replica set is the token's, so
+    /// whichever lender the borrower tries next, the same replicas are asked again.
+    pub no_majority_again: u64,
+    /// Honest borrows whose lender claimed their token at least once.
+    pub borrows_claimed: u64,
+    /// Of those, borrows with a claim a majority of the token's replicas answered.
+    pub borrows_majority: u64,
+    /// From sending an honest claim to its verdict, ms, sorted.
+    pub claim_ms: Vec<u64>,
+    /// Releases a `strict` lender sent to the replicas that granted a claim it refused.
+    pub releases: u64,
+    /// Of those, that never reached their replica (each asked up to three times within the timeout): that replica
+    /// keeps the claim.
+    pub releases_lost: u64,
+    /// Replicas that stored a claim a `strict` lender then refused, whose grant never reached the lender (every
+    /// answer lost, or the replica cut off after it stored the claim): they get no release and keep the claim, so the
+    /// token's next claim meets a denial.
+    pub grants_unheard: u64,
+    /// Claims replicas refused to vote on, by reason (`ClaimRefusal::label`).
+    pub refusals: BTreeMap<String, u64>,
+    /// Claims held by the fullest replica store at the end.
+    pub max_replica_claims: u64,
+    /// Tokens served more than once anywhere in the group, all spenders.
+    pub tokens_served_twice: u64,
+    /// Of those, honest borrowers' tokens.
+    pub honest_tokens_served_twice: u64,
+    /// Serves beyond a token's first, all tokens.
+    pub extra_serves: u64,
+    /// The most lenders that served one token.
+    pub max_serves: u64,
+    /// Tokens multi-spenders presented (each at several lenders at once).
+    pub multi_tokens: u64,
+    /// Multi-spenders' tokens by the number of lenders that served them (`"0"`, `"1"`, `"2"`, …).
+    pub multi_served_at: BTreeMap<String, u64>,
+    /// Claims of its own tokens a scored replica saw (a member knows its own borrows; not scored).
+    pub own_claims_seen: u64,
+}
+
 /// One run's measurements.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct RunResult {
@@ -311,4 +380,7 @@ pub struct RunResult {
     /// Mixed upstreams (scenarios with `[[profiles]]` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mixed: Option<MixedRun>,
+    /// Group-wide single spend (scenarios with `[claims]` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claims: Option<ClaimsRun>,
 }

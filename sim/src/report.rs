@@ -8,8 +8,10 @@ use serde::Serialize;
 use crate::outcome::{Attacks, Bin, EpochRun, RunResult, Window, ratio};
 use crate::scenario::Scenario;
 
+mod claims;
 mod mixed;
 
+pub use claims::ClaimsReport;
 pub use mixed::{FamilyDrain, KindStat, LenderDrain, MixedReport};
 
 /// A metric across seeds.
@@ -382,6 +384,9 @@ pub struct Report {
     /// Mixed upstreams (scenarios with `[[profiles]]` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mixed: Option<MixedReport>,
+    /// Group-wide single spend (scenarios with `[claims]` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claims: Option<ClaimsReport>,
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -504,6 +509,7 @@ impl Report {
             events: runs.iter().map(|r| r.events).sum(),
             epochs: EpochReport::build(&runs.iter().filter_map(|r| r.epochs.as_ref()).collect::<Vec<_>>()),
             mixed: MixedReport::build(runs),
+            claims: ClaimsReport::build(scenario, runs),
         }
     }
 
@@ -541,9 +547,13 @@ impl Report {
         let _ = writeln!(md, "- intervals are mean ± 1.96·sd/√k across the k seeds\n");
         let _ = writeln!(md, "## Safety\n");
         if self.violations.is_empty() {
+            let group = match &self.claims {
+                Some(c) if c.mode == "strict" => ", one serve per token in the group",
+                _ => "",
+            };
             let _ = writeln!(
                 md,
-                "Invariant violations: **0** (capacity, one serve per token per lender, only issued tokens, no borrower in lender records, liveness).\n"
+                "Invariant violations: **0** (capacity, one serve per token per lender{group}, only issued tokens, no borrower in lender records, liveness).\n"
             );
         } else {
             let _ = writeln!(md, "**{} invariant violations:**\n", self.violations.len());
@@ -590,6 +600,9 @@ impl Report {
         if let Some(e) = &self.epochs {
             e.to_markdown(&mut md);
         }
+        if let Some(c) = &self.claims {
+            c.to_markdown(&mut md);
+        }
         let _ = writeln!(
             md,
             "## Linkage: who made this borrow?\n\nEach attacker alone names a borrower for every borrow it \
@@ -615,6 +628,18 @@ impl Report {
              - `admin-volume`: the admin's base rate — always the member who drew the most tokens. It links nothing, \
              but refill volume tracks borrowing volume, so heavy borrowers are exposed as heavy borrowers.\n"
         );
+        if self.linkage.contains_key("replica") {
+            let _ = writeln!(
+                md,
+                "With claims, a replica gets each claim of the tokens it is a replica of (token hash, epoch, lender, \
+                 request id, roster digest), scored at the token's first replica other than the lender; a claim of \
+                 its own token is not scored (it knows its own borrows):\n\
+                 - `replica`: from the claim alone it can rule out the lender and itself, and names one of the rest.\n\
+                 - `replica-headroom`: the claim says when and at which lender a borrow happened; with the headroom \
+                 buckets it holds as a member it runs the `lender` attack from its own seat. The gap to `replica` is \
+                 the buckets' leak, which claims hand to the replicas too.\n"
+            );
+        }
         let _ = writeln!(md, "## Adversary members\n\n| attempt | count |\n|---|---|");
         for (k, v) in &self.attacks.attempts {
             let _ = writeln!(md, "| {k} | {v} |");
@@ -623,11 +648,18 @@ impl Report {
         for (k, v) in &self.attacks.outcomes {
             let _ = writeln!(md, "| {k} | {v} |");
         }
-        let _ = writeln!(
-            md,
-            "\n`rebound_other_lender` (the same token re-signed for a second lender) can be served: spent sets are \
-             per lender until group-wide claims land (docs/design.md §7). No lender serves a token twice.\n"
-        );
+        let note = match &self.claims {
+            Some(c) if c.mode != "off" => {
+                "`rebound_other_lender` (the same token re-signed for a second lender) and `multi_spend` (one token \
+                 at several lenders at once) meet the token's replicas: a lender serves only with a majority of \
+                 grants (see *Claims*)."
+            }
+            _ => {
+                "`rebound_other_lender` (the same token re-signed for a second lender) can be served: spent sets are \
+                 per lender until group-wide claims land (docs/design.md §7). No lender serves a token twice."
+            }
+        };
+        let _ = writeln!(md, "\n{note}\n");
         if !self.attestation_rejections.is_empty() {
             let _ = writeln!(
                 md,

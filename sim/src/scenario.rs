@@ -4,8 +4,10 @@ use lendmesh_protocol::borrow::DEFAULT_MAX_ATTEMPTS;
 use lendmesh_protocol::routing::Policy;
 use serde::{Deserialize, Serialize};
 
+mod claims;
 mod profiles;
 
+pub use claims::{Churn, Claims, ClaimsMode};
 pub use profiles::{
     CapacityRange, MAX_DEMAND_FACTOR, MAX_PROFILE_NAME, MAX_PROFILES, MAX_REQUEST_KINDS, Profile,
     RequestKind, UpstreamSpec,
@@ -174,6 +176,9 @@ pub struct Faults {
     /// Crashes.
     #[serde(default)]
     pub crashes: Vec<Crash>,
+    /// Every member going down and coming back (absent: only the crashes above).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub churn: Option<Churn>,
 }
 
 /// Adversarial members (taken from the end of the member list; they also behave as honest lenders).
@@ -195,6 +200,35 @@ pub struct Adversaries {
     /// Seconds between two attacks of one adversary.
     #[serde(default = "attack_period")]
     pub period_s: f64,
+    /// Members who present one token at several lenders at once, the spend re-bound to each (the double spend
+    /// group-wide claims stop, docs/design.md §7).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub multi_spenders: usize,
+    /// Lenders a multi-spender presents each token at, at once (default [`DEFAULT_MULTI_SPEND_LENDERS`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multi_spend_lenders: Option<usize>,
+    /// The multi-spender also lies as a replica: it spends only tokens it is a replica of, and grants every claim of
+    /// them (claims assume honest replicas; this measures what one dishonest replica does).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub multi_spend_as_replica: bool,
+}
+
+/// Lenders a multi-spender presents one token at by default.
+pub const DEFAULT_MULTI_SPEND_LENDERS: usize = 4;
+
+fn is_zero(x: &usize) -> bool {
+    *x == 0
+}
+
+fn is_false(x: &bool) -> bool {
+    !*x
+}
+
+impl Adversaries {
+    /// Lenders a multi-spender presents each token at.
+    pub fn multi_spend_lenders(&self) -> usize {
+        self.multi_spend_lenders.unwrap_or(DEFAULT_MULTI_SPEND_LENDERS)
+    }
 }
 
 fn attack_period() -> f64 {
@@ -209,6 +243,9 @@ impl Default for Adversaries {
             attestation_replayers: 0,
             attestation_forgers: 0,
             period_s: attack_period(),
+            multi_spenders: 0,
+            multi_spend_lenders: None,
+            multi_spend_as_replica: false,
         }
     }
 }
@@ -365,6 +402,10 @@ pub struct Scenario {
     /// member shares one upstream of any API with `[capacity]` (see [`Scenario::member_profiles`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub profiles: Vec<Profile>,
+    /// Quorum claims at each token's replicas (docs/design.md §7); absent: per-lender spent sets only, and no claims
+    /// section in the report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claims: Option<Claims>,
 }
 
 /// Both finite, non-negative, and `a <= b`.
@@ -525,10 +566,26 @@ impl Scenario {
                 ));
             }
         }
+        if let Some(c) = &self.faults.churn {
+            c.validate()?;
+        }
         let a = &self.adversaries;
-        let total = a.double_spenders + a.forgers + a.attestation_replayers + a.attestation_forgers;
+        let total = a.double_spenders
+            + a.forgers
+            + a.attestation_replayers
+            + a.attestation_forgers
+            + a.multi_spenders;
         if total + 3 > self.members {
             return Err(bad("adversaries", "leave at least 3 honest members"));
+        }
+        if !(2..self.members).contains(&a.multi_spend_lenders()) {
+            return Err(bad(
+                "adversaries.multi_spend_lenders",
+                "must be at least 2 and fewer than the members",
+            ));
+        }
+        if let Some(c) = &self.claims {
+            c.validate()?;
         }
         if !finite_pos(a.period_s) {
             return Err(bad("adversaries.period_s", "must be positive"));
@@ -591,6 +648,8 @@ mod tests {
             "test-epochs",
             "test-crowded",
             "mixed",
+            "office-claims",
+            "test-claims",
         ] {
             let path = format!("{}/scenarios/{name}.toml", env!("CARGO_MANIFEST_DIR"));
             let s = Scenario::from_file(std::path::Path::new(&path));

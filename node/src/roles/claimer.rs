@@ -12,7 +12,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use lendmesh_protocol::PeerId;
-use lendmesh_protocol::claims::{self, Claim, Tally, Verdict, Vote};
+use lendmesh_protocol::claims::{self, Claim, Tally, Verdict};
 use lendmesh_protocol::redeemer::Redemption;
 use lendmesh_protocol::wire::{ClaimRequest, ClaimResponse};
 use serde::{Deserialize, Serialize};
@@ -77,15 +77,12 @@ pub struct Claimer {
 impl Claimer {
     /// Claims `redemption`'s token for the borrower's `request_id` and says what to do with it.
     pub async fn claim(&self, redemption: &Redemption, request_id: [u8; 16]) -> ClaimOutcome {
-        let roster: Option<Vec<PeerId>> = self.view.borrow().epochs.get(redemption.epoch).map(|info| {
-            info.signed
-                .announcement
-                .roster
-                .roster
-                .member_ids()
-                .copied()
-                .collect()
-        });
+        let roster: Option<Vec<PeerId>> = self
+            .view
+            .borrow()
+            .epochs
+            .get(redemption.epoch)
+            .map(|info| info.frozen_roster());
         let Some(roster) = roster else {
             // Redeemed, so the epoch is accepted: its announcement is held. Treat a missing one as no quorum.
             return self.no_majority(&Tally::new(vec![]), None).await;
@@ -104,7 +101,7 @@ impl Claimer {
             .map(|&peer| async move { (peer, self.ask(peer, ClaimRequest::Claim(claim)).await) })
             .collect();
         while let Some((peer, answer)) = asks.next().await {
-            tally.record(peer, vote(answer));
+            tally.record(peer, ClaimResponse::vote(answer));
             if tally.verdict(false) != Verdict::Pending {
                 break;
             }
@@ -185,14 +182,5 @@ impl Claimer {
             }
         }
         None
-    }
-}
-
-fn vote(answer: Option<ClaimResponse>) -> Vote {
-    match answer {
-        Some(ClaimResponse::Granted) => Vote::Granted,
-        Some(ClaimResponse::Denied) => Vote::Denied,
-        Some(ClaimResponse::Refused(why)) => Vote::Refused(why),
-        Some(ClaimResponse::Released) | None => Vote::Unreachable,
     }
 }

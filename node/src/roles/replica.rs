@@ -104,14 +104,7 @@ impl Replica {
                 return refused(ClaimRefusal::UnknownEpoch);
             }
             match view.epochs.get(claim.epoch) {
-                Some(info) => info
-                    .signed
-                    .announcement
-                    .roster
-                    .roster
-                    .member_ids()
-                    .copied()
-                    .collect(),
+                Some(info) => info.frozen_roster(),
                 None => {
                     drop(view);
                     return refused(ClaimRefusal::UnknownEpoch);

@@ -694,3 +694,23 @@ fn a_relay_failure_keeps_the_sticky_lender() {
         assert!(other.is_some() && other != relay);
     }
 }
+
+#[test]
+fn a_token_another_lender_won_or_a_split_vote_burnt_is_dropped() {
+    for label in ["spent_elsewhere", "split_vote"] {
+        let mut w = World::new(&[2, 3]);
+        let mut run = BorrowRun::new(BorrowConfig::default());
+        send(&w.next(&mut run));
+        let effects = run.record(
+            AttemptResult::TokenRejected { label: label.into() },
+            1_000,
+            &mut w.rng,
+        );
+        assert_eq!(effects, vec![Effect::DropToken], "{label}");
+        assert_eq!(
+            w.decide(&mut run),
+            Decision::TakeToken,
+            "{label}: a fresh token next"
+        );
+    }
+}

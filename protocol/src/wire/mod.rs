@@ -211,6 +211,19 @@ pub enum ClaimResponse {
     Released,
 }
 
+impl ClaimResponse {
+    /// What a replica's answer (`None`: no answer) counts as in the lender's tally.
+    pub fn vote(answer: Option<ClaimResponse>) -> crate::claims::Vote {
+        use crate::claims::Vote;
+        match answer {
+            Some(ClaimResponse::Granted) => Vote::Granted,
+            Some(ClaimResponse::Denied) => Vote::Denied,
+            Some(ClaimResponse::Refused(why)) => Vote::Refused(why),
+            Some(ClaimResponse::Released) | None => Vote::Unreachable,
+        }
+    }
+}
+
 /// What travels on the group's gossipsub topic.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum GossipMessage {

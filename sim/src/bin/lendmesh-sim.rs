@@ -11,6 +11,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use lendmesh_protocol::routing::Policy;
 use lendmesh_sim::report::{Report, compare_markdown};
+use lendmesh_sim::scenario::{Churn, Claims, ClaimsMode};
 use lendmesh_sim::{RunResult, Scenario, charts, run_seed};
 
 #[derive(Parser, Debug)]
@@ -41,6 +42,16 @@ struct Overrides {
     /// Seconds between attestations.
     #[arg(long)]
     attestation_period_s: Option<f64>,
+    /// Group-wide claims: off, strict or lenient (adds a `[claims]` table with the node's defaults if the scenario
+    /// has none).
+    #[arg(long)]
+    claims: Option<ClaimsMode>,
+    /// Every member goes down and comes back, up this share of the time (sets `[faults.churn] uptime`).
+    #[arg(long)]
+    uptime: Option<f64>,
+    /// Multi-spenders also lie as replicas of their own tokens (sets `[adversaries] multi_spend_as_replica`).
+    #[arg(long)]
+    multi_spend_as_replica: bool,
     /// Seeds run in parallel (results are identical for any value).
     #[arg(long, default_value_t = 2)]
     jobs: usize,
@@ -83,6 +94,21 @@ fn load(path: &Path, o: &Overrides) -> anyhow::Result<Scenario> {
     }
     if let Some(p) = o.attestation_period_s {
         s.attestation_period_s = p;
+    }
+    if let Some(mode) = o.claims {
+        match &mut s.claims {
+            Some(c) => c.mode = mode,
+            None => s.claims = Some(Claims::with_mode(mode)),
+        }
+    }
+    if o.multi_spend_as_replica {
+        s.adversaries.multi_spend_as_replica = true;
+    }
+    if let Some(u) = o.uptime {
+        match &mut s.faults.churn {
+            Some(c) => c.uptime = u,
+            None => s.faults.churn = Some(Churn::with_uptime(u)),
+        }
     }
     s.validate().context("after applying command-line overrides")?;
     if o.seeds == 0 || o.seeds > 1000 {
@@ -190,6 +216,16 @@ fn main() -> anyhow::Result<()> {
                     m.mean("served_servable") * 100.0,
                     m.mean("misrouted"),
                     m.mean("nobody_serves"),
+                )?;
+            }
+            if let Some(c) = &report.claims {
+                writeln!(
+                    stdout,
+                    "{}: {}; borrow latency p50 {:.0} ms, p99 {:.0} ms",
+                    s.name,
+                    c.summary_line(),
+                    report.mean("latency_p50_ms"),
+                    report.mean("latency_p99_ms"),
                 )?;
             }
             if let Some(v) = report.violations.first() {

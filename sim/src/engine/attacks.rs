@@ -1,7 +1,9 @@
-//! Adversarial members: double spenders, forgers, attestation replayers and forgers. They act through the
-//! simulated network and meet the same protocol code as everyone else.
+//! Adversarial members: double spenders, multi-spenders, forgers, attestation replayers and forgers. They act through
+//! the simulated network and meet the same protocol code as everyone else.
 
+use lendmesh_protocol::PeerId;
 use lendmesh_protocol::attestation::{Attestation, AttestationBody, AttestationKey, HeadroomBucket};
+use lendmesh_protocol::claims;
 use lendmesh_protocol::routing;
 use lendmesh_protocol::token::{Token, TokenInput, TokenSpend, WalletToken};
 use rand_core::RngCore;
@@ -69,6 +71,7 @@ impl Sim<'_> {
                 let Some(tok) = self.take_token(a, t) else {
                     return;
                 };
+                self.cl.adversary_tokens.insert(tok.token.hash());
                 let l1 = self.other(&[a]);
                 let l2 = self.other(&[a, l1]);
                 let mut digest = [0u8; 32];
@@ -87,6 +90,33 @@ impl Sim<'_> {
                 let s2 = tok.spend(self.members[l2].id, d2, local);
                 let r3 = self.adv_request_id();
                 self.send_adv_spend(t + 400, a, l2, r3, s2, "rebound_other_lender");
+            }
+            Role::MultiSpender => {
+                // One token at several lenders at once, the spend re-bound to each under its own request: per-lender
+                // spent sets cannot see it; the token's replicas can.
+                let tok = if self.s.adversaries.multi_spend_as_replica {
+                    self.take_token_replicated_at(a, t)
+                } else {
+                    self.take_token(a, t)
+                };
+                let Some(tok) = tok else {
+                    return;
+                };
+                let hash = tok.token.hash();
+                self.cl.adversary_tokens.insert(hash);
+                self.cl.multi_tokens.push(hash);
+                let mut chosen = vec![a];
+                for _ in 0..self.s.adversaries.multi_spend_lenders() {
+                    let l = self.other(&chosen);
+                    chosen.push(l);
+                }
+                for &l in &chosen[1..] {
+                    let mut digest = [0u8; 32];
+                    self.adv_rng.fill_bytes(&mut digest);
+                    let spend = tok.spend(self.members[l].id, digest, local);
+                    let r = self.adv_request_id();
+                    self.send_adv_spend(t, a, l, r, spend, "multi_spend");
+                }
             }
             Role::Forger => {
                 // A token of the current epoch, under its key, with a made-up signature.
@@ -170,6 +200,41 @@ impl Sim<'_> {
                 }
             }
         }
+    }
+
+    /// A token of member `a`'s wallet that `a` is a replica of (the lying multi-spender spends only those), the
+    /// others looked at put back; `None` if none of the next few is.
+    fn take_token_replicated_at(&mut self, a: usize, t: Ms) -> Option<WalletToken> {
+        /// Tokens looked at before giving up this round.
+        const LOOK_AT: usize = 32;
+        let me = self.members[a].id;
+        let replicas = self
+            .s
+            .claims
+            .as_ref()
+            .map_or(claims::DEFAULT_REPLICAS, |c| c.replicas);
+        let mut looked = Vec::new();
+        let mut found = None;
+        while looked.len() < LOOK_AT {
+            let Some(tok) = self.take_token(a, t) else {
+                break;
+            };
+            let epoch = tok.token.input.epoch;
+            let roster: Vec<PeerId> = self.members[a]
+                .book
+                .get(epoch)
+                .map(|i| i.frozen_roster())
+                .unwrap_or_default();
+            if claims::replica_set(&tok.token.hash(), &roster, replicas).contains(&me) {
+                found = Some(tok);
+                break;
+            }
+            looked.push(tok);
+        }
+        for tok in looked.into_iter().rev() {
+            self.members[a].wallet.put_back(tok);
+        }
+        found
     }
 
     pub(super) fn send_adv_att(

@@ -1,6 +1,6 @@
-//! Borrowing (docs/design.md §6), driven exactly as the node drives it: every borrow is one `protocol::borrow::BorrowRun`,
-//! every lender goes down `protocol::lend`'s ladder. This file only moves data between those machines and the
-//! simulated world, and measures; it decides nothing.
+//! Borrowing (docs/design.md §6), driven exactly as the node drives it: every borrow is one `protocol::borrow::BorrowRun`.
+//! This file only moves data between that machine and the simulated world, and measures; it decides nothing (the
+//! lender's side is [`super::lend`]).
 //!
 //! **Borrower** ([`Sim::drive`]). A request that no fresh lender serves (`protocol::routing::candidates_for` finds
 //! none among the lenders the member holds a fresh attestation of) is refused at once as `no_capable_lender`,
@@ -18,33 +18,20 @@
 //! lender cools down (its `Retry-After` capped, or the default), the idempotent retry after a timeout and the attempt
 //! budget are all the machine's (see its module doc).
 //!
-//! **Lender** ([`Sim::lend`]). `LendLadder::admit` by request id (a known id gets its cached answer again), then the
-//! first of its upstreams that serves the request (`protocol::capability`'s rule) and passes `lend::headroom` (no
-//! reserve is modelled) — none serving it: `NotServed`, none with room: `NoHeadroom`, both before any claim — the
-//! real `Redeemer` claiming into the member's spent set, and `lend::after_upstream` on what the simulated upstream
-//! did. The upstream is capacity only: a request that got a unit of capacity is served (status 200).
-//!
 //! Failure causes in the report are the simulator's measurement: a `BorrowFailure` names the cause, and `Failed`
 //! takes the label of the last attempt's outcome (`no_lender_headroom`, `token_already_spent`, a redeemer label,
 //! `timeout`, …).
 
 use lendmesh_protocol::PeerId;
 use lendmesh_protocol::borrow::{AttemptResult, BorrowFailure, Decision, Effect, Finish, RouteView};
-use lendmesh_protocol::capability::Need;
-use lendmesh_protocol::lend::{self, Admission, UpstreamOutcome, UpstreamVerdict};
 use lendmesh_protocol::refill::RefillPlanner;
 use lendmesh_protocol::routing::Candidate;
 use lendmesh_protocol::routing::{self as routing_rules, Offer};
-use lendmesh_protocol::token::{TokenHash, TokenSpend};
 use rand_core::RngCore;
 
 use super::{Borrow, Ev, Sent, Sim};
-use crate::member::{Answer, LenderRecord};
+use crate::member::Answer;
 use crate::net::Ms;
-
-/// Units of capacity a lender keeps for itself (`lend::headroom`'s reserve; the node's `reserve` setting). The
-/// simulator models no reserve.
-const LEND_RESERVE: u64 = 0;
 
 /// The failure-cause label of a lender's answer (for the report; `Served` has none).
 fn cause_of(answer: Answer) -> &'static str {
@@ -57,6 +44,7 @@ fn cause_of(answer: Answer) -> &'static str {
         Answer::UpstreamFailed => "upstream_failed",
         Answer::Busy => "lender_busy",
         Answer::NotServed => "lender_not_serving",
+        Answer::NoQuorum => "no_quorum",
     }
 }
 
@@ -79,6 +67,8 @@ fn attempt_result(answer: Answer) -> AttemptResult {
         Answer::Busy => refused(None, false),
         // The node's `BorrowRefusal::NotServed`: refused before any claim, no `Retry-After`.
         Answer::NotServed => refused(None, true),
+        // The node's `BorrowRefusal::NoQuorum`: refused before any work, the token unspent, no `Retry-After`.
+        Answer::NoQuorum => refused(None, true),
     }
 }
 
@@ -92,26 +82,8 @@ pub(super) fn refusal_label(answer: Answer) -> String {
         Answer::UpstreamFailed => "refused:upstream_failed".into(),
         Answer::Busy => "refused:lender_busy".into(),
         Answer::NotServed => "refused:not_served".into(),
+        Answer::NoQuorum => "refused:no_quorum".into(),
     }
-}
-
-/// A borrow attempt as it reaches a lender.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct AtLender {
-    /// The borrow.
-    pub(super) id: u64,
-    /// Its attempt number.
-    pub(super) attempt: u32,
-    /// The lender.
-    pub(super) lender: usize,
-    /// The relay it came through.
-    pub(super) relay: Option<usize>,
-    /// The attempt's request id.
-    pub(super) request_id: [u8; 16],
-    /// The request's kind.
-    pub(super) need: u16,
-    /// The borrower (ground truth for the linkage attackers and the invariants only).
-    pub(super) truth: usize,
 }
 
 impl Sim<'_> {
@@ -401,192 +373,6 @@ impl Sim<'_> {
         }
     }
 
-    /// The lender's side, `protocol::lend`'s ladder for a request that needs `need`: a known request id gets its
-    /// answer again; then an upstream that serves it with headroom, the redeemer's checks and claim, and what the
-    /// upstream's answer means for the claim.
-    pub(super) fn lend(
-        &mut self,
-        t: Ms,
-        l: usize,
-        request_id: [u8; 16],
-        spend: &TokenSpend,
-        via: Option<usize>,
-        need: &Need,
-    ) -> Answer {
-        let window_ms = self.window_ms;
-        let local = self.local(l, t);
-        self.sync_member(l, t);
-        self.fresh_serve = false;
-        let lender = &mut self.members[l];
-        lender.roll(t, window_ms);
-        // 1. Lends finish at once here, so no request id is ever in flight to join.
-        match lender.ladder.admit(request_id, local) {
-            Admission::Replay(answer) => return answer,
-            Admission::Join | Admission::Busy => return Answer::Busy,
-            Admission::Proceed => {}
-        }
-        let answer = self.lend_new(t, l, spend, via, local, need);
-        self.members[l].ladder.finish(request_id, answer, local);
-        answer
-    }
-
-    /// Steps 2–4 of the ladder for a new request id.
-    fn lend_new(
-        &mut self,
-        t: Ms,
-        l: usize,
-        spend: &TokenSpend,
-        via: Option<usize>,
-        local: u64,
-        need: &Need,
-    ) -> Answer {
-        let window_ms = self.window_ms;
-        let via = via.map(|r| self.members[r].id);
-        let lender = &mut self.members[l];
-        // 2. The first upstream that serves the request and has headroom beyond the reserve (the node's
-        //    `acquire_lend`); none serving it, or none with room: refused before any claim.
-        let resets = crate::net::EPOCH_START_MS + (lender.window + 1) * window_ms;
-        let mut refusal = Answer::NotServed;
-        let mut chosen = None;
-        for (k, u) in lender
-            .upstreams
-            .iter()
-            .enumerate()
-            .filter(|(_, u)| u.serves(need))
-        {
-            match lend::headroom(u64::from(u.remaining()), LEND_RESERVE, resets, local) {
-                Ok(()) => {
-                    chosen = Some(k);
-                    break;
-                }
-                Err(retry_after_ms) => refusal = Answer::NoHeadroom { retry_after_ms },
-            }
-        }
-        let Some(k) = chosen else {
-            return refusal;
-        };
-        // 3. Redeem and claim before any work.
-        let redemption = match lender
-            .redeemer
-            .redeem(spend, &spend.request_digest, local, &lender.spent)
-        {
-            Ok(r) => r,
-            Err(e) => return Answer::TokenRejected(e.label()),
-        };
-        // 4. The simulated upstream is capacity only: with a unit of capacity the request is served.
-        match lend::after_upstream(UpstreamOutcome::Status(200)) {
-            UpstreamVerdict::Served => {}
-            UpstreamVerdict::ReleaseAndRefuse { status } => {
-                // No work done: the token can be spent elsewhere.
-                if let Err(e) = lender.redeemer.release(&redemption, &lender.spent) {
-                    self.violation(format!("lender {l} could not release a claim: {e}"));
-                }
-                return Answer::UpstreamRefused { status };
-            }
-            UpstreamVerdict::Failed => return Answer::UpstreamFailed,
-        }
-        let upstream = &mut lender.upstreams[k];
-        upstream.used += 1;
-        upstream.lent_total += 1;
-        lender.records.push(LenderRecord {
-            at: t,
-            token_hash: redemption.token_hash,
-            request_digest: spend.request_digest,
-            via,
-        });
-        self.out.lender_load[l] += 1;
-        self.fresh_serve = true;
-        self.check_serve(l, &redemption.token_hash);
-        self.note_spent_epochs(l);
-        Answer::Served
-    }
-
-    /// Safety invariants, checked on every serve.
-    pub(super) fn check_serve(&mut self, l: usize, hash: &TokenHash) {
-        let lender = &self.members[l];
-        if let Some((k, u)) = lender
-            .upstreams
-            .iter()
-            .enumerate()
-            .find(|(_, u)| u.used > u.capacity)
-        {
-            let (used, capacity) = (u.used, u.capacity);
-            self.violation(format!(
-                "lender {l} served {used} > capacity {capacity} of its upstream {k}"
-            ));
-        }
-        if !self.served_by[l].insert(*hash) {
-            self.violation(format!("lender {l} served token {hash} twice"));
-        }
-        if !self.genuine.contains(hash) {
-            self.violation(format!(
-                "lender {l} served token {hash} that the issuer never signed"
-            ));
-        }
-    }
-
-    pub(super) fn violation(&mut self, what: String) {
-        let seed = self.out.seed;
-        self.out.violations.push(format!("seed {seed}: {what}"));
-    }
-
-    /// A request lender `l` serves (what an adversary's spend presents): one of its first upstream's API, naming no
-    /// model.
-    pub(super) fn probe_need(&self, l: usize) -> Need {
-        let api = self.members[l].upstreams.first().map(|u| u.api);
-        crate::scenario::RequestKind {
-            api: api.unwrap_or(lendmesh_protocol::capability::Api::Any),
-            model: None,
-            weight: 1.0,
-        }
-        .need()
-    }
-
-    pub(super) fn on_at_lender(&mut self, t: Ms, at: &AtLender, spend: &TokenSpend) {
-        let AtLender {
-            id,
-            attempt,
-            lender: l,
-            relay,
-            request_id,
-            need,
-            truth,
-        } = *at;
-        let wanted = self.layout.needs[usize::from(need)].clone();
-        let answer = self.lend(t, l, request_id, spend, relay, &wanted);
-        if answer == Answer::NotServed {
-            // The borrower routed it to a lender none of whose upstreams serves it.
-            self.mix.misrouted += 1;
-        }
-        // The lender's records must never name the borrower.
-        if let Some(rec) = self.members[l].records.last()
-            && rec.request_digest == spend.request_digest
-            && rec.via == Some(self.members[truth].id)
-        {
-            self.violation(format!("lender {l} recorded borrower {truth}"));
-        }
-        if answer == Answer::Served && self.fresh_serve {
-            self.score_linkage(t, l, relay, spend, truth);
-        }
-        let hop = match relay {
-            Some(r) => self
-                .net
-                .send(l, r, t)
-                .and_then(|d1| self.net.send(r, truth, t + d1).map(|d2| d1 + d2)),
-            None => self.net.send(l, truth, t),
-        };
-        if let Some(d) = hop {
-            self.at(
-                t + d,
-                Ev::Reply {
-                    borrow: id,
-                    attempt,
-                    answer,
-                },
-            );
-        }
-    }
-
     pub(super) fn on_reply(&mut self, t: Ms, id: u64, attempt: u32, answer: Answer) {
         if self.borrows.get(&id).is_none_or(|b| b.attempt != attempt) {
             return;
@@ -600,6 +386,12 @@ impl Sim<'_> {
         if self.borrows.get(&id).is_none_or(|b| b.attempt != attempt) {
             return;
         }
+        if self.lender_still_claiming(id, attempt) {
+            // The request reached a lender that is still claiming its token: the node's borrower, once the relay
+            // accepted, waits for the first byte, so this one waits on too.
+            let timeout = self.s.routing.timeout_ms as Ms;
+            return self.at(t + timeout, Ev::Timeout { borrow: id, attempt });
+        }
         // The simulated path has no acknowledgement: a timeout does not say which hop went silent.
         let ambiguous = AttemptResult::Ambiguous {
             why: "timeout".into(),
@@ -611,8 +403,9 @@ impl Sim<'_> {
 
     /// A crash: memory is lost (peer table, cooldowns, lend cache, refill planner and its backoff), and the member's
     /// borrows in flight end; their tokens are lost, as in the node (a token leaves the store before it is bound
-    /// and sent, and only a finished run returns it).
+    /// and sent, and only a finished run returns it). Its lends waiting for a claim's verdict end unanswered.
     pub(super) fn on_crash(&mut self, i: usize) {
+        self.drop_lends(i);
         let (group, key) = (self.group, self.att_key.clone());
         let me = &mut self.members[i];
         me.crash(group, key);

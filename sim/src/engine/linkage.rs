@@ -1,9 +1,11 @@
 //! Linkage attackers: a lender, a relay and the admin, each alone, name the borrower of every borrow from what
-//! their role observes; scored against chance.
+//! their role observes; scored against chance. (The replicas' attackers, with claims on, are in
+//! [`super::claims`].)
 
 use lendmesh_protocol::attestation::HeadroomBucket;
 use lendmesh_protocol::routing;
 use lendmesh_protocol::token::TokenSpend;
+use rand_chacha::ChaCha8Rng;
 
 use super::Sim;
 use crate::member::Publication;
@@ -28,49 +30,7 @@ impl Sim<'_> {
                 .record(true, n - 2);
         }
         // Lender: its own view of everyone's attestations; the lowest headroom is the likely borrower.
-        let views: Vec<(usize, Publication)> = (0..n)
-            .filter(|&p| p != l)
-            .filter_map(|p| self.latest_delivered(p, l, t).map(|x| (p, x)))
-            .collect();
-        // Bucketed: rank members whose bucket is `none`, earliest-exhausted first (a member that ran dry early in
-        // the window is a heavy user, likely still borrowing); then the lowest bucket. Exact: the count of uses in
-        // the window is known, so each member's rate of use r is too; score r · P(at least `left` uses since the
-        // attestation), i.e. how likely it is exhausted now times how much it asks.
-        let window_ms = self.window_ms;
-        let keyed: Vec<(usize, f64, f64)> = views
-            .iter()
-            .map(|&(p, x)| {
-                let start = x
-                    .resets_at_ms
-                    .saturating_sub(crate::net::EPOCH_START_MS + window_ms);
-                let list = &self.pubs[p];
-                let lo = list.partition_point(|q| q.t < start);
-                let hi = list.partition_point(|q| q.t <= x.t);
-                // Only what gossip brought this lender.
-                let in_window: Vec<&Publication> = list[lo..hi]
-                    .iter()
-                    .filter(|q| self.net.gossip_delivered(p, l, q.seq, q.t, t))
-                    .collect();
-                let since = |q: &&Publication| q.t.saturating_sub(start);
-                let bucket_zero = in_window
-                    .iter()
-                    .find(|q| q.headroom == HeadroomBucket::None)
-                    .map(since);
-                let bucketed = match bucket_zero {
-                    Some(z) if x.headroom == HeadroomBucket::None => -1.0 / (z.max(1) as f64),
-                    _ => x.headroom as u64 as f64,
-                };
-                let first_zero = in_window.iter().find(|q| q.exact == 0).map(since);
-                let cap = in_window.first().map_or(0, |q| q.exact);
-                let used = f64::from(cap.saturating_sub(x.exact));
-                let rate = match first_zero {
-                    Some(z) => f64::from(cap) / z.max(1) as f64,
-                    None => used / x.t.saturating_sub(start).max(1) as f64,
-                };
-                let exhausted = poisson_at_least(rate * t.saturating_sub(x.t) as f64, x.exact);
-                (p, bucketed, -rate * exhausted)
-            })
-            .collect();
+        let keyed = self.headroom_keys(l, &[], t);
         let bucketed = self.guess_min(keyed.iter().map(|&(p, b, _)| (p, b)).collect());
         let exact = self.guess_min(keyed.iter().map(|&(p, _, e)| (p, e)).collect());
         self.out
@@ -113,15 +73,68 @@ impl Sim<'_> {
             .record(volume == Some(truth), plausible.len());
     }
 
-    pub(super) fn guess_min(&mut self, keyed: Vec<(usize, f64)>) -> Option<usize> {
-        let best = keyed.iter().map(|&(_, k)| k).min_by(f64::total_cmp)?;
-        let tied: Vec<usize> = keyed
-            .iter()
-            .filter(|&&(_, k)| k == best)
-            .map(|&(p, _)| p)
+    /// What `observer` makes of everyone's headroom at `t` from the attestations gossip brought it, for each member
+    /// but itself and `exclude`: `(member, bucketed key, exact key)`, the likeliest borrower lowest.
+    pub(super) fn headroom_keys(&self, observer: usize, exclude: &[usize], t: Ms) -> Vec<(usize, f64, f64)> {
+        let views: Vec<(usize, Publication)> = (0..self.n)
+            .filter(|&p| p != observer && !exclude.contains(&p))
+            .filter_map(|p| self.latest_delivered(p, observer, t).map(|x| (p, x)))
             .collect();
-        Some(tied[routing::uniform_index(&mut self.adv_rng, tied.len())])
+        // Bucketed: rank members whose bucket is `none`, earliest-exhausted first (a member that ran dry early in
+        // the window is a heavy user, likely still borrowing); then the lowest bucket. Exact: the count of uses in
+        // the window is known, so each member's rate of use r is too; score r · P(at least `left` uses since the
+        // attestation), i.e. how likely it is exhausted now times how much it asks.
+        let window_ms = self.window_ms;
+        views
+            .iter()
+            .map(|&(p, x)| {
+                let start = x
+                    .resets_at_ms
+                    .saturating_sub(crate::net::EPOCH_START_MS + window_ms);
+                let list = &self.pubs[p];
+                let lo = list.partition_point(|q| q.t < start);
+                let hi = list.partition_point(|q| q.t <= x.t);
+                // Only what gossip brought the observer.
+                let in_window: Vec<&Publication> = list[lo..hi]
+                    .iter()
+                    .filter(|q| self.net.gossip_delivered(p, observer, q.seq, q.t, t))
+                    .collect();
+                let since = |q: &&Publication| q.t.saturating_sub(start);
+                let bucket_zero = in_window
+                    .iter()
+                    .find(|q| q.headroom == HeadroomBucket::None)
+                    .map(since);
+                let bucketed = match bucket_zero {
+                    Some(z) if x.headroom == HeadroomBucket::None => -1.0 / (z.max(1) as f64),
+                    _ => x.headroom as u64 as f64,
+                };
+                let first_zero = in_window.iter().find(|q| q.exact == 0).map(since);
+                let cap = in_window.first().map_or(0, |q| q.exact);
+                let used = f64::from(cap.saturating_sub(x.exact));
+                let rate = match first_zero {
+                    Some(z) => f64::from(cap) / z.max(1) as f64,
+                    None => used / x.t.saturating_sub(start).max(1) as f64,
+                };
+                let exhausted = poisson_at_least(rate * t.saturating_sub(x.t) as f64, x.exact);
+                (p, bucketed, -rate * exhausted)
+            })
+            .collect()
     }
+
+    pub(super) fn guess_min(&mut self, keyed: Vec<(usize, f64)>) -> Option<usize> {
+        guess_min_in(&mut self.adv_rng, keyed)
+    }
+}
+
+/// The member with the lowest key, ties broken at random with `rng`.
+pub(super) fn guess_min_in(rng: &mut ChaCha8Rng, keyed: Vec<(usize, f64)>) -> Option<usize> {
+    let best = keyed.iter().map(|&(_, k)| k).min_by(f64::total_cmp)?;
+    let tied: Vec<usize> = keyed
+        .iter()
+        .filter(|&&(_, k)| k == best)
+        .map(|&(p, _)| p)
+        .collect();
+    Some(tied[routing::uniform_index(rng, tied.len())])
 }
 
 /// P(N ≥ k) for N ~ Poisson(mu).

@@ -113,6 +113,7 @@ mod tests {
 
     use lendmesh_protocol::attestation::HeadroomBucket;
 
+    use super::super::lend::Lent;
     use super::super::tests::issue_one;
     use super::*;
     use crate::member::{Answer, PeerView};
@@ -162,12 +163,15 @@ mod tests {
         let spend = token.spend(sim.members[0].id, [3; 32], local);
         assert_eq!(
             sim.lend(t, 0, [1; 16], &spend, Some(2), &claude),
-            Answer::NotServed
+            Lent::Now(Answer::NotServed)
         );
         assert!(!sim.members[0].spent.contains(0, &hash), "nothing claimed");
         // Member 7 shares both: it lends from its Anthropic upstream (the second), not its first.
         let spend = token.spend(sim.members[7].id, [3; 32], local);
-        assert_eq!(sim.lend(t, 7, [2; 16], &spend, Some(2), &claude), Answer::Served);
+        assert_eq!(
+            sim.lend(t, 7, [2; 16], &spend, Some(2), &claude),
+            Lent::Now(Answer::Served)
+        );
         let lent: Vec<u64> = sim.members[7].upstreams.iter().map(|u| u.lent_total).collect();
         assert_eq!(lent, [0, 1]);
         // With that upstream full, it refuses for lack of headroom, though its OpenAI upstream has room.
@@ -177,7 +181,7 @@ mod tests {
         let spend = other.spend(sim.members[7].id, [4; 32], local);
         assert!(matches!(
             sim.lend(t, 7, [3; 16], &spend, Some(2), &claude),
-            Answer::NoHeadroom { .. }
+            Lent::Now(Answer::NoHeadroom { .. })
         ));
         assert!(sim.out.violations.is_empty(), "{:?}", sim.out.violations);
     }

@@ -126,6 +126,8 @@ impl Sim<'_> {
         // The spent set prunes by "every epoch before": an epoch retired while an older one is still in its grace
         // (a rotation) waits for that one.
         me.spent.prune_before(oldest);
+        // A replica forgets the claims of retired epochs with them: no lender takes their tokens any more.
+        me.claims.retain(|&(e, _), _| e >= oldest);
         let book = &me.book;
         me.planner.retain(|e| book.signable(e, local));
         let pruned: Vec<u32> = me.unpruned.range(..oldest).copied().collect();
