@@ -124,6 +124,31 @@ impl Claimer {
         outcome
     }
 
+    /// Releases this lender's claim of `redemption`'s token at every replica (best effort, bounded by the claim
+    /// timeout): the lender refused the request before any work (its upstream refused or could not be reached), so
+    /// the token stays spendable elsewhere.
+    pub async fn release(&self, redemption: &Redemption, request_id: [u8; 16]) {
+        let roster = self
+            .view
+            .borrow()
+            .epochs
+            .get(redemption.epoch)
+            .map(|i| i.frozen_roster());
+        let Some(roster) = roster else { return };
+        let claim = Claim {
+            token_hash: redemption.token_hash,
+            epoch: redemption.epoch,
+            lender: self.me,
+            request_id,
+            roster: claims::roster_digest(&roster),
+        };
+        let releases: FuturesUnordered<_> = claims::replica_set(&claim.token_hash, &roster, self.replicas)
+            .into_iter()
+            .map(|peer| self.ask(peer, ClaimRequest::Release(claim)))
+            .collect();
+        let _ = releases.collect::<Vec<_>>().await;
+    }
+
     /// No majority: `strict` releases the grants and refuses; `lenient` serves and counts it.
     async fn no_majority(&self, tally: &Tally, claim: Option<Claim>) -> ClaimOutcome {
         match self.mode {

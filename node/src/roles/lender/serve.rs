@@ -432,10 +432,12 @@ impl LendShared {
         };
         match (lend::after_upstream(outcome), result) {
             (UpstreamVerdict::ReleaseAndRefuse { status }, result) => {
-                // No work was done: release the claim so the token can be spent again elsewhere.
+                // No work was done: release the claim — here and at the token's replicas — so the token can be
+                // spent again elsewhere.
                 if let Err(e) = self.redeemer().release(&redemption, &self.store) {
                     warn!(%e, "could not release a claim");
                 }
+                self.claimer.release(&redemption, inner.request_id).await;
                 let retry = result.as_ref().ok().and_then(|r| retry_after_ms(&r.headers));
                 if let Err(e) = &result {
                     debug!(%e, "upstream unreachable; claim released");
