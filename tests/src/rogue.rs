@@ -221,39 +221,10 @@ impl Rogue {
     /// Opens a `protocol` stream, writes `bytes` and reads what comes back until the node ends it (at most 64 KiB),
     /// driving the swarm meanwhile. Bounded.
     async fn raw_stream(&mut self, protocol: &str, peer: PeerId, bytes: Vec<u8>) -> Result<Vec<u8>, String> {
-        let mut control = self.swarm.behaviour().streams.new_control();
-        let protocol = StreamProtocol::try_from_owned(protocol.to_string()).map_err(|e| e.to_string())?;
-        let exchange = async move {
-            let mut stream = control
-                .open_stream(peer, protocol)
-                .await
-                .map_err(|e| e.to_string())?;
-            // Written and flushed, this side left open: a requester that closes its side has gone away.
-            stream.write_all(&bytes).await.map_err(|e| e.to_string())?;
-            stream.flush().await.map_err(|e| e.to_string())?;
-            let mut buf = Vec::new();
-            stream
-                .take(65536)
-                .read_to_end(&mut buf)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>(buf)
-        };
-        let swarm = &mut self.swarm;
-        let drive = async {
-            loop {
-                swarm.select_next_some().await;
-            }
-        };
-        let both = async {
-            tokio::select! {
-                r = exchange => r,
-                () = drive => unreachable!("the swarm stream never ends"),
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(30), both)
+        self.raw_streams(vec![(protocol.to_string(), peer, bytes)])
             .await
-            .unwrap_or_else(|_| Err("timeout".into()))
+            .pop()
+            .unwrap_or_else(|| Err("no answer".into()))
     }
 
     /// Like [`Rogue::raw_request`] on streamed protocols, for several `(protocol, peer, bytes)` at once: every
@@ -262,6 +233,7 @@ impl Rogue {
         &mut self,
         requests: Vec<(String, PeerId, Vec<u8>)>,
     ) -> Vec<Result<Vec<u8>, String>> {
+        let n = requests.len();
         let exchanges = requests.into_iter().map(|(protocol, peer, bytes)| {
             let mut control = self.swarm.behaviour().streams.new_control();
             async move {
@@ -270,6 +242,7 @@ impl Rogue {
                     .open_stream(peer, protocol)
                     .await
                     .map_err(|e| e.to_string())?;
+                // Written and flushed, this side left open: a requester that closes its side has gone away.
                 stream.write_all(&bytes).await.map_err(|e| e.to_string())?;
                 stream.flush().await.map_err(|e| e.to_string())?;
                 let mut buf = Vec::new();
@@ -296,7 +269,7 @@ impl Rogue {
         };
         tokio::time::timeout(Duration::from_secs(30), both)
             .await
-            .unwrap_or_else(|_| vec![Err("timeout".into())])
+            .unwrap_or_else(|_| vec![Err("timeout".into()); n])
     }
 
     /// Subscribes to `topic`, waits until `peer` is subscribed too, and publishes `data`. Bounded.

@@ -107,6 +107,29 @@ pub async fn spend_direct_at_once(rogue: &mut Rogue, spends: &[DirectSpend<'_>])
     out
 }
 
+/// Invites a rogue member — a fresh key that runs no node and drives the protocols by hand — with `quota` tokens per
+/// epoch, through the stopped admin node in `admin`; returns its key and the invite it would join with.
+pub fn invite_rogue(admin: &std::path::Path, quota: u32) -> (libp2p::identity::Keypair, Invite) {
+    let key = libp2p::identity::Keypair::generate_ed25519();
+    let out = admin.join("rogue.txt");
+    let quota = quota.to_string();
+    let id = key.public().to_peer_id().to_string();
+    crate::cli_ok(
+        admin,
+        &[
+            "group",
+            "invite",
+            &id,
+            "--quota",
+            &quota,
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    let invite = Invite::from_file_text(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    (key, invite)
+}
+
 /// `n` tokens of the invite's epoch, issued to the rogue by the running `admin` over the issue protocol.
 pub async fn rogue_tokens(
     rogue: &mut Rogue,

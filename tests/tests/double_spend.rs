@@ -5,12 +5,12 @@
 use std::time::Duration;
 
 use lendmesh_protocol::PeerId;
-use lendmesh_protocol::group::Invite;
 use lendmesh_protocol::token::WalletToken;
-use lendmesh_protocol::wallet::Wallet;
-use lendmesh_protocol::wire::{self, InnerBorrowResponse, IssueResponse};
+use lendmesh_protocol::wire::InnerBorrowResponse;
 use lendmesh_tests::rogue::Rogue;
-use lendmesh_tests::spend::{http, peer_of, rejection, spend_direct, spend_direct_at_once};
+use lendmesh_tests::spend::{
+    http, invite_rogue, peer_of, rejection, rogue_tokens, spend_direct, spend_direct_at_once,
+};
 use lendmesh_tests::*;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -43,20 +43,7 @@ fn rejected(resp: &InnerBorrowResponse) -> Option<String> {
 fn replayed_and_raced_tokens_are_refused_durably() {
     // Admin (issuer), lenders B and C, and a rogue member holding real tokens.
     let TestGroup { admin, homes, .. } = TestGroup::new("ds", 2, 200);
-    let rogue_key = libp2p::identity::Keypair::generate_ed25519();
-    let inv = admin.path().join("rogue.txt");
-    cli_ok(
-        admin.path(),
-        &[
-            "group",
-            "invite",
-            &rogue_key.public().to_peer_id().to_string(),
-            "--out",
-            inv.to_str().unwrap(),
-        ],
-    );
-    let invite = Invite::from_file_text(&std::fs::read_to_string(&inv).unwrap()).unwrap();
-    let issuer_key = invite.epoch.announcement.issuer_key().unwrap();
+    let (rogue_key, invite) = invite_rogue(admin.path(), 200);
 
     let a = RunningNode::start(admin.path(), &["--gateway", "127.0.0.1:0"]);
     let lender_args = [
@@ -77,20 +64,10 @@ fn replayed_and_raced_tokens_are_refused_durably() {
         .unwrap();
     let mut rogue = Rogue::new(rogue_key, *invite.psk.as_bytes());
     let tokens = rt.block_on(async {
-        let admin_peer = rogue.connect(a.p2p_addr.parse().unwrap()).await;
-        let (req, batch) = Wallet::prepare_batch(&issuer_key, 1, 3, &mut rand::rngs::OsRng).unwrap();
-        let raw = rogue
-            .raw_request("/lendmesh/issue/1", admin_peer, wire::encode(&req).unwrap())
-            .await
-            .unwrap();
-        let IssueResponse::Granted { blind_signatures, .. } = wire::decode(&raw).unwrap() else {
-            panic!("refused")
-        };
-        let mut w = Wallet::new();
-        assert_eq!(w.finalize(&issuer_key, &batch, &blind_signatures).unwrap(), 3);
+        let t = rogue_tokens(&mut rogue, &a, &invite, 3).await;
         rogue.connect(b.p2p_addr.parse().unwrap()).await;
         rogue.connect(c.p2p_addr.parse().unwrap()).await;
-        w.iter().cloned().collect::<Vec<_>>()
+        t
     });
     let (t1, t2) = (&tokens[0], &tokens[1]);
 
@@ -153,22 +130,7 @@ fn replayed_and_raced_tokens_are_refused_durably() {
 #[test]
 fn a_token_is_served_once_across_the_group_however_it_is_rebound() {
     let TestGroup { admin, homes, .. } = TestGroup::new("ds-group", 2, 500);
-    let rogue_key = libp2p::identity::Keypair::generate_ed25519();
-    let inv = admin.path().join("rogue.txt");
-    cli_ok(
-        admin.path(),
-        &[
-            "group",
-            "invite",
-            &rogue_key.public().to_peer_id().to_string(),
-            "--quota",
-            "200",
-            "--out",
-            inv.to_str().unwrap(),
-        ],
-    );
-    let invite = Invite::from_file_text(&std::fs::read_to_string(&inv).unwrap()).unwrap();
-    let issuer_key = invite.epoch.announcement.issuer_key().unwrap();
+    let (rogue_key, invite) = invite_rogue(admin.path(), 200);
     let a = RunningNode::start(admin.path(), &["--gateway", "127.0.0.1:0"]);
     let lender_args = [
         "--gateway",
@@ -188,22 +150,12 @@ fn a_token_is_served_once_across_the_group_however_it_is_rebound() {
         .unwrap();
     let mut rogue = Rogue::new(rogue_key, *invite.psk.as_bytes());
     let tokens = rt.block_on(async {
-        let admin_peer = rogue.connect(a.p2p_addr.parse().unwrap()).await;
-        let mut w = Wallet::new();
-        for _ in 0..2 {
-            let (req, batch) = Wallet::prepare_batch(&issuer_key, 1, 26, &mut rand::rngs::OsRng).unwrap();
-            let raw = rogue
-                .raw_request("/lendmesh/issue/1", admin_peer, wire::encode(&req).unwrap())
-                .await
-                .unwrap();
-            let IssueResponse::Granted { blind_signatures, .. } = wire::decode(&raw).unwrap() else {
-                panic!("refused")
-            };
-            w.finalize(&issuer_key, &batch, &blind_signatures).unwrap();
-        }
+        // Two batches, one of them not a multiple of anything convenient.
+        let mut t = rogue_tokens(&mut rogue, &a, &invite, 26).await;
+        t.extend(rogue_tokens(&mut rogue, &a, &invite, 26).await);
         rogue.connect(b.p2p_addr.parse().unwrap()).await;
         rogue.connect(c.p2p_addr.parse().unwrap()).await;
-        w.iter().cloned().collect::<Vec<_>>()
+        t
     });
     assert_eq!(tokens.len(), 52);
 
