@@ -1,7 +1,9 @@
-//! Issue 12: one spend per token across the group, with replicas down. Seven nodes and a rogue member share an
-//! epoch whose roster was frozen with all of them (a rotation after the invites); each token's five replicas are
-//! computed the way the nodes compute them (`protocol::claims::replica_set`), so the test knows whose death matters.
+//! Issue 12: one spend per token across the group. Seven nodes and a rogue member share an epoch whose roster was
+//! frozen with all of them (`group rotate` after the invites); each token's five replicas are computed the way the
+//! nodes compute them (`protocol::claims::replica_set`), so the test knows whose vote and whose death matters.
 //!
+//! - One token presented at two lenders at once, 50 times: exactly one serves it every time; a token served at one
+//!   lender and re-bound to another is refused there as spent elsewhere.
 //! - With 2 of a token's 5 replicas killed (kill -9), a lend of it still succeeds.
 //! - With 3 killed, a `strict` lender refuses it cleanly (`no_quorum`) and the token stays unspent: a `lenient`
 //!   lender then serves the same token and counts it for reconciliation.
@@ -18,7 +20,7 @@ use lendmesh_protocol::group::Invite;
 use lendmesh_protocol::token::WalletToken;
 use lendmesh_protocol::wire::{self, BorrowRefusal, ClaimRequest, ClaimResponse, InnerBorrowResponse};
 use lendmesh_tests::rogue::Rogue;
-use lendmesh_tests::spend::{http, peer_of, rogue_tokens, spend_direct};
+use lendmesh_tests::spend::{http, peer_of, rejection, rogue_tokens, spend_direct, spend_direct_at_once};
 use lendmesh_tests::*;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -42,15 +44,29 @@ fn counter(n: &RunningNode, name: &str, outcome: &str) -> u64 {
         .unwrap_or(0)
 }
 
-#[test]
-fn claims_survive_two_dead_replicas_and_refuse_or_record_without_a_majority() {
-    // Admin + 6 members + the rogue; a dummy is invited and removed with a rotation, so the new epoch's frozen
-    // roster holds everyone.
-    let g = TestGroup::new("claims", 6, 500);
-    let rogue_key = libp2p::identity::Keypair::generate_ed25519();
-    let rogue_id: PeerId = rogue_key.public().to_peer_id().to_string().parse().unwrap();
-    let inv = g.admin.path().join("rogue.txt");
-    let invite_rogue = |out: &std::path::Path| {
+/// Admin + six members + the rogue, in an epoch whose frozen roster holds all eight. Member 0 lends strictly,
+/// member 1 lends with `second_claims` (`strict` or `lenient`); the others only answer claims (and relay).
+struct ClaimsGroup {
+    g: TestGroup,
+    nodes: Vec<Option<RunningNode>>,
+    a: RunningNode,
+    rt: tokio::runtime::Runtime,
+    rogue: Rogue,
+    rogue_id: PeerId,
+    invite: Invite,
+    epoch: u32,
+    frozen: Vec<PeerId>,
+    id_of: HashMap<PeerId, usize>,
+    second_claims: &'static str,
+    boot: String,
+}
+
+impl ClaimsGroup {
+    fn start(name: &str, second_claims: &'static str) -> ClaimsGroup {
+        let g = TestGroup::new(name, 6, 500);
+        let rogue_key = libp2p::identity::Keypair::generate_ed25519();
+        let rogue_id: PeerId = rogue_key.public().to_peer_id().to_string().parse().unwrap();
+        let inv = g.admin.path().join("rogue.txt");
         cli_ok(
             g.admin.path(),
             &[
@@ -58,81 +74,204 @@ fn claims_survive_two_dead_replicas_and_refuse_or_record_without_a_majority() {
                 "invite",
                 &rogue_id.to_string(),
                 "--quota",
-                "200",
+                "400",
                 "--out",
-                out.to_str().unwrap(),
+                inv.to_str().unwrap(),
             ],
         );
-    };
-    invite_rogue(&inv);
-    let dummy = init(temp_home().path());
-    cli_ok(g.admin.path(), &["group", "invite", &dummy, "--out", "/dev/null"]);
-    cli_ok(g.admin.path(), &["group", "remove", &dummy, "--rotate"]);
-    // The rogue's invite again, now carrying the rotated epoch.
-    invite_rogue(&inv);
-    let invite = Invite::from_file_text(&std::fs::read_to_string(&inv).unwrap()).unwrap();
-    let epoch = invite.epoch.announcement.epoch;
-    assert!(epoch >= 2, "the rotation made a new epoch");
-    let frozen: Vec<PeerId> = invite
-        .epoch
-        .announcement
-        .roster
-        .roster
-        .member_ids()
-        .copied()
-        .collect();
-    assert!(
-        frozen.contains(&rogue_id) && frozen.len() >= 8,
-        "{} members frozen",
-        frozen.len()
-    );
+        // The first epoch was frozen with the admin alone; a rotation freezes the roster as it now is. The rogue's
+        // invite is reissued to carry the new epoch.
+        cli_ok(g.admin.path(), &["group", "rotate"]);
+        cli_ok(
+            g.admin.path(),
+            &[
+                "group",
+                "invite",
+                &rogue_id.to_string(),
+                "--quota",
+                "400",
+                "--out",
+                inv.to_str().unwrap(),
+            ],
+        );
+        let invite = Invite::from_file_text(&std::fs::read_to_string(&inv).unwrap()).unwrap();
+        let epoch = invite.epoch.announcement.epoch;
+        assert!(epoch >= 2, "the rotation made a new epoch");
+        let frozen: Vec<PeerId> = invite
+            .epoch
+            .announcement
+            .roster
+            .roster
+            .member_ids()
+            .copied()
+            .collect();
+        assert!(
+            frozen.contains(&rogue_id) && frozen.len() == 8,
+            "{} members frozen",
+            frozen.len()
+        );
 
-    // Members 0 and 1 lend (0 strict, 1 lenient); the others only answer claims (and relay).
-    let admin_port = free_port();
-    let boot = format!("/ip4/127.0.0.1/tcp/{admin_port}/p2p/{}", g.admin_id);
-    let common = ["--attestation-period", "1s", "--bootstrap", boot.as_str()];
-    let args = |i: usize| -> Vec<&str> {
-        let mut a = common.to_vec();
+        let admin_port = free_port();
+        let boot = format!("/ip4/127.0.0.1/tcp/{admin_port}/p2p/{}", g.admin_id);
+        let mut group = ClaimsGroup {
+            nodes: Vec::new(),
+            a: RunningNode::start_on(
+                g.admin.path(),
+                &format!("/ip4/127.0.0.1/tcp/{admin_port}"),
+                &["--attestation-period", "1s", "--mock-capacity", "0"],
+            ),
+            id_of: g
+                .ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| (id.parse().unwrap(), i))
+                .collect(),
+            g,
+            rt: tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+            rogue: Rogue::new(rogue_key, *invite.psk.as_bytes()),
+            rogue_id,
+            invite,
+            epoch,
+            frozen,
+            second_claims,
+            boot,
+        };
+        // Members start alongside the admin, in no particular order.
+        group.nodes = (0..6)
+            .map(|i| Some(RunningNode::start(group.g.homes[i].path(), &group.args(i))))
+            .collect();
+        wait_ready(&mut group.a, 6);
+        for n in group.nodes.iter_mut().flatten() {
+            n.wait_until("the rotated epoch", WAIT, |n| {
+                current_epoch(n) == u64::from(epoch)
+            });
+        }
+        let ClaimsGroup { rt, rogue, nodes, .. } = &mut group;
+        rt.block_on(async {
+            for n in nodes.iter().flatten() {
+                rogue.connect(n.p2p_addr.parse().unwrap()).await;
+            }
+        });
+        group
+    }
+
+    /// The node flags of member `i`.
+    fn args(&self, i: usize) -> Vec<&str> {
+        let mut a = vec!["--attestation-period", "1s", "--bootstrap", self.boot.as_str()];
         match i {
             0 => a.extend(["--mock-capacity", "100"]),
-            1 => a.extend(["--mock-capacity", "100", "--claims", "lenient"]),
+            1 => a.extend(["--mock-capacity", "100", "--claims", self.second_claims]),
             _ => a.extend(["--mock-capacity", "0"]),
         }
         a
-    };
-    let mut nodes: Vec<Option<RunningNode>> = (0..6)
-        .map(|i| Some(RunningNode::start(g.homes[i].path(), &args(i))))
-        .collect();
-    let mut a = RunningNode::start_on(
-        g.admin.path(),
-        &format!("/ip4/127.0.0.1/tcp/{admin_port}"),
-        &["--attestation-period", "1s", "--mock-capacity", "0"],
-    );
-    wait_ready(&mut a, 6);
-    let id_of: HashMap<PeerId, usize> = g
-        .ids
-        .iter()
-        .enumerate()
-        .map(|(i, id)| (id.parse().unwrap(), i))
-        .collect();
-    for n in nodes.iter_mut().flatten() {
-        n.wait_until("the rotated epoch", WAIT, |n| {
-            current_epoch(n) == u64::from(epoch)
-        });
     }
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut rogue = Rogue::new(rogue_key, *invite.psk.as_bytes());
-    let tokens = rt.block_on(async {
-        let t = rogue_tokens(&mut rogue, &a, &invite, 40).await;
-        for n in nodes.iter().flatten() {
-            rogue.connect(n.p2p_addr.parse().unwrap()).await;
+    /// The replica set of `t`, as every node computes it.
+    fn set(&self, t: &WalletToken) -> Vec<PeerId> {
+        claims::replica_set(&t.token.hash(), &self.frozen, claims::DEFAULT_REPLICAS)
+    }
+
+    /// `n` of the rogue's tokens, issued by the admin.
+    fn tokens(&mut self, n: u32) -> Vec<WalletToken> {
+        let ClaimsGroup {
+            rt, rogue, a, invite, ..
+        } = self;
+        rt.block_on(rogue_tokens(rogue, a, invite, n))
+    }
+
+    fn stop(self) {
+        for n in self.nodes.into_iter().flatten() {
+            assert!(n.stop());
         }
-        t
+        assert!(self.a.stop());
+    }
+}
+
+/// A double spender binds each token to two lenders and presents both spends at once, 50 times: the token's five
+/// replicas each grant the claim they stored first, so one lender always holds a majority and exactly one serves.
+/// (Only tokens whose replicas are all honest running members: a replica the rogue plays itself does not answer, and
+/// with four votes the two claims can split 2-2, which burns the token as `split_vote` — the double spender's loss.)
+#[test]
+fn one_token_at_two_lenders_at_once_is_served_exactly_once() {
+    let mut cg = ClaimsGroup::start("claims-race", "strict");
+    let mut tokens = Vec::new();
+    while tokens.len() < 51 {
+        let batch = cg.tokens(50);
+        tokens.extend(batch.into_iter().filter(|t| {
+            let s = cg.set(t);
+            assert_eq!(s.len(), 5);
+            !s.contains(&cg.rogue_id)
+        }));
+    }
+    let req = http("GET", "/double", b"");
+    let (mut at_b, mut at_c) = (0, 0);
+    let ClaimsGroup { rt, rogue, nodes, .. } = &mut cg;
+    let (b, c) = (nodes[0].as_ref().unwrap(), nodes[1].as_ref().unwrap());
+    let (b_id, c_id) = (peer_of(b).0, peer_of(c).0);
+    rt.block_on(async {
+        for (i, t) in tokens[..50].iter().enumerate() {
+            let id = [i as u8; 16];
+            let mut both =
+                spend_direct_at_once(rogue, &[(b, t, b_id, id, &req), (c, t, c_id, id, &req)]).await;
+            let (rc, rb) = (both.pop().unwrap(), both.pop().unwrap());
+            let served = [&rb, &rc]
+                .iter()
+                .filter(|r| matches!(r, InnerBorrowResponse::Served))
+                .count();
+            assert_eq!(served, 1, "token {i}: B {rb:?}, C {rc:?}");
+            let loser = if matches!(rb, InnerBorrowResponse::Served) {
+                &rc
+            } else {
+                &rb
+            };
+            assert_eq!(
+                rejection(loser).as_deref(),
+                Some("spent_elsewhere"),
+                "token {i}: the loser is told it was spent elsewhere"
+            );
+            at_b += usize::from(matches!(rb, InnerBorrowResponse::Served));
+            at_c += usize::from(matches!(rc, InnerBorrowResponse::Served));
+        }
+        // Served at B, then re-bound to C and presented there: refused, spent elsewhere.
+        let t = &tokens[50];
+        let first = spend_direct(rogue, b, t, b_id, [200; 16], &req).await;
+        assert!(matches!(first, InnerBorrowResponse::Served), "{first:?}");
+        let rebound = spend_direct(rogue, c, t, c_id, [201; 16], &req).await;
+        assert_eq!(
+            rejection(&rebound).as_deref(),
+            Some("spent_elsewhere"),
+            "{rebound:?}"
+        );
     });
+    assert_eq!(at_b + at_c, 50);
+    eprintln!("served at B {at_b}, at C {at_c}");
+    let served = |n: &RunningNode| counter(n, "lendmesh_lends_total", "served");
+    assert_eq!(served(b) + served(c), 51, "one upstream call per token");
+    cg.stop();
+}
+
+#[test]
+fn claims_survive_two_dead_replicas_and_refuse_or_record_without_a_majority() {
+    let mut cg = ClaimsGroup::start("claims", "lenient");
+    let tokens = cg.tokens(40);
+    let (rogue_id, epoch) = (cg.rogue_id, cg.epoch);
+    let all_args: Vec<Vec<String>> = (0..6)
+        .map(|i| cg.args(i).into_iter().map(String::from).collect())
+        .collect();
+    let args = |i: usize| all_args[i].iter().map(String::as_str).collect::<Vec<_>>();
+    let ClaimsGroup {
+        g,
+        mut nodes,
+        a,
+        rt,
+        mut rogue,
+        frozen,
+        id_of,
+        ..
+    } = cg;
     let set = |t: &WalletToken| claims::replica_set(&t.token.hash(), &frozen, claims::DEFAULT_REPLICAS);
     let (l_strict, l_lenient) = (
         peer_of(nodes[0].as_ref().unwrap()).0,
