@@ -32,6 +32,11 @@
 //!   relay itself went silent after accepting the request, that relay has failed: it cools down and the retry never
 //!   goes through it (with no other relay, the token is given up at once: [`Decision::DropToken`]). When the relay
 //!   answered that the lender was silent, the relay is fine and may carry the retry.
+//! - **Too few of the token's replicas answered the lender's claim** (`no_quorum`, design §7): the token is unspent
+//!   and the lender is healthy, but any lender would ask the same replicas. The token is set aside — back in the
+//!   wallet, spent last ([`Effect::SetTokenAside`]) — and a fresh token, whose replicas are others, goes to the same
+//!   choice of lenders; the lender is not cooled down or counted as tried. After [`MAX_TOKEN_SWAPS`] such swaps the
+//!   refusal counts like any other.
 //! - **Failed after the claim** (upstream error, unreadable request): the token is spent; the borrow fails.
 //! - **The relay failed** (could not be reached, its stream could not be opened, it did not acknowledge the request
 //!   in time, or it refused to forward): the request never left this node as far as the token is concerned, so the
@@ -63,6 +68,9 @@ pub const DEFAULT_COOLDOWN_MS: u64 = 15_000;
 pub const MAX_COOLDOWN_MS: u64 = 5 * 60_000;
 /// Relays that may fail one request before it gives up (each is avoided for the rest of the request).
 pub const MAX_RELAY_FAILURES: usize = 3;
+/// Tokens one request may set aside because their replicas could not form a majority, before `no_quorum` counts as
+/// an ordinary refusal (each fresh token has other replicas; with most of the group offline none will do).
+pub const MAX_TOKEN_SWAPS: usize = 2;
 /// How long a relay that failed is left out of routing.
 pub const RELAY_COOLDOWN_MS: u64 = 10_000;
 /// Suggested wait when no member has headroom: about one attestation period, by which fresh headroom is heard.
@@ -173,6 +181,9 @@ pub enum AttemptResult {
         /// The lender answered (vs. the relay or the network).
         delivered: bool,
     },
+    /// Refused before any claim because too few of the token's replicas answered (`no_quorum`): the token is
+    /// unspent, the lender is fine, and another token (other replicas) may be served.
+    NoQuorum,
     /// The lender rejected the token (its redeemer's label).
     TokenRejected {
         /// The rejection label (`double_spend`, `epoch_closed`, …).
@@ -304,6 +315,9 @@ pub enum Effect {
     },
     /// The token is gone (spent, burnt, or possibly claimed): drop it, never return it to the wallet.
     DropToken,
+    /// The token is unspent but its replicas cannot form a majority now: return it to the wallet to be spent last
+    /// (after every other token of its epoch), and take another.
+    SetTokenAside,
 }
 
 #[derive(Clone, Debug)]
@@ -329,6 +343,8 @@ pub struct BorrowRun {
     /// Relays that failed this request: never chosen again for it.
     failed_relays: Vec<PeerId>,
     timeouts: usize,
+    /// Tokens set aside for want of a replica majority ([`MAX_TOKEN_SWAPS`]).
+    token_swaps: usize,
     /// Every attempt so far was a clean refusal (the token unspent, the lender's own or the network's answer).
     only_refusals: bool,
     last: String,
@@ -354,6 +370,7 @@ impl BorrowRun {
             retry: None,
             failed_relays: Vec::new(),
             timeouts: 0,
+            token_swaps: 0,
             only_refusals: true,
             last: "no attempt".into(),
             finished: None,
@@ -521,9 +538,10 @@ impl BorrowRun {
             other => other,
         };
         let lost = match &result {
-            AttemptResult::Served | AttemptResult::Refused { .. } | AttemptResult::RelayFailed { .. } => {
-                false
-            }
+            AttemptResult::Served
+            | AttemptResult::Refused { .. }
+            | AttemptResult::NoQuorum
+            | AttemptResult::RelayFailed { .. } => false,
             AttemptResult::TokenRejected { label } => BURNING_REJECTIONS.contains(&label.as_str()),
             AttemptResult::Ambiguous { .. } | AttemptResult::Spent { .. } => true,
         };
@@ -547,6 +565,21 @@ impl BorrowRun {
                     peer: p.lender,
                     until_ms: cooldown_until(now_ms, retry_after_ms, rng),
                 }]
+            }
+            AttemptResult::NoQuorum if self.token_swaps < MAX_TOKEN_SWAPS => {
+                self.token_swaps += 1;
+                self.has_token = false;
+                self.last = "lender: too few of the token's replicas answered its claim".into();
+                vec![Effect::SetTokenAside]
+            }
+            AttemptResult::NoQuorum => {
+                // Token after token found no majority: much of the group is offline. The lender is tried (not
+                // cooled: it is healthy), and a run that ends here says so rather than "no headroom".
+                self.tried.push(p.lender);
+                self.only_refusals = false;
+                self.last = "lender: too few of the token's replicas answered its claim (much of the group is offline)"
+                    .into();
+                vec![]
             }
             AttemptResult::TokenRejected { label } => {
                 self.tried.push(p.lender);

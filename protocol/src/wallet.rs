@@ -215,6 +215,12 @@ impl Wallet {
         }
     }
 
+    /// Returns a token that is unspent but should wait: it is spent after every other token of its epoch (its
+    /// replicas could not form a majority just now, `borrow::Effect::SetTokenAside`).
+    pub fn set_aside(&mut self, token: WalletToken) {
+        self.insert(token);
+    }
+
     /// Adds an already-verified token (when loading from storage).
     pub fn insert(&mut self, token: WalletToken) {
         if self.index.insert(token.token.hash()) {

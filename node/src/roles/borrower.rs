@@ -417,6 +417,11 @@ impl Borrower {
                                 self.peerbook.cool_down_relay(peer, until_ms).await
                             }
                             Effect::DropToken => token = None,
+                            Effect::SetTokenAside => {
+                                if let Some(t) = token.take() {
+                                    self.member.set_aside(t).await;
+                                }
+                            }
                         }
                     }
                 }
@@ -478,6 +483,10 @@ impl Borrower {
             AttemptResult::Refused { delivered, why, .. } => {
                 debug!(lender = %lender.short(), %why, "lender refused before claiming");
                 (AttemptOutcome::Refused, *delivered)
+            }
+            AttemptResult::NoQuorum => {
+                debug!(lender = %lender.short(), "too few of the token's replicas answered; trying another token");
+                (AttemptOutcome::Refused, true)
             }
             AttemptResult::TokenRejected { label } => {
                 warn!(lender = %lender.short(), %label, "token rejected");
@@ -708,11 +717,7 @@ fn refusal(reason: BorrowRefusal, retry_after_ms: Option<u64>) -> AttemptResult 
         BorrowRefusal::AlreadyServed => AttemptResult::Spent {
             why: "it served this request to an earlier attempt whose answer was lost on the way".into(),
         },
-        BorrowRefusal::NoQuorum => AttemptResult::Refused {
-            retry_after_ms,
-            why: "too few of the token's replicas answered its claim".into(),
-            delivered: true,
-        },
+        BorrowRefusal::NoQuorum => AttemptResult::NoQuorum,
         BorrowRefusal::NotServed => AttemptResult::Refused {
             retry_after_ms,
             why: "none of its upstreams serves this API or model".into(),

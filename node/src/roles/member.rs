@@ -73,6 +73,8 @@ enum Command {
     },
     PutBack {
         token: WalletToken,
+        /// Spend it after every other token of its epoch (set aside), rather than first.
+        last: bool,
     },
     Nudge,
 }
@@ -108,9 +110,15 @@ impl MemberHandle {
         let _ = self.tx.try_send(Command::Nudge);
     }
 
-    /// Returns a token that was refused before any claim.
+    /// Returns a token that was refused before any claim, to be spent first next time.
     pub async fn put_back(&self, token: WalletToken) {
-        let _ = self.tx.send(Command::PutBack { token }).await;
+        let _ = self.tx.send(Command::PutBack { token, last: false }).await;
+    }
+
+    /// Returns an unspent token whose replicas could not form a majority, to be spent after every other token of
+    /// its epoch (`borrow::Effect::SetTokenAside`).
+    pub async fn set_aside(&self, token: WalletToken) {
+        let _ = self.tx.send(Command::PutBack { token, last: true }).await;
     }
 
     /// Tokens in the wallet.
@@ -253,7 +261,7 @@ impl Member {
                     self.next_check = Instant::now();
                 }
             }
-            Command::PutBack { token } => self.handle_put_back(token),
+            Command::PutBack { token, last } => self.handle_put_back(token, last),
             Command::Nudge => {
                 // Only a refill that got no answer is retried early; a refusal keeps its backoff.
                 if self.planner.issuer_reachable() && self.in_flight.is_none() {
@@ -321,13 +329,17 @@ impl Member {
         }
     }
 
-    fn handle_put_back(&mut self, token: WalletToken) {
+    fn handle_put_back(&mut self, token: WalletToken, last: bool) {
         if let Err(e) = self.store.put_token(&token) {
             warn!(%e, "cannot return a token to the store");
             return;
         }
         self.counters.dec(&self.counters.tokens_spent);
-        self.wallet.put_back(token);
+        if last {
+            self.wallet.set_aside(token);
+        } else {
+            self.wallet.put_back(token);
+        }
     }
 
     /// Tokens of epochs no lender will take any more leave the wallet (and the store), counted.

@@ -154,6 +154,39 @@ fn a_refusal_cools_the_lender_and_rebinds_the_same_token_elsewhere() {
 }
 
 #[test]
+fn no_quorum_sets_the_token_aside_and_a_fresh_one_goes_to_the_same_lenders() {
+    // One lender only: it is not at fault, so it is neither cooled nor counted as tried while tokens are swapped.
+    let mut w = World::new(&[2]);
+    let mut run = BorrowRun::new(BorrowConfig::default());
+    let (lender, ..) = send(&w.next(&mut run));
+    for _ in 0..MAX_TOKEN_SWAPS {
+        assert_eq!(w.record(&mut run, AttemptResult::NoQuorum), vec![Effect::SetTokenAside]);
+        assert_eq!(w.decide(&mut run), Decision::TakeToken, "another token, other replicas");
+        run.token_taken();
+        let (again, _, same) = send(&w.decide(&mut run));
+        assert!(again == lender && !same, "a new request with the new token");
+        assert!(run.tried().is_empty());
+    }
+    // Then no quorum counts like a refusal, without cooling the lender, and the run says why it ended.
+    assert!(w.record(&mut run, AttemptResult::NoQuorum).is_empty());
+    assert_eq!(run.tried(), &[lender]);
+    match w.decide(&mut run) {
+        Decision::Finish(Finish {
+            result: Err(BorrowFailure::Failed { tried: 1, last }),
+            return_token: true,
+        }) => assert!(last.contains("replicas"), "{last}"),
+        other => panic!("{other:?}"),
+    }
+    // A token served after one swap: served by the lender that refused the first.
+    let mut run = BorrowRun::new(BorrowConfig::default());
+    send(&w.next(&mut run));
+    w.record(&mut run, AttemptResult::NoQuorum);
+    send(&w.next(&mut run));
+    w.record(&mut run, AttemptResult::Served);
+    assert_eq!(run.served_by(), Some(lender));
+}
+
+#[test]
 fn a_burning_rejection_drops_the_token_and_a_lender_view_keeps_it() {
     let mut w = World::new(&[2, 3, 4]);
     let mut run = BorrowRun::new(BorrowConfig::default());

@@ -67,8 +67,9 @@ fn attempt_result(answer: Answer) -> AttemptResult {
         Answer::Busy => refused(None, false),
         // The node's `BorrowRefusal::NotServed`: refused before any claim, no `Retry-After`.
         Answer::NotServed => refused(None, true),
-        // The node's `BorrowRefusal::NoQuorum`: refused before any work, the token unspent, no `Retry-After`.
-        Answer::NoQuorum => refused(None, true),
+        // The node's `BorrowRefusal::NoQuorum`: refused before any work, the token unspent; another token has
+        // other replicas.
+        Answer::NoQuorum => AttemptResult::NoQuorum,
     }
 }
 
@@ -328,6 +329,11 @@ impl Sim<'_> {
                 Effect::DropToken => {
                     if let Some(b) = self.borrows.get_mut(&id) {
                         b.token = None;
+                    }
+                }
+                Effect::SetTokenAside => {
+                    if let Some(token) = self.borrows.get_mut(&id).and_then(|b| b.token.take()) {
+                        self.members[m].wallet.set_aside(token);
                     }
                 }
                 // Only `AttemptResult::RelayFailed` cools a relay, and this driver does not report it yet: a
