@@ -160,8 +160,15 @@ fn no_quorum_sets_the_token_aside_and_a_fresh_one_goes_to_the_same_lenders() {
     let mut run = BorrowRun::new(BorrowConfig::default());
     let (lender, ..) = send(&w.next(&mut run));
     for _ in 0..MAX_TOKEN_SWAPS {
-        assert_eq!(w.record(&mut run, AttemptResult::NoQuorum), vec![Effect::SetTokenAside]);
-        assert_eq!(w.decide(&mut run), Decision::TakeToken, "another token, other replicas");
+        assert_eq!(
+            w.record(&mut run, AttemptResult::NoQuorum),
+            vec![Effect::SetTokenAside]
+        );
+        assert_eq!(
+            w.decide(&mut run),
+            Decision::TakeToken,
+            "another token, other replicas"
+        );
         run.token_taken();
         let (again, _, same) = send(&w.decide(&mut run));
         assert!(again == lender && !same, "a new request with the new token");
