@@ -33,6 +33,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// The gateway tools call.
     pub gateway: GatewayConfig,
+    /// Limits on HTTP requests to the gateway and the API (docs/design.md §11.3).
+    pub http: HttpLimits,
     /// The member's own upstream (the command-line flags set this one).
     pub upstream: UpstreamConfig,
     /// More upstreams the member shares, each with its own name, API, models, budget and reserve
@@ -148,7 +150,7 @@ fn check_step_timeout(name: &str, d: Duration) -> Result<Duration, String> {
 }
 
 /// HTTP API settings.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
     /// Where the API listens.
@@ -157,6 +159,8 @@ pub struct ApiConfig {
     /// written by `config show` (set it with `--api-token` or `LENDMESH_API_TOKEN`).
     #[serde(skip)]
     pub token: Option<String>,
+    /// Connections served at once; more get `503`.
+    pub max_connections: usize,
 }
 
 impl Default for ApiConfig {
@@ -164,26 +168,131 @@ impl Default for ApiConfig {
         ApiConfig {
             addr: "127.0.0.1:9464".into(),
             token: None,
+            max_connections: DEFAULT_API_CONNECTIONS,
         }
     }
 }
 
+impl std::fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiConfig")
+            .field("addr", &self.addr)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
 /// Gateway settings.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GatewayConfig {
     /// Where the gateway listens.
     pub addr: String,
     /// Largest request and response body, in bytes (at most 8 MiB, the wire limit).
     pub body_limit: usize,
+    /// Connections served at once; more get `503`.
+    pub max_connections: usize,
+    /// Ask for a gateway key on loopback too (beyond loopback a key is always needed).
+    pub require_key: bool,
+    /// The gateway keys file (`name key` per line, mode 0600; `lendmesh gateway key add`); relative to the home.
+    pub keys_file: String,
+    /// Keys given with `--gateway-key` or `LENDMESH_GATEWAY_KEY`. Secrets: never written by `config show`.
+    #[serde(skip)]
+    pub keys: Vec<crate::http::keys::NamedKey>,
 }
+
+/// Default [`GatewayConfig::max_connections`].
+pub const DEFAULT_GATEWAY_CONNECTIONS: usize = 256;
+/// Default [`ApiConfig::max_connections`].
+pub const DEFAULT_API_CONNECTIONS: usize = 32;
 
 impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
             addr: "127.0.0.1:8640".into(),
             body_limit: DEFAULT_BODY_LIMIT,
+            max_connections: DEFAULT_GATEWAY_CONNECTIONS,
+            require_key: false,
+            keys_file: crate::http::keys::KEYS_FILE.into(),
+            keys: Vec::new(),
         }
+    }
+}
+
+impl std::fmt::Debug for GatewayConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayConfig")
+            .field("addr", &self.addr)
+            .field("body_limit", &self.body_limit)
+            .field("max_connections", &self.max_connections)
+            .field("require_key", &self.require_key)
+            .field("keys_file", &self.keys_file)
+            .field("keys", &self.keys.len())
+            .finish()
+    }
+}
+
+/// Limits on HTTP requests to the gateway and the API, the `[http]` section (docs/design.md §11.3).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpLimits {
+    /// Largest request head (start line and headers), in bytes; more gets `431`.
+    pub max_header_bytes: usize,
+    /// Most headers in one request; more gets `431`.
+    pub max_headers: usize,
+    /// Time to receive a request head once it has begun (`408`), and the longest a keep-alive connection waits for
+    /// its next request.
+    #[serde(with = "duration_str")]
+    pub header_timeout: Duration,
+    /// Time to receive a whole request body (`408`).
+    #[serde(with = "duration_str")]
+    pub body_timeout: Duration,
+}
+
+/// Default [`HttpLimits::max_header_bytes`]: about ten times what Claude Code or the OpenAI SDK send.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Default [`HttpLimits::max_headers`].
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_headers: DEFAULT_MAX_HEADERS,
+            header_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl HttpLimits {
+    /// Checks the ranges: a head of 4 KiB to 1 MiB, 8 to 1000 headers, timeouts of 1 s to 10 min.
+    pub fn check(&self) -> Result<(), String> {
+        if !(4096..=1 << 20).contains(&self.max_header_bytes) {
+            return Err(format!(
+                "max_header_bytes must be from 4096 to 1048576 (got {})",
+                self.max_header_bytes
+            ));
+        }
+        if !(8..=1000).contains(&self.max_headers) {
+            return Err(format!(
+                "max_headers must be from 8 to 1000 (got {})",
+                self.max_headers
+            ));
+        }
+        for (name, d) in [
+            ("header_timeout", self.header_timeout),
+            ("body_timeout", self.body_timeout),
+        ] {
+            if d < Duration::from_secs(1) || d > Duration::from_secs(600) {
+                return Err(format!(
+                    "{name} must be from 1s to 10m (got {})",
+                    format_duration(d)
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -524,6 +633,17 @@ impl Config {
                 "{count} upstreams, over the limit of {}",
                 lendmesh_protocol::capability::MAX_CAPABILITIES
             ));
+        }
+        self.http.check().map_err(|e| format!("[http] {e}"))?;
+        for (section, n) in [
+            ("gateway", self.gateway.max_connections),
+            ("api", self.api.max_connections),
+        ] {
+            if !(1..=65_536).contains(&n) {
+                return Err(format!(
+                    "[{section}] max_connections must be from 1 to 65536 (got {n})"
+                ));
+            }
         }
         self.lender.check().map_err(|e| format!("[lender] {e}"))
     }

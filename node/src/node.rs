@@ -48,10 +48,6 @@ use crate::upstream::{HttpUpstream, HttpUpstreamConfig, MockUpstream, Shared, Up
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown lets in-flight borrows, lends and relays finish (each phase).
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
-/// Gateway connections served at once: a tool's concurrent requests, with room; more get a 503.
-pub const MAX_GATEWAY_CONNECTIONS: usize = 256;
-/// API connections served at once: a scraper, the CLI and a dashboard; more get a 503.
-pub const MAX_API_CONNECTIONS: usize = 32;
 
 /// What `lendmesh run` resolved.
 #[derive(Debug, Clone)]
@@ -204,7 +200,8 @@ pub async fn start(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Res
     let (mut base, roster_tx, view_tx) = open_base(&opts)?;
     // Bind the HTTP servers first: a port in use fails the start before anything else runs.
     let api_listener = bind_api(config).await?;
-    let gateway_listener = bind_gateway(config).await?;
+    let gateway_keys = Arc::new(gateway_keys(&opts.home, config)?);
+    let gateway_listener = bind_gateway(config, &gateway_keys).await?;
     let actors = CancellationToken::new();
     let tracker = TaskTracker::new();
     let (net, net_events, net_task) = spawn_network(&mut base, config, &actors)?;
@@ -288,16 +285,22 @@ pub async fn start(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Res
         counters: base.counters.clone(),
         body_limit: config.gateway.body_limit,
         shutdown: shutdown.clone(),
+        keys: gateway_keys,
     };
     let gateway_listener = LimitedListener::new(
         gateway_listener,
-        MAX_GATEWAY_CONNECTIONS,
+        config.gateway.max_connections,
         "gateway",
         base.counters.clone(),
     );
     let mut http = vec![(
         "gateway",
-        tokio::spawn(gateway::serve(gateway_listener, gw, shutdown.clone())),
+        tokio::spawn(gateway::serve(
+            gateway_listener,
+            gw,
+            config.http,
+            shutdown.clone(),
+        )),
     )];
     let api_addr = api_listener.local_addr()?;
     let peer_id = base.me;
@@ -313,10 +316,15 @@ pub async fn start(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Res
         api_addr,
     )?;
     info!("api listening on http://{api_addr}");
-    let api_listener = LimitedListener::new(api_listener, MAX_API_CONNECTIONS, "API", state.counters.clone());
+    let api_listener = LimitedListener::new(
+        api_listener,
+        config.api.max_connections,
+        "API",
+        state.counters.clone(),
+    );
     http.push((
         "api",
-        tokio::spawn(api::serve(api_listener, state, shutdown.clone())),
+        tokio::spawn(api::serve(api_listener, state, config.http, shutdown.clone())),
     ));
     Ok(StartedNode {
         peer_id,
@@ -396,12 +404,46 @@ async fn bind_api(config: &Config) -> anyhow::Result<tokio::net::TcpListener> {
     api::bind(addr, config.api.token.is_some()).await
 }
 
-async fn bind_gateway(config: &Config) -> anyhow::Result<tokio::net::TcpListener> {
-    let addr: SocketAddr = config
+/// The gateway's keys: the flag's or environment's, and the keys file's. A key is required beyond loopback, and on
+/// loopback when `[gateway] require_key` says so.
+fn gateway_keys(home: &std::path::Path, config: &Config) -> anyhow::Result<crate::http::keys::GatewayKeys> {
+    let addr = gateway_addr(config)?;
+    let file = home.join(&config.gateway.keys_file);
+    crate::http::keys::GatewayKeys::new(
+        config.gateway.keys.clone(),
+        Some(file),
+        config.gateway.require_key || !addr.ip().is_loopback(),
+    )
+}
+
+fn gateway_addr(config: &Config) -> anyhow::Result<SocketAddr> {
+    config
         .gateway
         .addr
         .parse()
-        .with_context(|| format!("gateway address '{}' is not host:port", config.gateway.addr))?;
+        .with_context(|| format!("gateway address '{}' is not host:port", config.gateway.addr))
+}
+
+/// Binds the gateway; refuses to when a key is required and there is none.
+async fn bind_gateway(
+    config: &Config,
+    keys: &crate::http::keys::GatewayKeys,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    let addr = gateway_addr(config)?;
+    if keys.required() && keys.count() == 0 {
+        let why = if addr.ip().is_loopback() {
+            "[gateway] require_key is set and there is no gateway key".to_string()
+        } else {
+            format!(
+                "the gateway would listen on {addr}, beyond loopback, without a key: anyone who reaches it would \
+                 spend this member's upstream and tokens"
+            )
+        };
+        anyhow::bail!(
+            "{why}. Add one per device with `lendmesh gateway key add <device>` (it prints the key to give the tool as \
+             its API key), or pass --gateway-key (or set LENDMESH_GATEWAY_KEY); or keep the gateway on 127.0.0.1"
+        );
+    }
     tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot bind the gateway on {addr}"))

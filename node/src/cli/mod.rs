@@ -70,6 +70,9 @@ pub enum Command {
     /// List the group's peers as the local node sees them (reads its API).
     #[command(after_help = "Examples:\n  lendmesh peers\n  lendmesh peers --json")]
     Peers(ApiArgs),
+    /// Manage the keys tools present to this node's gateway (needed beyond loopback).
+    #[command(subcommand)]
+    Gateway(GatewayCommand),
     /// Run a whole group on loopback with mock upstreams, send a workload, and show who served what.
     #[command(
         after_help = "Examples:\n  lendmesh demo\n  lendmesh demo --members 7 --requests 200 --seed 3 --keep-running"
@@ -150,6 +153,34 @@ pub enum GroupCommand {
     Show,
 }
 
+/// `lendmesh gateway …`
+#[derive(Debug, Subcommand)]
+pub enum GatewayCommand {
+    /// Gateway keys, one per device (the keys file, mode 0600; a running node reads it again when it changes).
+    #[command(subcommand)]
+    Key(GatewayKeyCommand),
+}
+
+/// `lendmesh gateway key …`
+#[derive(Debug, Subcommand)]
+pub enum GatewayKeyCommand {
+    /// Make a key for a device and print it once (give it to the tool as its API key).
+    #[command(after_help = "Example:\n  lendmesh gateway key add laptop\n  \
+                            OPENAI_BASE_URL=http://192.168.1.20:8640/v1 OPENAI_API_KEY=lmk_... my-tool")]
+    Add {
+        /// The device's name (letters, digits, '.', '_', '-').
+        name: String,
+    },
+    /// List the keys' names (never the keys).
+    List,
+    /// Remove a device's key: requests with it get 401 from then on, also on a running node.
+    #[command(after_help = "Example:\n  lendmesh gateway key remove laptop")]
+    Remove {
+        /// The device's name.
+        name: String,
+    },
+}
+
 /// `lendmesh config …`
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
@@ -187,9 +218,17 @@ pub struct RunArgs {
     /// Bearer token every API request must carry (required when the API is not on loopback).
     #[arg(long, env = "LENDMESH_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
-    /// Gateway address (host:port) tools call.
+    /// Gateway address (host:port) tools call; beyond loopback it needs a gateway key.
     #[arg(long, value_name = "ADDR")]
     pub gateway: Option<String>,
+    /// A key tools must present to the gateway (as their API key), named `cli`; more keys, one per device, go in
+    /// the keys file (`lendmesh gateway key add`).
+    #[arg(long, env = "LENDMESH_GATEWAY_KEY", hide_env_values = true, value_name = "KEY",
+          value_parser = parse_gateway_key)]
+    pub gateway_key: Option<crate::http::keys::NamedKey>,
+    /// Ask for a gateway key on loopback too.
+    #[arg(long)]
+    pub require_gateway_key: bool,
     /// Privacy mode: strict (never borrow without a relay) or best-effort.
     #[arg(long)]
     pub privacy: Option<crate::roles::borrower::PrivacyMode>,
@@ -305,6 +344,10 @@ impl RunArgs {
         if let Some(a) = &self.gateway {
             c.gateway.addr = a.clone();
         }
+        if let Some(k) = &self.gateway_key {
+            c.gateway.keys.push(k.clone());
+        }
+        c.gateway.require_key |= self.require_gateway_key;
         if let Some(p) = self.privacy {
             c.borrow.privacy = p;
         }
@@ -397,6 +440,10 @@ impl RunArgs {
     }
 }
 
+fn parse_gateway_key(key: &str) -> Result<crate::http::keys::NamedKey, String> {
+    crate::http::keys::NamedKey::new("cli", key.trim())
+}
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -407,6 +454,41 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn cmd_gateway_key(home: &Path, config: &Config, cmd: GatewayKeyCommand) -> anyhow::Result<()> {
+    use crate::http::keys;
+    home::ensure_dir(home)?;
+    let path = home.join(&config.gateway.keys_file);
+    match cmd {
+        GatewayKeyCommand::Add { name } => {
+            keys::check_name(&name).map_err(anyhow::Error::msg)?;
+            let key = keys::add(&path, &name)?;
+            out(format!(
+                "gateway key {name:?} added to {} (shown once; give it to the tool as its API key):",
+                path.display()
+            ));
+            out(key.secret());
+        }
+        GatewayKeyCommand::List => {
+            let all = keys::load_file(&path)?;
+            if all.is_empty() {
+                out(format!("no gateway keys in {}", path.display()));
+            }
+            for k in all {
+                out(k.name);
+            }
+        }
+        GatewayKeyCommand::Remove { name } => {
+            if !keys::remove(&path, &name)? {
+                bail!("{} has no key named {name:?}", path.display());
+            }
+            out(format!(
+                "gateway key {name:?} removed; requests with it get 401 from now on"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn init_logging(format: LogFormat, default: &str) {
@@ -447,6 +529,7 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
             out(config.to_toml());
             Ok(())
         }
+        Command::Gateway(GatewayCommand::Key(k)) => cmd_gateway_key(&home, &config, k),
         Command::Status(args) => cmd_inspect(&config, &args, false),
         Command::Peers(args) => cmd_inspect(&config, &args, true),
         Command::Demo(args) => {

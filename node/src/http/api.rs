@@ -94,12 +94,19 @@ pub async fn bind(addr: SocketAddr, has_token: bool) -> anyhow::Result<tokio::ne
         .map_err(|e| anyhow::anyhow!("cannot bind the API on {addr}: {e}"))
 }
 
-/// Serves until shutdown.
+/// Serves until shutdown (on `http::serve`: the token first, then a body of at most 64 KiB).
 pub async fn serve(
     listener: crate::http::limit::LimitedListener,
     state: ApiState,
+    limits: crate::http::serve::HttpLimits,
     shutdown: CancellationToken,
 ) {
+    let body = Arc::new(crate::http::serve::BodyLimits {
+        server: "api",
+        limit: crate::http::serve::API_BODY_LIMIT,
+        timeout: limits.body_timeout,
+        counters: state.counters.clone(),
+    });
     let state = Arc::new(state);
     let app = Router::new()
         .route("/metrics", get(metrics))
@@ -110,12 +117,13 @@ pub async fn serve(
         .route("/v1/group", get(group_show))
         .route("/v1/group/invite", post(group_invite))
         .route("/v1/group/remove", post(group_remove))
+        .layer(middleware::from_fn_with_state(
+            body,
+            crate::http::serve::bounded_body,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .with_state(state);
-    let app = app.into_make_service_with_connect_info::<PeerAddr>();
-    let _ = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
+    crate::http::serve::serve(listener, app, limits, shutdown).await;
 }
 
 async fn auth(State(s): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
@@ -127,6 +135,7 @@ async fn auth(State(s): State<Arc<ApiState>>, req: Request, next: Next) -> Respo
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
         if !bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+            s.counters.http_refusal("api", "unauthorized");
             let mut resp = (
                 StatusCode::UNAUTHORIZED,
                 Json(json!({"error": "unauthorized", "message": "this API needs `Authorization: Bearer <token>`"})),

@@ -18,6 +18,8 @@
 //! (`protocol::scrub`, docs/design.md §9.1): only the headers its API needs, identifying body fields replaced or
 //! removed, the environment a coding tool wrote into the prompt withheld.
 //!
+//! Beyond loopback every request must present a gateway key (`http::keys`): `401 unauthorized` without one. Request
+//! heads, bodies, connections and the time they take are limited (`http::serve`: 431, 413, 408, 503).
 //! Bodies are limited (default 1 MiB each way; a clear 413, or 502 when the upstream announces a larger body).
 //! Responses stream: each chunk goes to the tool as it arrives, with no `Content-Length`; a server-sent event stream
 //! (`text/event-stream`) also gets `Cache-Control: no-cache` and `X-Accel-Buffering: no`, so proxies in front do not
@@ -31,12 +33,16 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, Response, StatusCode};
+use axum::middleware::{self, Next};
 use lendmesh_protocol::wire::HttpRequest;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::clock::now_ms;
+use crate::http::keys::{GatewayKeys, presented};
+pub use crate::http::serve::error_response;
+use crate::http::serve::{BodyLimits, HttpLimits, bounded_body};
 use crate::metrics::NodeMetrics;
 use crate::roles::borrower::Borrower;
 use crate::roles::sticky::{CONVERSATION_HEADER, conversation_from_headers};
@@ -83,6 +89,8 @@ pub struct GatewayState {
     pub body_limit: usize,
     /// Cancelled when the node shuts down (a borrow cut short then says so).
     pub shutdown: CancellationToken,
+    /// The keys tools present (required beyond loopback).
+    pub keys: Arc<GatewayKeys>,
 }
 
 impl std::fmt::Debug for GatewayState {
@@ -93,31 +101,49 @@ impl std::fmt::Debug for GatewayState {
     }
 }
 
-/// Serves the gateway until shutdown.
+/// Serves the gateway until shutdown: the key first (when one is required), then the body within its limits
+/// (`http::serve::bounded_body`), then [`handle`].
 pub async fn serve(
     listener: crate::http::limit::LimitedListener,
     state: GatewayState,
+    limits: HttpLimits,
     shutdown: CancellationToken,
 ) {
-    let app = Router::new().fallback(handle).with_state(Arc::new(state));
-    let _ = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
+    let body = Arc::new(BodyLimits {
+        server: "gateway",
+        limit: state.body_limit,
+        timeout: limits.body_timeout,
+        counters: state.counters.clone(),
+    });
+    let state = Arc::new(state);
+    let app = Router::new()
+        .fallback(handle)
+        .layer(middleware::from_fn_with_state(body, bounded_body))
+        .layer(middleware::from_fn_with_state(state.clone(), require_key))
+        .with_state(state);
+    crate::http::serve::serve(listener, app, limits, shutdown).await;
 }
 
-/// A JSON error for the tool.
-pub fn error_response(status: u16, code: &str, message: &str, retry_after_s: Option<u64>) -> Response<Body> {
-    let body = json!({ "error": code, "message": message }).to_string();
-    let mut resp = Response::new(Body::from(body));
-    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
-    resp.headers_mut()
-        .insert("content-type", HeaderValue::from_static("application/json"));
-    if let Some(s) = retry_after_s
-        && let Ok(v) = HeaderValue::from_str(&s.to_string())
-    {
-        resp.headers_mut().insert("retry-after", v);
+/// `401` for a request without a gateway key this node accepts, when one is required (docs/design.md §11.2).
+async fn require_key(State(s): State<Arc<GatewayState>>, req: Request, next: Next) -> Response<Body> {
+    if s.keys.required() {
+        let name = presented(req.headers()).and_then(|k| s.keys.check(k));
+        let Some(name) = name else {
+            s.counters.http_refusal("gateway", "unauthorized");
+            let mut resp = error_response(
+                401,
+                "unauthorized",
+                "this gateway needs a key: send it as the tool's API key (`Authorization: Bearer <key>` or \
+                 `x-api-key: <key>`); `lendmesh gateway key add <device>` makes one",
+                None,
+            );
+            resp.headers_mut()
+                .insert("www-authenticate", HeaderValue::from_static("Bearer"));
+            return resp;
+        };
+        debug!(key = %name, "gateway key accepted");
     }
-    resp
+    next.run(req).await
 }
 
 /// Headers that may leave the node.
@@ -146,16 +172,10 @@ pub fn outbound_headers(headers: &axum::http::HeaderMap) -> Vec<(String, Vec<u8>
 
 async fn handle(State(s): State<Arc<GatewayState>>, req: Request) -> Response<Body> {
     let (parts, body) = req.into_parts();
+    // Already read whole, within the limit and its time (`bounded_body`).
     let body = match axum::body::to_bytes(body, s.body_limit).await {
         Ok(b) => b.to_vec(),
-        Err(_) => {
-            return error_response(
-                413,
-                "body_too_large",
-                &format!("request body exceeds the gateway's {}-byte limit", s.body_limit),
-                None,
-            );
-        }
+        Err(e) => return error_response(400, "bad_request", &format!("the request body: {e}"), None),
     };
     let named = parts.headers.get_all(CONVERSATION_HEADER);
     let conversation = match conversation_from_headers(named.iter().map(|v| v.as_bytes())) {

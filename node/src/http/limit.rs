@@ -41,11 +41,32 @@ impl LimitedListener {
     }
 }
 
+impl LimitedListener {
+    /// The server's name in metrics (`gateway`, `api`).
+    pub fn what(&self) -> &'static str {
+        self.what
+    }
+
+    /// Where refusals are counted.
+    pub fn counters(&self) -> Arc<NodeMetrics> {
+        self.counters.clone()
+    }
+}
+
 /// A served connection; its slot is freed when it closes.
 #[derive(Debug)]
 pub struct LimitedStream {
     stream: TcpStream,
     _slot: OwnedSemaphorePermit,
+    /// Bytes arrived since the last write: a request has begun (`serve` answers a head timeout with `408` only then).
+    begun: bool,
+}
+
+impl LimitedStream {
+    /// Whether bytes of a request arrived since the last answer was written.
+    pub fn request_begun(&self) -> bool {
+        self.begun
+    }
 }
 
 impl axum::serve::Listener for LimitedListener {
@@ -64,9 +85,17 @@ impl axum::serve::Listener for LimitedListener {
                 }
             };
             match self.slots.clone().try_acquire_owned() {
-                Ok(slot) => return (LimitedStream { stream, _slot: slot }, addr),
+                Ok(slot) => {
+                    let stream = LimitedStream {
+                        stream,
+                        _slot: slot,
+                        begun: false,
+                    };
+                    return (stream, addr);
+                }
                 Err(_) => {
                     self.counters.inc(&self.counters.connections_over_limit);
+                    self.counters.http_refusal(self.what, "too_many_connections");
                     let body = format!(
                         "{{\"error\":\"too_many_connections\",\"message\":\"the {} serves at most {} connections at once; retry shortly\"}}",
                         self.what, self.max
@@ -103,13 +132,24 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Limi
 
 impl AsyncRead for LimitedStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.begun = true;
+        }
+        polled
     }
 }
 
 impl AsyncWrite for LimitedStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.stream).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            this.begun = false;
+        }
+        polled
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().stream).poll_flush(cx)
@@ -122,7 +162,12 @@ impl AsyncWrite for LimitedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            this.begun = false;
+        }
+        polled
     }
     fn is_write_vectored(&self) -> bool {
         self.stream.is_write_vectored()

@@ -32,6 +32,27 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+/// A label set naming an HTTP server and why it refused a request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpRefusalLabel {
+    /// `gateway` or `api`.
+    pub server: String,
+    /// `unauthorized`, `too_many_connections`, `header_too_large`, `header_timeout`, `body_too_large`,
+    /// `body_timeout` or `bad_request` (docs/design.md §11.3).
+    pub reason: String,
+}
+
+/// The reasons an HTTP server refuses a request, each with its status code (docs/design.md §11.3).
+pub const HTTP_REFUSALS: [&str; 7] = [
+    "unauthorized",
+    "too_many_connections",
+    "header_too_large",
+    "header_timeout",
+    "body_too_large",
+    "body_timeout",
+    "bad_request",
+];
+
 /// A label set naming an HTTP status class.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClassLabel {
@@ -189,6 +210,8 @@ pub struct NodeMetrics {
     pub epochs_pruned: Counter,
     /// HTTP connections refused with a 503 because the server was at its connection limit.
     pub connections_over_limit: Counter,
+    /// Requests the gateway and the API refused, by server and reason.
+    pub http_refusals: Family<HttpRefusalLabel, Counter>,
     /// Refill requests this member sent to the issuer, by outcome (one of [`REFILL_OUTCOMES`]).
     pub refill_requests: Family<OutcomeLabel, Counter>,
 }
@@ -289,6 +312,18 @@ impl Default for NodeMetrics {
             epoch_current: Gauge::default(),
             epochs_pruned: Counter::default(),
             connections_over_limit: Counter::default(),
+            http_refusals: {
+                let family = Family::<HttpRefusalLabel, Counter>::default();
+                for server in ["gateway", "api"] {
+                    for reason in HTTP_REFUSALS {
+                        let _ = family.get_or_create(&HttpRefusalLabel {
+                            server: server.into(),
+                            reason: reason.into(),
+                        });
+                    }
+                }
+                family
+            },
             refill_requests: refill_requests(),
         }
     }
@@ -320,6 +355,16 @@ impl NodeMetrics {
         family
             .get_or_create(&OutcomeLabel {
                 outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a request the gateway or the API refused (`server` in any case: `API` reads as `api`).
+    pub fn http_refusal(&self, server: &str, reason: &str) {
+        self.http_refusals
+            .get_or_create(&HttpRefusalLabel {
+                server: server.to_ascii_lowercase(),
+                reason: reason.into(),
             })
             .inc();
     }
@@ -433,6 +478,11 @@ impl NodeMetrics {
             "http_connections_over_limit",
             "HTTP connections refused with a 503 because the gateway or API was at its connection limit",
             self.connections_over_limit.clone(),
+        );
+        r.register(
+            "http_refusals",
+            "Requests the gateway or the API refused, by server and reason (each with its status code)",
+            self.http_refusals.clone(),
         );
         r.register(
             "epochs_pruned",
