@@ -35,6 +35,9 @@ pub struct Config {
     pub gateway: GatewayConfig,
     /// Limits on HTTP requests to the gateway and the API (docs/design.md §11.3).
     pub http: HttpLimits,
+    /// Per-member rate limits on issue, claim, borrow, relay and gossip, and the strikes that disconnect a member
+    /// that floods (docs/design.md §9.3).
+    pub limits: lendmesh_protocol::limits::Limits,
     /// The member's own upstream (the command-line flags set this one).
     pub upstream: UpstreamConfig,
     /// More upstreams the member shares, each with its own name, API, models, budget and reserve
@@ -635,6 +638,7 @@ impl Config {
             ));
         }
         self.http.check().map_err(|e| format!("[http] {e}"))?;
+        self.limits.check().map_err(|e| format!("[limits] {e}"))?;
         for (section, n) in [
             ("gateway", self.gateway.max_connections),
             ("api", self.api.max_connections),

@@ -192,6 +192,7 @@ struct Base {
     registry: Registry,
     roster_rx: watch::Receiver<Arc<lendmesh_protocol::group::Roster>>,
     view_rx: watch::Receiver<Arc<GroupView>>,
+    limiter: crate::net::SharedLimiter,
 }
 
 /// Starts every actor and server; returns once the node listens.
@@ -391,6 +392,9 @@ fn open_base(
         registry,
         roster_rx,
         view_rx,
+        limiter: Arc::new(std::sync::Mutex::new(
+            lendmesh_protocol::limits::PeerLimiter::new(opts.config.limits),
+        )),
     };
     Ok((base, roster_tx, view_tx))
 }
@@ -468,6 +472,7 @@ fn spawn_network(
         libp2p_metrics: libp2p::metrics::Metrics::new(&mut base.registry),
         store: base.store.clone(),
         stream_timeouts: config.network.stream_timeouts(),
+        limiter: base.limiter.clone(),
     };
     net::spawn(params, base.counters.clone(), actors.clone())
 }
@@ -593,6 +598,7 @@ fn api_state(
         admin_token,
         upstreams,
         external_addrs: config.network.external.clone(),
+        limiter: base.limiter.clone(),
     })
 }
 

@@ -110,6 +110,8 @@ pub enum ClaimRefusal {
     NotReplica,
     /// The claim does not come from the lender it names.
     WrongLender,
+    /// The lender sent this replica more claims than its rate allows (`limits::Surface::Claim`).
+    RateLimited,
 }
 
 impl ClaimRefusal {
@@ -120,6 +122,7 @@ impl ClaimRefusal {
             ClaimRefusal::WrongRoster => "wrong_roster",
             ClaimRefusal::NotReplica => "not_replica",
             ClaimRefusal::WrongLender => "wrong_lender",
+            ClaimRefusal::RateLimited => "rate_limited",
         }
     }
 }

@@ -46,6 +46,7 @@
 //!   replaced, tool-written environment withheld.
 //! - [`subscription`]: what a shared subscription's rate-limit windows (Anthropic's `anthropic-ratelimit-unified-*`,
 //!   Codex's `x-codex-*` headers) leave for a request for a given model, and the share a member keeps for itself.
+//! - [`limits`]: per-member token buckets on every request surface, and the strikes that disconnect a flooder.
 //! - [`ids`]: [`ids::PeerId`] in libp2p's ed25519 encoding, [`ids::GroupId`].
 
 #![deny(missing_docs)]
@@ -64,6 +65,7 @@ pub mod health;
 pub mod ids;
 pub mod issuer;
 pub mod lend;
+pub mod limits;
 pub mod redeemer;
 pub mod refill;
 pub mod routing;

@@ -35,13 +35,13 @@ pub(super) fn cmd_inspect(config: &Config, args: &ApiArgs, peers: bool) -> anyho
             return Ok(());
         }
         out(format!(
-            "{:<10} {:<8} {:<5} {:<9} {:>8} {:<7} {:>8} {:>6}  {}",
-            "PEER", "ROSTER", "CONN", "DIR", "RTT", "BUCKET", "ATT AGE", "SEQ", "AGENT"
+            "{:<10} {:<8} {:<5} {:<9} {:>8} {:<7} {:>8} {:>6}  {:<24} {}",
+            "PEER", "ROSTER", "CONN", "DIR", "RTT", "BUCKET", "ATT AGE", "SEQ", "LIMITS", "AGENT"
         ));
         for p in v["peers"].as_array().cloned().unwrap_or_default() {
             let att = &p["attestation"];
             out(format!(
-                "{:<10} {:<8} {:<5} {:<9} {:>8} {:<7} {:>8} {:>6}  {}",
+                "{:<10} {:<8} {:<5} {:<9} {:>8} {:<7} {:>8} {:>6}  {:<24} {}",
                 p["short_id"].as_str().unwrap_or("?"),
                 p["roster_status"].as_str().unwrap_or("?"),
                 if p["connected"].as_bool().unwrap_or(false) {
@@ -56,6 +56,7 @@ pub(super) fn cmd_inspect(config: &Config, args: &ApiArgs, peers: bool) -> anyho
                     .as_u64()
                     .map_or("-".into(), |a| format!("{:.1}s", a as f64 / 1000.0)),
                 att["seq"].as_u64().map_or("-".into(), |s| s.to_string()),
+                limits_cell(&p["limits"]),
                 p["agent_version"].as_str().unwrap_or("-"),
             ));
         }
@@ -146,4 +147,29 @@ pub(super) fn cmd_inspect(config: &Config, args: &ApiArgs, peers: bool) -> anyho
         }
     }
     Ok(())
+}
+
+/// What the per-member limits did to a peer, in a few words: `-`, `throttled 512 claim`, `banned 45s (2×)`.
+fn limits_cell(l: &serde_json::Value) -> String {
+    let throttled: Vec<String> = l["throttled"]
+        .as_object()
+        .map(|m| m.iter().map(|(k, n)| format!("{n} {k}")).collect())
+        .unwrap_or_default();
+    let mut parts = Vec::new();
+    if !throttled.is_empty() {
+        parts.push(format!("throttled {}", throttled.join(", ")));
+    }
+    if let Some(until) = l["banned_until_ms"].as_u64() {
+        let left = until.saturating_sub(crate::clock::now_ms()).div_ceil(1000);
+        parts.push(format!("banned {left}s"));
+    }
+    match l["disconnects"].as_u64() {
+        Some(n) if n > 0 => parts.push(format!("cut off {n}×")),
+        _ => {}
+    }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join("; ")
+    }
 }

@@ -71,6 +71,8 @@ pub struct ApiState {
     pub upstreams: Arc<crate::upstream::UpstreamSet>,
     /// Addresses other members reach this node at (from the config).
     pub external_addrs: Vec<String>,
+    /// The per-member limits (what they did to each peer, for `/v1/peers`).
+    pub limiter: crate::net::SharedLimiter,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -359,8 +361,32 @@ async fn lends(State(s): State<Arc<ApiState>>, Query(query): Query<HashMap<Strin
     }
 }
 
+/// The PeerBook's view of each peer, with what the per-member limits did to it (`limits`: requests throttled by
+/// surface, disconnections for exceeding them, and the end of its ban if it is refused now).
 async fn peers(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
-    Json(json!({ "peers": s.peerbook.peers().await }))
+    let now = crate::clock::now_ms();
+    let peers: Vec<serde_json::Value> = s
+        .peerbook
+        .peers()
+        .await
+        .into_iter()
+        .map(|p| {
+            let stats = p
+                .peer_id
+                .parse::<lendmesh_protocol::PeerId>()
+                .ok()
+                .and_then(|id| s.limiter.lock().ok().map(|l| l.stats(&id, now)))
+                .unwrap_or_default();
+            let mut v = serde_json::to_value(&p).unwrap_or_default();
+            v["limits"] = json!({
+                "throttled": stats.throttled.iter().map(|(k, n)| (k.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+                "disconnects": stats.disconnects,
+                "banned_until_ms": stats.banned_until_ms,
+            });
+            v
+        })
+        .collect();
+    Json(json!({ "peers": peers }))
 }
 
 /// Each outcome of `family` with its count (every label present, 0 included).

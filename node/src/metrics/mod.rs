@@ -53,6 +53,15 @@ pub const HTTP_REFUSALS: [&str; 7] = [
     "bad_request",
 ];
 
+/// A label set naming a member and a request surface (`protocol::limits::Surface`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerSurfaceLabel {
+    /// Short peer id.
+    pub peer: String,
+    /// `issue`, `claim`, `borrow`, `relay` or `gossip`.
+    pub surface: String,
+}
+
 /// A label set naming an HTTP status class.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClassLabel {
@@ -210,6 +219,10 @@ pub struct NodeMetrics {
     pub epochs_pruned: Counter,
     /// HTTP connections refused with a 503 because the server was at its connection limit.
     pub connections_over_limit: Counter,
+    /// Requests from a member refused for exceeding its rate, by member and surface.
+    pub peer_throttled: Family<PeerSurfaceLabel, Counter>,
+    /// Times a member was disconnected (and refused for a while) for exceeding its limits far too often.
+    pub peer_bans: Family<PeerLabel, Counter>,
     /// Requests the gateway and the API refused, by server and reason.
     pub http_refusals: Family<HttpRefusalLabel, Counter>,
     /// Refill requests this member sent to the issuer, by outcome (one of [`REFILL_OUTCOMES`]).
@@ -312,6 +325,8 @@ impl Default for NodeMetrics {
             epoch_current: Gauge::default(),
             epochs_pruned: Counter::default(),
             connections_over_limit: Counter::default(),
+            peer_throttled: Family::default(),
+            peer_bans: Family::default(),
             http_refusals: {
                 let family = Family::<HttpRefusalLabel, Counter>::default();
                 for server in ["gateway", "api"] {
@@ -356,6 +371,23 @@ impl NodeMetrics {
             .get_or_create(&OutcomeLabel {
                 outcome: outcome.to_string(),
             })
+            .inc();
+    }
+
+    /// Counts a request from member `peer` (short id) throttled on `surface`.
+    pub fn peer_throttled(&self, peer: &str, surface: &str) {
+        self.peer_throttled
+            .get_or_create(&PeerSurfaceLabel {
+                peer: peer.into(),
+                surface: surface.into(),
+            })
+            .inc();
+    }
+
+    /// Counts member `peer` (short id) disconnected for exceeding its limits.
+    pub fn peer_banned(&self, peer: &str) {
+        self.peer_bans
+            .get_or_create(&PeerLabel { peer: peer.into() })
             .inc();
     }
 
@@ -478,6 +510,16 @@ impl NodeMetrics {
             "http_connections_over_limit",
             "HTTP connections refused with a 503 because the gateway or API was at its connection limit",
             self.connections_over_limit.clone(),
+        );
+        r.register(
+            "peer_throttled",
+            "Requests from a member refused for exceeding its rate, by member and surface",
+            self.peer_throttled.clone(),
+        );
+        r.register(
+            "peer_bans",
+            "Times a member was disconnected and refused for a while for exceeding its limits",
+            self.peer_bans.clone(),
         );
         r.register(
             "http_refusals",

@@ -3,6 +3,7 @@
 use super::*;
 
 use super::swarm::{Behaviour, BehaviourEvent, build_swarm};
+use lendmesh_protocol::limits::{Surface, Verdict};
 
 /// Starts the network actor; returns its handle, its event stream and its task.
 pub fn spawn(
@@ -69,6 +70,7 @@ pub fn spawn(
         bootstrap_backoff: Backoff::new(REDIAL_BASE_MS, REDIAL_MAX_MS),
         learned,
         backoff: HashMap::new(),
+        limiter: params.limiter,
     };
     let task = tokio::spawn(actor.run(shutdown));
     Ok((NetworkHandle { tx, streams }, event_rx, task))
@@ -95,6 +97,8 @@ struct Network {
     learned: HashMap<libp2p::PeerId, Vec<Multiaddr>>,
     /// Redial backoff per roster member not connected.
     backoff: HashMap<libp2p::PeerId, Backoff>,
+    /// Per-member rate limits.
+    limiter: super::SharedLimiter,
 }
 
 fn now_ms() -> u64 {
@@ -174,6 +178,42 @@ impl Network {
 
     fn allowed(&self, peer: &libp2p::PeerId) -> bool {
         to_proto(peer).is_some_and(|p| self.roster.borrow().is_active(&p, now_ms()))
+    }
+
+    /// Takes one request of `surface` from `peer` (`protocol::limits`): whether to serve it. A throttled request is
+    /// counted; a member over its strikes is disconnected, and refused until its ban ends.
+    fn admit(&mut self, peer: &lendmesh_protocol::PeerId, surface: Surface) -> bool {
+        let verdict = match self.limiter.lock() {
+            Ok(mut l) => l.admit(peer, surface, now_ms()),
+            Err(_) => Verdict::Admit,
+        };
+        match verdict {
+            Verdict::Admit => true,
+            Verdict::Throttle => {
+                self.counters.peer_throttled(&peer.short(), surface.label());
+                debug!(peer = %peer.short(), surface = surface.label(), "request throttled");
+                false
+            }
+            Verdict::Disconnect { until_ms } => {
+                self.counters.peer_throttled(&peer.short(), surface.label());
+                let libp2p_peer = to_libp2p(peer);
+                if self.swarm.is_connected(&libp2p_peer) {
+                    self.counters.peer_banned(&peer.short());
+                    warn!(
+                        peer = %peer.short(),
+                        surface = surface.label(),
+                        refused_for_s = until_ms.saturating_sub(now_ms()).div_ceil(1000),
+                        "disconnecting a member that sends far more than its limits allow"
+                    );
+                    let _ = self.swarm.disconnect_peer_id(libp2p_peer);
+                }
+                false
+            }
+        }
+    }
+
+    fn banned(&self, peer: &libp2p::PeerId) -> bool {
+        to_proto(peer).is_some_and(|p| self.limiter.lock().is_ok_and(|l| l.banned(&p, now_ms())))
     }
 
     fn handle_command(&mut self, cmd: Command) {
@@ -380,6 +420,12 @@ impl Network {
                     let _ = self.swarm.disconnect_peer_id(peer_id);
                     return;
                 }
+                if self.banned(&peer_id) {
+                    self.counters.inc(&self.counters.connections_refused);
+                    debug!(peer = %peer_id, "closing connection: the member is refused for exceeding its limits");
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    return;
+                }
                 self.backoff.remove(&peer_id);
                 self.bootstrap_backoff.succeeded();
                 if num_established.get() == 1
@@ -464,7 +510,12 @@ impl Network {
                     .saturating_sub(usize::from(response_settled(&e)));
                 let r = request_response_event(e, &mut self.pending_issue, &self.roster, &self.counters);
                 if let Some((peer, req, channel)) = r {
-                    self.emit(NetEvent::InboundIssue { peer, req, channel });
+                    if self.admit(&peer, Surface::Issue) {
+                        self.emit(NetEvent::InboundIssue { peer, req, channel });
+                    } else {
+                        let busy = IssueResponse::Refused(lendmesh_protocol::issuer::IssueError::Busy);
+                        self.handle_command(Command::RespondIssue { channel, resp: busy });
+                    }
                 }
             }
             BehaviourEvent::Streams(streams::Inbound {
@@ -475,11 +526,21 @@ impl Network {
                 // Only active members may use the streamed protocols (others are disconnected at once; this covers
                 // a stream opened before that).
                 match to_proto(&peer).filter(|p| self.roster.borrow().is_active(p, now_ms())) {
-                    Some(peer) => self.emit(NetEvent::InboundStream {
-                        peer,
-                        protocol,
-                        stream,
-                    }),
+                    Some(peer) => {
+                        let surface = if protocol == streams::RELAY_PROTOCOL {
+                            Surface::Relay
+                        } else {
+                            Surface::Borrow
+                        };
+                        // A throttled stream is dropped unread: the sender sees it reset.
+                        if self.admit(&peer, surface) {
+                            self.emit(NetEvent::InboundStream {
+                                peer,
+                                protocol,
+                                stream,
+                            });
+                        }
+                    }
                     None => self.counters.inc(&self.counters.inbound_failures),
                 }
             }
@@ -489,8 +550,36 @@ impl Network {
                     .saturating_sub(usize::from(response_settled(&e)));
                 let r = request_response_event(e, &mut self.pending_claim, &self.roster, &self.counters);
                 if let Some((peer, req, channel)) = r {
-                    self.emit(NetEvent::InboundClaim { peer, req, channel });
+                    if self.admit(&peer, Surface::Claim) {
+                        self.emit(NetEvent::InboundClaim { peer, req, channel });
+                    } else {
+                        let refused =
+                            ClaimResponse::Refused(lendmesh_protocol::claims::ClaimRefusal::RateLimited);
+                        self.handle_command(Command::RespondClaim {
+                            channel,
+                            resp: refused,
+                        });
+                    }
                 }
+            }
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            }) if message
+                .source
+                .and_then(|author| to_proto(&author))
+                .is_some_and(|author| !self.admit(&author, Surface::Gossip)) =>
+            {
+                // An author over its rate: not passed on, and not held against whoever forwarded it.
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(
+                        &message_id,
+                        &propagation_source,
+                        MessageAcceptance::Ignore,
+                    );
             }
             BehaviourEvent::Gossipsub(gossipsub::Event::Message {
                 propagation_source,

@@ -355,7 +355,23 @@ pub struct NetworkParams {
     pub store: Store,
     /// Timeouts of the streamed borrow protocols.
     pub stream_timeouts: streams::StreamTimeouts,
+    /// Per-member rate limits on every inbound surface (shared with the API, which shows what they did).
+    pub limiter: SharedLimiter,
 }
+
+/// The per-member limiter (`protocol::limits`), shared by the network actor (which admits) and the API (which
+/// shows its counts).
+pub type SharedLimiter = Arc<std::sync::Mutex<lendmesh_protocol::limits::PeerLimiter>>;
+
+/// Connections one member may hold with this node at once (two nodes dialling each other at the same time make
+/// two; a restart briefly another).
+pub const MAX_CONNECTIONS_PER_PEER: u32 = 4;
+/// Connections this node holds at once, in all (a few per member of the largest groups).
+pub const MAX_CONNECTIONS: u32 = 1024;
+/// Incoming connections still in their handshake at once.
+pub const MAX_PENDING_INCOMING: u32 = 64;
+/// Request-response exchanges (issue, claim) open at once on one connection.
+pub const MAX_REQUEST_STREAMS: usize = 32;
 
 impl std::fmt::Debug for NetworkParams {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

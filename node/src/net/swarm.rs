@@ -14,6 +14,7 @@ pub(super) struct Behaviour {
     pub(super) issue: request_response::Behaviour<WireCodec<IssueRequest, IssueResponse>>,
     pub(super) claim: request_response::Behaviour<WireCodec<ClaimRequest, ClaimResponse>>,
     pub(super) streams: streams::Behaviour,
+    pub(super) limits: libp2p::connection_limits::Behaviour,
 }
 
 /// The swarm and the handle that opens streams through it.
@@ -32,6 +33,7 @@ pub(super) fn build_swarm(
     let psk = p.psk;
     let kad_protocol = StreamProtocol::try_from_owned(format!("/lendmesh/{}/kad/1", p.group_id))?;
     let mdns_on = p.mdns;
+    let gossip_topic = topic(&p.group_id);
     let swarm = libp2p::SwarmBuilder::with_existing_identity(p.keypair.clone())
         .with_tokio()
         .with_other_transport(
@@ -54,9 +56,13 @@ pub(super) fn build_swarm(
                     .max_transmit_size(MAX_GOSSIP)
                     .heartbeat_interval(Duration::from_millis(700))
                     .build()?;
-                let gossipsub = gossipsub::Behaviour::new(
+                let mut gossipsub = gossipsub::Behaviour::new(
                     gossipsub::MessageAuthenticity::Signed(key.clone()),
                     gossip_config,
+                )?;
+                gossipsub.with_peer_score(
+                    peer_score(&gossip_topic),
+                    gossipsub::PeerScoreThresholds::default(),
                 )?;
                 let mut kad = kad::Behaviour::with_config(
                     peer_id,
@@ -72,7 +78,9 @@ pub(super) fn build_swarm(
                 } else {
                     Toggle::from(None)
                 };
-                let rr = request_response::Config::default().with_request_timeout(REQUEST_TIMEOUT);
+                let rr = request_response::Config::default()
+                    .with_request_timeout(REQUEST_TIMEOUT)
+                    .with_max_concurrent_streams(MAX_REQUEST_STREAMS);
                 Ok(Behaviour {
                     identify: identify::Behaviour::new(
                         identify::Config::new("/lendmesh/id/1".into(), key.public())
@@ -97,6 +105,12 @@ pub(super) fn build_swarm(
                         rr,
                     ),
                     streams: stream_behaviour.take().ok_or("the behaviour is built once")?,
+                    limits: libp2p::connection_limits::Behaviour::new(
+                        libp2p::connection_limits::ConnectionLimits::default()
+                            .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
+                            .with_max_established(Some(MAX_CONNECTIONS))
+                            .with_max_pending_incoming(Some(MAX_PENDING_INCOMING)),
+                    ),
                 })
             },
         )
@@ -104,4 +118,27 @@ pub(super) fn build_swarm(
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_TIMEOUT))
         .build();
     Ok((swarm, streams))
+}
+
+/// Gossipsub peer scoring (docs/design.md §9.3): a member that sends messages this node rejects (malformed, forged,
+/// from a non-member, an attestation that fails its checks) loses score fast — four within a few seconds reach the
+/// graylist (-80), where gossipsub ignores everything it sends — and recovers as the count decays. Scores that punish
+/// honest members of a small private group are off: several members behind one address (an office, a NAT) are
+/// normal here (IP colocation), and attestations every few seconds are far below the mesh-delivery quotas made for
+/// busy public topics.
+fn peer_score(topic: &IdentTopic) -> gossipsub::PeerScoreParams {
+    let topic_params = gossipsub::TopicScoreParams {
+        topic_weight: 0.5,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: -10.0,
+        invalid_message_deliveries_decay: 0.9,
+        ..Default::default()
+    };
+    let mut params = gossipsub::PeerScoreParams {
+        ip_colocation_factor_weight: 0.0,
+        ..Default::default()
+    };
+    params.topics.insert(topic.hash(), topic_params);
+    params
 }
