@@ -28,7 +28,9 @@
 //!   down: burning a good token because one lender's clock is off would waste the member's quota.
 //! - **No answer after the request may have reached the lender** (ambiguous): retried once with the same request id
 //!   and spend at the same lender through another relay (the lender answers a known request id from its cache);
-//!   still ambiguous, the token is given up as spent — never spent twice — and a fresh one goes elsewhere. When the
+//!   still ambiguous, the token is given up as spent — never spent twice — and a fresh one goes elsewhere; unless the
+//!   relay went silent, the lender cools down for [`LENDER_FAILED_COOLDOWN_MS`] (a lender that fails, or answers
+//!   garbage, would otherwise cost a token per borrow). When the
 //!   relay itself went silent after accepting the request, that relay has failed: it cools down and the retry never
 //!   goes through it (with no other relay, the token is given up at once: [`Decision::DropToken`]). When the relay
 //!   answered that the lender was silent, the relay is fine and may carry the retry.
@@ -71,6 +73,9 @@ pub const MAX_RELAY_FAILURES: usize = 3;
 /// Tokens one request may set aside because their replicas could not form a majority, before `no_quorum` counts as
 /// an ordinary refusal (each fresh token has other replicas; with most of the group offline none will do).
 pub const MAX_TOKEN_SWAPS: usize = 2;
+/// How long a lender is left out of routing after an answer given up as possibly claimed twice in a row (the
+/// idempotent retry through another relay failed too): every borrow sent to a failing lender costs a token.
+pub const LENDER_FAILED_COOLDOWN_MS: u64 = 60_000;
 /// How long a relay that failed is left out of routing.
 pub const RELAY_COOLDOWN_MS: u64 = 10_000;
 /// Suggested wait when no member has headroom: about one attestation period, by which fresh headroom is heard.
@@ -525,6 +530,15 @@ impl BorrowRun {
         let Some(p) = self.pending.take() else {
             return vec![];
         };
+        // The retry's own failure was the lender's (not a relay's or the network's refusal to carry it).
+        let lender_failed_retry = p.retry
+            && matches!(
+                result,
+                AttemptResult::Ambiguous {
+                    relay_silent: false,
+                    ..
+                }
+            );
         // On the idempotent retry only the lender's own answer settles it.
         let result = match result {
             AttemptResult::Refused {
@@ -634,6 +648,14 @@ impl BorrowRun {
                     let why = format!("{}; retry: {why}", p.first_why.clone().unwrap_or_default());
                     self.settle_ambiguous(p.lender, why);
                     effects.push(Effect::DropToken);
+                    if lender_failed_retry {
+                        // Two relays in turn got no usable answer from the lender: the lender failed (frozen,
+                        // overloaded, or answering garbage on purpose), and each borrow sent to it costs a token.
+                        effects.push(Effect::CoolDown {
+                            peer: p.lender,
+                            until_ms: now_ms.saturating_add(LENDER_FAILED_COOLDOWN_MS),
+                        });
+                    }
                 } else {
                     self.retry = Some(Pending {
                         retry: true,

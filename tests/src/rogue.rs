@@ -10,7 +10,7 @@ use libp2p::core::transport::upgrade::Version;
 use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, Transport, gossipsub, noise, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, Transport, gossipsub, noise, ping, tcp, yamux};
 
 /// Raw bytes in, raw bytes out (at most 64 KiB read back).
 #[derive(Clone, Default, Debug)]
@@ -69,6 +69,8 @@ pub struct RogueBehaviour {
     pub claim: request_response::Behaviour<RawCodec>,
     /// Raw streams on `/lendmesh/relay/2` and `/lendmesh/borrow/2`.
     pub streams: libp2p_stream::Behaviour,
+    /// Answers pings, so the members take it as healthy (a hostile member would).
+    pub ping: ping::Behaviour,
 }
 
 /// The node's request-response and streamed protocols.
@@ -151,6 +153,7 @@ impl Rogue {
                 issue: raw_behaviour(PROTOCOLS[0]),
                 claim: raw_behaviour(PROTOCOLS[3]),
                 streams: libp2p_stream::Behaviour::new(),
+                ping: ping::Behaviour::new(ping::Config::new()),
             })
             .unwrap()
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))

@@ -6,6 +6,9 @@ use super::*;
 #[allow(missing_debug_implementations)]
 #[derive(NetworkBehaviour)]
 pub(super) struct Behaviour {
+    /// First: a connection it denies must never reach the others (request-response records a connection as soon
+    /// as it is offered one, and a later denial leaves that record behind — a debug assertion, and wrong state).
+    pub(super) limits: libp2p::connection_limits::Behaviour,
     pub(super) identify: identify::Behaviour,
     pub(super) ping: ping::Behaviour,
     pub(super) gossipsub: gossipsub::Behaviour,
@@ -14,7 +17,6 @@ pub(super) struct Behaviour {
     pub(super) issue: request_response::Behaviour<WireCodec<IssueRequest, IssueResponse>>,
     pub(super) claim: request_response::Behaviour<WireCodec<ClaimRequest, ClaimResponse>>,
     pub(super) streams: streams::Behaviour,
-    pub(super) limits: libp2p::connection_limits::Behaviour,
 }
 
 /// The swarm and the handle that opens streams through it.

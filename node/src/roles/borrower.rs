@@ -402,6 +402,14 @@ impl Borrower {
                             break run_failure("no token to send");
                         }
                     };
+                    debug!(
+                        lender = %lender.short(),
+                        relay = ?relay.map(|r| r.short()),
+                        retry = same_request,
+                        candidates = candidates.len(),
+                        sticky = sticky.is_some(),
+                        "borrow attempt"
+                    );
                     let (result, response) = self.attempt(lender, relay, &key_config, &inner).await;
                     sent = Some((inner, key_config));
                     self.report(lender, relay, &result);

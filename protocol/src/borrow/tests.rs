@@ -708,9 +708,17 @@ fn a_sticky_lender_that_refused_is_never_tried_again() {
     run.record(ambiguous(), 1_000, &mut w.rng);
     let (again, _, same) = send(&w.decide(&mut run));
     assert_eq!((again, same), (first, true));
+    // The lender failed through two relays: the token is given up and the lender cools down (each borrow sent to
+    // a failing lender costs a token).
     assert_eq!(
         run.record(ambiguous(), 1_000, &mut w.rng),
-        vec![Effect::DropToken]
+        vec![
+            Effect::DropToken,
+            Effect::CoolDown {
+                peer: first,
+                until_ms: 1_000 + LENDER_FAILED_COOLDOWN_MS
+            }
+        ]
     );
     assert_eq!(send(&w.next(&mut run)).0, pid(3));
 }
