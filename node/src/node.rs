@@ -73,11 +73,14 @@ pub struct StartedNode {
     tracker: TaskTracker,
     actors: CancellationToken,
     tasks: Vec<(&'static str, JoinHandle<()>)>,
+    /// Why the node stopped on its own (an actor ended or panicked while it ran), if it did.
+    fatal: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl StartedNode {
     /// Shuts down in three phases (see the module doc) after `shutdown` was cancelled.
-    pub async fn join(self) {
+    pub async fn join(self) -> Result<(), String> {
+        let fatal = self.fatal.clone();
         let mut still_running = Vec::new();
         for (name, mut task) in self.http {
             match tokio::time::timeout(DRAIN_DEADLINE, &mut task).await {
@@ -109,6 +112,10 @@ impl StartedNode {
                 Ok(Err(e)) => warn!(task = name, %e, "task failed"),
                 Err(_) => warn!(task = name, "task did not stop in time"),
             }
+        }
+        match fatal.lock().map(|f| f.clone()) {
+            Ok(Some(why)) => Err(why),
+            _ => Ok(()),
         }
     }
 }
@@ -176,9 +183,10 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Resul
     let node = start(opts, shutdown.clone()).await?;
     shutdown.cancelled().await;
     info!("shutting down");
-    node.join().await;
+    let result = node.join().await;
     info!("stopped");
-    Ok(())
+    // An actor that died took part of the node with it: exit non-zero so a supervisor restarts it.
+    result.map_err(|why| anyhow::anyhow!("{why}; the node stopped (restart it)"))
 }
 
 /// What every part of a node is built from.
@@ -327,6 +335,11 @@ pub async fn start(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Res
         "api",
         tokio::spawn(api::serve(api_listener, state, config.http, shutdown.clone())),
     ));
+    let fatal = Arc::new(std::sync::Mutex::new(None));
+    let tasks = tasks
+        .into_iter()
+        .map(|(name, task)| (name, supervise(name, task, &actors, &shutdown, &fatal)))
+        .collect();
     Ok(StartedNode {
         peer_id,
         p2p_addrs: listen_addrs(&net, &peer_id).await,
@@ -336,6 +349,35 @@ pub async fn start(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Res
         tracker,
         actors,
         tasks,
+        fatal,
+    })
+}
+
+/// Watches an actor: one that ends (or panics) while the node runs leaves the node without a part it needs — a
+/// network actor gone means no peer is reached again, silently — so the node records why and shuts down, and
+/// `run` exits non-zero.
+fn supervise(
+    name: &'static str,
+    task: JoinHandle<()>,
+    actors: &CancellationToken,
+    shutdown: &CancellationToken,
+    fatal: &Arc<std::sync::Mutex<Option<String>>>,
+) -> JoinHandle<()> {
+    let (actors, shutdown, fatal) = (actors.clone(), shutdown.clone(), fatal.clone());
+    tokio::spawn(async move {
+        let result = task.await;
+        if actors.is_cancelled() {
+            return;
+        }
+        let why = match result {
+            Err(e) if e.is_panic() => format!("the {name} actor panicked"),
+            _ => format!("the {name} actor stopped"),
+        };
+        tracing::error!(task = name, "{why} while the node was running; shutting down");
+        if let Ok(mut f) = fatal.lock() {
+            f.get_or_insert(why);
+        }
+        shutdown.cancel();
     })
 }
 
@@ -616,4 +658,34 @@ async fn listen_addrs(net: &NetworkHandle, me: &PeerId) -> Vec<Multiaddr> {
         .into_iter()
         .map(|a| a.with(libp2p::multiaddr::Protocol::P2p(crate::net::ids::to_libp2p(me))))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_actor_that_panics_while_the_node_runs_stops_the_node_and_says_why() {
+        let (actors, shutdown) = (CancellationToken::new(), CancellationToken::new());
+        let fatal = Arc::new(std::sync::Mutex::new(None));
+        #[allow(clippy::panic)]
+        let dying = tokio::spawn(async { panic!("injected") });
+        let watched = supervise("network", dying, &actors, &shutdown, &fatal);
+        tokio::time::timeout(Duration::from_secs(5), shutdown.cancelled())
+            .await
+            .expect("the node shuts down");
+        watched.await.unwrap();
+        assert_eq!(
+            fatal.lock().unwrap().as_deref(),
+            Some("the network actor panicked")
+        );
+        // An actor that ends because the node is stopping is not a failure.
+        let (actors, shutdown) = (CancellationToken::new(), CancellationToken::new());
+        let fatal = Arc::new(std::sync::Mutex::new(None));
+        actors.cancel();
+        supervise("member", tokio::spawn(async {}), &actors, &shutdown, &fatal)
+            .await
+            .unwrap();
+        assert!(!shutdown.is_cancelled() && fatal.lock().unwrap().is_none());
+    }
 }
