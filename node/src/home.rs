@@ -54,6 +54,34 @@ pub fn restrict_file(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The permission bits of `path` when anyone but its owner may read or write it (`None`: private, or not Unix).
+pub fn others_may_access(path: &Path) -> std::io::Result<Option<u32>> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Ok(Some(mode));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(None)
+}
+
+/// Refuses a secret file that anyone but its owner may read or write (as ssh refuses a private key), naming the fix.
+pub fn check_private(path: &Path) -> anyhow::Result<()> {
+    let mode = others_may_access(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    if let Some(mode) = mode {
+        anyhow::bail!(
+            "{} holds secrets but its mode is {mode:04o}: others may read it. Run `chmod 600 {}`",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 /// Writes a secret file atomically with mode 0600 (temp file in the same directory, fsync, rename, fsync dir).
 pub fn write_secret(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let dir = path

@@ -289,10 +289,28 @@ fn metrics_peers_health_token_and_no_secrets() {
     let upstream_key = "sk-test-5ecret-upstream-key-0123456789";
     let mut a = RunningNode::start(g.admin.path(), &[&common[..], &["--mock-capacity", "0"]].concat());
     let boot = a.p2p_addr.clone();
-    let mut b = RunningNode::start(
+    // A member whose gateway holds keys (one from the environment, one from its keys file) that must never show.
+    let gateway_env_key = "lmk_gateway-key-from-the-environment-42";
+    let phone = cli_ok(g.homes[0].path(), &["gateway", "key", "add", "phone"]);
+    let gateway_file_key = phone.lines().last().unwrap().trim().to_string();
+    outputs.push(cli_ok(g.homes[0].path(), &["gateway", "key", "list"]));
+    let mut b = RunningNode::start_with_env(
         g.homes[0].path(),
-        &[&common[..], &["--mock-capacity", "40", "--bootstrap", &boot]].concat(),
+        "/ip4/127.0.0.1/tcp/0",
+        &[
+            &common[..],
+            &[
+                "--mock-capacity",
+                "40",
+                "--bootstrap",
+                &boot,
+                "--require-gateway-key",
+            ],
+        ]
+        .concat(),
+        &[("LENDMESH_GATEWAY_KEY", gateway_env_key)],
     );
+    let admin_token = std::fs::read_to_string(g.homes[0].path().join("admin.token")).unwrap();
     let c_args = [
         &common[..],
         &[
@@ -498,7 +516,13 @@ fn metrics_peers_health_token_and_no_secrets() {
         ],
     ));
     let invite = Invite::from_file_text(&std::fs::read_to_string(&invite_path).unwrap()).unwrap();
-    let mut secrets: Vec<String> = vec![upstream_key.to_string(), hex::encode(invite.psk.as_bytes())];
+    let mut secrets: Vec<String> = vec![
+        upstream_key.to_string(),
+        hex::encode(invite.psk.as_bytes()),
+        gateway_env_key.to_string(),
+        gateway_file_key,
+        admin_token.trim().to_string(),
+    ];
     secrets.push(hex::encode(postcard_bytes(&invite.attestation_key)));
     for home in [g.admin.path(), g.homes[0].path(), g.homes[1].path()] {
         let store = lendmesh_node::store::Store::open(home).unwrap();

@@ -288,3 +288,55 @@ fn bad_group_material(admin_home: &std::path::Path, rogue_seed: &[u8; 32]) -> Ve
     out.push(encode(&GossipMessage::Roster(forged)).unwrap());
     out
 }
+
+/// Issue 19: files that hold secrets are refused when others may read them, as ssh refuses a private key — with
+/// the command that fixes it.
+#[test]
+fn secret_files_others_may_read_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let chmod = |p: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    let admin = temp_home();
+    init(admin.path());
+    cli_ok(
+        admin.path(),
+        &["group", "create", "--name", "perm", "--rsa-bits", "2048"],
+    );
+    let member = temp_home();
+    let id = init(member.path());
+    let invite = member.path().join("invite.txt");
+    cli_ok(
+        admin.path(),
+        &["group", "invite", &id, "--out", invite.to_str().unwrap()],
+    );
+    // An invite saved readable by others (as a download often is).
+    chmod(&invite, 0o644);
+    let (ok, _, err) = cli(member.path(), &["join", invite.to_str().unwrap()]);
+    assert!(!ok && err.contains("chmod 600") && err.contains("0644"), "{err}");
+    chmod(&invite, 0o600);
+    cli_ok(member.path(), &["join", invite.to_str().unwrap()]);
+    // The store, with the node key and the group keys.
+    let store = member.path().join(lendmesh_node::store::STORE_FILE);
+    chmod(&store, 0o640);
+    let (ok, _, err) = cli(
+        member.path(),
+        &["run", "--api", "127.0.0.1:0", "--gateway", "127.0.0.1:0"],
+    );
+    assert!(!ok && err.contains("chmod 600") && err.contains("0640"), "{err}");
+    chmod(&store, 0o600);
+    // The gateway keys file.
+    cli_ok(member.path(), &["gateway", "key", "add", "laptop"]);
+    let keys = member.path().join("gateway.keys");
+    chmod(&keys, 0o604);
+    let (ok, _, err) = cli(member.path(), &["gateway", "key", "list"]);
+    assert!(!ok && err.contains("chmod 600"), "{err}");
+    let (ok, _, err) = cli(
+        member.path(),
+        &["run", "--api", "127.0.0.1:0", "--gateway", "127.0.0.1:0"],
+    );
+    assert!(
+        !ok && err.contains("chmod 600") && err.contains("gateway.keys"),
+        "{err}"
+    );
+}

@@ -316,6 +316,10 @@ pub(super) fn cmd_join(home: &Path, invite_path: &Path) -> anyhow::Result<()> {
             );
         }
     }
+    // Checked last, so a wrong invite says what is wrong with it first.
+    home::check_private(invite_path).context(
+        "the invite holds the group's network and attestation keys; keep it private (it is safe to delete once joined)",
+    )?;
     store.put_group(&group)?;
     out(format!("joined group '{}' ({})", group.name, group.group_id));
     out(format!("admin: {}", group.admin));

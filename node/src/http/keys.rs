@@ -127,26 +127,7 @@ pub fn render(keys: &[NamedKey]) -> Zeroizing<String> {
     s
 }
 
-/// Refuses a secret file that anyone but its owner may read or write (as ssh refuses a private key), naming the fix.
-pub fn check_private(path: &Path) -> anyhow::Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path)
-            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?
-            .permissions()
-            .mode();
-        if mode & 0o077 != 0 {
-            anyhow::bail!(
-                "{} holds secrets but its mode is {:04o}: others may read it. Run `chmod 600 {}`",
-                path.display(),
-                mode & 0o777,
-                path.display()
-            );
-        }
-    }
-    Ok(())
-}
+pub use crate::home::check_private;
 
 /// Reads the keys file at `path` (none there: no keys), refusing it when others may read it or it is malformed.
 pub fn load_file(path: &Path) -> anyhow::Result<Vec<NamedKey>> {

@@ -78,6 +78,17 @@ pub enum StoreError {
         /// What redb said.
         detail: String,
     },
+    /// Others may read or write the store (it holds the node key, the group keys and tokens): refused, as ssh
+    /// refuses a private key.
+    #[error(
+        "the store {path} holds secrets but its mode is {mode:04o}: others may read it. Run `chmod 600 {path}` (and check who could have copied it)"
+    )]
+    NotPrivate {
+        /// The store file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// Written by another schema version.
     #[error(
         "the store {path} has schema version {found}, this lendmesh reads version {SCHEMA_VERSION}; use the lendmesh release that wrote it"
@@ -200,6 +211,9 @@ impl Store {
     pub fn open(home: &Path) -> Result<Store, StoreError> {
         let path = home.join(STORE_FILE);
         let existed = path.exists();
+        if existed && let Some(mode) = crate::home::others_may_access(&path)? {
+            return Err(StoreError::NotPrivate { path, mode });
+        }
         let db = open_db(&path)?;
         crate::home::restrict_file(&path)?;
         let store = Store {
