@@ -35,6 +35,7 @@ mod borrow;
 mod claims;
 mod epochs;
 mod lend;
+mod limits;
 mod linkage;
 mod mixed;
 
@@ -243,6 +244,8 @@ pub(crate) struct Sim<'a> {
     fresh_serve: bool,
     /// Group-wide single spend (scenarios with `[claims]`).
     cl: ClaimState,
+    /// The node's per-member limits, audited over honest traffic.
+    limits: limits::LimitsAudit,
     out: RunResult,
 }
 
@@ -348,6 +351,8 @@ impl<'a> Sim<'a> {
             adv_rng: stream(4),
             pubs: vec![Vec::new(); n],
             att_memo: vec![None; n],
+            // Every member, and the admin (the network's node `n` when it is not a member).
+            limits: limits::LimitsAudit::new(n + 1),
             queue: BinaryHeap::new(),
             next_seq: 0,
             borrows: BTreeMap::new(),
@@ -653,6 +658,7 @@ impl<'a> Sim<'a> {
     }
 
     fn on_issue(&mut self, t: Ms, m: usize, request: &IssueRequest) {
+        self.audit_limits(self.net.admin(), m, lendmesh_protocol::limits::Surface::Issue, t);
         let peer = self.members[m].id;
         let now = self.local(self.net.admin(), t);
         let grant = match self.issuer.issue(&peer, request, now, &mut self.admin_rng) {
@@ -756,13 +762,18 @@ impl<'a> Sim<'a> {
         me.seq += 1;
         let resets = crate::net::EPOCH_START_MS + (me.window + 1) * window_ms;
         let (buckets, headroom) = me.buckets();
+        let (seq, exact) = (me.seq, me.remaining());
+        let admin = self.net.admin();
+        if i != admin {
+            self.audit_limits(admin, i, lendmesh_protocol::limits::Surface::Gossip, t);
+        }
         self.pubs[i].push(Publication {
             t,
-            seq: me.seq,
+            seq,
             issued_at_ms: local,
             headroom,
             buckets,
-            exact: me.remaining(),
+            exact,
             resets_at_ms: resets,
         });
     }
@@ -873,6 +884,7 @@ impl<'a> Sim<'a> {
         self.out.epochs = self.finish_epochs();
         self.out.mixed = self.finish_mixed();
         self.out.claims = self.finish_claims();
+        self.out.limits = self.limits.result();
         self.out
     }
 

@@ -325,6 +325,18 @@ pub struct ClaimsRun {
     pub own_claims_seen: u64,
 }
 
+/// The node's default per-member limits over a run's honest traffic (`engine::limits`): requests each would admit
+/// and throttle, and the most requests one sender sent one receiver within one second, per surface.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct LimitsRun {
+    /// Admitted, by surface (`issue`, `claim`, `borrow`, `relay`, `gossip`).
+    pub admitted: BTreeMap<String, u64>,
+    /// Throttled, by surface (must stay empty in honest use).
+    pub throttled: BTreeMap<String, u64>,
+    /// The busiest second of any sender at any receiver, by surface.
+    pub busiest_second: BTreeMap<String, u64>,
+}
+
 /// One run's measurements.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct RunResult {
@@ -383,4 +395,6 @@ pub struct RunResult {
     /// Group-wide single spend (scenarios with `[claims]` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub claims: Option<ClaimsRun>,
+    /// The node's per-member limits over the honest traffic.
+    pub limits: LimitsRun,
 }

@@ -387,6 +387,9 @@ pub struct Report {
     /// Group-wide single spend (scenarios with `[claims]` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub claims: Option<ClaimsReport>,
+    /// The node's default per-member limits over the honest traffic, all seeds: admitted and throttled requests
+    /// (summed), and the busiest second of one sender at one receiver (the largest), by surface.
+    pub limits: crate::outcome::LimitsRun,
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -510,6 +513,22 @@ impl Report {
             epochs: EpochReport::build(&runs.iter().filter_map(|r| r.epochs.as_ref()).collect::<Vec<_>>()),
             mixed: MixedReport::build(runs),
             claims: ClaimsReport::build(scenario, runs),
+            limits: {
+                let mut l = crate::outcome::LimitsRun::default();
+                for r in runs {
+                    for (k, v) in &r.limits.admitted {
+                        *l.admitted.entry(k.clone()).or_default() += v;
+                    }
+                    for (k, v) in &r.limits.throttled {
+                        *l.throttled.entry(k.clone()).or_default() += v;
+                    }
+                    for (k, v) in &r.limits.busiest_second {
+                        let top = l.busiest_second.entry(k.clone()).or_default();
+                        *top = (*top).max(*v);
+                    }
+                }
+                l
+            },
         }
     }
 
@@ -667,6 +686,29 @@ impl Report {
                 self.attestation_rejections
             );
         }
+        let _ = writeln!(
+            md,
+            "## Per-member limits\n\nThe node's default limits (`protocol::limits`, docs/design.md §9.3) run over \
+             the honest traffic at every receiving member (gossip at the admin), all seeds. Honest use must \
+             never be throttled.\n\n| surface | requests | throttled | busiest second (one sender, one receiver) | \
+             default rate, burst |\n|---|---|---|---|---|"
+        );
+        let defaults = lendmesh_protocol::limits::Limits::default();
+        for surface in lendmesh_protocol::limits::Surface::ALL {
+            let k = surface.label();
+            let rate = defaults.rate(surface);
+            let _ = writeln!(
+                md,
+                "| {k} | {} | {} | {} | {}/s, {} |",
+                self.limits.admitted.get(k).copied().unwrap_or(0)
+                    + self.limits.throttled.get(k).copied().unwrap_or(0),
+                self.limits.throttled.get(k).copied().unwrap_or(0),
+                self.limits.busiest_second.get(k).copied().unwrap_or(0),
+                rate.per_s,
+                rate.burst
+            );
+        }
+        let _ = writeln!(md);
         let config = serde_json::to_string_pretty(&self.scenario).unwrap_or_default();
         let _ = writeln!(md, "## Scenario as run\n\n```json\n{config}\n```\n");
         if !charts.is_empty() {

@@ -468,3 +468,26 @@ fn a_replica_naming_the_borrower_of_each_claim_is_at_chance() {
         "replica-headroom {headroom} vs lender {lender}"
     );
 }
+
+/// Issue 19: the node's default per-member limits, run over honest traffic at every receiving member, throttle
+/// nothing — while every surface is exercised (the community scenario's 100 members are in the README).
+#[test]
+fn honest_traffic_never_reaches_the_nodes_default_limits() {
+    for (name, seeds) in [("test-skew", 7..9), ("test-claims", 7..8)] {
+        let s = scenario(name);
+        let r = Report::build(&s, &runs(&s, seeds));
+        assert!(r.limits.throttled.is_empty(), "{name}: {:?}", r.limits);
+        let surfaces: &[&str] = if name == "test-claims" {
+            &["issue", "gossip", "relay", "borrow", "claim"]
+        } else {
+            &["issue", "gossip", "relay", "borrow"]
+        };
+        for k in surfaces {
+            assert!(
+                r.limits.admitted.get(*k).copied().unwrap_or(0) > 0,
+                "{name}: no {k} traffic: {:?}",
+                r.limits
+            );
+        }
+    }
+}

@@ -373,6 +373,8 @@ mod tests {
             use redb::TableHandle;
             let tx = db.begin_read().unwrap();
             assert!(tx.list_tables().unwrap().all(|t| t.name() != LENDS.name()));
+            // Every build kept the store 0600.
+            crate::home::restrict_file(&dir.path().join(STORE_FILE)).unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.lends_page(None, 10).unwrap().lends, vec![]);

@@ -288,6 +288,16 @@ impl Sim<'_> {
                 .and_then(|d1| self.net.send(r, lender, t + d1).map(|d2| d1 + d2)),
             None => self.net.send(m, lender, t),
         };
+        if hop.is_some() {
+            use lendmesh_protocol::limits::Surface;
+            match relay {
+                Some(r) => {
+                    self.audit_limits(r, m, Surface::Relay, t);
+                    self.audit_limits(lender, r, Surface::Borrow, t);
+                }
+                None => self.audit_limits(lender, m, Surface::Borrow, t),
+            }
+        }
         if let Some(d) = hop {
             self.at(
                 t + d,

@@ -320,17 +320,20 @@ impl Sim<'_> {
             return;
         }
         match self.net.send(l, r, t) {
-            Some(d) => self.at(
-                t + d,
-                Ev::ClaimAtReplica {
-                    lend: ask.lend,
-                    lender: l,
-                    replica: r,
-                    request: Box::new(request),
-                    attempt: ask.attempt,
-                    truth: ask.truth,
-                },
-            ),
+            Some(d) => {
+                self.audit_limits(r, l, lendmesh_protocol::limits::Surface::Claim, t + d);
+                self.at(
+                    t + d,
+                    Ev::ClaimAtReplica {
+                        lend: ask.lend,
+                        lender: l,
+                        replica: r,
+                        request: Box::new(request),
+                        attempt: ask.attempt,
+                        truth: ask.truth,
+                    },
+                )
+            }
             None => self.ask_failed(t, ask, request),
         }
     }
