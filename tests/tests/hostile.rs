@@ -267,7 +267,9 @@ fn a_hostile_member_cannot_take_the_group_down_and_is_cut_off_live() {
     let secs = env_num("LENDMESH_HOSTILE_SECS", 3);
 
     // Admin (issuer, relay), two lenders, one borrower (no capacity of its own), and the hostile member.
-    let TestGroup { admin, homes, .. } = TestGroup::new("hostile", 3, 500);
+    // Quota for every honest borrow of every phase, and the tokens a garbage lender burns.
+    let quota = u32::try_from(borrows * 10 + 200).unwrap();
+    let TestGroup { admin, homes, .. } = TestGroup::new("hostile", 3, quota);
     let seed: [u8; 32] = rand::random();
     let key = ed25519_dalek::SigningKey::from_bytes(&seed);
     let h_libp2p = libp2p::identity::Keypair::ed25519_from_bytes(seed).unwrap();
