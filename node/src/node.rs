@@ -267,6 +267,7 @@ pub async fn start(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Res
             base.counters.clone(),
         ),
         replica,
+        stream_slots: Default::default(),
         net: net.clone(),
         counters: base.counters.clone(),
         tasks: tracker.clone(),

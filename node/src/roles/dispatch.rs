@@ -1,7 +1,10 @@
 //! Routes the network actor's inbound events to the role that owns them: issue requests to the issuer (or a
 //! `NotIssuer` refusal), relay streams to the relay, borrow streams to the lender (read and answered here, in a
 //! tracked task), claims to the replica, and everything else (gossip, connections, RTTs) to the PeerBook. A full
-//! queue is answered "busy" or counted as dropped, never waited on.
+//! queue is answered "busy" or counted as dropped, never waited on. One member holds at most
+//! [`crate::roles::slots::MAX_STREAMS_PER_PEER`] relay streams and as many borrow streams open here at once, whatever their state
+//! (reading the request, forwarding, streaming the answer): no member can take all of a node's relay or lend
+//! slots, nor pile up tasks waiting for requests that never come (docs/design.md §9.3).
 
 use lendmesh_protocol::PeerId;
 use lendmesh_protocol::issuer::IssueError;
@@ -20,6 +23,7 @@ use crate::roles::member::MemberHandle;
 use crate::roles::peerbook::PeerBookHandle;
 use crate::roles::relay::Relay;
 use crate::roles::replica::Replica;
+use crate::roles::slots::{PeerSlots, StreamSlot};
 
 /// The dispatcher's targets.
 #[derive(Debug)]
@@ -44,6 +48,8 @@ pub struct Dispatcher {
     pub counters: Arc<NodeMetrics>,
     /// Borrow streams are served here, so shutdown waits for them (bounded).
     pub tasks: TaskTracker,
+    /// Open relay and borrow streams per member.
+    pub stream_slots: PeerSlots,
 }
 
 impl Dispatcher {
@@ -62,10 +68,21 @@ impl Dispatcher {
                 protocol,
                 stream,
             } => {
-                if protocol == RELAY_PROTOCOL {
-                    self.relay.accept(peer, stream);
-                } else if protocol == BORROW_PROTOCOL {
-                    self.serve_borrow(peer, stream);
+                let relay = protocol == RELAY_PROTOCOL;
+                if !relay && protocol != BORROW_PROTOCOL {
+                    return;
+                }
+                // Dropped unread (reset) when the member already holds its share: the sender sees the stream fail.
+                let Some(slot) = self.stream_slots.take(peer, relay) else {
+                    let surface = if relay { "relay" } else { "borrow" };
+                    self.counters.peer_throttled(&peer.short(), surface);
+                    debug!(peer = %peer.short(), surface, "too many streams open from one member; reset");
+                    return;
+                };
+                if relay {
+                    self.relay.accept(peer, stream, slot);
+                } else {
+                    self.serve_borrow(peer, stream, slot);
                 }
             }
             NetEvent::InboundClaim { peer, req, channel } => {
@@ -118,12 +135,13 @@ impl Dispatcher {
     }
 
     /// Reads one `/lendmesh/borrow/2` request and hands the stream to the lender, in a tracked task.
-    fn serve_borrow(&self, peer: PeerId, mut stream: libp2p::Stream) {
+    fn serve_borrow(&self, peer: PeerId, mut stream: libp2p::Stream, slot: StreamSlot) {
         if self.tasks.is_closed() {
             return;
         }
         let (lender, net) = (self.lender.clone(), self.net.clone());
         self.tasks.spawn(async move {
+            let _slot = slot;
             let streams = net.streams();
             let req: BorrowRequest = match streams.recv(&mut stream, &peer, streams.timeouts().request).await
             {

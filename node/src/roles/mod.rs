@@ -6,7 +6,8 @@
 //! - [`borrower`]: borrowing through a relay when own capacity is gone, and [`borrowed`]: its answer as it streams;
 //! - [`lender`]: headroom attestations and serving borrows;
 //! - [`relay`] and [`replica`]: forwarding sealed requests, recording first claims;
-//! - [`dispatch`]: routes the network's inbound events to the role that owns them.
+//! - [`dispatch`]: routes the network's inbound events to the role that owns them, with at most
+//!   [`slots::MAX_STREAMS_PER_PEER`] streams open per member and protocol.
 
 pub mod borrowed;
 pub mod borrower;
@@ -18,4 +19,5 @@ pub mod member;
 pub mod peerbook;
 pub mod relay;
 pub mod replica;
+pub mod slots;
 pub mod sticky;

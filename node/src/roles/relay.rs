@@ -63,13 +63,15 @@ impl Relay {
 
     /// Serves one `/lendmesh/relay/2` stream from `borrower` in a tracked task (dropped — reset — when shutting
     /// down: the borrower sees no acknowledgement and sends the request elsewhere with its token unspent).
-    pub fn accept(&self, borrower: PeerId, stream: libp2p::Stream) {
+    pub fn accept(&self, borrower: PeerId, stream: libp2p::Stream, slot: crate::roles::slots::StreamSlot) {
         if self.tasks.is_closed() {
             return;
         }
         let relay = self.clone();
-        self.tasks
-            .spawn(async move { relay.serve(borrower, stream).await });
+        self.tasks.spawn(async move {
+            let _slot = slot;
+            relay.serve(borrower, stream).await;
+        });
     }
 
     async fn serve(self, borrower: PeerId, mut stream: libp2p::Stream) {
