@@ -267,7 +267,7 @@ pub async fn start(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Res
             base.counters.clone(),
         ),
         replica,
-        stream_slots: Default::default(),
+        stream_slots: crate::roles::slots::PeerSlots::new(config.limits.open_streams as usize),
         net: net.clone(),
         counters: base.counters.clone(),
         tasks: tracker.clone(),

@@ -179,13 +179,7 @@ impl EpochInfo {
     /// The members of the roster frozen in its announcement: its tokens' replicas are chosen among them
     /// (docs/design.md §7).
     pub fn frozen_roster(&self) -> Vec<crate::ids::PeerId> {
-        self.signed
-            .announcement
-            .roster
-            .roster
-            .member_ids()
-            .copied()
-            .collect()
+        self.signed.announcement.frozen_roster()
     }
     /// Lenders take its tokens until then.
     pub fn accepted_until_ms(&self) -> u64 {

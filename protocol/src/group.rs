@@ -268,6 +268,12 @@ pub struct EpochAnnouncement {
 }
 
 impl EpochAnnouncement {
+    /// The members of the roster frozen in this announcement: every token of the epoch has its claim replicas
+    /// among them (docs/design.md §7).
+    pub fn frozen_roster(&self) -> Vec<PeerId> {
+        self.roster.roster.member_ids().copied().collect()
+    }
+
     /// Signs the announcement with the admin's node key.
     pub fn sign(self, admin_key: &SigningKey) -> Result<SignedEpochAnnouncement, GroupError> {
         if PeerId::from_public_key(&admin_key.verifying_key()) != self.roster.roster.admin {

@@ -86,6 +86,12 @@ pub struct Limits {
     /// Gossip messages by one author: an attestation per attestation period (10 s by default, 1 s at the least),
     /// and now and then a roster or epoch announcement from the admin; 2/s, bursts of 20.
     pub gossip: Rate,
+    /// Connections one member may hold with a node at once (two nodes dialling each other at once make two; a
+    /// restart briefly another).
+    pub connections: u32,
+    /// Relay streams, and as many borrow streams, one member may hold open at a node at once, whatever their state
+    /// (half of a node's relay slots, all of its lend slots).
+    pub open_streams: u32,
     /// Throttled requests within `strike_window_ms` that disconnect the member.
     pub strikes: u32,
     /// The window strikes are counted in.
@@ -117,6 +123,8 @@ impl Default for Limits {
                 per_s: 2.0,
                 burst: 20,
             },
+            connections: 4,
+            open_streams: 64,
             strikes: 100,
             strike_window_ms: 10_000,
             ban_ms: 60_000,
@@ -149,6 +157,9 @@ impl Limits {
         }
         if self.strikes == 0 || self.strike_window_ms == 0 || self.ban_ms > 24 * 3_600_000 {
             return Err("strikes and strike_window_ms must be above 0, ban_ms at most a day".into());
+        }
+        if !(1..=64).contains(&self.connections) || !(1..=4096).contains(&self.open_streams) {
+            return Err("connections must be from 1 to 64, open_streams from 1 to 4096".into());
         }
         Ok(())
     }
@@ -232,6 +243,11 @@ impl PeerLimiter {
             limits,
             members: HashMap::new(),
         }
+    }
+
+    /// Its settings.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// Takes one request of `surface` from `peer` at `now_ms`.

@@ -552,6 +552,15 @@ pub fn gateway_answer(base: &str, method: &str, path: &str, body: &str) -> Gatew
     }
 }
 
+/// The value of the `/metrics` sample whose line starts with `line_prefix` (name and labels, then a space), or 0.
+pub fn metric_value(n: &RunningNode, line_prefix: &str) -> u64 {
+    http_get_raw(&n.api, "/metrics", None)
+        .1
+        .lines()
+        .find_map(|l| l.strip_prefix(line_prefix)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Refill requests the member sent to its issuer, by outcome (`refill_requests` in `/v1/node`).
 pub fn refill_requests(n: &RunningNode) -> std::collections::BTreeMap<String, u64> {
     node_info(n)["refill_requests"]

@@ -36,12 +36,7 @@ async fn ask_claim(rogue: &mut Rogue, addr: String, c: Claim) -> Result<ClaimRes
 }
 
 fn counter(n: &RunningNode, name: &str, outcome: &str) -> u64 {
-    let prefix = format!("{name}{{outcome=\"{outcome}\"}} ");
-    http_get_raw(&n.api, "/metrics", None)
-        .1
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
-        .unwrap_or(0)
+    metric_value(n, &format!("{name}{{outcome=\"{outcome}\"}} "))
 }
 
 /// Admin + six members + the rogue, in an epoch whose frozen roster holds all eight. Member 0 lends strictly,
@@ -67,44 +62,29 @@ impl ClaimsGroup {
         let rogue_key = libp2p::identity::Keypair::generate_ed25519();
         let rogue_id: PeerId = rogue_key.public().to_peer_id().to_string().parse().unwrap();
         let inv = g.admin.path().join("rogue.txt");
-        cli_ok(
-            g.admin.path(),
-            &[
-                "group",
-                "invite",
-                &rogue_id.to_string(),
-                "--quota",
-                "400",
-                "--out",
-                inv.to_str().unwrap(),
-            ],
-        );
+        let invite_rogue = || {
+            cli_ok(
+                g.admin.path(),
+                &[
+                    "group",
+                    "invite",
+                    &rogue_id.to_string(),
+                    "--quota",
+                    "400",
+                    "--out",
+                    inv.to_str().unwrap(),
+                ],
+            )
+        };
+        invite_rogue();
         // The first epoch was frozen with the admin alone; a rotation freezes the roster as it now is. The rogue's
         // invite is reissued to carry the new epoch.
         cli_ok(g.admin.path(), &["group", "rotate"]);
-        cli_ok(
-            g.admin.path(),
-            &[
-                "group",
-                "invite",
-                &rogue_id.to_string(),
-                "--quota",
-                "400",
-                "--out",
-                inv.to_str().unwrap(),
-            ],
-        );
+        invite_rogue();
         let invite = Invite::from_file_text(&std::fs::read_to_string(&inv).unwrap()).unwrap();
         let epoch = invite.epoch.announcement.epoch;
         assert!(epoch >= 2, "the rotation made a new epoch");
-        let frozen: Vec<PeerId> = invite
-            .epoch
-            .announcement
-            .roster
-            .roster
-            .member_ids()
-            .copied()
-            .collect();
+        let frozen = invite.epoch.announcement.frozen_roster();
         assert!(
             frozen.contains(&rogue_id) && frozen.len() == 8,
             "{} members frozen",

@@ -195,23 +195,15 @@ fn rss_kib(n: &RunningNode) -> u64 {
         .unwrap_or(0)
 }
 
-fn metric(n: &RunningNode, line_prefix: &str) -> u64 {
-    http_get_raw(&n.api, "/metrics", None)
-        .1
-        .lines()
-        .find_map(|l| l.strip_prefix(line_prefix)?.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 fn throttled(n: &RunningNode, peer: &str, surface: &str) -> u64 {
-    metric(
+    metric_value(
         n,
         &format!("lendmesh_peer_throttled_total{{peer=\"{peer}\",surface=\"{surface}\"}} "),
     )
 }
 
 fn bans(n: &RunningNode, peer: &str) -> u64 {
-    metric(n, &format!("lendmesh_peer_bans_total{{peer=\"{peer}\"}} "))
+    metric_value(n, &format!("lendmesh_peer_bans_total{{peer=\"{peer}\"}} "))
 }
 
 /// `n` honest borrows through `b`'s gateway, one after the other, spread over `over` (each starts on its slot, or
@@ -563,14 +555,7 @@ fn a_hostile_member_cannot_take_the_group_down_and_is_cut_off_live() {
         })]
     };
     // 4. Claims for token hashes it never held, at a lender (a replica).
-    let roster: Vec<PeerId> = invite
-        .epoch
-        .announcement
-        .roster
-        .roster
-        .member_ids()
-        .copied()
-        .collect();
+    let roster = invite.epoch.announcement.frozen_roster();
     let flood_claims = |h: &mut Hostile, until: Instant| -> Vec<tokio::task::JoinHandle<()>> {
         let (id, tx) = (h.id, h.tx.clone());
         let digest = claims::roster_digest(&roster);

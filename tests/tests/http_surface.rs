@@ -15,12 +15,10 @@ const ENV_KEY: &str = "lmk_from-the-environment-0123456789";
 
 /// `lendmesh_http_refusals_total{server, reason}`.
 fn refusals(n: &RunningNode, server: &str, reason: &str) -> u64 {
-    let prefix = format!("lendmesh_http_refusals_total{{server=\"{server}\",reason=\"{reason}\"}} ");
-    http_get_raw(&n.api, "/metrics", None)
-        .1
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
-        .unwrap_or(0)
+    metric_value(
+        n,
+        &format!("lendmesh_http_refusals_total{{server=\"{server}\",reason=\"{reason}\"}} "),
+    )
 }
 
 /// Sends raw bytes, then reads the answer to its end (bounded); returns the status (0 if the server closed without

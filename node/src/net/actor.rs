@@ -212,6 +212,15 @@ impl Network {
         }
     }
 
+    /// Tells gossipsub what became of a message it holds for validation.
+    fn validated(&mut self, id: &MessageId, source: &libp2p::PeerId, acceptance: MessageAcceptance) {
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(id, source, acceptance);
+    }
+
     fn banned(&self, peer: &libp2p::PeerId) -> bool {
         to_proto(peer).is_some_and(|p| self.limiter.lock().is_ok_and(|l| l.banned(&p, now_ms())))
     }
@@ -274,12 +283,7 @@ impl Network {
                 msg_id,
                 source,
                 acceptance,
-            } => {
-                self.swarm
-                    .behaviour_mut()
-                    .gossipsub
-                    .report_message_validation_result(&msg_id, &source, acceptance);
-            }
+            } => self.validated(&msg_id, &source, acceptance),
             Command::Snapshot { reply } => {
                 let snap = NetSnapshot {
                     listen_addrs: self.swarm.listeners().cloned().collect(),
@@ -572,14 +576,7 @@ impl Network {
                 .is_some_and(|author| !self.admit(&author, Surface::Gossip)) =>
             {
                 // An author over its rate: not passed on, and not held against whoever forwarded it.
-                self.swarm
-                    .behaviour_mut()
-                    .gossipsub
-                    .report_message_validation_result(
-                        &message_id,
-                        &propagation_source,
-                        MessageAcceptance::Ignore,
-                    );
+                self.validated(&message_id, &propagation_source, MessageAcceptance::Ignore);
             }
             BehaviourEvent::Gossipsub(gossipsub::Event::Message {
                 propagation_source,
@@ -594,14 +591,7 @@ impl Network {
                 Err(e) => {
                     self.counters.inc(&self.counters.gossip_malformed);
                     warn!(source = %propagation_source, %e, "malformed gossip message rejected");
-                    self.swarm
-                        .behaviour_mut()
-                        .gossipsub
-                        .report_message_validation_result(
-                            &message_id,
-                            &propagation_source,
-                            MessageAcceptance::Reject,
-                        );
+                    self.validated(&message_id, &propagation_source, MessageAcceptance::Reject);
                 }
             },
             BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, .. }) => {

@@ -363,9 +363,6 @@ pub struct NetworkParams {
 /// shows its counts).
 pub type SharedLimiter = Arc<std::sync::Mutex<lendmesh_protocol::limits::PeerLimiter>>;
 
-/// Connections one member may hold with this node at once (two nodes dialling each other at the same time make
-/// two; a restart briefly another).
-pub const MAX_CONNECTIONS_PER_PEER: u32 = 4;
 /// Connections this node holds at once, in all (a few per member of the largest groups).
 pub const MAX_CONNECTIONS: u32 = 1024;
 /// Incoming connections still in their handshake at once.

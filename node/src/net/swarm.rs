@@ -36,6 +36,12 @@ pub(super) fn build_swarm(
     let kad_protocol = StreamProtocol::try_from_owned(format!("/lendmesh/{}/kad/1", p.group_id))?;
     let mdns_on = p.mdns;
     let gossip_topic = topic(&p.group_id);
+    let connections_per_member = p
+        .limiter
+        .lock()
+        .map_or(lendmesh_protocol::limits::Limits::default().connections, |l| {
+            l.limits().connections
+        });
     let swarm = libp2p::SwarmBuilder::with_existing_identity(p.keypair.clone())
         .with_tokio()
         .with_other_transport(
@@ -109,7 +115,7 @@ pub(super) fn build_swarm(
                     streams: stream_behaviour.take().ok_or("the behaviour is built once")?,
                     limits: libp2p::connection_limits::Behaviour::new(
                         libp2p::connection_limits::ConnectionLimits::default()
-                            .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
+                            .with_max_established_per_peer(Some(connections_per_member))
                             .with_max_established(Some(MAX_CONNECTIONS))
                             .with_max_pending_incoming(Some(MAX_PENDING_INCOMING)),
                     ),

@@ -2,7 +2,7 @@
 //! `NotIssuer` refusal), relay streams to the relay, borrow streams to the lender (read and answered here, in a
 //! tracked task), claims to the replica, and everything else (gossip, connections, RTTs) to the PeerBook. A full
 //! queue is answered "busy" or counted as dropped, never waited on. One member holds at most
-//! [`crate::roles::slots::MAX_STREAMS_PER_PEER`] relay streams and as many borrow streams open here at once, whatever their state
+//! `[limits] open_streams` (64) relay streams and as many borrow streams open here at once, whatever their state
 //! (reading the request, forwarding, streaming the answer): no member can take all of a node's relay or lend
 //! slots, nor pile up tasks waiting for requests that never come (docs/design.md §9.3).
 

@@ -7,7 +7,7 @@
 //! - [`lender`]: headroom attestations and serving borrows;
 //! - [`relay`] and [`replica`]: forwarding sealed requests, recording first claims;
 //! - [`dispatch`]: routes the network's inbound events to the role that owns them, with at most
-//!   [`slots::MAX_STREAMS_PER_PEER`] streams open per member and protocol.
+//!   `[limits] open_streams` streams open per member and protocol ([`slots`]).
 
 pub mod borrowed;
 pub mod borrower;

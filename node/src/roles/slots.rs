@@ -6,13 +6,11 @@ use std::sync::{Arc, Mutex};
 
 use lendmesh_protocol::PeerId;
 
-/// Relay streams, and borrow streams, one member may hold open at this node at once (half of the node's relay
-/// slots; as many as its lend slots).
-pub const MAX_STREAMS_PER_PEER: usize = 64;
-
-/// Open streams per (member, protocol); a [`StreamSlot`] gives its place back when dropped.
-#[derive(Clone, Debug, Default)]
+/// Open streams per (member, protocol), at most `max` each (`[limits] open_streams`, 64 by default: half of a
+/// node's relay slots, all of its lend slots); a [`StreamSlot`] gives its place back when dropped.
+#[derive(Clone, Debug)]
 pub struct PeerSlots {
+    max: usize,
     open: Arc<Mutex<HashMap<(PeerId, bool), usize>>>,
 }
 
@@ -24,11 +22,19 @@ pub struct StreamSlot {
 }
 
 impl PeerSlots {
-    /// A place for one more `relay` (or borrow) stream from `peer`, if it holds fewer than [`MAX_STREAMS_PER_PEER`].
+    /// At most `max` streams of each protocol per member.
+    pub fn new(max: usize) -> PeerSlots {
+        PeerSlots {
+            max,
+            open: Arc::default(),
+        }
+    }
+
+    /// A place for one more `relay` (or borrow) stream from `peer`, if it holds fewer than the most allowed.
     pub fn take(&self, peer: PeerId, relay: bool) -> Option<StreamSlot> {
         let mut open = self.open.lock().ok()?;
         let n = open.entry((peer, relay)).or_default();
-        if *n >= MAX_STREAMS_PER_PEER {
+        if *n >= self.max {
             return None;
         }
         *n += 1;
@@ -58,13 +64,12 @@ mod tests {
 
     #[test]
     fn a_member_holds_at_most_its_share_and_a_closed_stream_gives_its_place_back() {
-        let slots = PeerSlots::default();
+        const MAX: usize = 64;
+        let slots = PeerSlots::new(MAX);
         let pid =
             |s: u8| PeerId::from_public_key(&ed25519_dalek::SigningKey::from_bytes(&[s; 32]).verifying_key());
         let (a, b) = (pid(1), pid(2));
-        let held: Vec<StreamSlot> = (0..MAX_STREAMS_PER_PEER)
-            .map(|_| slots.take(a, true).unwrap())
-            .collect();
+        let held: Vec<StreamSlot> = (0..MAX).map(|_| slots.take(a, true).unwrap()).collect();
         assert!(slots.take(a, true).is_none(), "a's relay streams are full");
         assert!(
             slots.take(a, false).is_some(),
