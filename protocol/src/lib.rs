@@ -46,6 +46,7 @@
 //!   replaced, tool-written environment withheld.
 //! - [`subscription`]: what a shared subscription's rate-limit windows (Anthropic's `anthropic-ratelimit-unified-*`,
 //!   Codex's `x-codex-*` headers) leave for a request for a given model, and the share a member keeps for itself.
+//! - [`exposure`]: what a member's behaviour exposes of its exhaustion — cover borrows, no `none` bucket.
 //! - [`limits`]: per-member token buckets on every request surface, and the strikes that disconnect a flooder.
 //! - [`ids`]: [`ids::PeerId`] in libp2p's ed25519 encoding, [`ids::GroupId`].
 
@@ -59,6 +60,7 @@ pub mod borrow;
 pub mod capability;
 pub mod claims;
 pub mod epoch;
+pub mod exposure;
 pub mod group;
 pub mod headroom;
 pub mod health;

@@ -176,6 +176,8 @@ struct Borrow {
     attempt: u32,
     /// The last unserved attempt's outcome, as a failure cause.
     last_cause: &'static str,
+    /// A cover borrow (`protocol::exposure`): the member could have served it, and does if the borrow fails.
+    cover: bool,
 }
 
 impl Borrow {
@@ -190,6 +192,7 @@ impl Borrow {
             sent: None,
             attempt: 0,
             last_cause: "no_lender_available",
+            cover: false,
         }
     }
 }
@@ -563,6 +566,15 @@ impl<'a> Sim<'a> {
         let window_ms = self.window_ms;
         let me = &mut self.members[m];
         me.roll(t, window_ms);
+        let wanted = &self.layout.needs[usize::from(need)];
+        // `protocol::exposure`: a request the member could serve may go out as a cover borrow.
+        let route = self.s.exposure.route(me.can_serve_own(wanted), &mut me.rng);
+        if route == lendmesh_protocol::exposure::Route::Cover && self.start_cover_borrow(t, m, need) {
+            self.out.cover_borrows += 1;
+            self.note_demand(t, false);
+            return;
+        }
+        let me = &mut self.members[m];
         if me.serve_own(&self.layout.needs[usize::from(need)]) {
             self.out.served_own += 1;
             self.mix.kind(need).served_own += 1;
@@ -761,7 +773,11 @@ impl<'a> Sim<'a> {
         me.roll(t, window_ms);
         me.seq += 1;
         let resets = crate::net::EPOCH_START_MS + (me.window + 1) * window_ms;
-        let (buckets, headroom) = me.buckets();
+        let (mut buckets, headroom) = me.buckets();
+        // What is attested (`protocol::exposure`): with exhaustion hidden, `none` goes out as `low`.
+        let exposure = self.s.exposure;
+        buckets.iter_mut().for_each(|b| *b = exposure.attested(*b));
+        let headroom = exposure.attested(headroom);
         let (seq, exact) = (me.seq, me.remaining());
         let admin = self.net.admin();
         if i != admin {

@@ -219,6 +219,11 @@ impl Member {
         self.upstreams.iter().map(Upstream::remaining).sum()
     }
 
+    /// Whether an own upstream serves `need` and has room now.
+    pub fn can_serve_own(&self, need: &Need) -> bool {
+        self.upstreams.iter().any(|u| u.remaining() > 0 && u.serves(need))
+    }
+
     /// Serves an own request from the first upstream that serves `need` and has room (the node's
     /// `acquire_own`); false if none can.
     pub fn serve_own(&mut self, need: &Need) -> bool {

@@ -382,6 +382,9 @@ pub struct RunResult {
     pub tokens_issued: u64,
     /// Borrow attempts sent to lenders (including failovers and retries).
     pub borrow_messages: u64,
+    /// Requests the member could have served itself, borrowed as cover (`protocol::exposure`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cover_borrows: u64,
     /// Events processed.
     pub events: u64,
     /// Safety or liveness violations (must be empty).
@@ -397,4 +400,8 @@ pub struct RunResult {
     pub claims: Option<ClaimsRun>,
     /// The node's per-member limits over the honest traffic.
     pub limits: LimitsRun,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

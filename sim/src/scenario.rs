@@ -406,6 +406,14 @@ pub struct Scenario {
     /// section in the report.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claims: Option<Claims>,
+    /// What members' behaviour exposes of their exhaustion (`protocol::exposure`: cover borrows, no `none`
+    /// bucket); absent: today's behaviour.
+    #[serde(default, skip_serializing_if = "exposure_is_default")]
+    pub exposure: lendmesh_protocol::exposure::Exposure,
+}
+
+fn exposure_is_default(e: &lendmesh_protocol::exposure::Exposure) -> bool {
+    *e == lendmesh_protocol::exposure::Exposure::default()
 }
 
 /// Both finite, non-negative, and `a <= b`.
@@ -450,6 +458,7 @@ impl Scenario {
         }
         let finite_pos = |x: f64| x.is_finite() && x > 0.0;
         let finite_nonneg = |x: f64| x.is_finite() && x >= 0.0;
+        self.exposure.check().map_err(|e| bad("exposure", e))?;
         if !(3..=MAX_MEMBERS).contains(&self.members) {
             return Err(bad(
                 "members",

@@ -91,9 +91,22 @@ impl Sim<'_> {
     /// Member `m` borrows for a request of kind `need` its own upstreams could not serve.
     pub(super) fn start_borrow(&mut self, t: Ms, m: usize, need: u16) {
         // The node's rule: a request that no fresh lender serves is refused at once, before any token is taken.
+        if !self.begin_borrow(t, m, need, false) {
+            self.refuse_unserved(need);
+        }
+    }
+
+    /// A cover borrow of a request member `m` could serve itself (`protocol::exposure`); false (nothing started) when
+    /// no fresh lender serves it — the member then serves it itself.
+    pub(super) fn start_cover_borrow(&mut self, t: Ms, m: usize, need: u16) -> bool {
+        self.begin_borrow(t, m, need, true)
+    }
+
+    /// Starts a borrow unless no fresh lender serves `need` (then false).
+    fn begin_borrow(&mut self, t: Ms, m: usize, need: u16, cover: bool) -> bool {
         self.refresh_view(m, t);
         if self.nobody_serves(m, t, need) {
-            return self.refuse_unserved(need);
+            return false;
         }
         self.note_borrow(t, m);
         self.mix.note_borrow(need, m);
@@ -101,9 +114,11 @@ impl Sim<'_> {
         self.members[m].rng.fill_bytes(&mut digest);
         let id = self.next_borrow;
         self.next_borrow += 1;
-        self.borrows
-            .insert(id, Borrow::new(m, t, need, self.borrow_cfg, digest));
+        let mut b = Borrow::new(m, t, need, self.borrow_cfg, digest);
+        b.cover = cover;
+        self.borrows.insert(id, b);
         self.drive(t, id);
+        true
     }
 
     /// Brings member `m`'s peer table up to what gossip brought it by `t`.
@@ -373,6 +388,19 @@ impl Sim<'_> {
                 self.out.bins[(b.started / self.bin_ms) as usize].served += 1;
                 let epoch = b.sent.map_or(0, |s| s.spend.token.input.epoch);
                 self.note_borrow_served(b.started, epoch);
+            }
+            Err(_)
+                if b.cover && {
+                    let window_ms = self.window_ms;
+                    let me = &mut self.members[m];
+                    me.roll(t, window_ms);
+                    me.serve_own(&self.layout.needs[usize::from(b.need)])
+                } =>
+            {
+                // A cover borrow that failed: the member serves the request itself, as it could have.
+                self.out.served_own += 1;
+                self.mix.kind(b.need).served_own += 1;
+                self.out.bins[(b.started / self.bin_ms) as usize].served += 1;
             }
             Err(failure) => {
                 let cause = match failure {
