@@ -775,6 +775,16 @@ fn a_hostile_member_cannot_take_the_group_down_and_is_cut_off_live() {
         lender_failures(&b) > 0,
         "the garbage lender was never tried: the phase tested nothing"
     );
+    // No honest member was ever throttled anywhere — the admin's republished roster and epochs included.
+    for n in honest {
+        for line in http_get_raw(&n.api, "/metrics", None).1.lines() {
+            if let Some(rest) = line.strip_prefix("lendmesh_peer_throttled_total{peer=\"")
+                && !rest.starts_with(h_short.as_str())
+            {
+                assert!(line.ends_with(" 0"), "an honest member was throttled: {line}");
+            }
+        }
+    }
     // `lendmesh peers` names it.
     let table = cli_ok(
         b.home.as_path(),

@@ -573,6 +573,10 @@ impl Network {
             }) if message
                 .source
                 .and_then(|author| to_proto(&author))
+                // The admin's own gossip is not limited: it sends every member that joins the topic the roster and
+                // the epochs again, which in a group starting at once is far above any member's rate (and an admin
+                // that floods is outside what these limits defend against: it signs the roster).
+                .filter(|author| *author != self.roster.borrow().admin)
                 .is_some_and(|author| !self.admit(&author, Surface::Gossip)) =>
             {
                 // An author over its rate: not passed on, and not held against whoever forwarded it.
