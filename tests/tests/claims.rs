@@ -163,6 +163,16 @@ impl ClaimsGroup {
     }
 
     fn stop(self) {
+        // Eight members that started at once throttled none of each other (issue 19's limits, the admin's
+        // republished roster and epochs included).
+        for n in self.nodes.iter().flatten().chain([&self.a]) {
+            let text = http_get_raw(&n.api, "/metrics", None).1;
+            let throttled: Vec<&str> = text
+                .lines()
+                .filter(|l| l.starts_with("lendmesh_peer_throttled_total{") && !l.ends_with(" 0"))
+                .collect();
+            assert!(throttled.is_empty(), "honest members throttled: {throttled:?}");
+        }
         for n in self.nodes.into_iter().flatten() {
             assert!(n.stop());
         }
