@@ -491,3 +491,34 @@ fn honest_traffic_never_reaches_the_nodes_default_limits() {
         }
     }
 }
+
+/// Issue 13 (in progress): the cover-borrow setting is followed — cover borrows happen at about their share of the
+/// requests a member could serve, and a failed cover borrow is served by the member itself (served demand holds).
+#[test]
+fn exposure_settings_are_followed() {
+    let base = scenario("test-skew");
+    let mut cover = base.clone();
+    cover.exposure.cover_share = 0.3;
+    let (base_runs, cover_runs) = (runs(&base, 7..8), runs(&cover, 7..8));
+    let (b, c) = (
+        Report::build(&base, &base_runs),
+        Report::build(&cover, &cover_runs),
+    );
+    let r = &cover_runs[0];
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+    let own_and_cover = r.served_own + r.cover_borrows;
+    assert!(
+        r.cover_borrows as f64 > 0.2 * own_and_cover as f64
+            && (r.cover_borrows as f64) < 0.4 * own_and_cover as f64,
+        "{} cover borrows of {} requests members could serve",
+        r.cover_borrows,
+        own_and_cover
+    );
+    assert!(
+        c.mean("served") >= b.mean("served") - 0.01,
+        "cover borrows cost served demand: {} vs {}",
+        c.mean("served"),
+        b.mean("served")
+    );
+    assert_eq!(base_runs[0].cover_borrows, 0);
+}
