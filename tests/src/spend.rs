@@ -107,10 +107,16 @@ pub async fn spend_direct_at_once(rogue: &mut Rogue, spends: &[DirectSpend<'_>])
     out
 }
 
-/// Invites a rogue member — a fresh key that runs no node and drives the protocols by hand — with `quota` tokens per
-/// epoch, through the stopped admin node in `admin`; returns its key and the invite it would join with.
+/// Invites a rogue member with a fresh key and `quota` tokens per epoch; returns its key and invite.
 pub fn invite_rogue(admin: &std::path::Path, quota: u32) -> (libp2p::identity::Keypair, Invite) {
     let key = libp2p::identity::Keypair::generate_ed25519();
+    let invite = invite_key(admin, &key, quota);
+    (key, invite)
+}
+
+/// Invites (or invites again, with the admin's current epoch) the member with `key`, with `quota` tokens per epoch,
+/// through `lendmesh group invite` on the stopped admin node; returns the invite.
+pub fn invite_key(admin: &std::path::Path, key: &libp2p::identity::Keypair, quota: u32) -> Invite {
     let out = admin.join("rogue.txt");
     let quota = quota.to_string();
     let id = key.public().to_peer_id().to_string();
@@ -126,8 +132,7 @@ pub fn invite_rogue(admin: &std::path::Path, quota: u32) -> (libp2p::identity::K
             out.to_str().unwrap(),
         ],
     );
-    let invite = Invite::from_file_text(&std::fs::read_to_string(&out).unwrap()).unwrap();
-    (key, invite)
+    Invite::from_file_text(&std::fs::read_to_string(&out).unwrap()).unwrap()
 }
 
 /// `n` tokens of the invite's epoch, issued to the rogue by the running `admin` over the issue protocol.

@@ -20,7 +20,9 @@ use lendmesh_protocol::group::Invite;
 use lendmesh_protocol::token::WalletToken;
 use lendmesh_protocol::wire::{self, BorrowRefusal, ClaimRequest, ClaimResponse, InnerBorrowResponse};
 use lendmesh_tests::rogue::Rogue;
-use lendmesh_tests::spend::{http, peer_of, rejection, rogue_tokens, spend_direct, spend_direct_at_once};
+use lendmesh_tests::spend::{
+    http, invite_key, peer_of, rejection, rogue_tokens, spend_direct, spend_direct_at_once,
+};
 use lendmesh_tests::*;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -61,27 +63,11 @@ impl ClaimsGroup {
         let g = TestGroup::new(name, 6, 500);
         let rogue_key = libp2p::identity::Keypair::generate_ed25519();
         let rogue_id: PeerId = rogue_key.public().to_peer_id().to_string().parse().unwrap();
-        let inv = g.admin.path().join("rogue.txt");
-        let invite_rogue = || {
-            cli_ok(
-                g.admin.path(),
-                &[
-                    "group",
-                    "invite",
-                    &rogue_id.to_string(),
-                    "--quota",
-                    "400",
-                    "--out",
-                    inv.to_str().unwrap(),
-                ],
-            )
-        };
-        invite_rogue();
+        invite_key(g.admin.path(), &rogue_key, 400);
         // The first epoch was frozen with the admin alone; a rotation freezes the roster as it now is. The rogue's
         // invite is reissued to carry the new epoch.
         cli_ok(g.admin.path(), &["group", "rotate"]);
-        invite_rogue();
-        let invite = Invite::from_file_text(&std::fs::read_to_string(&inv).unwrap()).unwrap();
+        let invite = invite_key(g.admin.path(), &rogue_key, 400);
         let epoch = invite.epoch.announcement.epoch;
         assert!(epoch >= 2, "the rotation made a new epoch");
         let frozen = invite.epoch.announcement.frozen_roster();

@@ -266,20 +266,7 @@ fn a_hostile_member_cannot_take_the_group_down_and_is_cut_off_live() {
     let key = ed25519_dalek::SigningKey::from_bytes(&seed);
     let h_libp2p = libp2p::identity::Keypair::ed25519_from_bytes(seed).unwrap();
     let h_id = h_libp2p.public().to_peer_id().to_string();
-    let inv = admin.path().join("hostile.txt");
-    cli_ok(
-        admin.path(),
-        &[
-            "group",
-            "invite",
-            &h_id,
-            "--quota",
-            "10",
-            "--out",
-            inv.to_str().unwrap(),
-        ],
-    );
-    let invite = Invite::from_file_text(&std::fs::read_to_string(&inv).unwrap()).unwrap();
+    let invite = lendmesh_tests::spend::invite_key(admin.path(), &h_libp2p, 10);
     // Bans last 3 s here (60 s by default), so each phase starts with the hostile member back in.
     for home in std::iter::once(admin.path()).chain(homes.iter().map(|h| h.path())) {
         std::fs::write(home.join("config.toml"), "[limits]\nban_ms = 3000\n").unwrap();

@@ -75,18 +75,15 @@ pub struct Claimer {
 }
 
 impl Claimer {
-    /// Claims `redemption`'s token for the borrower's `request_id` and says what to do with it.
-    pub async fn claim(&self, redemption: &Redemption, request_id: [u8; 16]) -> ClaimOutcome {
-        let roster: Option<Vec<PeerId>> = self
+    /// This lender's claim of `redemption`'s token for `request_id`, and the token's replicas over the roster frozen
+    /// in its epoch's announcement (`None` if that announcement is not held).
+    fn claim_of(&self, redemption: &Redemption, request_id: [u8; 16]) -> Option<(Claim, Vec<PeerId>)> {
+        let roster = self
             .view
             .borrow()
             .epochs
             .get(redemption.epoch)
-            .map(|info| info.frozen_roster());
-        let Some(roster) = roster else {
-            // Redeemed, so the epoch is accepted: its announcement is held. Treat a missing one as no quorum.
-            return self.no_majority(&Tally::new(vec![]), None).await;
-        };
+            .map(|info| info.frozen_roster())?;
         let claim = Claim {
             token_hash: redemption.token_hash,
             epoch: redemption.epoch,
@@ -95,6 +92,15 @@ impl Claimer {
             roster: claims::roster_digest(&roster),
         };
         let replicas = claims::replica_set(&claim.token_hash, &roster, self.replicas);
+        Some((claim, replicas))
+    }
+
+    /// Claims `redemption`'s token for the borrower's `request_id` and says what to do with it.
+    pub async fn claim(&self, redemption: &Redemption, request_id: [u8; 16]) -> ClaimOutcome {
+        let Some((claim, replicas)) = self.claim_of(redemption, request_id) else {
+            // Redeemed, so the epoch is accepted: its announcement is held. Treat a missing one as no quorum.
+            return self.no_majority(&Tally::new(vec![]), None).await;
+        };
         let mut tally = Tally::new(replicas.clone());
         let mut asks: FuturesUnordered<_> = replicas
             .iter()
@@ -128,21 +134,10 @@ impl Claimer {
     /// timeout): the lender refused the request before any work (its upstream refused or could not be reached), so
     /// the token stays spendable elsewhere.
     pub async fn release(&self, redemption: &Redemption, request_id: [u8; 16]) {
-        let roster = self
-            .view
-            .borrow()
-            .epochs
-            .get(redemption.epoch)
-            .map(|i| i.frozen_roster());
-        let Some(roster) = roster else { return };
-        let claim = Claim {
-            token_hash: redemption.token_hash,
-            epoch: redemption.epoch,
-            lender: self.me,
-            request_id,
-            roster: claims::roster_digest(&roster),
+        let Some((claim, replicas)) = self.claim_of(redemption, request_id) else {
+            return;
         };
-        let releases: FuturesUnordered<_> = claims::replica_set(&claim.token_hash, &roster, self.replicas)
+        let releases: FuturesUnordered<_> = replicas
             .into_iter()
             .map(|peer| self.ask(peer, ClaimRequest::Release(claim)))
             .collect();
