@@ -49,6 +49,10 @@ pub struct Config {
     pub lender: LenderConfig,
     /// Borrowing.
     pub borrow: BorrowConfig,
+    /// What this member's borrowing, attestations and refills may tell the others and the admin about its
+    /// exhaustion: cover borrows, the borrow threshold, the `none` bucket, constant-rate issuance (docs/design.md
+    /// §9.4, `protocol::exposure`).
+    pub exposure: lendmesh_protocol::exposure::Exposure,
     /// Logging.
     pub log: LogConfig,
 }
@@ -638,6 +642,7 @@ impl Config {
             ));
         }
         self.http.check().map_err(|e| format!("[http] {e}"))?;
+        self.exposure.check().map_err(|e| format!("[exposure] {e}"))?;
         self.limits.check().map_err(|e| format!("[limits] {e}"))?;
         for (section, n) in [
             ("gateway", self.gateway.max_connections),

@@ -63,7 +63,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     let capacity = args.capacity;
-    let nodes = start_group(dir.path(), args.members, 1000, shutdown.clone(), |_, config| {
+    // Each member draws its whole quota at once (constant-rate issuance, the default): enough for every request
+    // of the workload, and no more than the admin signs in a moment.
+    let quota = u32::try_from(args.requests).unwrap_or(u32::MAX).clamp(20, 1000);
+    let nodes = start_group(dir.path(), args.members, quota, shutdown.clone(), |_, config| {
         config.upstream.mock_capacity = capacity;
         config.upstream.mock_window = Duration::from_secs(60);
         config.upstream.mock_latency = Duration::from_millis(5);

@@ -296,6 +296,7 @@ pub async fn start(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Res
         body_limit: config.gateway.body_limit,
         shutdown: shutdown.clone(),
         keys: gateway_keys,
+        exposure: config.exposure,
     };
     let gateway_listener = LimitedListener::new(
         gateway_listener,
@@ -552,6 +553,7 @@ fn spawn_wallet(
             refill: RefillConfig {
                 low_water: config.wallet.low_water,
                 batch: config.wallet.batch.max(1),
+                issuance: config.exposure.issuance,
             },
             view: base.view_rx.clone(),
             peerbook: book.clone(),
@@ -583,6 +585,7 @@ fn spawn_lender(
             group_id: base.group.group_id,
             attestation_key: base.group.attestation_key.clone(),
             upstreams: upstreams.clone(),
+            exposure: config.exposure,
             claimer,
             period: config.lender.attestation_period,
             redeemer: Redeemer::new(base.me),
@@ -633,6 +636,7 @@ fn api_state(
         counters: base.counters,
         upstream: upstreams.primary().map_or("none", |s| s.upstream.kind()),
         privacy: config.borrow.privacy,
+        exposure: config.exposure,
         ohttp_key_config,
         registry: Arc::new(base.registry),
         token: config.api.token.clone(),

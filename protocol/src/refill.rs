@@ -10,10 +10,20 @@
 //! refusal, which a new connection does not change. A spend never resets it, and an over-quota answer is not a
 //! failure: the member asks for what is left, or nothing until the next epoch ([`refusal_backs_off`]). Pure: the
 //! node's member actor and the simulator drive it.
+//!
+//! **Constant-rate issuance** ([`Issuance::Schedule`], docs/design.md §9, issue 13). Refilling below the low-water
+//! mark tells the issuer who spends: the heaviest borrower draws the most, and right after it spends. On the
+//! schedule, a member instead draws the *whole* quota of every epoch it can, in batches at fixed times that do not
+//! depend on what it spends: over the announcement lead before the epoch starts ([`crate::epoch::announce_lead_ms`]
+//! of its length), step `k` of `n = ⌈quota / batch⌉` at `start − lead + (k + phase) · lead / n`, where the phase is
+//! drawn once per member so a hundred members do not ask in the same instant. An epoch already running (the
+//! group's first, a member that joins or restarts late, a rotation) is due whole at once. Tokens left unspent
+//! expire with their epoch; the cost is the issuer signing every quota in full.
 
 use std::collections::BTreeMap;
 
 use rand_core::RngCore;
+use serde::{Deserialize, Serialize};
 
 use crate::backoff::Backoff;
 use crate::borrow::NoToken;
@@ -23,6 +33,30 @@ use crate::issuer::IssueError;
 pub const REFILL_BACKOFF_BASE_MS: u64 = 2_000;
 /// Longest wait between refill attempts.
 pub const REFILL_BACKOFF_MAX_MS: u64 = 60_000;
+
+/// When a member draws tokens (`issuance` in `[privacy]`; see the module doc).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Issuance {
+    /// Below the low-water mark, as tokens are spent.
+    #[default]
+    Demand,
+    /// The whole quota of every epoch, on a schedule that does not depend on spending.
+    Schedule,
+}
+
+/// One epoch the member may draw tokens for, as [`RefillPlanner::next_at`] needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RefillEpoch {
+    /// The epoch.
+    pub epoch: u32,
+    /// This member's quota in it.
+    pub quota: u32,
+    /// Its start.
+    pub starts_at_ms: u64,
+    /// Its end (effective: a rotation may end it early).
+    pub ends_at_ms: u64,
+}
 
 /// What happens to a pending batch the issuer refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +85,9 @@ pub struct RefillPlanner {
     backoff: Backoff,
     /// The backoff runs because the last refill got no answer (rather than a refusal).
     unreachable: bool,
+    issuance: Issuance,
+    /// This member's place in the schedule's steps, in [0, 1).
+    phase: f64,
 }
 
 /// Whether a refusal ends the refill with a backoff (true) or lets the member go on at once (false). An over-quota
@@ -70,7 +107,100 @@ impl RefillPlanner {
             remaining: BTreeMap::new(),
             backoff: Backoff::new(REFILL_BACKOFF_BASE_MS, REFILL_BACKOFF_MAX_MS),
             unreachable: false,
+            issuance: Issuance::Demand,
+            phase: 0.0,
         }
+    }
+
+    /// Draws tokens as `issuance` says; the schedule's phase comes from `rng` (once).
+    pub fn with_issuance(mut self, issuance: Issuance, rng: &mut impl RngCore) -> Self {
+        self.issuance = issuance;
+        self.phase = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        self
+    }
+
+    /// How this planner draws tokens.
+    pub fn issuance(&self) -> Issuance {
+        self.issuance
+    }
+
+    /// The next request to make at `now`, by this planner's [`Issuance`]: on demand, [`RefillPlanner::next`];
+    /// on the schedule, what the schedule has made due and the member has not drawn yet, current epoch first.
+    pub fn next_at(
+        &self,
+        now_ms: u64,
+        epochs: &[RefillEpoch],
+        balance: impl Fn(u32) -> usize,
+    ) -> Option<RefillStep> {
+        if self.issuance == Issuance::Demand {
+            let plain: Vec<(u32, u32)> = epochs.iter().map(|e| (e.epoch, e.quota)).collect();
+            return self.next(&plain, balance);
+        }
+        epochs.iter().find_map(|e| {
+            let left = self.remaining(e.epoch, e.quota);
+            let drawn = e.quota - left;
+            let due = self.scheduled(e, now_ms);
+            (due > drawn && left > 0).then(|| RefillStep {
+                epoch: e.epoch,
+                count: self.batch.min(due - drawn).min(left),
+            })
+        })
+    }
+
+    /// On the schedule: when the next step of any of `epochs` falls due after `now` (for a caller that wakes up
+    /// only when something changes, like the simulator). `None` on demand or when nothing more will fall due.
+    pub fn next_due_ms(&self, now_ms: u64, epochs: &[RefillEpoch]) -> Option<u64> {
+        if self.issuance == Issuance::Demand {
+            return None;
+        }
+        epochs
+            .iter()
+            .filter_map(|e| {
+                let (open, lead, steps) = self.steps(e);
+                let k = self.steps_due(e, now_ms);
+                (k < steps).then(|| open + step_offset(k, self.phase, lead, steps))
+            })
+            .min()
+    }
+
+    /// Tokens of `e` the schedule has made due by `now` (all of them once it has started).
+    fn scheduled(&self, e: &RefillEpoch, now_ms: u64) -> u32 {
+        let done = self.steps_due(e, now_ms);
+        (done.saturating_mul(u64::from(self.batch))).min(u64::from(e.quota)) as u32
+    }
+
+    /// How many steps of `e`'s schedule are due at `now`: the count of `k` with `open + offset(k) ≤ now`.
+    fn steps_due(&self, e: &RefillEpoch, now_ms: u64) -> u64 {
+        let (open, lead, steps) = self.steps(e);
+        if now_ms < open {
+            return 0;
+        }
+        let since = now_ms - open;
+        if since >= lead {
+            return steps;
+        }
+        // Estimate from the inverse, then settle on the exact count (the offsets are truncated).
+        let x = since as f64 * steps as f64 / lead as f64 - self.phase;
+        let mut k = if x < 0.0 {
+            0
+        } else {
+            (x.floor() as u64 + 1).min(steps)
+        };
+        while k > 0 && step_offset(k - 1, self.phase, lead, steps) > since {
+            k -= 1;
+        }
+        while k < steps && step_offset(k, self.phase, lead, steps) <= since {
+            k += 1;
+        }
+        k
+    }
+
+    /// The schedule of `e`: when it opens, over how long (it closes at the epoch's start), in how many steps.
+    fn steps(&self, e: &RefillEpoch) -> (u64, u64, u64) {
+        let lead = crate::epoch::announce_lead_ms(e.ends_at_ms.saturating_sub(e.starts_at_ms));
+        let open = e.starts_at_ms.saturating_sub(lead);
+        let steps = u64::from(e.quota).div_ceil(u64::from(self.batch));
+        (open, e.starts_at_ms - open, steps)
     }
 
     /// Whether a refill may be attempted at `now` (not backing off).
@@ -192,6 +322,11 @@ impl RefillPlanner {
     pub fn retain(&mut self, live: impl Fn(u32) -> bool) {
         self.remaining.retain(|e, _| live(*e));
     }
+}
+
+/// When step `k` of `steps` falls due after the schedule opens: `(k + phase) · lead / steps`, before `lead`.
+fn step_offset(k: u64, phase: f64, lead: u64, steps: u64) -> u64 {
+    ((k as f64 + phase) * lead as f64 / steps as f64) as u64
 }
 
 #[cfg(test)]
@@ -423,5 +558,110 @@ mod tests {
         assert_eq!(p.next(&epochs, |_| 0), Some(RefillStep { epoch: 2, count: 8 }));
         p.retain(|e| e == 2);
         assert_eq!(p.remaining(1, 200), 200, "forgotten once retired");
+    }
+
+    /// Draws like the member actor and the simulator: takes each step, the issuer granting it.
+    fn drain(p: &mut RefillPlanner, now: u64, epochs: &[RefillEpoch], balance: usize) -> Vec<RefillStep> {
+        let mut got = vec![];
+        while let Some(step) = p.next_at(now, epochs, |_| balance) {
+            let e = epochs.iter().find(|e| e.epoch == step.epoch).unwrap();
+            let left = p.remaining(step.epoch, e.quota) - step.count;
+            p.record_remaining(step.epoch, left);
+            got.push(step);
+        }
+        got
+    }
+
+    #[test]
+    fn on_the_schedule_the_whole_quota_is_drawn_over_the_lead_whatever_is_spent() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(9);
+        // Epoch 2 runs 3 000 s from t = 3 000 s: its lead is 1 000 s, from 2 000 s. Quota 100 in batches of 16: 7
+        // steps, 16 · 6 + 4.
+        let next = RefillEpoch {
+            epoch: 2,
+            quota: 100,
+            starts_at_ms: 3_000_000,
+            ends_at_ms: 6_000_000,
+        };
+        let mut p = RefillPlanner::new(5, 16).with_issuance(Issuance::Schedule, &mut rng);
+        assert_eq!(p.issuance(), Issuance::Schedule);
+        assert!(drain(&mut p, 1_999_999, &[next], 0).is_empty(), "not open yet");
+        let mut drawn = 0;
+        let mut at = 1_999_999;
+        let mut times = vec![];
+        // The same draws whatever the wallet holds: 0 tokens or 10 000.
+        let mut twin = RefillPlanner::new(5, 16).with_issuance(Issuance::Schedule, &mut rng);
+        twin.phase = p.phase;
+        while let Some(due) = p.next_due_ms(at, &[next]) {
+            assert!(due > at && due < 3_000_000, "{due}");
+            at = due;
+            let got = drain(&mut p, at, &[next], 0);
+            assert_eq!(got, drain(&mut twin, at, &[next], 10_000));
+            assert_eq!(got.len(), 1, "one batch per step");
+            drawn += got[0].count;
+            times.push(at);
+        }
+        assert_eq!(drawn, 100);
+        assert_eq!(times.len(), 7);
+        // Evenly spaced: one step every lead / 7.
+        for w in times.windows(2) {
+            assert!((142_000..=143_000).contains(&(w[1] - w[0])), "{times:?}");
+        }
+        assert!(
+            drain(&mut p, 3_500_000, &[next], 0).is_empty(),
+            "nothing more once drawn"
+        );
+        assert_eq!(p.next_due_ms(3_500_000, &[next]), None);
+    }
+
+    #[test]
+    fn on_the_schedule_an_epoch_already_running_is_due_whole_and_a_restart_relearns_what_was_drawn() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(10);
+        let current = RefillEpoch {
+            epoch: 1,
+            quota: 40,
+            starts_at_ms: 0,
+            ends_at_ms: 600_000,
+        };
+        let mut p = RefillPlanner::new(5, 16).with_issuance(Issuance::Schedule, &mut rng);
+        let got = drain(&mut p, 10_000, &[current], 0);
+        assert_eq!(got.iter().map(|s| s.count).collect::<Vec<_>>(), [16, 16, 8]);
+        // After a restart the planner has forgotten; the first answer tells it what is left.
+        let mut again = RefillPlanner::new(5, 16).with_issuance(Issuance::Schedule, &mut rng);
+        assert_eq!(
+            again.next_at(20_000, &[current], |_| 40),
+            Some(RefillStep { epoch: 1, count: 16 })
+        );
+        again.record_remaining(1, 0);
+        assert_eq!(again.next_at(20_000, &[current], |_| 40), None);
+        // On demand, the same planner asks only below its low-water mark.
+        let demand = RefillPlanner::new(5, 16);
+        assert_eq!(demand.next_at(10_000, &[current], |_| 5), None);
+        assert_eq!(
+            demand.next_at(10_000, &[current], |_| 4),
+            Some(RefillStep { epoch: 1, count: 16 })
+        );
+        assert_eq!(demand.next_due_ms(0, &[current]), None);
+    }
+
+    #[test]
+    fn the_steps_due_match_their_offsets_for_any_phase() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(11);
+        for quota in [1, 7, 100, 1_000] {
+            let e = RefillEpoch {
+                epoch: 1,
+                quota,
+                starts_at_ms: 1_000_000,
+                ends_at_ms: 1_000_000 + 3 * 7_777,
+            };
+            let p = RefillPlanner::new(5, 3).with_issuance(Issuance::Schedule, &mut rng);
+            let (open, lead, steps) = p.steps(&e);
+            for now in (open.saturating_sub(10)..open + lead + 10).step_by(13) {
+                let slow = (0..steps)
+                    .filter(|&k| open + step_offset(k, p.phase, lead, steps) <= now)
+                    .count() as u64;
+                assert_eq!(p.steps_due(&e, now), slow, "quota {quota} at {now}");
+            }
+        }
     }
 }

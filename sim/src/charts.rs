@@ -8,6 +8,9 @@ use plotters::prelude::*;
 use crate::report::Report;
 
 mod drain;
+mod frontier;
+
+pub use frontier::frontier;
 
 /// A chart could not be drawn or written.
 #[derive(Debug, thiserror::Error)]

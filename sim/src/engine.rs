@@ -14,6 +14,7 @@ use lendmesh_protocol::epoch::EpochBook;
 use lendmesh_protocol::group::{Roster, RosterEntry};
 use lendmesh_protocol::issuer::{IssueError, Issuer};
 use lendmesh_protocol::refill::BatchFate;
+use lendmesh_protocol::refill::RefillEpoch;
 use lendmesh_protocol::refill::RefillPlanner;
 use lendmesh_protocol::routing::RoutingParams;
 use lendmesh_protocol::token::{TokenHash, TokenSpend, WalletToken};
@@ -240,6 +241,8 @@ pub(crate) struct Sim<'a> {
     served_by: Vec<HashSet<TokenHash>>,
     admin_sigs: HashMap<Vec<u8>, usize>,
     first_issued: Vec<Option<Ms>>,
+    /// When the admin last signed a batch for each member.
+    last_issued: Vec<Option<Ms>>,
     issued: Vec<u64>,
     params: RoutingParams,
     borrow_cfg: BorrowConfig,
@@ -304,7 +307,8 @@ impl<'a> Sim<'a> {
         let mut members: Vec<Member> = Vec::with_capacity(n);
         for (i, k) in keys.into_iter().enumerate() {
             let book = EpochBook::new(first.clone(), &group, &admin).map_err(|e| e.to_string())?;
-            let planner = RefillPlanner::new(s.tokens.low_water, s.tokens.refill_batch);
+            let planner = RefillPlanner::new(s.tokens.low_water, s.tokens.refill_batch)
+                .with_issuance(s.exposure.issuance, &mut stream(3000 + i as u64));
             let upstreams = layout
                 .upstreams(i)
                 .iter()
@@ -367,6 +371,7 @@ impl<'a> Sim<'a> {
             served_by: vec![HashSet::new(); n],
             admin_sigs: HashMap::new(),
             first_issued: vec![None; n],
+            last_issued: vec![None; n],
             issued: vec![0; n],
             params,
             borrow_cfg: BorrowConfig {
@@ -567,10 +572,15 @@ impl<'a> Sim<'a> {
         let me = &mut self.members[m];
         me.roll(t, window_ms);
         let wanted = &self.layout.needs[usize::from(need)];
-        // `protocol::exposure`: a request the member could serve may go out as a cover borrow.
-        let route = self.s.exposure.route(me.can_serve_own(wanted), &mut me.rng);
-        if route == lendmesh_protocol::exposure::Route::Cover && self.start_cover_borrow(t, m, need) {
-            self.out.cover_borrows += 1;
+        // `protocol::exposure`: a request the member could serve may go out as a cover borrow, or early when its
+        // own headroom is below this request's threshold.
+        let route = self.s.exposure.route(me.own_left(wanted), &mut me.rng);
+        if route.by_choice() && self.start_cover_borrow(t, m, need) {
+            if route == lendmesh_protocol::exposure::Route::Early {
+                self.out.early_borrows += 1;
+            } else {
+                self.out.cover_borrows += 1;
+            }
             self.note_demand(t, false);
             return;
         }
@@ -605,21 +615,34 @@ impl<'a> Sim<'a> {
             return;
         }
         if me.refill.is_none() {
-            let epochs: Vec<(u32, u32)> = me
+            let epochs: Vec<RefillEpoch> = me
                 .book
                 .refill_epochs(local)
                 .into_iter()
-                .map(|e| {
-                    let quota = me
-                        .book
-                        .get(e)
-                        .and_then(|i| i.signed.announcement.roster.roster.entry(&me.id))
-                        .map_or(0, |x| x.quota_per_epoch);
-                    (e, quota)
+                .filter_map(|e| me.book.get(e))
+                .map(|i| RefillEpoch {
+                    epoch: i.epoch(),
+                    quota: i
+                        .signed
+                        .announcement
+                        .roster
+                        .roster
+                        .entry(&me.id)
+                        .map_or(0, |x| x.quota_per_epoch),
+                    starts_at_ms: i.starts_at_ms(),
+                    ends_at_ms: i.effective_end_ms,
                 })
                 .collect();
             let wallet = &me.wallet;
-            let Some(step) = me.planner.next(&epochs, |e| wallet.balance_in(e)) else {
+            let Some(step) = me.planner.next_at(local, &epochs, |e| wallet.balance_in(e)) else {
+                // On the schedule, wake up when its next step falls due (in this member's clock).
+                if let Some(due) = me.planner.next_due_ms(local, &epochs) {
+                    let at = t + (due - local);
+                    if at <= self.stop && me.schedule_wake.is_none_or(|w| w <= t || w > at) {
+                        me.schedule_wake = Some(at);
+                        self.at(at, Ev::Refill(m));
+                    }
+                }
                 return;
             };
             let Some(key) = me.book.get(step.epoch).map(|i| i.key.clone()) else {
@@ -697,6 +720,7 @@ impl<'a> Sim<'a> {
             self.note_issued(request.epoch, m, count);
             // The admin's observation: who got how many blind signatures, when.
             self.first_issued[m].get_or_insert(t);
+            self.last_issued[m] = Some(t);
             self.issued[m] += count;
             for sig in &grant.blind_signatures {
                 self.admin_sigs.insert(sig.clone(), m);
@@ -774,7 +798,9 @@ impl<'a> Sim<'a> {
         me.seq += 1;
         let resets = crate::net::EPOCH_START_MS + (me.window + 1) * window_ms;
         let (mut buckets, headroom) = me.buckets();
-        // What is attested (`protocol::exposure`): with exhaustion hidden, `none` goes out as `low`.
+        // What is attested (`protocol::exposure`): nothing below the floor. (Under a floor the node attests no reset
+        // time either; the simulator's windows are the same for every member, so the attackers know them anyway
+        // and the publication keeps the true one, which routing reads only for a `none` bucket.)
         let exposure = self.s.exposure;
         buckets.iter_mut().for_each(|b| *b = exposure.attested(*b));
         let headroom = exposure.attested(headroom);

@@ -58,6 +58,7 @@
 pub mod baseline;
 pub mod charts;
 mod engine;
+pub mod exposure;
 pub mod member;
 pub mod net;
 pub mod outcome;

@@ -125,6 +125,8 @@ pub struct Member {
     /// Tokens of its expired since its last refill landed (statistics only: an empty wallet is then an epoch
     /// effect).
     pub expired_since_refill: bool,
+    /// On constant-rate issuance: when a wake-up for the schedule's next step is queued.
+    pub schedule_wake: Option<Ms>,
     /// Epochs retired from its book whose spent-set entries are not pruned yet (the spent set prunes "every epoch
     /// before", so an epoch retired while an older one is still in its grace waits for that one).
     pub unpruned: BTreeSet<u32>,
@@ -185,6 +187,7 @@ impl Member {
             last_arrival: 0,
             deferred: None,
             expired_since_refill: false,
+            schedule_wake: None,
             unpruned: BTreeSet::new(),
             redeemer,
             spent: MemorySpentSet::new(),
@@ -222,6 +225,16 @@ impl Member {
     /// Whether an own upstream serves `need` and has room now.
     pub fn can_serve_own(&self, need: &Need) -> bool {
         self.upstreams.iter().any(|u| u.remaining() > 0 && u.serves(need))
+    }
+
+    /// The share of capacity left on the best own upstream that serves `need` and has room (`None`: none has),
+    /// as `protocol::exposure::Exposure::route` takes it.
+    pub fn own_left(&self, need: &Need) -> Option<f64> {
+        self.upstreams
+            .iter()
+            .filter(|u| u.remaining() > 0 && u.serves(need))
+            .map(|u| f64::from(u.remaining()) / f64::from(u.capacity.max(1)))
+            .max_by(f64::total_cmp)
     }
 
     /// Serves an own request from the first upstream that serves `need` and has room (the node's

@@ -385,6 +385,10 @@ pub struct RunResult {
     /// Requests the member could have served itself, borrowed as cover (`protocol::exposure`).
     #[serde(skip_serializing_if = "is_zero")]
     pub cover_borrows: u64,
+    /// Requests the member could have served itself, borrowed because its own headroom was below the request's
+    /// threshold (`protocol::exposure`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub early_borrows: u64,
     /// Events processed.
     pub events: u64,
     /// Safety or liveness violations (must be empty).

@@ -427,6 +427,10 @@ impl Report {
             stat(&|r| ratio(r.served_borrowed as f64, r.demand as f64)),
         );
         metrics.insert("tokens_issued".into(), stat(&|r| r.tokens_issued as f64));
+        metrics.insert(
+            "borrow_messages_share".into(),
+            stat(&|r| ratio(r.borrow_messages as f64, r.demand as f64)),
+        );
         let mut causes: Vec<String> = runs.iter().flat_map(|r| r.failures.keys().cloned()).collect();
         causes.sort();
         causes.dedup();

@@ -353,6 +353,10 @@ fn quota_per_epoch() -> u32 {
     UNLIMITED_QUOTA
 }
 
+/// Largest quota a scenario with constant-rate issuance may set (every member draws all of it, each a real blind
+/// signature).
+pub const MAX_SCHEDULED_QUOTA: u32 = 100_000;
+
 /// The most epochs a run may go through (each one is a row of the report).
 pub const MAX_EPOCHS_PER_RUN: f64 = 1_000.0;
 
@@ -406,14 +410,20 @@ pub struct Scenario {
     /// section in the report.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claims: Option<Claims>,
-    /// What members' behaviour exposes of their exhaustion (`protocol::exposure`: cover borrows, no `none`
-    /// bucket); absent: today's behaviour.
-    #[serde(default, skip_serializing_if = "exposure_is_default")]
+    /// What members' behaviour exposes of their exhaustion (`protocol::exposure`: cover borrows, the borrow
+    /// threshold, the attestation floor, constant-rate issuance). Absent: none of these levers
+    /// (`Exposure::EXPOSED`, lendmesh before issue 13, which every figure of the older scenarios measures); a table
+    /// starts from the node's defaults, as its config file does.
+    #[serde(default = "exposed", skip_serializing_if = "is_exposed")]
     pub exposure: lendmesh_protocol::exposure::Exposure,
 }
 
-fn exposure_is_default(e: &lendmesh_protocol::exposure::Exposure) -> bool {
-    *e == lendmesh_protocol::exposure::Exposure::default()
+fn exposed() -> lendmesh_protocol::exposure::Exposure {
+    lendmesh_protocol::exposure::Exposure::EXPOSED
+}
+
+fn is_exposed(e: &lendmesh_protocol::exposure::Exposure) -> bool {
+    *e == lendmesh_protocol::exposure::Exposure::EXPOSED
 }
 
 /// Both finite, non-negative, and `a <= b`.
@@ -459,6 +469,20 @@ impl Scenario {
         let finite_pos = |x: f64| x.is_finite() && x > 0.0;
         let finite_nonneg = |x: f64| x.is_finite() && x >= 0.0;
         self.exposure.check().map_err(|e| bad("exposure", e))?;
+        if self.exposure.issuance == lendmesh_protocol::refill::Issuance::Schedule
+            && self
+                .epochs
+                .as_ref()
+                .is_none_or(|e| e.quota_per_epoch >= MAX_SCHEDULED_QUOTA)
+        {
+            return Err(bad(
+                "exposure.issuance",
+                format!(
+                    "`schedule` draws every member's whole quota: it needs an [epochs] table with a \
+                     quota_per_epoch below {MAX_SCHEDULED_QUOTA}"
+                ),
+            ));
+        }
         if !(3..=MAX_MEMBERS).contains(&self.members) {
             return Err(bad(
                 "members",

@@ -492,18 +492,22 @@ fn honest_traffic_never_reaches_the_nodes_default_limits() {
     }
 }
 
-/// Issue 13 (in progress): the cover-borrow setting is followed — cover borrows happen at about their share of the
-/// requests a member could serve, and a failed cover borrow is served by the member itself (served demand holds).
+/// Issue 13: the exposure settings are followed — cover borrows happen at about their share of the requests a
+/// member could serve and threshold borrows below the reserve, a borrow by choice that fails is served by the member
+/// itself (served demand holds), and on the schedule every member draws the whole quota of every epoch whatever it
+/// spends.
 #[test]
 fn exposure_settings_are_followed() {
+    use lendmesh_protocol::exposure::Exposure;
+    use lendmesh_protocol::refill::Issuance;
     let base = scenario("test-skew");
+    assert_eq!(base.exposure, Exposure::EXPOSED, "absent: no lever");
     let mut cover = base.clone();
     cover.exposure.cover_share = 0.3;
-    let (base_runs, cover_runs) = (runs(&base, 7..8), runs(&cover, 7..8));
-    let (b, c) = (
-        Report::build(&base, &base_runs),
-        Report::build(&cover, &cover_runs),
-    );
+    let mut early = base.clone();
+    early.exposure.reserve = 0.5;
+    let (base_runs, cover_runs, early_runs) = (runs(&base, 7..8), runs(&cover, 7..8), runs(&early, 7..8));
+    let b = Report::build(&base, &base_runs);
     let r = &cover_runs[0];
     assert!(r.violations.is_empty(), "{:?}", r.violations);
     let own_and_cover = r.served_own + r.cover_borrows;
@@ -514,11 +518,48 @@ fn exposure_settings_are_followed() {
         r.cover_borrows,
         own_and_cover
     );
+    assert!(early_runs[0].early_borrows > 0, "threshold borrows happen");
+    assert_eq!(early_runs[0].cover_borrows, 0);
+    for (name, s, rs) in [("cover", &cover, &cover_runs), ("threshold", &early, &early_runs)] {
+        let served = Report::build(s, rs).mean("served");
+        assert!(
+            served >= b.mean("served") - 0.01,
+            "{name} borrows cost served demand: {served} vs {}",
+            b.mean("served")
+        );
+    }
+    assert_eq!(base_runs[0].cover_borrows + base_runs[0].early_borrows, 0);
+
+    // Constant-rate issuance: every member draws the whole quota of every epoch that ended in the run; on demand,
+    // members that borrow little draw less.
+    let demand = scenario("test-epochs");
+    let mut schedule = demand.clone();
+    schedule.exposure.issuance = Issuance::Schedule;
+    let quota = u64::from(demand.epochs.as_ref().unwrap().quota_per_epoch);
+    let full = demand.members as u64 * quota;
+    let issued = |s: &Scenario| -> Vec<(u32, u64)> {
+        let r = &runs(s, 21..22)[0];
+        assert!(r.violations.is_empty(), "{:?}", r.violations);
+        let e = r.epochs.as_ref().unwrap();
+        let end = s.duration_hours * 60.0;
+        e.rows
+            .iter()
+            .filter(|row| !row.cancelled && row.end_min < end)
+            .map(|row| (row.epoch, row.tokens_issued))
+            .collect()
+    };
+    let (on_demand, scheduled) = (issued(&demand), issued(&schedule));
+    assert!(scheduled.len() >= 3, "{scheduled:?}");
     assert!(
-        c.mean("served") >= b.mean("served") - 0.01,
-        "cover borrows cost served demand: {} vs {}",
-        c.mean("served"),
-        b.mean("served")
+        scheduled.iter().all(|&(_, n)| n == full),
+        "every member's whole quota ({full} in all) in every epoch: {scheduled:?}"
     );
-    assert_eq!(base_runs[0].cover_borrows, 0);
+    assert!(
+        on_demand.iter().any(|&(_, n)| n < full),
+        "on demand, issuance follows spending: {on_demand:?}"
+    );
+    let mut bad = demand.clone();
+    bad.epochs = None;
+    bad.exposure.issuance = Issuance::Schedule;
+    assert!(bad.validate().is_err(), "the schedule needs a quota");
 }

@@ -83,8 +83,18 @@ fn kill9_member_during_refill_loses_and_duplicates_nothing() {
     let (admin_home, member_home, member_id) = group_with_member(1000);
     let admin = RunningNode::start(admin_home.path(), &[]);
     let boot = admin.p2p_addr.clone();
-    let refill = ["--low-water", "120", "--batch", "2", "--bootstrap", boot.as_str()];
-    // Three crashes at the first sign of tokens, each mid-refill (the wallet is still far below 120).
+    let refill = [
+        "--low-water",
+        "120",
+        "--batch",
+        "2",
+        "--issuance",
+        "demand",
+        "--bootstrap",
+        boot.as_str(),
+    ];
+    // Three crashes at the first sign of tokens, each mid-refill (the wallet is still far below 120; on demand,
+    // so a full wallet is the low-water mark rather than the whole quota).
     for round in 0..3 {
         let node = RunningNode::start(member_home.path(), &refill);
         let b = first_tokens(&node);

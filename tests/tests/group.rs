@@ -1,6 +1,6 @@
 //! Issue-3 acceptance: an admin and three members as separate `lendmesh` processes on 127.0.0.1, driven only
-//! through the CLI: they connect, every member's wallet fills from the admin's issuer, and every node holds a fresh
-//! attestation from every other.
+//! through the CLI: they connect, every member's wallet fills from the admin's issuer (its whole quota, on the
+//! default schedule), and every node holds a fresh attestation from every other.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
@@ -35,6 +35,10 @@ fn fresh_attestations(n: &RunningNode) -> usize {
         .unwrap_or(0)
 }
 
+fn tokens_received(n: &RunningNode) -> u64 {
+    n.get("/v1/node").1["tokens_received"].as_u64().unwrap_or(0)
+}
+
 fn connected(n: &RunningNode) -> u64 {
     n.get("/v1/node").1["connected_peers"].as_u64().unwrap_or(0)
 }
@@ -60,6 +64,12 @@ fn admin_and_three_members_connect_fill_wallets_and_attest() {
             fresh_attestations(n) == 3
         });
     }
+    // Every wallet fills to its whole quota (constant-rate issuance, the default: 100 for a member, the admin's
+    // 1 000), whatever is spent; then nothing is in flight and every token the issuer signed is in a wallet.
+    for n in nodes.iter_mut() {
+        n.wait_until("the whole quota", WAIT, |n| tokens_received(n) == 100);
+    }
+    admin.wait_until("the admin's whole quota", WAIT, |n| tokens_received(n) == 1000);
     // Every member's tokens came from the admin's issuer.
     let (_, admin_node) = admin.get("/v1/node");
     assert!(
@@ -73,7 +83,7 @@ fn admin_and_three_members_connect_fill_wallets_and_attest() {
     let received: u64 = nodes
         .iter()
         .chain(std::iter::once(&admin))
-        .map(|n| n.get("/v1/node").1["tokens_received"].as_u64().unwrap())
+        .map(tokens_received)
         .sum();
     assert_eq!(issued, received, "every token the issuer signed reached a wallet");
     for n in nodes {

@@ -192,19 +192,32 @@ fn borrows_go_only_to_lenders_that_serve_them() {
     );
 
     // The subscription: the first Opus borrow is served and teaches the lender its 5 h window is 75 % used; with
-    // 30 % kept for its member it has nothing more to lend, says so, and borrowers are told when it resets.
+    // 30 % kept for its member it has nothing more to lend. Its attestations do not say so (the default
+    // `attest_floor = "high"`: they say nothing of headroom, docs/design.md §9.4), so the next borrow goes to it and
+    // is refused by the lender itself; the lender cools down at the borrower (its reset time capped at 5 minutes)
+    // and the tool is told to come back then. The token stays unspent.
     let (status, body) = gateway_request(&b.gateway, "POST", "/v1/messages", &json_body("claude-opus-4-1"));
     assert_eq!(status, 200, "{body}");
     let ls_id = node_info(&ls)["peer_id"].as_str().unwrap().to_string();
-    b.wait_until("the subscription lender to attest no headroom", WAIT, |n| {
-        bucket_of(n, &ls_id).as_deref() == Some("none")
-    });
+    assert_eq!(
+        bucket_of(&b, &ls_id).as_deref(),
+        Some("high"),
+        "no headroom attested"
+    );
+    let spent = gauge(&b, "lendmesh_tokens_spent");
     let answer = gateway_answer(&b.gateway, "POST", "/v1/messages", &json_body("claude-opus-4-1"));
-    assert_eq!(answer.json()["error"], "no_lender_available", "{}", answer.body);
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert_eq!(answer.json()["error"], "lenders_cooling_down", "{}", answer.body);
     let retry = answer.retry_after_s().expect("Retry-After");
     assert!(
-        retry > 3000 && retry <= 3600,
-        "retry when the 5 h window resets: {retry} s"
+        (60..=600).contains(&retry),
+        "retry once the refusal's cooldown ends: {retry} s ({})",
+        answer.body
+    );
+    assert_eq!(
+        gauge(&b, "lendmesh_tokens_spent"),
+        spent,
+        "a refusal for headroom spends no token"
     );
     // Its member's own requests still use the kept share.
     let (status, body) = gateway_request(&ls.gateway, "POST", "/v1/messages", &json_body("claude-opus-4-1"));

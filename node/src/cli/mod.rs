@@ -303,6 +303,14 @@ pub struct RunArgs {
     /// Tokens per refill request.
     #[arg(long)]
     pub batch: Option<u32>,
+    /// When to draw tokens: `schedule` (the whole quota of every epoch, at times that do not depend on spending) or
+    /// `demand` (below --low-water, as tokens are spent) [default: schedule; `[exposure] issuance`].
+    #[arg(long, value_name = "WHEN", value_parser = parse_issuance)]
+    pub issuance: Option<lendmesh_protocol::refill::Issuance>,
+    /// The lowest headroom bucket attested: `high` (attestations say nothing of headroom), `medium`, `low`, or
+    /// `none` (the true bucket) [default: high; `[exposure] attest_floor`].
+    #[arg(long, value_name = "BUCKET", value_parser = parse_floor)]
+    pub attest_floor: Option<lendmesh_protocol::exposure::Floor>,
     /// Attestation period (e.g. 10s).
     #[arg(long, value_parser = parse_duration)]
     pub attestation_period: Option<Duration>,
@@ -414,6 +422,12 @@ impl RunArgs {
         }
         if let Some(v) = self.batch {
             c.wallet.batch = v;
+        }
+        if let Some(v) = self.issuance {
+            c.exposure.issuance = v;
+        }
+        if let Some(v) = self.attest_floor {
+            c.exposure.attest_floor = v;
         }
         if let Some(v) = self.attestation_period {
             c.lender.attestation_period = v;
@@ -620,3 +634,25 @@ mod inspect;
 
 use group::{cmd_group, cmd_join};
 use inspect::cmd_inspect;
+
+/// `--issuance`: `schedule` or `demand`.
+fn parse_issuance(s: &str) -> Result<lendmesh_protocol::refill::Issuance, String> {
+    use lendmesh_protocol::refill::Issuance;
+    match s {
+        "schedule" => Ok(Issuance::Schedule),
+        "demand" => Ok(Issuance::Demand),
+        _ => Err(format!("`{s}`: expected schedule or demand")),
+    }
+}
+
+/// `--attest-floor`: `none`, `low`, `medium` or `high`.
+fn parse_floor(s: &str) -> Result<lendmesh_protocol::exposure::Floor, String> {
+    use lendmesh_protocol::exposure::Floor;
+    match s {
+        "none" => Ok(Floor::None),
+        "low" => Ok(Floor::Low),
+        "medium" => Ok(Floor::Medium),
+        "high" => Ok(Floor::High),
+        _ => Err(format!("`{s}`: expected none, low, medium or high")),
+    }
+}

@@ -55,6 +55,8 @@ pub struct ApiState {
     pub upstream: &'static str,
     /// Privacy mode.
     pub privacy: lendmesh_protocol::borrow::PrivacyMode,
+    /// What this member's behaviour may expose of its exhaustion (`[exposure]`).
+    pub exposure: lendmesh_protocol::exposure::Exposure,
     /// This lender's OHTTP key config (public: it is in every attestation).
     pub ohttp_key_config: Vec<u8>,
     /// lendmesh and libp2p metrics.
@@ -311,6 +313,7 @@ async fn node(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
         "upstream": s.upstream,
         "upstreams": upstreams,
         "privacy_mode": s.privacy,
+        "exposure": s.exposure,
         "ohttp_key_config": hex::encode(&s.ohttp_key_config),
         "tokens_received": NodeMetrics::get(&s.counters.tokens_received),
         "tokens_issued": NodeMetrics::get(&s.counters.tokens_issued),

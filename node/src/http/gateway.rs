@@ -91,6 +91,8 @@ pub struct GatewayState {
     pub shutdown: CancellationToken,
     /// The keys tools present (required beyond loopback).
     pub keys: Arc<GatewayKeys>,
+    /// Cover borrows and the borrow threshold (`protocol::exposure`).
+    pub exposure: lendmesh_protocol::exposure::Exposure,
 }
 
 impl std::fmt::Debug for GatewayState {
@@ -191,12 +193,32 @@ async fn handle(State(s): State<Arc<GatewayState>>, req: Request) -> Response<Bo
         headers: outbound_headers(&parts.headers),
         body,
     };
-    // Own capacity first: no token needed.
     let need = Need::of(
         &http.path_and_query,
         &http.headers,
         &lendmesh_protocol::scrub::Body::parse(&http.body),
     );
+    // Own capacity first (no token needed), unless `protocol::exposure` sends a request the member could serve out
+    // as a cover borrow or below its threshold; such a borrow that fails is served here after all.
+    let route = s
+        .exposure
+        .route(s.upstreams.own_left(&need, now_ms()), &mut rand::thread_rng());
+    let http = if route.by_choice() {
+        match s.borrower.borrow(http.clone(), conversation).await {
+            Ok(resp) => {
+                s.counters.chosen_borrow(route);
+                let event_stream = is_event_stream(&resp.headers);
+                return stream_body(resp.status, resp.headers, resp.body, event_stream, s.body_limit);
+            }
+            Err(e) => {
+                debug!(code = e.code(), %e, "a borrow by choice failed; serving it here");
+                s.counters.chosen_borrow_failed(route);
+                http
+            }
+        }
+    } else {
+        http
+    };
     if let Some((own, permit)) = s.upstreams.acquire_own(&need, now_ms()) {
         let req = UpstreamRequest {
             method: http.method,

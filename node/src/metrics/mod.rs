@@ -42,6 +42,15 @@ pub struct HttpRefusalLabel {
     pub reason: String,
 }
 
+/// Labels of `lendmesh_borrows_by_choice_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChoiceLabel {
+    /// `cover` or `threshold` (`protocol::exposure::Route`).
+    pub reason: String,
+    /// `borrowed`, or `served_here` when the borrow failed and the member's own upstream served the request.
+    pub outcome: String,
+}
+
 /// The reasons an HTTP server refuses a request, each with its status code (docs/design.md §11.3).
 pub const HTTP_REFUSALS: [&str; 7] = [
     "unauthorized",
@@ -227,6 +236,8 @@ pub struct NodeMetrics {
     pub http_refusals: Family<HttpRefusalLabel, Counter>,
     /// Refill requests this member sent to the issuer, by outcome (one of [`REFILL_OUTCOMES`]).
     pub refill_requests: Family<OutcomeLabel, Counter>,
+    /// Requests the member could serve itself that it borrowed by choice (`[exposure]`), by reason and outcome.
+    pub borrows_by_choice: Family<ChoiceLabel, Counter>,
 }
 
 /// The outcomes of a refill request: `granted` (tokens stored), `over_quota` (nothing or less left this epoch),
@@ -340,6 +351,18 @@ impl Default for NodeMetrics {
                 family
             },
             refill_requests: refill_requests(),
+            borrows_by_choice: {
+                let family = Family::<ChoiceLabel, Counter>::default();
+                for reason in ["cover", "threshold"] {
+                    for outcome in ["borrowed", "served_here"] {
+                        let _ = family.get_or_create(&ChoiceLabel {
+                            reason: reason.into(),
+                            outcome: outcome.into(),
+                        });
+                    }
+                }
+                family
+            },
         }
     }
 }
@@ -388,6 +411,29 @@ impl NodeMetrics {
     pub fn peer_banned(&self, peer: &str) {
         self.peer_bans
             .get_or_create(&PeerLabel { peer: peer.into() })
+            .inc();
+    }
+
+    /// Counts a borrow by choice that a lender served.
+    pub fn chosen_borrow(&self, route: lendmesh_protocol::exposure::Route) {
+        self.choice(route, "borrowed");
+    }
+
+    /// Counts a borrow by choice that failed, the request then served by the member's own upstream.
+    pub fn chosen_borrow_failed(&self, route: lendmesh_protocol::exposure::Route) {
+        self.choice(route, "served_here");
+    }
+
+    fn choice(&self, route: lendmesh_protocol::exposure::Route, outcome: &str) {
+        let reason = match route {
+            lendmesh_protocol::exposure::Route::Early => "threshold",
+            _ => "cover",
+        };
+        self.borrows_by_choice
+            .get_or_create(&ChoiceLabel {
+                reason: reason.into(),
+                outcome: outcome.into(),
+            })
             .inc();
     }
 
@@ -520,6 +566,12 @@ impl NodeMetrics {
             "peer_bans",
             "Times a member was disconnected and refused for a while for exceeding its limits",
             self.peer_bans.clone(),
+        );
+        r.register(
+            "borrows_by_choice",
+            "Requests this member could serve itself that it borrowed by choice ([exposure]: cover borrows, the \
+             borrow threshold), by reason and outcome (served_here: the borrow failed and the own upstream served it)",
+            self.borrows_by_choice.clone(),
         );
         r.register(
             "http_refusals",

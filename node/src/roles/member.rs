@@ -24,7 +24,9 @@ use std::time::Duration;
 
 use lendmesh_protocol::PeerId;
 use lendmesh_protocol::issuer::IssueError;
-use lendmesh_protocol::refill::{BatchFate, RefillPlanner, RefillStep, refusal_backs_off};
+use lendmesh_protocol::refill::{
+    BatchFate, Issuance, RefillEpoch, RefillPlanner, RefillStep, refusal_backs_off,
+};
 use lendmesh_protocol::token::WalletToken;
 use lendmesh_protocol::wallet::{PendingBatch, Wallet};
 use lendmesh_protocol::wire::IssueResponse;
@@ -62,6 +64,8 @@ pub struct RefillConfig {
     pub low_water: u32,
     /// Tokens per request.
     pub batch: u32,
+    /// As tokens are spent, or the whole quota on a schedule (`[exposure] issuance`).
+    pub issuance: Issuance,
 }
 
 enum Command {
@@ -158,7 +162,8 @@ pub fn spawn(
     let actor = Member {
         me: params.me,
         route: params.route,
-        planner: RefillPlanner::new(params.refill.low_water, params.refill.batch),
+        planner: RefillPlanner::new(params.refill.low_water, params.refill.batch)
+            .with_issuance(params.refill.issuance, &mut rand::rngs::OsRng),
         view: params.view,
         peerbook: params.peerbook,
         store,
@@ -291,14 +296,20 @@ impl Member {
         let view = self.view.borrow().clone();
         let now = now_ms();
         let quota = self.quota(&view);
-        let epochs: Vec<(u32, u32)> = view
+        let epochs: Vec<RefillEpoch> = view
             .epochs
             .refill_epochs(now)
             .into_iter()
             .filter(|e| !view.refused_epochs.contains(e))
-            .map(|e| (e, quota))
+            .filter_map(|e| view.epochs.get(e))
+            .map(|i| RefillEpoch {
+                epoch: i.epoch(),
+                quota,
+                starts_at_ms: i.starts_at_ms(),
+                ends_at_ms: i.effective_end_ms,
+            })
             .collect();
-        self.planner.next(&epochs, |e| self.wallet.balance_in(e))
+        self.planner.next_at(now, &epochs, |e| self.wallet.balance_in(e))
     }
 
     /// This member's quota per epoch (0 when not on the roster).

@@ -148,6 +148,18 @@ impl UpstreamSet {
         (best, resets)
     }
 
+    /// The share of capacity left on the best upstream that serves `need` and has room (`None`: none has), as
+    /// `protocol::exposure::Exposure::route` takes it.
+    pub fn own_left(&self, need: &Need, now: u64) -> Option<f64> {
+        self.shared
+            .iter()
+            .filter(|s| s.serves(need))
+            .map(|s| s.upstream.headroom_for(now, need.model.as_deref()))
+            .filter(|h| h.remaining > 0 && h.capacity > 0)
+            .map(|h| h.remaining as f64 / h.capacity as f64)
+            .max_by(f64::total_cmp)
+    }
+
     /// A permit for the member's own request: the first upstream that serves it and has any room.
     pub fn acquire_own(&self, need: &Need, now: u64) -> Option<(&Shared, Permit)> {
         self.shared.iter().filter(|s| s.serves(need)).find_map(|s| {

@@ -72,6 +72,18 @@ enum Command {
         #[command(flatten)]
         o: Overrides,
     },
+    /// Run one scenario under several exposure policies (issue 13) on the same seeds: linkage against cost, as a
+    /// table (report.md) and a chart (frontier.svg).
+    Exposure {
+        /// Scenario TOML file (its own `[exposure]` table is replaced by each policy's).
+        scenario: PathBuf,
+        /// Comma-separated policies: levers joined by `+` — exposed, hide, coverN, reserveN, schedule (default: each
+        /// lever alone and the combinations that matter). The first is the baseline costs are measured against.
+        #[arg(long, value_delimiter = ',')]
+        policies: Vec<String>,
+        #[command(flatten)]
+        o: Overrides,
+    },
     /// Run one scenario under several routing policies on the same seeds.
     Compare {
         /// Scenario TOML file.
@@ -230,6 +242,61 @@ fn main() -> anyhow::Result<()> {
             }
             if let Some(v) = report.violations.first() {
                 bail!("invariant violated ({} in all): {v}", report.violations.len());
+            }
+        }
+        Command::Exposure {
+            scenario,
+            policies,
+            o,
+        } => {
+            let base = load(&scenario, &o)?;
+            let names: Vec<String> = if policies.is_empty() {
+                lendmesh_sim::exposure::DEFAULT_POLICIES
+                    .iter()
+                    .map(|s| (*s).to_owned())
+                    .collect()
+            } else {
+                policies
+            };
+            let mut variants = Vec::new();
+            for name in &names {
+                let mut s = base.clone();
+                s.exposure = lendmesh_sim::exposure::parse_policy(name).map_err(anyhow::Error::msg)?;
+                s.validate().with_context(|| format!("policy `{name}`"))?;
+                variants.push(s);
+            }
+            let started = Instant::now();
+            let reports: Vec<Report> = variants
+                .iter()
+                .zip(&names)
+                .map(|(s, name)| run_all(s, &o, name))
+                .collect();
+            let rows: Vec<lendmesh_sim::exposure::Row> = names
+                .iter()
+                .zip(&reports)
+                .map(|(name, r)| lendmesh_sim::exposure::Row::of(name, r, &reports[0]))
+                .collect();
+            std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
+            let svg = charts::frontier(&base.name, &rows).map_err(anyhow::Error::msg)?;
+            std::fs::write(o.out.join("frontier.svg"), svg)?;
+            let mut md = lendmesh_sim::exposure::markdown(&base.name, &reports[0].seeds, &rows);
+            md.push_str(&format!(
+                "\n![Linkage against relay traffic](frontier.svg)\n\nWall time: {:.1} s; commit `{}`.\n",
+                started.elapsed().as_secs_f64(),
+                commit()
+            ));
+            std::fs::write(
+                o.out.join("report.json"),
+                serde_json::to_string_pretty(&(&rows, &reports))?,
+            )?;
+            std::fs::write(o.out.join("report.md"), &md)?;
+            writeln!(stdout, "{md}")?;
+            let violations: usize = reports.iter().map(|r| r.violations.len()).sum();
+            if violations > 0 {
+                bail!(
+                    "{violations} invariant violations; see {}",
+                    o.out.join("report.md").display()
+                );
             }
         }
         Command::Compare {

@@ -2,7 +2,6 @@
 //! their role observes; scored against chance. (The replicas' attackers, with claims on, are in
 //! [`super::claims`].)
 
-use lendmesh_protocol::attestation::HeadroomBucket;
 use lendmesh_protocol::routing;
 use lendmesh_protocol::token::TokenSpend;
 use rand_chacha::ChaCha8Rng;
@@ -10,6 +9,10 @@ use rand_chacha::ChaCha8Rng;
 use super::Sim;
 use crate::member::Publication;
 use crate::net::Ms;
+
+/// How many of a member's latest publications the timing attacker looks back through (an hour at the office's
+/// 10 s period).
+const FALL_LOOKBACK: usize = 360;
 
 impl Sim<'_> {
     pub(super) fn score_linkage(
@@ -43,6 +46,23 @@ impl Sim<'_> {
             .entry("lender-exact".into())
             .or_default()
             .record(exact == Some(truth), n - 1);
+        // Lender, timing: the member whose attested headroom fell most recently (a borrow tends to follow the
+        // attestation that shows a member running out).
+        let fell: Vec<(usize, f64)> = (0..n)
+            .filter(|&p| p != l)
+            .map(|p| {
+                (
+                    p,
+                    self.last_fall(p, l, t).map_or(f64::INFINITY, |at| -(at as f64)),
+                )
+            })
+            .collect();
+        let timing = self.guess_min(fell);
+        self.out
+            .linkage
+            .entry("lender-timing".into())
+            .or_default()
+            .record(timing == Some(truth), n - 1);
         // Admin: holds every blind signature it made; a token links only if its signature is one of them.
         let plausible: Vec<usize> = (0..n)
             .filter(|&i| self.first_issued[i].is_some_and(|f| f <= t))
@@ -71,6 +91,32 @@ impl Sim<'_> {
             .entry("admin-volume".into())
             .or_default()
             .record(volume == Some(truth), plausible.len());
+        // Admin, timing: the member it signed a batch for most recently (on demand, a refill follows spending).
+        let recent: Vec<(usize, f64)> = plausible
+            .iter()
+            .map(|&i| (i, self.last_issued[i].map_or(f64::INFINITY, |at| -(at as f64))))
+            .collect();
+        let timing = self.guess_min(recent);
+        self.out
+            .linkage
+            .entry("admin-timing".into())
+            .or_default()
+            .record(timing == Some(truth), plausible.len());
+    }
+
+    /// When the attested headroom of `p` last fell, among the attestations gossip brought `observer` by `t` (looking
+    /// back [`FALL_LOOKBACK`] publications at most).
+    fn last_fall(&self, p: usize, observer: usize, t: Ms) -> Option<Ms> {
+        let list = &self.pubs[p];
+        let hi = list.partition_point(|q| q.t <= t);
+        let seen: Vec<_> = list[hi.saturating_sub(FALL_LOOKBACK)..hi]
+            .iter()
+            .filter(|q| self.net.gossip_delivered(p, observer, q.seq, q.t, t))
+            .collect();
+        seen.windows(2)
+            .rev()
+            .find(|w| w[1].headroom < w[0].headroom)
+            .map(|w| w[1].t)
     }
 
     /// What `observer` makes of everyone's headroom at `t` from the attestations gossip brought it, for each member
@@ -80,8 +126,8 @@ impl Sim<'_> {
             .filter(|&p| p != observer && !exclude.contains(&p))
             .filter_map(|p| self.latest_delivered(p, observer, t).map(|x| (p, x)))
             .collect();
-        // Bucketed: rank members whose bucket is `none`, earliest-exhausted first (a member that ran dry early in
-        // the window is a heavy user, likely still borrowing); then the lowest bucket. Exact: the count of uses in
+        // Bucketed: the lowest bucket first, and within it the member that reached it earliest in its window (a
+        // member that ran dry, or low, early is a heavy user, likely still borrowing). Exact: the count of uses in
         // the window is known, so each member's rate of use r is too; score r · P(at least `left` uses since the
         // attestation), i.e. how likely it is exhausted now times how much it asks.
         let window_ms = self.window_ms;
@@ -100,14 +146,13 @@ impl Sim<'_> {
                     .filter(|q| self.net.gossip_delivered(p, observer, q.seq, q.t, t))
                     .collect();
                 let since = |q: &&Publication| q.t.saturating_sub(start);
-                let bucket_zero = in_window
+                // Within a bucket, the member that reached it earliest in its window uses the most.
+                let reached = in_window
                     .iter()
-                    .find(|q| q.headroom == HeadroomBucket::None)
-                    .map(since);
-                let bucketed = match bucket_zero {
-                    Some(z) if x.headroom == HeadroomBucket::None => -1.0 / (z.max(1) as f64),
-                    _ => x.headroom as u64 as f64,
-                };
+                    .find(|q| q.headroom <= x.headroom)
+                    .map_or(window_ms, since);
+                let bucketed =
+                    x.headroom as u64 as f64 + 0.5 * reached.min(window_ms) as f64 / window_ms.max(1) as f64;
                 let first_zero = in_window.iter().find(|q| q.exact == 0).map(since);
                 let cap = in_window.first().map_or(0, |q| q.exact);
                 let used = f64::from(cap.saturating_sub(x.exact));

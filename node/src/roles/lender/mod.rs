@@ -275,6 +275,8 @@ pub struct LenderParams {
     pub attestation_key: AttestationKey,
     /// The member's upstreams.
     pub upstreams: Arc<UpstreamSet>,
+    /// What the attestations may expose (`attest_floor`).
+    pub exposure: lendmesh_protocol::exposure::Exposure,
     /// Claims each redeemed token at its replicas before any work (one spend across the group).
     pub claimer: crate::roles::claimer::Claimer,
     /// Periodic attestation interval.
@@ -406,7 +408,7 @@ impl Lender {
                 }
                 _ = change.tick() => {
                     let buckets: Vec<HeadroomBucket> =
-                        self.p.upstreams.capabilities(now_ms()).iter().map(|c| c.headroom).collect();
+                        self.attested(now_ms()).iter().map(|c| c.headroom).collect();
                     if buckets != self.last_buckets && last_sent.elapsed() >= DEBOUNCE {
                         self.handle_publish().await;
                         last_sent = tokio::time::Instant::now();
@@ -423,9 +425,20 @@ impl Lender {
         *self.shared.redeemer.write().unwrap_or_else(|p| p.into_inner()) = self.p.redeemer.clone();
     }
 
+    /// Each upstream's capability as attested: nothing below `attest_floor`, and under a floor no reset time
+    /// (`protocol::exposure`). Compared before publishing early, so a hidden change is not published by its timing.
+    fn attested(&self, now: u64) -> Vec<lendmesh_protocol::capability::Capability> {
+        let mut caps = self.p.upstreams.capabilities(now);
+        for c in &mut caps {
+            c.headroom = self.p.exposure.attested(c.headroom);
+            c.resets_at_ms = self.p.exposure.attested_reset(c.resets_at_ms, now);
+        }
+        caps
+    }
+
     async fn handle_publish(&mut self) {
         let now = now_ms();
-        let capabilities = self.p.upstreams.capabilities(now);
+        let capabilities = self.attested(now);
         let (bucket, resets) = UpstreamSet::summary(&capabilities);
         let buckets: Vec<HeadroomBucket> = capabilities.iter().map(|c| c.headroom).collect();
         let seq = self.seq + 1;
