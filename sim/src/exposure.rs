@@ -58,7 +58,7 @@ pub fn parse_policy(name: &str) -> Result<Exposure, String> {
 }
 
 /// One row of the comparison: what each attacker gets above chance, and what the policy costs against `base`.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Row {
     /// The policy's name.
     pub policy: String,

@@ -84,6 +84,11 @@ enum Command {
         #[command(flatten)]
         o: Overrides,
     },
+    /// Redraw frontier.svg from the report.json of an `exposure` run (the rows it holds), next to it.
+    Frontier {
+        /// An `exposure` run's report.json.
+        report: PathBuf,
+    },
     /// Run one scenario under several routing policies on the same seeds.
     Compare {
         /// Scenario TOML file.
@@ -188,6 +193,21 @@ fn commit() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// Writes a comparison's report.json and report.md, prints the markdown, and fails if any run broke an invariant.
+fn write_comparison(out: &Path, json: &str, md: &str, reports: &[Report]) -> anyhow::Result<()> {
+    std::fs::write(out.join("report.json"), json)?;
+    std::fs::write(out.join("report.md"), md)?;
+    writeln!(std::io::stdout(), "{md}")?;
+    let violations: usize = reports.iter().map(|r| r.violations.len()).sum();
+    if violations > 0 {
+        bail!(
+            "{violations} invariant violations; see {}",
+            out.join("report.md").display()
+        );
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let mut stdout = std::io::stdout();
@@ -285,19 +305,19 @@ fn main() -> anyhow::Result<()> {
                 started.elapsed().as_secs_f64(),
                 commit()
             ));
-            std::fs::write(
-                o.out.join("report.json"),
-                serde_json::to_string_pretty(&(&rows, &reports))?,
-            )?;
-            std::fs::write(o.out.join("report.md"), &md)?;
-            writeln!(stdout, "{md}")?;
-            let violations: usize = reports.iter().map(|r| r.violations.len()).sum();
-            if violations > 0 {
-                bail!(
-                    "{violations} invariant violations; see {}",
-                    o.out.join("report.md").display()
-                );
-            }
+            let json = serde_json::to_string_pretty(&(&rows, &reports))?;
+            write_comparison(&o.out, &json, &md, &reports)?;
+        }
+        Command::Frontier { report } => {
+            let bytes = std::fs::read(&report).with_context(|| format!("reading {}", report.display()))?;
+            let (rows, reports): (Vec<lendmesh_sim::exposure::Row>, serde_json::Value) =
+                serde_json::from_slice(&bytes)
+                    .with_context(|| format!("{} is not an exposure run's report.json", report.display()))?;
+            let name = reports[0]["scenario"]["name"].as_str().unwrap_or("scenario");
+            let svg = charts::frontier(name, &rows).map_err(anyhow::Error::msg)?;
+            let out = report.with_file_name("frontier.svg");
+            std::fs::write(&out, svg)?;
+            writeln!(stdout, "wrote {}", out.display())?;
         }
         Command::Compare {
             scenario,
@@ -329,16 +349,7 @@ fn main() -> anyhow::Result<()> {
                 md.push_str(&format!("### {t}\n\n![{t}]({f})\n\n"));
             }
             let json = serde_json::to_string_pretty(&reports)?;
-            std::fs::write(o.out.join("report.json"), json)?;
-            std::fs::write(o.out.join("report.md"), &md)?;
-            writeln!(stdout, "{md}")?;
-            let violations: usize = reports.iter().map(|r| r.violations.len()).sum();
-            if violations > 0 {
-                bail!(
-                    "{violations} invariant violations; see {}",
-                    o.out.join("report.md").display()
-                );
-            }
+            write_comparison(&o.out, &json, &md, &reports)?;
         }
     }
     Ok(())

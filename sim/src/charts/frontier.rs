@@ -32,7 +32,7 @@ pub fn frontier(scenario: &str, rows: &[Row]) -> Drawn {
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(55)
-            .build_cartesian_2d(x_min..x_max, -5f64..y_max)
+            .build_cartesian_2d(x_min..x_max, -10f64..y_max)
             .map_err(text)?;
         chart
             .configure_mesh()
@@ -45,23 +45,20 @@ pub fn frontier(scenario: &str, rows: &[Row]) -> Drawn {
             ("admin (volume)", Row::admin_excess, COLORS[1]),
         ];
         for (name, y, color) in series {
+            // Each point with its policy's name beside it.
             chart
-                .draw_series(
-                    rows.iter()
-                        .map(|r| Circle::new((r.relay.1, y(r)), 5, color.filled())),
-                )
+                .draw_series(rows.iter().map(|r| {
+                    EmptyElement::at((r.relay.1, y(r)))
+                        + Circle::new((0, 0), 5, color.filled())
+                        + Text::new(
+                            r.policy.clone(),
+                            (8, -6),
+                            ("sans-serif", 11).into_font().color(&color),
+                        )
+                }))
                 .map_err(text)?
                 .label(name)
                 .legend(move |(x, y)| Circle::new((x + 10, y), 5, color.filled()));
-            chart
-                .draw_series(rows.iter().map(|r| {
-                    Text::new(
-                        r.policy.clone(),
-                        (r.relay.1, y(r)),
-                        ("sans-serif", 11).into_font().color(&color),
-                    )
-                }))
-                .map_err(text)?;
         }
         draw_legend(&mut chart, Some(SeriesLabelPosition::UpperRight))?;
         root.present().map_err(text)?;
