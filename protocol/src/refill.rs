@@ -17,7 +17,8 @@
 //! depend on what it spends: over the announcement lead before the epoch starts ([`crate::epoch::announce_lead_ms`]
 //! of its length), step `k` of `n = ⌈quota / batch⌉` at `start − lead + (k + phase) · lead / n`, where the phase is
 //! drawn once per member so a hundred members do not ask in the same instant. An epoch already running (the
-//! group's first, a member that joins or restarts late, a rotation) is due whole at once. Tokens left unspent
+//! group's first, a member that joins or restarts late, a rotation) is due whole at once, drawn at one batch per
+//! [`SCHEDULE_PACE_MS`] from when the planner first saw it, within the issuer's per-member rate. Tokens left unspent
 //! expire with their epoch; the cost is the issuer signing every quota in full.
 
 use std::collections::BTreeMap;
@@ -88,7 +89,17 @@ pub struct RefillPlanner {
     issuance: Issuance,
     /// This member's place in the schedule's steps, in [0, 1).
     phase: f64,
+    /// On the schedule: when this planner first saw each epoch (paces a catch-up, [`SCHEDULE_PACE_MS`]).
+    first_seen: BTreeMap<u32, u64>,
 }
+
+/// On the schedule, an epoch already running (or announced late) is drawn [`SCHEDULE_BURST`] batches at once, then
+/// one batch each this long from when the planner first saw it, not all at once. Two signable epochs at a time so
+/// make at most 2 × 8 requests at once and 2 a second after, within the issuer's per-member rate
+/// (`limits::Limits::issue`: 20 at once, 2 a second), which a member catching up therefore never trips.
+pub const SCHEDULE_PACE_MS: u64 = 1_000;
+/// Batches of one epoch a catching-up member draws at once before the pace applies (enough to borrow at once).
+pub const SCHEDULE_BURST: u64 = 8;
 
 /// Whether a refusal ends the refill with a backoff (true) or lets the member go on at once (false). An over-quota
 /// refusal is an answer, not a failure: the member asks for what is left, or for nothing until the next epoch —
@@ -109,6 +120,7 @@ impl RefillPlanner {
             unreachable: false,
             issuance: Issuance::Demand,
             phase: 0.0,
+            first_seen: BTreeMap::new(),
         }
     }
 
@@ -127,7 +139,7 @@ impl RefillPlanner {
     /// The next request to make at `now`, by this planner's [`Issuance`]: on demand, [`RefillPlanner::next`];
     /// on the schedule, what the schedule has made due and the member has not drawn yet, current epoch first.
     pub fn next_at(
-        &self,
+        &mut self,
         now_ms: u64,
         epochs: &[RefillEpoch],
         balance: impl Fn(u32) -> usize,
@@ -135,6 +147,9 @@ impl RefillPlanner {
         if self.issuance == Issuance::Demand {
             let plain: Vec<(u32, u32)> = epochs.iter().map(|e| (e.epoch, e.quota)).collect();
             return self.next(&plain, balance);
+        }
+        for e in epochs {
+            self.first_seen.entry(e.epoch).or_insert(now_ms);
         }
         epochs.iter().find_map(|e| {
             let left = self.remaining(e.epoch, e.quota);
@@ -157,16 +172,36 @@ impl RefillPlanner {
             .iter()
             .filter_map(|e| {
                 let (open, lead, steps) = self.steps(e);
-                let k = self.steps_due(e, now_ms);
-                (k < steps).then(|| open + step_offset(k, self.phase, lead, steps))
+                let k = self.steps_due(e, now_ms).min(self.paced(e, now_ms));
+                let seen = self.first_seen.get(&e.epoch).copied().unwrap_or(now_ms);
+                (k < steps)
+                    .then(|| (open + step_offset(k, self.phase, lead, steps)).max(Self::paced_at(seen, k)))
             })
             .min()
     }
 
-    /// Tokens of `e` the schedule has made due by `now` (all of them once it has started).
+    /// Tokens of `e` the schedule has made due by `now` (all of them once it has started), at the pace.
     fn scheduled(&self, e: &RefillEpoch, now_ms: u64) -> u32 {
-        let done = self.steps_due(e, now_ms);
+        let done = self.steps_due(e, now_ms).min(self.paced(e, now_ms));
         (done.saturating_mul(u64::from(self.batch))).min(u64::from(e.quota)) as u32
+    }
+
+    /// How many steps of `e` the pace allows by `now`: [`SCHEDULE_BURST`] at first sight, one more each
+    /// [`SCHEDULE_PACE_MS`].
+    fn paced(&self, e: &RefillEpoch, now_ms: u64) -> u64 {
+        match self.first_seen.get(&e.epoch) {
+            Some(&seen) if now_ms >= seen => (now_ms - seen) / SCHEDULE_PACE_MS + SCHEDULE_BURST,
+            Some(_) => 0,
+            None => SCHEDULE_BURST,
+        }
+    }
+
+    /// When the pace allows step `k` of an epoch first seen at `seen`.
+    fn paced_at(seen: u64, k: u64) -> u64 {
+        seen.saturating_add(
+            k.saturating_sub(SCHEDULE_BURST - 1)
+                .saturating_mul(SCHEDULE_PACE_MS),
+        )
     }
 
     /// How many steps of `e`'s schedule are due at `now`: the count of `k` with `open + offset(k) ≤ now`.
@@ -321,6 +356,7 @@ impl RefillPlanner {
     /// Forgets epochs that are no longer signable.
     pub fn retain(&mut self, live: impl Fn(u32) -> bool) {
         self.remaining.retain(|e, _| live(*e));
+        self.first_seen.retain(|e, _| live(*e));
     }
 }
 
@@ -623,9 +659,21 @@ mod tests {
             starts_at_ms: 0,
             ends_at_ms: 600_000,
         };
-        let mut p = RefillPlanner::new(5, 16).with_issuance(Issuance::Schedule, &mut rng);
-        let got = drain(&mut p, 10_000, &[current], 0);
-        assert_eq!(got.iter().map(|s| s.count).collect::<Vec<_>>(), [16, 16, 8]);
+        let mut p = RefillPlanner::new(5, 4).with_issuance(Issuance::Schedule, &mut rng);
+        // Due whole (10 steps of 4), drawn at the pace: 8 batches at first sight, one more each second.
+        assert_eq!(drain(&mut p, 10_000, &[current], 0).len(), 8);
+        assert_eq!(p.next_due_ms(10_000, &[current]), Some(10_000 + SCHEDULE_PACE_MS));
+        assert!(drain(&mut p, 10_999, &[current], 0).is_empty());
+        assert_eq!(
+            drain(&mut p, 11_000, &[current], 0),
+            [RefillStep { epoch: 1, count: 4 }]
+        );
+        assert_eq!(
+            drain(&mut p, 15_000, &[current], 0),
+            [RefillStep { epoch: 1, count: 4 }]
+        );
+        assert_eq!(p.next_due_ms(15_000, &[current]), None);
+        assert_eq!(p.remaining(1, 40), 0);
         // After a restart the planner has forgotten; the first answer tells it what is left.
         let mut again = RefillPlanner::new(5, 16).with_issuance(Issuance::Schedule, &mut rng);
         assert_eq!(
@@ -635,7 +683,7 @@ mod tests {
         again.record_remaining(1, 0);
         assert_eq!(again.next_at(20_000, &[current], |_| 40), None);
         // On demand, the same planner asks only below its low-water mark.
-        let demand = RefillPlanner::new(5, 16);
+        let mut demand = RefillPlanner::new(5, 16);
         assert_eq!(demand.next_at(10_000, &[current], |_| 5), None);
         assert_eq!(
             demand.next_at(10_000, &[current], |_| 4),

@@ -141,9 +141,19 @@ fn a_removed_member_gets_no_more_tokens_and_is_disconnected() {
     let admin = RunningNode::start(admin_home.path(), &[]);
     let listen = admin.p2p_addr.split("/p2p/").next().unwrap().to_string();
     let boot = admin.p2p_addr.clone();
+    // On demand, so the wallet stops at the low-water mark and `before` is not raced by a scheduled draw.
     let mut member = RunningNode::start(
         member_home.path(),
-        &["--low-water", "10", "--batch", "5", "--bootstrap", &boot],
+        &[
+            "--low-water",
+            "10",
+            "--batch",
+            "5",
+            "--issuance",
+            "demand",
+            "--bootstrap",
+            &boot,
+        ],
     );
     member.wait_until("tokens", WAIT, |n| balance(n) >= 10);
     let before = balance(&member);

@@ -292,7 +292,7 @@ impl Member {
     }
 
     /// The refill to make now, if any (see `RefillPlanner`).
-    fn next_refill(&self) -> Option<RefillStep> {
+    fn next_refill(&mut self) -> Option<RefillStep> {
         let view = self.view.borrow().clone();
         let now = now_ms();
         let quota = self.quota(&view);
