@@ -420,7 +420,21 @@ impl TestGroup {
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (for a node that must listen on a port known in advance).
+/// Chosen below the kernel's ephemeral range where there is room: a port from that range can be handed to any
+/// other socket (a node's dial, another test's listener on port 0) before the node binds it.
 pub fn free_port() -> u16 {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(0);
+    if low > 20_000 {
+        for _ in 0..64 {
+            let port = 10_000 + rand::random::<u16>() % (low - 10_000);
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
