@@ -84,7 +84,24 @@ pub struct NetworkConfig {
     /// it above the lenders' `[upstream] idle_timeout`.
     #[serde(with = "duration_str")]
     pub idle_timeout: Duration,
+    /// Serve as a circuit relay for members behind NAT (docs/design.md §10.4): `auto` while this node has a
+    /// confirmed external address (AutoNAT confirmed one, or `external` names one), `on`, or `off`.
+    pub circuit_relay: crate::net::nat::Switch,
+    /// Reserve a slot on a member's circuit relay so the others can reach this node through it: `auto` when
+    /// AutoNAT finds this node unreachable from outside, `on` always, `off` never.
+    pub reserve_circuit: crate::net::nat::Switch,
+    /// How long one connection relayed by this node may last (1s to 7d): a relayed borrow is cut at this limit, so
+    /// keep it above the longest answer.
+    #[serde(with = "duration_str")]
+    pub circuit_max_duration: Duration,
+    /// How many bytes one connection relayed by this node may carry (0: no limit).
+    pub circuit_max_bytes: u64,
 }
+
+/// Longest connection this node relays, by default: half a day, far above the longest answer.
+pub const DEFAULT_CIRCUIT_MAX_DURATION: Duration = Duration::from_secs(12 * 3600);
+/// Most bytes one relayed connection carries, by default: 1 GiB.
+pub const DEFAULT_CIRCUIT_MAX_BYTES: u64 = 1 << 30;
 
 impl Default for NetworkConfig {
     fn default() -> Self {
@@ -97,6 +114,10 @@ impl Default for NetworkConfig {
             relay_ack_timeout: crate::net::streams::DEFAULT_ACK_TIMEOUT,
             first_byte_timeout: crate::net::streams::DEFAULT_FIRST_BYTE_TIMEOUT,
             idle_timeout: crate::net::streams::DEFAULT_IDLE_TIMEOUT,
+            circuit_relay: crate::net::nat::Switch::Auto,
+            reserve_circuit: crate::net::nat::Switch::Auto,
+            circuit_max_duration: DEFAULT_CIRCUIT_MAX_DURATION,
+            circuit_max_bytes: DEFAULT_CIRCUIT_MAX_BYTES,
         }
     }
 }
@@ -108,6 +129,14 @@ impl NetworkConfig {
         check_step_timeout("relay_ack_timeout", self.relay_ack_timeout)?;
         check_answer_timeout("first_byte_timeout", self.first_byte_timeout)?;
         check_answer_timeout("idle_timeout", self.idle_timeout)?;
+        if self.circuit_max_duration < Duration::from_secs(1)
+            || self.circuit_max_duration > Duration::from_secs(7 * 24 * 3600)
+        {
+            return Err(format!(
+                "circuit_max_duration must be from 1s to 7d (got {})",
+                format_duration(self.circuit_max_duration)
+            ));
+        }
         Ok(())
     }
 

@@ -517,6 +517,13 @@ fn spawn_network(
         store: base.store.clone(),
         stream_timeouts: config.network.stream_timeouts(),
         limiter: base.limiter.clone(),
+        external: parse_addrs(&config.network.external, "external")?,
+        nat: net::NatParams {
+            circuit_relay: config.network.circuit_relay,
+            reserve_circuit: config.network.reserve_circuit,
+            circuit_max_duration: config.network.circuit_max_duration,
+            circuit_max_bytes: config.network.circuit_max_bytes,
+        },
     };
     net::spawn(params, base.counters.clone(), actors.clone())
 }

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 pub mod linker;
+pub mod netns;
 pub mod rogue;
 pub mod spend;
 pub mod stream;
@@ -19,12 +20,17 @@ use std::time::{Duration, Instant};
 /// The CLI under test: the `lendmesh-e2e` binary cargo builds next to this package's test executables
 /// (`target/<profile>/lendmesh-e2e`, the tests being in `target/<profile>/deps/`).
 pub fn bin() -> PathBuf {
+    sibling_bin("lendmesh-e2e")
+}
+
+/// A binary of this package, built by cargo next to the test executables.
+pub fn sibling_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("target profile directory");
-    let bin = dir.join(format!("lendmesh-e2e{}", std::env::consts::EXE_SUFFIX));
+    let bin = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     assert!(
         bin.exists(),
         "{} is missing: run the tests through cargo",
@@ -91,6 +97,8 @@ pub struct RunningNode {
     pub api: String,
     /// Its gateway base URL.
     pub gateway: String,
+    /// The network namespace it runs in (its API and gateway are on that namespace's loopback), if not the test's.
+    pub netns: Option<String>,
 }
 
 impl RunningNode {
@@ -108,12 +116,35 @@ impl RunningNode {
     /// Like [`RunningNode::start_on`] with extra environment variables for the process. Nodes log at `info`, or
     /// with the filter in `LENDMESH_TEST_LOG` (e.g. `info,lendmesh_node::roles::claimer=debug`) when it is set.
     pub fn start_with_env(home: &Path, listen: &str, extra: &[&str], envs: &[(&str, &str)]) -> RunningNode {
+        Self::spawn(None, home, listen, extra, envs)
+    }
+
+    /// Like [`RunningNode::start_on`], inside network namespace `ns` (`ip netns exec`).
+    pub fn start_in(ns: &str, home: &Path, listen: &str, extra: &[&str]) -> RunningNode {
+        Self::spawn(Some(ns), home, listen, extra, &[])
+    }
+
+    fn spawn(
+        ns: Option<&str>,
+        home: &Path,
+        listen: &str,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> RunningNode {
         let gateway: &[&str] = if extra.contains(&"--gateway") {
             &[]
         } else {
             &["--gateway", "127.0.0.1:0"]
         };
-        let mut child = Command::new(bin())
+        let mut command = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
+        let mut child = command
             .arg("--home")
             .arg(home)
             .args(["run", "--listen", listen, "--api", "127.0.0.1:0"])
@@ -147,6 +178,7 @@ impl RunningNode {
             p2p_addr: String::new(),
             api: String::new(),
             gateway: String::new(),
+            netns: ns.map(str::to_string),
         };
         let line = node.wait_for_log("listening on /ip4/127.0.0.1/", Duration::from_secs(30));
         node.p2p_addr = line.split("listening on ").nth(1).unwrap().trim().to_string();
@@ -199,7 +231,22 @@ impl RunningNode {
 
     /// GET a JSON endpoint of the node's API.
     pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
-        http_get(&self.api, path)
+        match &self.netns {
+            Some(ns) => {
+                let (status, body) = netns::request(
+                    ns,
+                    "GET",
+                    &format!("{}{path}", self.api),
+                    "",
+                    Duration::from_secs(10),
+                );
+                (
+                    status,
+                    serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+                )
+            }
+            None => http_get(&self.api, path),
+        }
     }
 
     /// Polls `check` on `/v1/…` JSON until it holds (bounded).
@@ -327,6 +374,22 @@ pub fn http_get_raw(base: &str, path: &str, token: Option<&str>) -> (u16, String
         dechunk(body)
     } else {
         body.to_string()
+    };
+    (status, body)
+}
+
+/// A raw HTTP/1.1 response's status and body (de-chunked).
+pub fn parse_response(resp: &str) -> (u16, String) {
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let (head, rest) = resp.split_once("\r\n\r\n").unwrap_or((resp, ""));
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(rest)
+    } else {
+        rest.to_string()
     };
     (status, body)
 }
@@ -486,18 +549,7 @@ pub fn gateway_request_with(
     .unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
-    let status = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let (head, rest) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        dechunk(rest)
-    } else {
-        rest.to_string()
-    };
-    (status, body)
+    parse_response(&resp)
 }
 
 /// A gateway's answer with its headers.

@@ -35,13 +35,13 @@ pub(super) fn cmd_inspect(config: &Config, args: &ApiArgs, peers: bool) -> anyho
             return Ok(());
         }
         out(format!(
-            "{:<10} {:<8} {:<5} {:<9} {:>8} {:<7} {:>8} {:>6}  {:<24} {}",
-            "PEER", "ROSTER", "CONN", "DIR", "RTT", "BUCKET", "ATT AGE", "SEQ", "LIMITS", "AGENT"
+            "{:<10} {:<8} {:<5} {:<9} {:<20} {:>8} {:<7} {:>8} {:>6}  {:<24} {}",
+            "PEER", "ROSTER", "CONN", "DIR", "PATH", "RTT", "BUCKET", "ATT AGE", "SEQ", "LIMITS", "AGENT"
         ));
         for p in v["peers"].as_array().cloned().unwrap_or_default() {
             let att = &p["attestation"];
             out(format!(
-                "{:<10} {:<8} {:<5} {:<9} {:>8} {:<7} {:>8} {:>6}  {:<24} {}",
+                "{:<10} {:<8} {:<5} {:<9} {:<20} {:>8} {:<7} {:>8} {:>6}  {:<24} {}",
                 p["short_id"].as_str().unwrap_or("?"),
                 p["roster_status"].as_str().unwrap_or("?"),
                 if p["connected"].as_bool().unwrap_or(false) {
@@ -50,6 +50,7 @@ pub(super) fn cmd_inspect(config: &Config, args: &ApiArgs, peers: bool) -> anyho
                     "no"
                 },
                 p["direction"].as_str().unwrap_or("-"),
+                path_cell(&p["path"]),
                 p["rtt_ms"].as_f64().map_or("-".into(), |r| format!("{r:.1}ms")),
                 att["bucket"].as_str().unwrap_or("-"),
                 att["age_ms"]
@@ -95,6 +96,23 @@ pub(super) fn cmd_inspect(config: &Config, args: &ApiArgs, peers: bool) -> anyho
             v["version"].as_str().unwrap_or("?")
         ));
         out(format!("wallet    {} tokens", v["wallet_balance"]));
+        let nat = &v["nat"];
+        let reservations: Vec<&str> = nat["reservations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["relay"].as_str())
+            .collect();
+        out(format!(
+            "reach     {} from outside; circuit relay {}{}",
+            nat["reachability"].as_str().unwrap_or("?"),
+            nat["relay"].as_str().unwrap_or("?"),
+            if reservations.is_empty() {
+                String::new()
+            } else {
+                format!("; reachable through the relay of {}", reservations.join(", "))
+            }
+        ));
         out(format!(
             "headroom  {} ({} upstream)",
             v["headroom_bucket"].as_str().unwrap_or("?"),
@@ -150,6 +168,16 @@ pub(super) fn cmd_inspect(config: &Config, args: &ApiArgs, peers: bool) -> anyho
 }
 
 /// What the per-member limits did to a peer, in a few words: `-`, `throttled 512 claim`, `banned 45s (2×)`.
+/// How a member is reached: `direct`, `hole-punched`, `relay <short id>`, or `-` when not connected.
+fn path_cell(p: &serde_json::Value) -> String {
+    match p["kind"].as_str() {
+        Some("direct") => "direct".into(),
+        Some("hole_punched") => "hole-punched".into(),
+        Some("relayed") => format!("relay {}", p["relay"].as_str().unwrap_or("?")),
+        _ => "-".into(),
+    }
+}
+
 fn limits_cell(l: &serde_json::Value) -> String {
     let throttled: Vec<String> = l["throttled"]
         .as_object()

@@ -249,6 +249,20 @@ pub struct RunArgs {
     /// Discover members on the LAN with mDNS.
     #[arg(long)]
     pub mdns: bool,
+    /// Serve as a circuit relay for members behind NAT: auto (while this node has a confirmed external address),
+    /// on or off [default: auto].
+    #[arg(long, value_enum)]
+    pub circuit_relay: Option<crate::net::nat::Switch>,
+    /// Reserve a slot on a member's circuit relay, to be reachable from behind NAT: auto (when AutoNAT finds this
+    /// node unreachable), on or off [default: auto].
+    #[arg(long, value_enum)]
+    pub reserve_circuit: Option<crate::net::nat::Switch>,
+    /// Longest connection this node relays (e.g. 12h) [default: 12h].
+    #[arg(long, value_parser = parse_duration)]
+    pub circuit_max_duration: Option<Duration>,
+    /// Most bytes one connection relayed by this node carries (0: no limit) [default: 1 GiB].
+    #[arg(long)]
+    pub circuit_max_bytes: Option<u64>,
     /// Which upstream to share.
     #[arg(long, value_enum)]
     pub upstream: Option<UpstreamKind>,
@@ -372,6 +386,18 @@ impl RunArgs {
             c.lender.claims = m;
         }
         c.network.mdns |= self.mdns;
+        if let Some(v) = self.circuit_relay {
+            c.network.circuit_relay = v;
+        }
+        if let Some(v) = self.reserve_circuit {
+            c.network.reserve_circuit = v;
+        }
+        if let Some(v) = self.circuit_max_duration {
+            c.network.circuit_max_duration = v;
+        }
+        if let Some(v) = self.circuit_max_bytes {
+            c.network.circuit_max_bytes = v;
+        }
         if let Some(u) = self.upstream {
             c.upstream.kind = u;
         }

@@ -306,6 +306,7 @@ async fn node(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
         "listen_addrs": snap.listen_addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
         "external_addrs": s.external_addrs,
         "connected_peers": snap.connected.len(),
+        "nat": snap.nat,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_s": crate::clock::now_ms().saturating_sub(s.started_ms) / 1000,
         "wallet_balance": balance,
@@ -364,23 +365,24 @@ async fn lends(State(s): State<Arc<ApiState>>, Query(query): Query<HashMap<Strin
     }
 }
 
-/// The PeerBook's view of each peer, with what the per-member limits did to it (`limits`: requests throttled by
+/// The PeerBook's view of each peer, how it is reached (`path`), with what the per-member limits did to it (`limits`: requests throttled by
 /// surface, disconnections for exceeding them, and the end of its ban if it is refused now).
 async fn peers(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
     let now = crate::clock::now_ms();
+    let paths = s.net.snapshot().await.paths;
     let peers: Vec<serde_json::Value> = s
         .peerbook
         .peers()
         .await
         .into_iter()
         .map(|p| {
-            let stats = p
-                .peer_id
-                .parse::<lendmesh_protocol::PeerId>()
-                .ok()
+            let id = p.peer_id.parse::<lendmesh_protocol::PeerId>().ok();
+            let stats = id
                 .and_then(|id| s.limiter.lock().ok().map(|l| l.stats(&id, now)))
                 .unwrap_or_default();
             let mut v = serde_json::to_value(&p).unwrap_or_default();
+            // How it is reached: direct, hole_punched, or relayed (with the relay's short id); null when not connected.
+            v["path"] = json!(id.and_then(|id| paths.get(&id)));
             v["limits"] = json!({
                 "throttled": stats.throttled.iter().map(|(k, n)| (k.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
                 "disconnects": stats.disconnects,

@@ -238,7 +238,30 @@ pub struct NodeMetrics {
     pub refill_requests: Family<OutcomeLabel, Counter>,
     /// Requests the member could serve itself that it borrowed by choice (`[exposure]`), by reason and outcome.
     pub borrows_by_choice: Family<ChoiceLabel, Counter>,
+    /// Connections to members by path (one of [`CONNECTION_PATHS`]; a hole-punched one is counted when the punch
+    /// succeeds, besides the relayed one it upgraded).
+    pub member_connections: Family<OutcomeLabel, Counter>,
+    /// Hole punches (DCUtR) by outcome: `ok`, `failed`.
+    pub hole_punches: Family<OutcomeLabel, Counter>,
+    /// This node's reservations on members' relays, by outcome (one of [`RESERVATION_OUTCOMES`]).
+    pub relay_reservations: Family<OutcomeLabel, Counter>,
+    /// What this node's relay did for others, by outcome (one of [`RELAY_SERVED`]).
+    pub relay_served: Family<OutcomeLabel, Counter>,
 }
+
+/// How a connection to a member runs.
+pub const CONNECTION_PATHS: [&str; 3] = ["direct", "relayed", "hole_punched"];
+/// A reservation this node asked a relay for: `accepted`, `renewed`, `failed` (refused, or the relay went away).
+pub const RESERVATION_OUTCOMES: [&str; 3] = ["accepted", "renewed", "failed"];
+/// What this node's relay did: reservations and circuits accepted or denied (at its limits), circuits closed.
+pub const RELAY_SERVED: [&str; 6] = [
+    "reservation_accepted",
+    "reservation_denied",
+    "reservation_timed_out",
+    "circuit_accepted",
+    "circuit_denied",
+    "circuit_closed",
+];
 
 /// The outcomes of a refill request: `granted` (tokens stored), `over_quota` (nothing or less left this epoch),
 /// `busy` (the issuer's queue was full), `refused` (any other refusal), `unreachable` (no answer: not connected,
@@ -351,6 +374,10 @@ impl Default for NodeMetrics {
                 family
             },
             refill_requests: refill_requests(),
+            member_connections: family_with(&CONNECTION_PATHS),
+            hole_punches: family_with(&["ok", "failed"]),
+            relay_reservations: family_with(&RESERVATION_OUTCOMES),
+            relay_served: family_with(&RELAY_SERVED),
             borrows_by_choice: {
                 let family = Family::<ChoiceLabel, Counter>::default();
                 for reason in ["cover", "threshold"] {
@@ -572,6 +599,28 @@ impl NodeMetrics {
             "Requests this member could serve itself that it borrowed by choice ([exposure]: cover borrows, the \
              borrow threshold), by reason and outcome (served_here: the borrow failed and the own upstream served it)",
             self.borrows_by_choice.clone(),
+        );
+        r.register(
+            "member_connections",
+            "Connections to members by path: direct, relayed (through a member's circuit relay) or hole_punched (a \
+             relayed one upgraded to a direct one)",
+            self.member_connections.clone(),
+        );
+        r.register(
+            "hole_punches",
+            "Hole punches (DCUtR) on relayed connections, by outcome",
+            self.hole_punches.clone(),
+        );
+        r.register(
+            "relay_reservations",
+            "Reservations this node asked members' circuit relays for, by outcome",
+            self.relay_reservations.clone(),
+        );
+        r.register(
+            "relay_served",
+            "What this node's circuit relay did for members: reservations and circuits accepted, denied (at its \
+             limits) or closed",
+            self.relay_served.clone(),
         );
         r.register(
             "http_refusals",

@@ -23,6 +23,10 @@ pub fn spawn(
             .listen_on(addr.clone())
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     }
+    // Addresses the operator says this node is reachable at: confirmed, so its circuit relay serves (`auto`).
+    for addr in &params.external {
+        swarm.add_external_address(addr.clone());
+    }
     // Addresses learned in earlier runs, and bootstrap addresses that name their peer.
     let mut learned: HashMap<libp2p::PeerId, Vec<Multiaddr>> = HashMap::new();
     match params.store.peer_addrs() {
@@ -71,6 +75,8 @@ pub fn spawn(
         learned,
         backoff: HashMap::new(),
         limiter: params.limiter,
+        nat: super::nat::Nat::new(params.nat),
+        refused_warned: HashMap::new(),
     };
     let task = tokio::spawn(actor.run(shutdown));
     Ok((NetworkHandle { tx, streams }, event_rx, task))
@@ -99,6 +105,10 @@ struct Network {
     backoff: HashMap<libp2p::PeerId, Backoff>,
     /// Per-member rate limits.
     limiter: super::SharedLimiter,
+    /// Paths to members, AutoNAT's verdict, reservations on members' relays.
+    nat: super::nat::Nat,
+    /// When a refused peer's connection was last logged at warn.
+    refused_warned: HashMap<String, u64>,
 }
 
 fn now_ms() -> u64 {
@@ -288,6 +298,10 @@ impl Network {
                 let snap = NetSnapshot {
                     listen_addrs: self.swarm.listeners().cloned().collect(),
                     connected: self.swarm.connected_peers().filter_map(to_proto).collect(),
+                    paths: self.nat.paths(),
+                    nat: self
+                        .nat
+                        .snapshot(self.swarm.external_addresses().cloned().collect()),
                 };
                 let _ = reply.send(snap);
             }
@@ -352,9 +366,38 @@ impl Network {
             }
         }
         self.backoff
-            .retain(|p, _| to_proto(p).is_some_and(|m| roster.is_active(&m, now)) && !connected.contains(p));
+            .retain(|p, _| to_proto(p).is_some_and(|m| roster.is_active(&m, now)));
         if members_connected > 0 {
             let _ = self.swarm.behaviour_mut().kad.bootstrap();
+        }
+        self.manage_reservations(now);
+    }
+
+    /// Holds reservations on members' circuit relays while this node needs them (`nat` module doc).
+    fn manage_reservations(&mut self, now: u64) {
+        let learned = &self.learned;
+        let roster = self.roster.borrow().clone();
+        let (drop, reserve) = self.nat.plan(
+            now,
+            |p| to_proto(p).is_some_and(|m| roster.is_active(&m, now)),
+            |p| {
+                learned
+                    .get(p)
+                    .and_then(|addrs| addrs.iter().find(|a| !super::nat::is_relayed(a)).cloned())
+            },
+        );
+        for id in drop {
+            info!("this node is reachable from outside: reservations on members' relays dropped");
+            let _ = self.swarm.remove_listener(id);
+        }
+        for (relay, addr) in reserve {
+            match self.swarm.listen_on(addr.clone()) {
+                Ok(id) => {
+                    debug!(%addr, "asking a member's circuit relay for a reservation");
+                    self.nat.reserving(id, relay);
+                }
+                Err(e) => warn!(%addr, %e, "cannot ask for a reservation"),
+            }
         }
     }
 
@@ -366,17 +409,18 @@ impl Network {
         let entry = self.learned.entry(peer).or_default();
         let mut changed = false;
         for addr in addrs {
-            if is_unspecified(&addr)
-                || addr
-                    .iter()
-                    .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2pCircuit))
-            {
+            if is_unspecified(&addr) {
                 continue;
             }
-            let plain: Multiaddr = addr
-                .iter()
-                .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
-                .collect();
+            // A circuit address (through a member's relay) is how a member behind NAT is reached: kept, with the
+            // relay's peer id inside it; only the member's own trailing `/p2p` is dropped.
+            let mut plain = addr.clone();
+            if matches!(plain.iter().last(), Some(libp2p::multiaddr::Protocol::P2p(_))) {
+                plain.pop();
+            }
+            if super::nat::relay_of(&plain).is_none() && super::nat::is_relayed(&plain) {
+                continue;
+            }
             if let Some(pos) = entry.iter().position(|a| a == &plain) {
                 if pos != 0 {
                     // Most recently confirmed first.
@@ -405,6 +449,8 @@ impl Network {
                 BehaviourEvent::Ping(e) => self.libp2p_metrics.record(e),
                 BehaviourEvent::Gossipsub(e) => self.libp2p_metrics.record(e),
                 BehaviourEvent::Kad(e) => self.libp2p_metrics.record(e),
+                BehaviourEvent::Relay(e) => self.libp2p_metrics.record(e),
+                BehaviourEvent::Dcutr(e) => self.libp2p_metrics.record(e),
                 _ => {}
             }
         }
@@ -414,6 +460,7 @@ impl Network {
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
+                connection_id,
                 endpoint,
                 num_established,
                 ..
@@ -430,8 +477,12 @@ impl Network {
                     let _ = self.swarm.disconnect_peer_id(peer_id);
                     return;
                 }
-                self.backoff.remove(&peer_id);
-                self.bootstrap_backoff.succeeded();
+                let path = self
+                    .nat
+                    .connected(peer_id, connection_id, &endpoint, &self.counters);
+                if num_established.get() > 1 {
+                    debug!(peer = %peer_id, path = path.label(), "another connection");
+                }
                 if num_established.get() == 1
                     && let Some(peer) = to_proto(&peer_id)
                 {
@@ -440,7 +491,7 @@ impl Network {
                         self.swarm.behaviour_mut().kad.add_address(&peer_id, addr.clone());
                         self.learn(peer_id, [addr.clone()]);
                     }
-                    info!(peer = %peer.short(), %addr, "connected");
+                    info!(peer = %peer.short(), %addr, path = path.label(), "connected");
                     self.emit(NetEvent::Connected {
                         peer,
                         addr,
@@ -450,10 +501,14 @@ impl Network {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                connection_id,
+                num_established,
                 ..
             } => {
-                if let Some(peer) = to_proto(&peer_id) {
+                self.nat.closed(&peer_id, connection_id);
+                if num_established == 0
+                    && let Some(peer) = to_proto(&peer_id)
+                {
                     debug!(peer = %peer.short(), "disconnected");
                     self.emit(NetEvent::Disconnected { peer });
                 }
@@ -486,9 +541,40 @@ impl Network {
                          the group key (this node's group key fingerprint is {}); next try in {retry_s} s",
                         self.fingerprint
                     ),
+                    dial::DialFailure::Denied(why) => debug!("did not connect to {who}: {why}"),
                     dial::DialFailure::Other => debug!("could not connect to {who}: {error}"),
                 }
             }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error: libp2p::swarm::ListenError::Denied { cause },
+                peer_id,
+                ..
+            } => {
+                // The membership gate (counted there), or the connection limits. A refused peer redials with
+                // backoff; said at warn once a minute per peer.
+                let who = peer_id.map_or_else(|| send_back_addr.to_string(), |p| p.to_string());
+                let why = super::gate::reason(&cause);
+                let now = now_ms();
+                if self.refused_warned.len() > 1024 {
+                    self.refused_warned.clear();
+                }
+                let due = self
+                    .refused_warned
+                    .get(&who)
+                    .is_none_or(|t| now.saturating_sub(*t) >= 60_000);
+                if due {
+                    warn!("refused a connection from {who}: {why}");
+                    self.refused_warned.insert(who, now);
+                } else {
+                    debug!("refused a connection from {who}: {why}");
+                }
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id, reason, ..
+            } => self
+                .nat
+                .listener_closed(listener_id, &reason, now_ms(), &self.counters),
             SwarmEvent::IncomingConnectionError {
                 send_back_addr,
                 error,
@@ -604,6 +690,14 @@ impl Network {
                 }
             }
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                // The connection works (a member's node ran a protocol on it): redial backoffs start over. Not at
+                // establishment: a peer that refuses this node closes the connection at once, and would be
+                // redialled every tick.
+                if self.allowed(&peer_id) {
+                    self.backoff.remove(&peer_id);
+                    self.bootstrap_backoff.succeeded();
+                }
+                self.nat.identified(peer_id, &info.protocols);
                 for addr in &info.listen_addrs {
                     if !is_unspecified(addr) {
                         self.swarm.behaviour_mut().kad.add_address(&peer_id, addr.clone());
@@ -627,6 +721,45 @@ impl Network {
                     self.emit(NetEvent::Rtt { peer, rtt });
                 }
             }
+            BehaviourEvent::Autonat(autonat::Event::StatusChanged { new, .. }) => {
+                self.nat.status_changed(new)
+            }
+            BehaviourEvent::Autonat(autonat::Event::InboundProbe(autonat::InboundProbeEvent::Response {
+                peer,
+                address,
+                ..
+            })) => {
+                if let Some(connection) = self.nat.dial_back(&peer, &address) {
+                    let _ = self.swarm.close_connection(connection);
+                }
+            }
+            BehaviourEvent::Dcutr(dcutr::Event {
+                remote_peer_id,
+                result,
+            }) => match result {
+                Ok(connection) => {
+                    NodeMetrics::outcome(&self.counters.hole_punches, "ok");
+                    NodeMetrics::outcome(&self.counters.member_connections, "hole_punched");
+                    self.nat.hole_punched(&remote_peer_id, connection);
+                    info!(peer = %remote_peer_id, "hole punched: the relayed connection now has a direct one");
+                }
+                Err(e) => {
+                    NodeMetrics::outcome(&self.counters.hole_punches, "failed");
+                    debug!(peer = %remote_peer_id, %e, "hole punching failed: the connection stays relayed");
+                }
+            },
+            BehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                renewal,
+                limit,
+            }) => self.nat.reservation_accepted(
+                &relay_peer_id,
+                renewal,
+                // The limit's type is private to libp2p-relay; its accessors are not.
+                limit.map(|l| (l.duration().map(|d| d.as_secs()), l.data_in_bytes())),
+                &self.counters,
+            ),
+            BehaviourEvent::Relay(e) => self.relay_served(e),
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, addr) in found {
                     if self.allowed(&peer) {
@@ -637,6 +770,42 @@ impl Network {
             }
             _ => {}
         }
+    }
+}
+
+impl Network {
+    /// Counts what this node's circuit relay did.
+    fn relay_served(&mut self, event: relay::Event) {
+        let outcome = match event {
+            relay::Event::ReservationReqAccepted {
+                renewed: false,
+                src_peer_id,
+            } => {
+                debug!(peer = %src_peer_id, "relay: reservation accepted");
+                "reservation_accepted"
+            }
+            relay::Event::ReservationReqDenied { src_peer_id, status } => {
+                warn!(peer = %src_peer_id, ?status, "relay: reservation denied (at this relay's limits)");
+                "reservation_denied"
+            }
+            relay::Event::ReservationTimedOut { .. } => "reservation_timed_out",
+            relay::Event::CircuitReqAccepted { .. } => "circuit_accepted",
+            relay::Event::CircuitReqDenied {
+                src_peer_id,
+                dst_peer_id,
+                status,
+            } => {
+                debug!(src = %src_peer_id, dst = %dst_peer_id, ?status, "relay: circuit denied");
+                "circuit_denied"
+            }
+            relay::Event::CircuitClosed { .. } => "circuit_closed",
+            relay::Event::StatusChanged { status } => {
+                self.nat.relay_status(status);
+                return;
+            }
+            _ => return,
+        };
+        NodeMetrics::outcome(&self.counters.relay_served, outcome);
     }
 }
 

@@ -9,6 +9,8 @@ pub(super) enum DialFailure {
     Unreachable(String),
     /// The connection opened and the upgrade (pnet, noise) failed: a wrong group key fails this way.
     Handshake,
+    /// This node's membership gate refused the peer: it is not an active roster member.
+    Denied(String),
     /// Something else (no address known, already dialling, …).
     Other,
 }
@@ -17,8 +19,11 @@ pub(super) fn dial_failure(error: &DialError) -> DialFailure {
     match error {
         DialError::Transport(errors) => {
             let mut reasons = Vec::new();
-            for (_, e) in errors {
-                match unreachable_reason(e) {
+            for (addr, e) in errors {
+                let relayed = addr
+                    .iter()
+                    .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2pCircuit));
+                match relay_reason(relayed, e).or_else(|| unreachable_reason(e)) {
                     Some(why) => reasons.push(why),
                     None => return DialFailure::Handshake,
                 }
@@ -27,8 +32,32 @@ pub(super) fn dial_failure(error: &DialError) -> DialFailure {
             DialFailure::Unreachable(reasons.join(", "))
         }
         DialError::NoAddresses => DialFailure::Unreachable("no address known yet".into()),
+        DialError::Denied { cause, .. } => DialFailure::Denied(super::gate::reason(cause)),
         _ => DialFailure::Other,
     }
+}
+
+/// `Some(reason)` when a dial through a circuit relay failed at the relay (no reservation there, its limits, the
+/// relay not reachable): the peer was not reached, which is not a key problem. A relayed connection that opened
+/// and then failed its handshake is not matched here: a wrong group key fails that way, as on a direct one.
+fn relay_reason(relayed: bool, e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    if !relayed {
+        return None;
+    }
+    let debug = format!("{e:?}");
+    [
+        ("NoReservation", "its relay holds no reservation for it"),
+        ("ConnectionFailed", "its relay could not reach it"),
+        ("ResourceLimitExceeded", "its relay is at its limits"),
+        ("PermissionDenied", "its relay refused the circuit"),
+        ("Unsupported", "that member does not relay"),
+        ("Reservation(", "no reservation at the relay"),
+        ("MissingRelay", "the relay address is incomplete"),
+        ("ResponseFromBehaviourCanceled", "the relay could not be reached"),
+    ]
+    .iter()
+    .find(|(kind, _)| debug.contains(kind))
+    .map(|(_, why)| (*why).to_string())
 }
 
 /// `Some(reason)` when a transport error says the address could not be reached at all. The transport stack wraps
@@ -61,6 +90,29 @@ mod tests {
         assert!(matches!(dial_failure(&err), DialFailure::Unreachable(_)), "{err}");
         let handshake = std::io::Error::other("noise: decrypt error");
         let err = DialError::Transport(vec![(addr, libp2p::TransportError::Other(handshake))]);
+        assert!(matches!(dial_failure(&err), DialFailure::Handshake));
+    }
+
+    #[test]
+    fn a_relay_without_a_reservation_is_not_a_key_problem() {
+        let relayed: libp2p::Multiaddr =
+            "/ip4/10.0.0.1/tcp/4001/p2p/12D3KooWRBhwfeP2Y4TCx1SM6s9rUoHhR5STiGwxBhgFRcw3UERE/p2p-circuit"
+                .parse()
+                .unwrap();
+        let no_reservation = libp2p::relay::client::transport::Error::Connect(
+            libp2p::relay::outbound::hop::ConnectError::NoReservation,
+        );
+        let err = DialError::Transport(vec![(
+            relayed.clone(),
+            libp2p::TransportError::Other(std::io::Error::other(no_reservation)),
+        )]);
+        match dial_failure(&err) {
+            DialFailure::Unreachable(why) => assert!(why.contains("no reservation"), "{why}"),
+            _ => panic!("a relay without a reservation taken for a key problem"),
+        }
+        // The same relayed address failing in its handshake is a key problem, as on a direct one.
+        let handshake = std::io::Error::other("noise: decrypt error");
+        let err = DialError::Transport(vec![(relayed, libp2p::TransportError::Other(handshake))]);
         assert!(matches!(dial_failure(&err), DialFailure::Handshake));
     }
 }

@@ -27,7 +27,11 @@
 
 pub mod codec;
 mod dial;
+mod gate;
 pub mod ids;
+pub mod nat;
+
+use self::nat::Switch;
 pub mod streams;
 
 use std::collections::HashMap;
@@ -49,7 +53,10 @@ use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, Respons
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, StreamProtocol, Swarm, Transport, identify, kad, mdns, noise, ping, tcp, yamux};
+use libp2p::{
+    Multiaddr, StreamProtocol, Swarm, Transport, autonat, dcutr, identify, kad, mdns, noise, ping, relay,
+    tcp, yamux,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -82,6 +89,16 @@ const REDIAL_BASE_MS: u64 = 500;
 const REDIAL_MAX_MS: u64 = 60_000;
 /// Idle connections are kept this long (a small group stays fully connected).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Reservations this node's relay holds at once (every member of the largest group, with room).
+const RELAY_MAX_RESERVATIONS: usize = 256;
+/// How long a reservation lasts before the member renews it (the client renews on its own).
+const RELAY_RESERVATION_DURATION: Duration = Duration::from_secs(3600);
+/// Connections this node's relay carries at once: every pair of members behind NAT in a large group may need one.
+const RELAY_MAX_CIRCUITS: usize = 1024;
+/// Circuits one member may hold through this relay at once (one to each other member of the largest group).
+const RELAY_MAX_CIRCUITS_PER_PEER: usize = 128;
+/// New circuits one member may open through this relay per minute (a restart dials everyone at once).
+const RELAY_CIRCUITS_PER_MINUTE: u32 = 240;
 /// Largest gossip message (an epoch announcement with a full roster); matches the wire limit.
 const MAX_GOSSIP: usize = 128 * 1024;
 
@@ -201,6 +218,10 @@ pub struct NetSnapshot {
     pub listen_addrs: Vec<Multiaddr>,
     /// Connected peers.
     pub connected: Vec<lendmesh_protocol::PeerId>,
+    /// How each connected member is reached.
+    pub paths: HashMap<lendmesh_protocol::PeerId, nat::ConnPath>,
+    /// This node's reachability, relay and reservations.
+    pub nat: nat::NatSnapshot,
 }
 
 enum Command {
@@ -357,6 +378,23 @@ pub struct NetworkParams {
     pub stream_timeouts: streams::StreamTimeouts,
     /// Per-member rate limits on every inbound surface (shared with the API, which shows what they did).
     pub limiter: SharedLimiter,
+    /// Addresses this node is known to be reachable at (`[network] external`): confirmed external addresses.
+    pub external: Vec<Multiaddr>,
+    /// NAT traversal: the circuit relay this node serves, its reservations on others' (§10.4).
+    pub nat: NatParams,
+}
+
+/// NAT traversal settings (`[network] circuit_*`, `reserve_circuit`; docs/design.md §10.4).
+#[derive(Clone, Copy, Debug)]
+pub struct NatParams {
+    /// Whether this node relays for others.
+    pub circuit_relay: Switch,
+    /// Whether this node reserves a slot on others' relays.
+    pub reserve_circuit: Switch,
+    /// Longest relayed connection.
+    pub circuit_max_duration: Duration,
+    /// Most bytes on one relayed connection (0: no limit).
+    pub circuit_max_bytes: u64,
 }
 
 /// The per-member limiter (`protocol::limits`), shared by the network actor (which admits) and the API (which

@@ -399,7 +399,9 @@ pub(super) struct Inbound {
 pub(super) struct Behaviour {
     protocols: Vec<StreamProtocol>,
     open_rx: mpsc::Receiver<OpenRequest>,
-    connections: HashMap<libp2p::PeerId, usize>,
+    /// Each peer's connections, direct ones first: a stream goes on a direct (or hole-punched) connection when
+    /// there is one, so a borrow does not run through a member's circuit relay, and its limits, needlessly.
+    connections: HashMap<libp2p::PeerId, Vec<(ConnectionId, bool)>>,
     inbound: VecDeque<Inbound>,
 }
 
@@ -464,12 +466,21 @@ impl NetworkBehaviour for Behaviour {
 
     fn on_swarm_event(&mut self, event: FromSwarm<'_>) {
         match event {
-            FromSwarm::ConnectionEstablished(e) => *self.connections.entry(e.peer_id).or_default() += 1,
-            FromSwarm::ConnectionClosed(e) => {
-                if e.remaining_established == 0 {
-                    self.connections.remove(&e.peer_id);
+            FromSwarm::ConnectionEstablished(e) => {
+                let relayed = e.endpoint.is_relayed();
+                let conns = self.connections.entry(e.peer_id).or_default();
+                if relayed {
+                    conns.push((e.connection_id, true));
                 } else {
-                    self.connections.insert(e.peer_id, e.remaining_established);
+                    conns.insert(0, (e.connection_id, false));
+                }
+            }
+            FromSwarm::ConnectionClosed(e) => {
+                if let Some(conns) = self.connections.get_mut(&e.peer_id) {
+                    conns.retain(|(id, _)| *id != e.connection_id);
+                    if conns.is_empty() {
+                        self.connections.remove(&e.peer_id);
+                    }
                 }
             }
             _ => {}
@@ -497,13 +508,13 @@ impl NetworkBehaviour for Behaviour {
             if req.reply.is_closed() {
                 continue;
             }
-            if !self.connections.contains_key(&req.peer) {
+            let Some(&(connection, _)) = self.connections.get(&req.peer).and_then(|c| c.first()) else {
                 let _ = req.reply.send(Err("not connected".into()));
                 continue;
-            }
+            };
             return Poll::Ready(ToSwarm::NotifyHandler {
                 peer_id: req.peer,
-                handler: NotifyHandler::Any,
+                handler: NotifyHandler::One(connection),
                 event: req,
             });
         }
