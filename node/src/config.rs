@@ -129,14 +129,7 @@ impl NetworkConfig {
         check_step_timeout("relay_ack_timeout", self.relay_ack_timeout)?;
         check_answer_timeout("first_byte_timeout", self.first_byte_timeout)?;
         check_answer_timeout("idle_timeout", self.idle_timeout)?;
-        if self.circuit_max_duration < Duration::from_secs(1)
-            || self.circuit_max_duration > Duration::from_secs(7 * 24 * 3600)
-        {
-            return Err(format!(
-                "circuit_max_duration must be from 1s to 7d (got {})",
-                format_duration(self.circuit_max_duration)
-            ));
-        }
+        check_circuit_duration(self.circuit_max_duration)?;
         Ok(())
     }
 
@@ -150,6 +143,22 @@ impl NetworkConfig {
             ..Default::default()
         }
     }
+}
+
+/// Parses `--circuit-max-duration`.
+pub fn parse_circuit_duration(s: &str) -> Result<Duration, String> {
+    check_circuit_duration(parse_duration(s)?)
+}
+
+/// A relayed connection's longest life must be from a second to a week.
+fn check_circuit_duration(d: Duration) -> Result<Duration, String> {
+    if d < Duration::from_secs(1) || d > Duration::from_secs(7 * 24 * 3600) {
+        return Err(format!(
+            "circuit_max_duration must be from 1s to 7d (got {})",
+            format_duration(d)
+        ));
+    }
+    Ok(d)
 }
 
 /// Parses `--first-byte-timeout` and `--idle-timeout`.
@@ -853,6 +862,39 @@ mod tests {
             "{err}"
         );
         assert_eq!(parse_step_timeout("2s"), Ok(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn nat_settings_are_configured_and_checked() {
+        let c = Config::default();
+        assert_eq!(c.network.circuit_relay, crate::net::nat::Switch::Auto);
+        assert_eq!(c.network.reserve_circuit, crate::net::nat::Switch::Auto);
+        let shown = c.to_toml();
+        assert!(
+            shown.contains("circuit_relay = \"auto\"")
+                && shown.contains("circuit_max_duration = \"12h\"")
+                && shown.contains("circuit_max_bytes = 1073741824"),
+            "{shown}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(CONFIG_FILE);
+        std::fs::write(
+            &file,
+            "[network]\ncircuit_relay = \"off\"\nreserve_circuit = \"on\"\ncircuit_max_duration = \"10m\"\n",
+        )
+        .unwrap();
+        let n = Config::load(dir.path()).unwrap().network;
+        assert_eq!(n.circuit_relay, crate::net::nat::Switch::Off);
+        assert_eq!(n.reserve_circuit, crate::net::nat::Switch::On);
+        assert_eq!(n.circuit_max_duration, Duration::from_secs(600));
+        std::fs::write(&file, "[network]\ncircuit_max_duration = \"30d\"\n").unwrap();
+        let err = Config::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("[network] circuit_max_duration must be from 1s to 7d"),
+            "{err}"
+        );
+        assert!(parse_circuit_duration("0s").is_err());
+        assert_eq!(parse_circuit_duration("2h"), Ok(Duration::from_secs(7200)));
     }
 
     #[test]

@@ -257,8 +257,8 @@ pub struct RunArgs {
     /// node unreachable), on or off [default: auto].
     #[arg(long, value_enum)]
     pub reserve_circuit: Option<crate::net::nat::Switch>,
-    /// Longest connection this node relays (e.g. 12h) [default: 12h].
-    #[arg(long, value_parser = parse_duration)]
+    /// Longest connection this node relays (1s to 7d, e.g. 12h) [default: 12h].
+    #[arg(long, value_parser = crate::config::parse_circuit_duration)]
     pub circuit_max_duration: Option<Duration>,
     /// Most bytes one connection relayed by this node carries (0: no limit) [default: 1 GiB].
     #[arg(long)]

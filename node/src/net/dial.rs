@@ -44,37 +44,44 @@ fn relay_reason(relayed: bool, e: &(dyn std::error::Error + 'static)) -> Option<
     if !relayed {
         return None;
     }
-    let debug = format!("{e:?}");
-    [
-        ("NoReservation", "its relay holds no reservation for it"),
-        ("ConnectionFailed", "its relay could not reach it"),
-        ("ResourceLimitExceeded", "its relay is at its limits"),
-        ("PermissionDenied", "its relay refused the circuit"),
-        ("Unsupported", "that member does not relay"),
-        ("Reservation(", "no reservation at the relay"),
-        ("MissingRelay", "the relay address is incomplete"),
-        ("ResponseFromBehaviourCanceled", "the relay could not be reached"),
-    ]
-    .iter()
-    .find(|(kind, _)| debug.contains(kind))
-    .map(|(_, why)| (*why).to_string())
+    first_reason(
+        e,
+        &[
+            ("NoReservation", "its relay holds no reservation for it"),
+            ("ConnectionFailed", "its relay could not reach it"),
+            ("ResourceLimitExceeded", "its relay is at its limits"),
+            ("PermissionDenied", "its relay refused the circuit"),
+            ("Unsupported", "that member does not relay"),
+            ("Reservation(", "no reservation at the relay"),
+            ("MissingRelay", "the relay address is incomplete"),
+            ("ResponseFromBehaviourCanceled", "the relay could not be reached"),
+        ],
+    )
 }
 
 /// `Some(reason)` when a transport error says the address could not be reached at all. The transport stack wraps
 /// the socket's `io::Error` in layers of `Either` whose `source()` skips it, so the error kind is read from the
 /// debug form, which keeps every layer.
 fn unreachable_reason(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    first_reason(
+        e,
+        &[
+            ("ConnectionRefused", "connection refused (is the node running?)"),
+            ("HostUnreachable", "host unreachable"),
+            ("NetworkUnreachable", "network unreachable"),
+            ("AddrNotAvailable", "address not available"),
+            ("TimedOut", "connection attempt timed out"),
+        ],
+    )
+}
+
+/// The reason paired with the first name in `table` that the error's debug form contains.
+fn first_reason(e: &(dyn std::error::Error + 'static), table: &[(&str, &str)]) -> Option<String> {
     let debug = format!("{e:?}");
-    [
-        ("ConnectionRefused", "connection refused (is the node running?)"),
-        ("HostUnreachable", "host unreachable"),
-        ("NetworkUnreachable", "network unreachable"),
-        ("AddrNotAvailable", "address not available"),
-        ("TimedOut", "connection attempt timed out"),
-    ]
-    .iter()
-    .find(|(kind, _)| debug.contains(kind))
-    .map(|(_, why)| (*why).to_string())
+    table
+        .iter()
+        .find(|(kind, _)| debug.contains(kind))
+        .map(|(_, why)| (*why).to_string())
 }
 
 #[cfg(test)]

@@ -203,7 +203,7 @@ fn relay_config(nat: &NatParams) -> relay::Config {
 }
 
 /// AutoNAT: the first probe soon after start (a member behind NAT needs a reservation before the others can reach
-/// it), then every 30 s until sure, every 5 min after. Private addresses are allowed: a group on a LAN or a VPN
+/// it), then every 10 s until two probes agree, every 5 min after. Private addresses are allowed: a group on a LAN or a VPN
 /// is as real as one on the internet.
 fn autonat_config() -> autonat::Config {
     autonat::Config {
