@@ -106,3 +106,38 @@ fn three_nodes_started_at_the_same_time_connect_every_time() {
         }
     }
 }
+
+#[test]
+fn a_connected_group_does_not_keep_asking_kademlia() {
+    // Issue 15's idle-cost run found each node starting a Kademlia bootstrap on every 250 ms redial tick, about 8 % of
+    // a core in an idle 10-member group. Once every member is connected, a node bootstraps every 5 min: over a few
+    // seconds of a connected group, none or one (its first, if it falls in the window).
+    let port = free_port();
+    let g = group_at(port, 2);
+    let since = Instant::now();
+    let mut nodes = vec![RunningNode::start_on(g.admin.path(), &listen(port), &[])];
+    for h in &g.homes {
+        nodes.push(RunningNode::start(h.path(), &[]));
+    }
+    all_ready(&mut nodes, 2, since);
+    let bootstraps = |n: &RunningNode| {
+        metric_value(
+            n,
+            "libp2p_kad_query_result_num_requests_count{type=\"Bootstrap\"}",
+        )
+    };
+    let before: Vec<u64> = nodes.iter().map(bootstraps).collect();
+    // Counting what does not happen needs a window: 4 s is 16 redial ticks.
+    std::thread::sleep(Duration::from_secs(4));
+    for (n, b) in nodes.iter().zip(before) {
+        let after = bootstraps(n);
+        eprintln!("Kademlia bootstrap results: {b} -> {after}");
+        assert!(
+            after.saturating_sub(b) <= 3,
+            "Kademlia bootstrap results went from {b} to {after} in 4 s of a connected group"
+        );
+    }
+    for n in nodes {
+        assert!(n.stop());
+    }
+}
