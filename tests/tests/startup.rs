@@ -110,8 +110,9 @@ fn three_nodes_started_at_the_same_time_connect_every_time() {
 #[test]
 fn a_connected_group_does_not_keep_asking_kademlia() {
     // Issue 15's idle-cost run found each node starting a Kademlia bootstrap on every 250 ms redial tick, about 8 % of
-    // a core in an idle 10-member group. Once every member is connected, a node bootstraps every 5 min: over a few
-    // seconds of a connected group, none or one (its first, if it falls in the window).
+    // a core in an idle 10-member group. Once every member is connected, a node bootstraps every 5 min: over 4 s of a
+    // connected group at most the one started just before all were connected reports in the window (a bootstrap
+    // reports one result per step, 4 here), against 16 bootstraps before the fix.
     let port = free_port();
     let g = group_at(port, 2);
     let since = Instant::now();
@@ -133,7 +134,7 @@ fn a_connected_group_does_not_keep_asking_kademlia() {
         let after = bootstraps(n);
         eprintln!("Kademlia bootstrap results: {b} -> {after}");
         assert!(
-            after.saturating_sub(b) <= 3,
+            after.saturating_sub(b) <= 8,
             "Kademlia bootstrap results went from {b} to {after} in 4 s of a connected group"
         );
     }
