@@ -238,8 +238,8 @@ pub struct NodeMetrics {
     pub refill_requests: Family<OutcomeLabel, Counter>,
     /// Requests the member could serve itself that it borrowed by choice (`[exposure]`), by reason and outcome.
     pub borrows_by_choice: Family<ChoiceLabel, Counter>,
-    /// Connections to members by path (one of [`CONNECTION_PATHS`]; a hole-punched one is counted when the punch
-    /// succeeds, besides the relayed one it upgraded).
+    /// Connections to members by path (one of [`CONNECTION_PATHS`]). A hole-punched connection is counted twice:
+    /// as `direct` when it opens, and as `hole_punched` when DCUtR reports it (the relayed one it upgraded stays).
     pub member_connections: Family<OutcomeLabel, Counter>,
     /// Hole punches (DCUtR) by outcome: `ok`, `failed`.
     pub hole_punches: Family<OutcomeLabel, Counter>,
@@ -602,8 +602,8 @@ impl NodeMetrics {
         );
         r.register(
             "member_connections",
-            "Connections to members by path: direct, relayed (through a member's circuit relay) or hole_punched (a \
-             relayed one upgraded to a direct one)",
+            "Connections to members by path: direct, relayed (through a member's circuit relay), and hole_punched (a \
+             relayed one upgraded to a direct one, which is also counted as direct when it opens)",
             self.member_connections.clone(),
         );
         r.register(

@@ -41,10 +41,7 @@ pub fn spawn(
     for addr in &params.bootstrap {
         if let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() {
             let entry = learned.entry(peer).or_default();
-            let plain: Multiaddr = addr
-                .iter()
-                .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
-                .collect();
+            let plain = super::nat::without_peer_ids(addr);
             if !entry.contains(&plain) {
                 entry.insert(0, plain);
             }
@@ -574,8 +571,11 @@ impl Network {
                 peer_id,
                 ..
             } => {
-                // The membership gate (counted there), or the connection limits. A refused peer redials with
-                // backoff; said at warn once a minute per peer.
+                // The membership gate (counted there), or the connection limits (counted here). A refused peer
+                // redials with backoff; said at warn once a minute per peer.
+                if cause.downcast_ref::<super::gate::NotMember>().is_none() {
+                    self.counters.inc(&self.counters.connection_errors);
+                }
                 let who = peer_id.map_or_else(|| send_back_addr.to_string(), |p| p.to_string());
                 let why = super::gate::reason(&cause);
                 let now = now_ms();

@@ -134,6 +134,18 @@ pub(super) fn relay_of(addr: &Multiaddr) -> Option<libp2p::PeerId> {
     None
 }
 
+/// The address without any `/p2p/<id>` component.
+pub(super) fn without_peer_ids(addr: &Multiaddr) -> Multiaddr {
+    addr.iter().filter(|p| !matches!(p, Protocol::P2p(_))).collect()
+}
+
+/// A relay's reservation retry backoff.
+fn retry_backoff(backoff: &mut HashMap<libp2p::PeerId, Backoff>, relay: libp2p::PeerId) -> &mut Backoff {
+    backoff
+        .entry(relay)
+        .or_insert_with(|| Backoff::new(RESERVE_RETRY_BASE_MS, RESERVE_RETRY_MAX_MS))
+}
+
 /// Whether an address goes through a circuit relay.
 pub(super) fn is_relayed(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
@@ -206,13 +218,11 @@ impl Nat {
         if conns.len() < 2 {
             return None;
         }
-        let plain =
-            |a: &Multiaddr| -> Multiaddr { a.iter().filter(|p| !matches!(p, Protocol::P2p(_))).collect() };
-        let wanted = plain(address);
+        let wanted = without_peer_ids(address);
         conns
             .iter()
             .rev()
-            .find(|c| c.dialed.as_ref().is_some_and(|d| plain(d) == wanted))
+            .find(|c| c.dialed.as_ref().is_some_and(|d| without_peer_ids(d) == wanted))
             .map(|c| c.id)
     }
 
@@ -311,11 +321,7 @@ impl Nat {
             if !conns.iter().any(|c| c.path.is_direct()) {
                 continue;
             }
-            let backoff = self
-                .backoff
-                .entry(relay)
-                .or_insert_with(|| Backoff::new(RESERVE_RETRY_BASE_MS, RESERVE_RETRY_MAX_MS));
-            if !backoff.ready(now) {
+            if !retry_backoff(&mut self.backoff, relay).ready(now) {
                 continue;
             }
             let Some(addr) = conns
@@ -325,8 +331,12 @@ impl Nat {
             else {
                 continue;
             };
-            let plain: Multiaddr = addr.iter().filter(|p| !matches!(p, Protocol::P2p(_))).collect();
-            out.push((relay, plain.with(Protocol::P2p(relay)).with(Protocol::P2pCircuit)));
+            out.push((
+                relay,
+                without_peer_ids(&addr)
+                    .with(Protocol::P2p(relay))
+                    .with(Protocol::P2pCircuit),
+            ));
             need -= 1;
         }
         (Vec::new(), out)
@@ -387,11 +397,7 @@ impl Nat {
         };
         if let Err(e) = reason {
             NodeMetrics::outcome(&counters.relay_reservations, "failed");
-            let wait = self
-                .backoff
-                .entry(relay)
-                .or_insert_with(|| Backoff::new(RESERVE_RETRY_BASE_MS, RESERVE_RETRY_MAX_MS))
-                .failed(now, &mut rand::rngs::OsRng);
+            let wait = retry_backoff(&mut self.backoff, relay).failed(now, &mut rand::rngs::OsRng);
             warn!(relay = %short(&relay), %e, retry_in_ms = wait, "reservation on a member's circuit relay failed");
         }
     }
