@@ -400,11 +400,14 @@ impl FieldSectionReader {
 
     /// A name or value has been read in full.
     fn on_part_complete(&mut self) -> Result<(), BhttpError> {
-        let part = std::mem::take(&mut self.part);
+        let mut part = std::mem::take(&mut self.part);
         if let FieldStep::Name { .. } = self.step {
             if !is_token(&part) {
                 return Err(BhttpError::Malformed("field name is not an HTTP token"));
             }
+            // Names are case-insensitive; everything after the decoder compares them lower-cased, as the encoder
+            // writes them (a `Authorization` must not slip past a filter that looks for `authorization`).
+            part.make_ascii_lowercase();
             self.name = part;
             self.step = FieldStep::ValueLen;
             return Ok(());
@@ -582,7 +585,7 @@ pub enum ResponseEvent {
     Head {
         /// The status, 200..=599.
         status: u16,
-        /// Header fields in order, names as sent (lower-case from a conforming sender).
+        /// Header fields in order, names lower-cased.
         headers: Vec<(String, Vec<u8>)>,
     },
     /// Content bytes, never empty: whatever arrived of the content in one push (part of a chunk, or several).
