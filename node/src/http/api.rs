@@ -316,6 +316,13 @@ async fn node(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
         "privacy_mode": s.privacy,
         "exposure": s.exposure,
         "ohttp_key_config": hex::encode(&s.ohttp_key_config),
+        // What became of the tokens this member received, per epoch, from the store (`store::ledger`).
+        "token_ledger": s.store.ledger().ok().map(|l| {
+            l.into_iter()
+                .map(|(epoch, lines)| (epoch.to_string(), json!(lines)))
+                .collect::<serde_json::Map<_, _>>()
+        }),
+        "tokens_in_flight": s.store.in_flight().ok().map(|m| m.values().sum::<u64>()),
         "tokens_received": NodeMetrics::get(&s.counters.tokens_received),
         "tokens_issued": NodeMetrics::get(&s.counters.tokens_issued),
         "counters": counters_json(&s.counters),
@@ -436,6 +443,7 @@ fn counters_json(c: &NodeMetrics) -> serde_json::Value {
         "claims_answered": NodeMetrics::get(&c.claims_answered),
         "lends_in_flight": NodeMetrics::get(&c.lends_in_flight),
         "tokens_expired": NodeMetrics::get(&c.tokens_expired),
+        "tokens_given_up": NodeMetrics::get(&c.tokens_given_up),
         "epochs_pruned": NodeMetrics::get(&c.epochs_pruned),
         "key_alarms_raised": NodeMetrics::get(&c.key_alarms_raised),
     })

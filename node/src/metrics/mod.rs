@@ -216,6 +216,9 @@ pub struct NodeMetrics {
     pub peer_attestation_age: Family<PeerLabel, SecondsGauge>,
     /// Wallet tokens dropped because their epoch retired before they were spent.
     pub tokens_expired: Counter,
+    /// Tokens taken to be spent and given up without a served answer (ambiguous, spent elsewhere, rejected,
+    /// interrupted by a stop); per reason in the store's ledger.
+    pub tokens_given_up: Counter,
     /// Epoch announcements and rosters refused, by reason.
     pub group_rejections: Family<ReasonLabel, Counter>,
     /// Epochs under a key-consistency alarm now (set at scrape).
@@ -353,6 +356,7 @@ impl Default for NodeMetrics {
             peer_rtt: Family::default(),
             peer_attestation_age: Family::default(),
             tokens_expired: Counter::default(),
+            tokens_given_up: Counter::default(),
             group_rejections: Family::default(),
             key_alarms: Gauge::default(),
             key_alarms_raised: Counter::default(),
@@ -562,6 +566,11 @@ impl NodeMetrics {
             "tokens_expired",
             "Wallet tokens dropped because their epoch retired before they were spent",
             self.tokens_expired.clone(),
+        );
+        r.register(
+            "tokens_given_up",
+            "Tokens taken to be spent and given up without a served answer",
+            self.tokens_given_up.clone(),
         );
         r.register(
             "group_rejections",

@@ -352,6 +352,8 @@ impl Borrower {
         let mut token: Option<WalletToken> = None;
         let mut sent: Option<(InnerBorrowRequest, Vec<u8>)> = None;
         let mut served: Option<BorrowedResponse> = None;
+        // How the token in hand ends if it is not put back (`store::ledger`): after the last attempt's result.
+        let mut outcome = String::from("given_up:unsent");
         let finish = loop {
             let view = self.peerbook.routing().await;
             // Only lenders that serve the request's API and model, each with that upstream's headroom.
@@ -366,7 +368,11 @@ impl Borrower {
                 now_ms: now_ms(),
             };
             match run.decide(&route, &mut rng) {
-                Decision::DropToken => token = None,
+                Decision::DropToken => {
+                    if let Some(t) = token.take() {
+                        self.member.settle(&t, "given_up:ambiguous".into()).await;
+                    }
+                }
                 Decision::TakeToken => match self.member.take().await {
                     Ok(t) => {
                         token = Some(t);
@@ -413,6 +419,7 @@ impl Borrower {
                     let (result, response) = self.attempt(lender, relay, &key_config, &inner).await;
                     sent = Some((inner, key_config));
                     self.report(lender, relay, &result);
+                    outcome = settled_as(&result);
                     if let AttemptResult::Served = result {
                         served = response;
                     }
@@ -424,7 +431,11 @@ impl Borrower {
                             Effect::CoolDownRelay { peer, until_ms } => {
                                 self.peerbook.cool_down_relay(peer, until_ms).await
                             }
-                            Effect::DropToken => token = None,
+                            Effect::DropToken => {
+                                if let Some(t) = token.take() {
+                                    self.member.settle(&t, outcome.clone()).await;
+                                }
+                            }
                             Effect::SetTokenAside => {
                                 if let Some(t) = token.take() {
                                     self.member.set_aside(t).await;
@@ -436,10 +447,12 @@ impl Borrower {
                 Decision::Finish(finish) => break finish,
             }
         };
-        if let Some(t) = token.take()
-            && finish.return_token
-        {
-            self.member.put_back(t).await;
+        if let Some(t) = token.take() {
+            if finish.return_token {
+                self.member.put_back(t).await;
+            } else {
+                self.member.settle(&t, outcome).await;
+            }
         }
         let result = match (finish.result, served) {
             (Ok(()), Some(resp)) => Ok(resp),
@@ -789,5 +802,22 @@ fn delivery_failure(f: DeliveryFailure) -> AttemptResult {
             why: "the lender did not answer the relay".into(),
             relay_silent: false,
         },
+    }
+}
+
+/// The ledger line of a token that an attempt's result leaves spent or gone (`store::ledger`).
+fn settled_as(result: &AttemptResult) -> String {
+    match result {
+        AttemptResult::Served => "served".into(),
+        AttemptResult::Spent { .. } => "given_up:spent_elsewhere".into(),
+        // The label is the lender's word: kept only when it is a plain name, so the ledger's keys stay bounded.
+        AttemptResult::TokenRejected { label }
+            if label.len() <= 32 && label.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') =>
+        {
+            format!("given_up:rejected:{label}")
+        }
+        AttemptResult::TokenRejected { .. } => "given_up:rejected:other".into(),
+        AttemptResult::Ambiguous { .. } | AttemptResult::RelayFailed { .. } => "given_up:ambiguous".into(),
+        AttemptResult::Refused { .. } | AttemptResult::NoQuorum => "given_up:unsettled".into(),
     }
 }

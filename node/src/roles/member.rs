@@ -81,6 +81,10 @@ enum Command {
         last: bool,
     },
     Nudge,
+    Settle {
+        token: lendmesh_protocol::token::TokenHash,
+        outcome: String,
+    },
 }
 
 impl std::fmt::Debug for Command {
@@ -125,6 +129,12 @@ impl MemberHandle {
         let _ = self.tx.send(Command::PutBack { token, last: true }).await;
     }
 
+    /// Records how a token taken to be spent ended: `served`, or `given_up:<reason>` (`store::ledger`).
+    pub async fn settle(&self, token: &WalletToken, outcome: String) {
+        let token = token.token.hash();
+        let _ = self.tx.send(Command::Settle { token, outcome }).await;
+    }
+
     /// Tokens in the wallet.
     pub async fn balance(&self) -> usize {
         let (reply, rx) = oneshot::channel();
@@ -157,6 +167,16 @@ pub fn spawn(
     counters: Arc<NodeMetrics>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(MemberHandle, tokio::task::JoinHandle<()>)> {
+    // Tokens a killed process had sent to be spent: whether a lender claimed them is unknown, so they are given up,
+    // counted in the ledger (`store::ledger`).
+    let interrupted = store.settle_interrupted()?;
+    if interrupted > 0 {
+        warn!(
+            tokens = interrupted,
+            "tokens that were being spent when the node stopped are given up (a lender may have claimed them)"
+        );
+        counters.add(&counters.tokens_given_up, interrupted);
+    }
     let wallet = Wallet::from(store.wallet_tokens()?);
     let (tx, rx) = mpsc::channel(CAPACITY);
     let actor = Member {
@@ -267,6 +287,14 @@ impl Member {
                 }
             }
             Command::PutBack { token, last } => self.handle_put_back(token, last),
+            Command::Settle { token, outcome } => {
+                if outcome != "served" {
+                    self.counters.inc(&self.counters.tokens_given_up);
+                }
+                if let Err(e) = self.store.settle_token(&token, &outcome) {
+                    warn!(%e, outcome, "cannot record how a spent token ended");
+                }
+            }
             Command::Nudge => {
                 // Only a refill that got no answer is retried early; a refusal keeps its backoff.
                 if self.planner.issuer_reachable() && self.in_flight.is_none() {

@@ -27,6 +27,7 @@ impl Store {
             pruned.spent = remove_below(&tx, SPENT, &hi)?;
             pruned.claims = remove_below(&tx, CLAIMS, &hi)?;
             pruned.quota = remove_below(&tx, QUOTA, &hi)?;
+            super::ledger::prune_before(&tx, epoch)?;
             let mut keys = tx.open_table(ISSUER_KEYS)?;
             let old: Vec<u32> = keys
                 .range(..epoch)?
@@ -79,11 +80,12 @@ impl Store {
                 let (k, v) = row?;
                 let t: WalletToken = decode("wallet token", v.value())?;
                 if !keep(t.token.input.epoch) {
-                    gone.push(k.value().to_vec());
+                    gone.push((k.value().to_vec(), t.token.input.epoch));
                 }
             }
-            for k in &gone {
+            for (k, epoch) in &gone {
                 wallet.remove(k.as_slice())?;
+                super::ledger::bump(&tx, *epoch, "expired", 1)?;
             }
             let mut pending = tx.open_table(PENDING)?;
             let mut stale = Vec::new();

@@ -175,6 +175,59 @@ fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, St
     })
 }
 
+/// Each kind of record the store decodes from its file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    /// The group state (`meta`).
+    Group,
+    /// An issuer's quota record (`quota`).
+    Quota,
+    /// A wallet token (`wallet`).
+    Wallet,
+    /// A pending refill batch (`pending`).
+    Pending,
+    /// A peer's learned addresses (`peer_addrs`).
+    PeerAddrs,
+    /// A lend record (`lends`).
+    Lend,
+    /// An issuer's secret key, PKCS#8 DER (`issuer_keys`).
+    IssuerKey,
+}
+
+impl RecordKind {
+    /// Every kind.
+    pub const ALL: [RecordKind; 7] = [
+        RecordKind::Group,
+        RecordKind::Quota,
+        RecordKind::Wallet,
+        RecordKind::Pending,
+        RecordKind::PeerAddrs,
+        RecordKind::Lend,
+        RecordKind::IssuerKey,
+    ];
+
+    /// Decodes `bytes` as a record of this kind, exactly as the store reads one: a damaged record is
+    /// [`StoreError::Corrupt`], never a panic (the fuzz target `store_record` holds it to that).
+    pub fn check(self, bytes: &[u8]) -> Result<(), StoreError> {
+        match self {
+            RecordKind::Group => decode::<GroupState>("group", bytes).map(drop),
+            RecordKind::Quota => decode::<QuotaRecord>("quota record", bytes).map(drop),
+            RecordKind::Wallet => decode::<WalletToken>("wallet token", bytes).map(drop),
+            RecordKind::Pending => decode::<PendingBatch>("pending batch", bytes).map(drop),
+            RecordKind::PeerAddrs => decode::<Vec<String>>("peer addresses", bytes).map(drop),
+            RecordKind::Lend => decode::<LendEntry>("lend record", bytes).map(drop),
+            RecordKind::IssuerKey => decode_issuer_key(bytes).map(drop),
+        }
+    }
+}
+
+fn decode_issuer_key(der: &[u8]) -> Result<SecretKey, StoreError> {
+    SecretKey::from_pkcs8_der(der).map_err(|e| StoreError::Corrupt {
+        what: "issuer key",
+        detail: e.to_string(),
+    })
+}
+
 /// Runs `f`, which blocks on disk (a write transaction: waiting for redb's writer lock, then fsync on commit), so
 /// that it does not stall the async worker it is called from: on a multi-threaded tokio runtime through
 /// `block_in_place` (the worker's other tasks move to another thread meanwhile), elsewhere directly. Every write of
@@ -330,12 +383,7 @@ impl Store {
         let t = tx.open_table(ISSUER_KEYS)?;
         let Some(v) = t.get(epoch)? else { return Ok(None) };
         let der = Zeroizing::new(v.value().to_vec());
-        SecretKey::from_pkcs8_der(&der)
-            .map(Some)
-            .map_err(|e| StoreError::Corrupt {
-                what: "issuer key",
-                detail: e.to_string(),
-            })
+        decode_issuer_key(&der).map(Some)
     }
 
     /// Stores the issuer's key for an epoch.
@@ -427,6 +475,7 @@ impl Store {
                 let hash = t.token.hash();
                 if wallet.get(hash.0.as_slice())?.is_none() {
                     wallet.insert(hash.0.as_slice(), encode(t)?.as_slice())?;
+                    ledger::bump(&tx, t.token.input.epoch, "received", 1)?;
                     added += 1;
                 }
             }
@@ -436,19 +485,30 @@ impl Store {
         Ok(added)
     }
 
-    /// Removes a token from the wallet (it is being spent).
+    /// Removes a token from the wallet (it is being spent): in flight in the ledger until
+    /// [`Store::settle_token`] or [`Store::put_token`].
     pub fn take_token(&self, hash: &TokenHash) -> Result<bool, StoreError> {
         let tx = self.begin_write()?;
-        let removed = tx.open_table(WALLET)?.remove(hash.0.as_slice())?.is_some();
+        let removed = tx
+            .open_table(WALLET)?
+            .remove(hash.0.as_slice())?
+            .map(|v| v.value().to_vec());
+        let Some(bytes) = removed else {
+            return Ok(false);
+        };
+        let token: WalletToken = decode("wallet token", &bytes)?;
+        ledger::take(&tx, hash, token.token.input.epoch)?;
         commit(tx)?;
-        Ok(removed)
+        Ok(true)
     }
 
     /// Returns a token to the wallet (refused before any claim).
     pub fn put_token(&self, token: &WalletToken) -> Result<(), StoreError> {
+        let hash = token.token.hash();
         let tx = self.begin_write()?;
         tx.open_table(WALLET)?
-            .insert(token.token.hash().0.as_slice(), encode(token)?.as_slice())?;
+            .insert(hash.0.as_slice(), encode(token)?.as_slice())?;
+        ledger::put_back(&tx, &hash, token.token.input.epoch)?;
         commit(tx)?;
         Ok(())
     }
@@ -464,9 +524,11 @@ impl Store {
 }
 
 mod epochs;
+mod ledger;
 pub mod lends;
 pub use epochs::Pruned;
 use epochs::{bound, epoch_bounds, spent_count_key};
+pub use ledger::EpochLedger;
 pub use lends::{LendCursor, LendEntry, LendPage, LendRetention};
 
 #[cfg(test)]
