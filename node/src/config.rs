@@ -648,11 +648,14 @@ impl Config {
         let bytes = crate::home::read_limited(&path, MAX_CONFIG_BYTES)?;
         let text =
             String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{} is not UTF-8", path.display()))?;
-        let config: Config = toml::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("{} is not a valid lendmesh config: {e}", path.display()))?;
-        config
-            .check()
-            .map_err(|e| anyhow::anyhow!("{} is not a valid lendmesh config: {e}", path.display()))?;
+        Config::from_toml(&text)
+            .map_err(|e| anyhow::anyhow!("{} is not a valid lendmesh config: {e}", path.display()))
+    }
+
+    /// Parses a config file's text and checks its settings.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.check()?;
         Ok(config)
     }
 

@@ -82,10 +82,44 @@ impl OhttpKeys {
         Ok(OhttpKeys { server, config })
     }
 
+    /// A key derived from input keying material `ikm` (HPKE `DeriveKeyPair`): the same material, the same key. For
+    /// fixtures that must open a committed sealed request (the fuzz corpus); a node's own key is [`Self::generate`]d.
+    pub fn derive(ikm: &[u8]) -> anyhow::Result<Self> {
+        use ohttp::hpke::{Aead, Kdf, Kem};
+        let config = ohttp::KeyConfig::derive(
+            0,
+            Kem::X25519Sha256,
+            vec![ohttp::SymmetricSuite::new(Kdf::HkdfSha256, Aead::Aes128Gcm)],
+            ikm,
+        )?;
+        let server = ohttp::Server::new(config)?;
+        let config = server.config().encode()?;
+        Ok(OhttpKeys { server, config })
+    }
+
+    /// Opens a sealed borrow request (chunked OHTTP) with this key: its plaintext, read within the size a request
+    /// may have. An error when it is not sealed to this key, is damaged, or is too large.
+    /// (The lender's `serve_stream` does the same, keeping the opened request to seal its answer with.)
+    pub async fn open_request(&self, sealed: &[u8]) -> std::io::Result<Vec<u8>> {
+        let mut opened = Box::pin(self.server.clone().decapsulate_stream(sealed));
+        read_plaintext(opened.as_mut()).await
+    }
+
     /// The encoded key config, as attested.
     pub fn encoded_config(&self) -> &[u8] {
         &self.config
     }
+}
+
+/// Reads an opened sealed request's plaintext, within the size a request may have.
+async fn read_plaintext<R: futures::AsyncRead>(opened: std::pin::Pin<&mut R>) -> std::io::Result<Vec<u8>> {
+    use futures::AsyncReadExt;
+    let mut plain = Vec::new();
+    opened
+        .take(serve::MAX_REQUEST_PLAINTEXT)
+        .read_to_end(&mut plain)
+        .await?;
+    Ok(plain)
 }
 
 /// How one lend ended.

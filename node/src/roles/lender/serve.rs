@@ -28,7 +28,7 @@ use crate::upstream::{NoUpstream, UpstreamResponse};
 /// Largest request body a borrower can send (the wire's limit for an HTTP message).
 const MAX_REQUEST_BODY: usize = wire::MAX_HTTP_MESSAGE;
 /// Largest sealed request plaintext: the request and its envelope.
-const MAX_REQUEST_PLAINTEXT: u64 = (wire::MAX_HTTP_MESSAGE + 64 * 1024) as u64;
+pub(super) const MAX_REQUEST_PLAINTEXT: u64 = (wire::MAX_HTTP_MESSAGE + 64 * 1024) as u64;
 /// Response headers that describe a hop, not the message: never passed on (Binary HTTP frames the body itself).
 const HOP_BY_HOP: [&str; 4] = ["connection", "keep-alive", "transfer-encoding", "content-length"];
 
@@ -81,20 +81,16 @@ impl LenderHandle {
         let (mut rd, mut wr) = stream.split();
         // 1. Open the envelope: a failure means a stale key config (the borrower re-seals to the current one).
         let mut sealed_request = Box::pin(sh.keys.server.clone().decapsulate_stream(&req.sealed[..]));
-        let mut plain = Vec::new();
-        let opened = sealed_request
-            .as_mut()
-            .take(MAX_REQUEST_PLAINTEXT)
-            .read_to_end(&mut plain)
-            .await;
+        let opened = super::read_plaintext(sealed_request.as_mut()).await;
         let mut lend = None;
-        let answer = if opened.is_err() {
-            sh.counters.inc(&sh.counters.lends_refused);
-            NodeMetrics::outcome(&sh.counters.lends, "stale_key_config");
-            debug!(relay = %relay.short(), "could not open a sealed request (stale key config?)");
-            Answer::Failed(DeliveryFailure::StaleKeyConfig)
-        } else {
-            match wire::decode::<InnerBorrowRequest>(&plain) {
+        let answer = match opened {
+            Err(_) => {
+                sh.counters.inc(&sh.counters.lends_refused);
+                NodeMetrics::outcome(&sh.counters.lends, "stale_key_config");
+                debug!(relay = %relay.short(), "could not open a sealed request (stale key config?)");
+                Answer::Failed(DeliveryFailure::StaleKeyConfig)
+            }
+            Ok(plain) => match wire::decode::<InnerBorrowRequest>(&plain) {
                 Err(e) => Answer::Sealed(InnerBorrowResponse::Refused {
                     reason: BorrowRefusal::BadRequest(e.to_string()),
                     retry_after_ms: None,
@@ -122,7 +118,7 @@ impl LenderHandle {
                         }
                     }
                 },
-            }
+            },
         };
         // 4. The answer.
         let (response, outcome, bytes) = match answer {
