@@ -4,6 +4,7 @@
 //! process's log when it passes.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
+pub mod chaos;
 pub mod fuzz;
 pub mod linker;
 pub mod netns;
