@@ -124,6 +124,27 @@ pub enum IssueError {
     StoreFailed,
 }
 
+impl IssueError {
+    /// A short name for logs, metrics and the member's ledger.
+    pub fn label(&self) -> &'static str {
+        match self {
+            IssueError::UnknownMember => "unknown_member",
+            IssueError::MemberExpired { .. } => "member_expired",
+            IssueError::WrongEpoch { .. } => "wrong_epoch",
+            IssueError::WrongKey => "wrong_key",
+            IssueError::OverQuota { .. } => "over_quota",
+            IssueError::EmptyBatch => "empty_batch",
+            IssueError::BatchTooLarge { .. } => "batch_too_large",
+            IssueError::MalformedBlindedMessage { .. } => "malformed_blinded_message",
+            IssueError::RequestIdReused => "request_id_reused",
+            IssueError::SigningFailed => "signing_failed",
+            IssueError::Busy => "busy",
+            IssueError::NotIssuer => "not_issuer",
+            IssueError::StoreFailed => "store_failed",
+        }
+    }
+}
+
 /// The durable part of the issuer's state for one member: persist it before the signatures leave.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct QuotaRecord {

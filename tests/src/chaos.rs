@@ -9,7 +9,8 @@
 //! - no token was served twice anywhere in the group (every lender's lend records);
 //! - every token issued is accounted for: in a wallet, in flight, expired, served, or given up with a reason (each
 //!   member's ledger, `store::ledger`), none left in flight once the storm is over and the nodes stopped, received ≤
-//!   issued ≤ received + pending, and no lender served more tokens of an epoch than members sent;
+//!   issued ≤ received + pending + dropped batches (which the issuer may have charged), and no lender served more
+//!   tokens of an epoch than members sent;
 //! - every request the storm sent got a response, and every error response a clear error code (JSON `error`);
 //! - every node but a removed one is healthy again (`/health` ok) within [`RECOVERY`] after the faults end.
 //!
@@ -36,8 +37,13 @@ use crate::{RunningNode, TestGroup, cli};
 pub const RECOVERY: Duration = Duration::from_secs(90);
 /// How long a storm request may wait for its answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-/// libfaketime, for restarts with a skewed clock (Debian's `faketime` package).
-pub const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+/// libfaketime, for restarts with a skewed clock: `LENDMESH_FAKETIME`, else where Debian's `faketime` package puts
+/// it on x86-64.
+pub fn faketime() -> PathBuf {
+    std::env::var_os("LENDMESH_FAKETIME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"))
+}
 
 /// One run's settings.
 #[derive(Clone, Debug)]
@@ -422,9 +428,10 @@ fn short(id: &str) -> String {
 /// Starts a slot's node, with `skew` (libfaketime's offset, e.g. `+15m`) if given.
 fn start(slot: &Slot, skew: Option<&str>) -> RunningNode {
     let args: Vec<&str> = slot.args.iter().map(String::as_str).collect();
+    let preload = faketime();
     let envs: Vec<(&str, &str)> = match skew {
         Some(s) => vec![
-            ("LD_PRELOAD", FAKETIME),
+            ("LD_PRELOAD", preload.to_str().expect("a UTF-8 path")),
             ("FAKETIME", s),
             ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
             ("FAKETIME_NO_CACHE", "1"),
@@ -666,11 +673,13 @@ fn check_stores(slots: &[Slot], quota: u32, report: &mut Report) {
         for &e in &epochs {
             let l = ledger.get(&e).cloned().unwrap_or_default();
             let get = |k: &str| l.get(k).copied().unwrap_or(0);
-            let given_up: u64 = l
-                .iter()
-                .filter(|(k, _)| k.starts_with("given_up:"))
-                .map(|(_, v)| *v)
-                .sum();
+            let sum = |prefix: &str| -> u64 {
+                l.iter()
+                    .filter(|(k, _)| k.starts_with(prefix))
+                    .map(|(_, v)| *v)
+                    .sum()
+            };
+            let (given_up, dropped) = (sum("given_up:"), sum("dropped:"));
             let (received, served, expired) = (get("received"), get("served"), get("expired"));
             let (w, f, p) = (
                 wallet.get(&e).copied().unwrap_or(0),
@@ -689,12 +698,18 @@ fn check_stores(slots: &[Slot], quota: u32, report: &mut Report) {
             for (k, v) in l.iter().filter(|(k, _)| k.starts_with("given_up:")) {
                 add(&k.replace("given_up:", "given up: "), *v);
             }
+            // A dropped batch may or may not have been charged: counted where it was (at most what is missing).
+            let missing = iss.saturating_sub(received + p);
+            for (k, v) in l.iter().filter(|(k, _)| k.starts_with("dropped:")) {
+                add(&k.replace("dropped:", "batch dropped, maybe charged: "), *v);
+            }
             *sent_per_epoch.entry(e).or_default() += out;
-            let lost = iss.saturating_sub(received + p);
+            let lost = missing.saturating_sub(dropped);
             add("lost", lost);
             if lost > 0 {
                 report.violations.push(format!(
-                    "{who} epoch {e}: issued {iss}, received {received}, {p} pending: {lost} lost in issuance"
+                    "{who} epoch {e}: issued {iss}, received {received}, {p} pending, {dropped} in dropped \
+                     batches: {lost} lost in issuance"
                 ));
             }
             if received > iss {

@@ -484,7 +484,9 @@ impl Member {
             Outcome::Refused(e) => {
                 // Which refusals drop the batch, and which back off, are `protocol::refill`'s rules.
                 if self.planner.refused(batch.epoch, &e) == BatchFate::Drop
-                    && let Err(err) = self.store.drop_pending(&batch.request_id)
+                    && let Err(err) = self
+                        .store
+                        .drop_pending(&batch.request_id, &format!("refused:{}", e.label()))
                 {
                     // Kept, it would be sent again at once: back off instead.
                     return self.back_off(false, &format!("cannot drop a refused batch: {err}"), label);
@@ -546,7 +548,7 @@ impl Member {
             Err(e) => return Outcome::Unreachable(e),
         };
         let Some(key) = self.view.borrow().epochs.get(batch.epoch).map(|i| i.key.clone()) else {
-            let _ = self.store.drop_pending(&batch.request_id);
+            let _ = self.store.drop_pending(&batch.request_id, "expired");
             return Outcome::Failed(format!(
                 "epoch {} retired before its batch completed",
                 batch.epoch

@@ -93,11 +93,12 @@ impl Store {
                 let (k, v) = row?;
                 let b: PendingBatch = decode("pending batch", v.value())?;
                 if !keep(b.epoch) {
-                    stale.push(k.value().to_vec());
+                    stale.push((k.value().to_vec(), b.epoch, b.tokens.len() as u64));
                 }
             }
-            for k in &stale {
+            for (k, epoch, tokens) in &stale {
                 pending.remove(k.as_slice())?;
+                super::ledger::bump(&tx, *epoch, "dropped:expired", *tokens)?;
             }
             gone.len() as u64
         };

@@ -7,7 +7,9 @@
 //! `received = wallet + in flight + expired + settled (served and every given-up reason)`, with
 //! `taken − returned = in flight + settled`,
 //!
-//! which the chaos harness checks against the issuer's quota records and the lenders' lend records.
+//! which the chaos harness checks against the issuer's quota records and the lenders' lend records. A refill batch
+//! dropped before its tokens arrived is counted as `dropped:<reason>` (`expired`, `refused:<why>`): the issuer may
+//! have charged it, so `issued ≤ received + pending + dropped`.
 
 use std::collections::BTreeMap;
 
@@ -199,6 +201,28 @@ mod tests {
         assert_eq!(get("given_up:interrupted"), 1);
         assert_eq!(get("expired"), 3);
         assert_eq!(store.wallet_len().unwrap(), 0);
+        // Refill batches dropped before their tokens came: counted with the reason, as the issuer may have charged
+        // them.
+        let secret = lendmesh_protocol::blind_rsa::SecretKey::generate(
+            lendmesh_protocol::blind_rsa::KeySize::Rsa2048,
+            &mut rand::rngs::OsRng,
+        )
+        .unwrap();
+        let key = secret.public_key();
+        let (_, refused) =
+            lendmesh_protocol::wallet::Wallet::prepare_batch(key, 3, 4, &mut rand::rngs::OsRng).unwrap();
+        store.put_pending(&refused).unwrap();
+        store
+            .drop_pending(&refused.request_id, "refused:over_quota")
+            .unwrap();
+        let (_, stale) =
+            lendmesh_protocol::wallet::Wallet::prepare_batch(key, 3, 2, &mut rand::rngs::OsRng).unwrap();
+        store.put_pending(&stale).unwrap();
+        store.prune_wallet(|_| false).unwrap();
+        assert!(store.pending().unwrap().is_empty());
+        let l = store.ledger().unwrap()[&3].clone();
+        assert_eq!(l["dropped:refused:over_quota"], 4);
+        assert_eq!(l["dropped:expired"], 2);
         // The ledger outlives the epoch's other rows by LEDGER_EPOCHS_KEPT epochs.
         store.prune_epochs_before(4).unwrap();
         assert_eq!(store.ledger().unwrap()[&3], l);

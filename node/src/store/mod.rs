@@ -457,10 +457,23 @@ impl Store {
         Ok(out)
     }
 
-    /// Drops a pending batch that will never complete (refused by the issuer).
-    pub fn drop_pending(&self, request_id: &[u8; 16]) -> Result<(), StoreError> {
+    /// Drops a pending batch that will never complete (refused by the issuer, or its epoch retired), counting its
+    /// tokens in the ledger as `dropped:<reason>`: the issuer may have charged them (an answer lost, then a refusal).
+    pub fn drop_pending(&self, request_id: &[u8; 16], reason: &str) -> Result<(), StoreError> {
         let tx = self.begin_write()?;
-        tx.open_table(PENDING)?.remove(request_id.as_slice())?;
+        let removed = tx
+            .open_table(PENDING)?
+            .remove(request_id.as_slice())?
+            .map(|v| v.value().to_vec());
+        if let Some(bytes) = removed {
+            let batch: PendingBatch = decode("pending batch", &bytes)?;
+            ledger::bump(
+                &tx,
+                batch.epoch,
+                &format!("dropped:{reason}"),
+                batch.tokens.len() as u64,
+            )?;
+        }
         commit(tx)?;
         Ok(())
     }
