@@ -223,3 +223,55 @@ fn oversized_and_slow_requests_get_their_status_codes_and_the_node_keeps_serving
     assert_eq!(http_get(&node.api, "/health").0, 200);
     assert!(node.stop());
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// Issue 15 (found by `contrib/load.py`): a body trickled a byte per read made the node hold a fresh 8 KiB read
+/// buffer per byte until the body ended — 50 such clients took a gateway from 20 to 290 MiB within the size limit
+/// and the timeout. Now each piece is copied into one buffer as it arrives. 20 clients send 400 one-byte chunks
+/// each, a round every 3 ms: the old code grew by about 60 MiB here, the new one by a few.
+#[test]
+fn a_trickled_body_costs_its_bytes_not_a_buffer_per_read() {
+    let g = TestGroup::new("http-trickle", 0, 100);
+    let node = RunningNode::start(g.admin.path(), &["--mock-capacity", "1000"]);
+    let addr = node.gateway.trim_start_matches("http://").to_string();
+    let mut conns: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let mut s = TcpStream::connect(&addr).unwrap();
+            s.set_nodelay(true).unwrap();
+            s.write_all(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+            )
+            .unwrap();
+            s
+        })
+        .collect();
+    let before = rss_kib(node.pid());
+    for _ in 0..400 {
+        for s in conns.iter_mut() {
+            s.write_all(b"1\r\nx\r\n").unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(3));
+    }
+    let during = rss_kib(node.pid());
+    let grown_mib = during.saturating_sub(before) / 1024;
+    assert!(
+        grown_mib < 24,
+        "20 trickled bodies of 400 bytes grew the node by {grown_mib} MiB"
+    );
+    // Each body, ended, is an ordinary request.
+    for s in conns.iter_mut() {
+        s.write_all(b"0\r\n\r\n").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200", "{}", String::from_utf8_lossy(&head));
+    }
+}

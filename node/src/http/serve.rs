@@ -170,6 +170,30 @@ pub struct BodyLimits {
     pub counters: Arc<NodeMetrics>,
 }
 
+/// Why [`read_body`] gave up.
+enum BodyError {
+    TooLarge,
+    Read(axum::Error),
+}
+
+/// Reads a body within `limit` bytes, copying each piece as it arrives into one buffer. Not `axum::body::to_bytes`:
+/// that keeps every piece as a slice of hyper's read buffer until the body ends, so a client trickling a byte at a
+/// time pins a fresh 8 KiB buffer per byte — hundreds of MiB from a few connections within the limit and the timeout
+/// (found by `contrib/load.py`; `tests/tests/http_surface.rs` keeps it fixed).
+async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, BodyError> {
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::new();
+    while let Some(piece) = stream.next().await {
+        let piece = piece.map_err(BodyError::Read)?;
+        if buf.len() + piece.len() > limit {
+            return Err(BodyError::TooLarge);
+        }
+        buf.extend_from_slice(&piece);
+    }
+    Ok(buf.into())
+}
+
 /// Middleware: reads the request body whole, within its size limit (`413 body_too_large`) and time
 /// (`408 body_timeout`), before the handler sees it; a body announced larger than the limit is refused unread.
 pub async fn bounded_body(State(b): State<Arc<BodyLimits>>, req: Request, next: Next) -> Response {
@@ -193,12 +217,13 @@ pub async fn bounded_body(State(b): State<Arc<BodyLimits>>, req: Request, next: 
     if announced.is_some_and(|n| n > b.limit as u64) {
         return too_large();
     }
-    let bytes = match tokio::time::timeout(b.timeout, axum::body::to_bytes(body, b.limit)).await {
+    let bytes = match tokio::time::timeout(b.timeout, read_body(body, b.limit)).await {
         Ok(Ok(bytes)) => bytes,
-        Ok(Err(e)) => {
-            // Over the limit, or the client went away mid-body (then nobody reads the answer).
+        Ok(Err(BodyError::TooLarge)) => return too_large(),
+        Ok(Err(BodyError::Read(e))) => {
+            // The client went away mid-body (or sent a broken chunk): nobody reads an answer, and it is no refusal.
             debug!(server = b.server, %e, "request body not read");
-            return too_large();
+            return error_response(400, "bad_request", "the request body ended early", None);
         }
         Err(_) => {
             b.counters.http_refusal(b.server, "body_timeout");
