@@ -446,26 +446,38 @@ impl BorrowRun {
         if self.tried.len() >= self.cfg.max_attempts {
             return self.give_up();
         }
-        let q = LenderQuery {
-            me: view.me,
-            candidates: view.candidates,
-            tried: &self.tried,
-            now_ms: view.now_ms,
-            // Only for the first lender choice: once a lender attempt has settled, the run moves on by the policy.
-            sticky: self.sticky.as_ref().filter(|_| self.tried.is_empty()),
-        };
-        let Some(lender) = routing::choose_lender(self.cfg.policy, &q, &self.cfg.params, rng) else {
-            if !self.only_refusals {
-                return self.give_up();
-            }
-            // Nothing was lost: say which case holds now.
-            return self.finish(Err(no_lender(view, &self.cfg.params)));
-        };
+        // Lenders no usable relay reaches are passed over for this decision (in strict privacy a borrow never goes
+        // direct): another lender may have one. Only when none has does the run end for want of a relay.
         let relays = self.usable_relays(view.connected);
-        let relay = routing::choose_relay(view.me, &lender, &relays, rng);
-        if relay.is_none() && self.cfg.privacy == PrivacyMode::Strict {
-            return self.no_relay(view.connected.len());
-        }
+        let mut unreachable: Vec<PeerId> = Vec::new();
+        let (lender, relay) = loop {
+            let skip: Vec<PeerId> = self.tried.iter().chain(&unreachable).copied().collect();
+            let q = LenderQuery {
+                me: view.me,
+                candidates: view.candidates,
+                tried: &skip,
+                now_ms: view.now_ms,
+                // Only for the first lender choice: once a lender attempt has settled, the run moves on by the
+                // policy.
+                sticky: self.sticky.as_ref().filter(|_| skip.is_empty()),
+            };
+            let Some(lender) = routing::choose_lender(self.cfg.policy, &q, &self.cfg.params, rng) else {
+                if !unreachable.is_empty() {
+                    return self.no_relay(view.connected.len());
+                }
+                if !self.only_refusals {
+                    return self.give_up();
+                }
+                // Nothing was lost: say which case holds now.
+                return self.finish(Err(no_lender(view, &self.cfg.params)));
+            };
+            let relay = routing::choose_relay(view.me, &lender, &relays, rng);
+            if relay.is_none() && self.cfg.privacy == PrivacyMode::Strict {
+                unreachable.push(lender);
+                continue;
+            }
+            break (lender, relay);
+        };
         if !self.has_token {
             return Decision::TakeToken;
         }

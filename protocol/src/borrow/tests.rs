@@ -762,3 +762,50 @@ fn a_token_another_lender_won_or_a_split_vote_burnt_is_dropped() {
         );
     }
 }
+
+/// Found by `contrib/load.py` (issue 15): in a three-member group each lender has one relay, the other lender. With
+/// that relay cooling after a failure, the sticky lender had no path and the borrow ended `no_relay_available`
+/// although the other lender, through the other relay, could serve it. Now a lender no relay reaches is passed
+/// over for the next one.
+#[test]
+fn a_lender_no_relay_reaches_is_passed_over_for_one_that_a_relay_reaches() {
+    let mut w = World::new(&[2, 3]);
+    w.connected.retain(|p| *p != pid(99));
+    for seed in 0..50 {
+        w.rng = ChaCha20Rng::seed_from_u64(seed);
+        let mut run = BorrowRun::with_sticky(BorrowConfig::default(), Some(pid(2)));
+        let (first, relay, _) = send(&w.next(&mut run));
+        assert_eq!((first, relay), (pid(2), Some(pid(3))), "seed {seed}");
+        run.record(
+            AttemptResult::RelayFailed {
+                why: "throttled".into(),
+            },
+            1_000,
+            &mut w.rng,
+        );
+        let (lender, relay, same) = send(&w.decide(&mut run));
+        assert_eq!(
+            (lender, relay, same),
+            (pid(3), Some(pid(2)), false),
+            "seed {seed}"
+        );
+    }
+    // With both relays failed, no lender is reachable: the run ends for want of a relay, token unspent.
+    let mut run = BorrowRun::with_sticky(BorrowConfig::default(), Some(pid(2)));
+    send(&w.next(&mut run));
+    for _ in 0..2 {
+        run.record(
+            AttemptResult::RelayFailed {
+                why: "throttled".into(),
+            },
+            1_000,
+            &mut w.rng,
+        );
+        if let Decision::Finish(f) = w.decide(&mut run) {
+            assert!(matches!(f.result, Err(BorrowFailure::NoRelay { .. })), "{f:?}");
+            assert!(f.return_token);
+            return;
+        }
+    }
+    panic!("the run went on with every relay failed");
+}
