@@ -292,3 +292,30 @@ fn a_conversation_is_named_by_the_tools_session_or_its_start() {
     assert_eq!(conversation_hint(ApiFamily::Other, &[], &a), None);
     assert_eq!(conversation_hint(ApiFamily::OpenAi, &[], &Body::NotJson), None);
 }
+
+/// Found by the `gateway_request` fuzz target (fuzz/corpus/gateway_request/regression-float-digits): a number too
+/// large for an integer was rewritten with other digits each time the body was scrubbed, as the JSON parser took a
+/// fast, inexact path. Now it parses to the nearest float, so a second scrub changes nothing.
+#[test]
+fn a_scrubbed_body_keeps_its_numbers_through_another_scrub() {
+    let text = br#"{"model":"claude-sonnet-4-5","max_tokens":10241111111111111111111111111111111111111111111,"temperature":0.30000000000000004,"metadata":{"user_id":"user_abc_account_def_session_123"},"messages":[{"role":"user","content":"hi"}]}"#;
+    let once = scrub_body(
+        ApiFamily::Anthropic,
+        text,
+        Body::parse(text),
+        "0123456789abcdef0123456789abcdef",
+        ScrubSettings::default(),
+    )
+    .0;
+    let twice = scrub_body(
+        ApiFamily::Anthropic,
+        &once,
+        Body::parse(&once),
+        "0123456789abcdef0123456789abcdef",
+        ScrubSettings::default(),
+    )
+    .0;
+    assert_eq!(String::from_utf8_lossy(&twice), String::from_utf8_lossy(&once));
+    let v: Value = serde_json::from_slice(&once).unwrap();
+    assert_eq!(v["temperature"].as_f64(), Some(0.30000000000000004));
+}
