@@ -25,20 +25,20 @@ pub fn bin() -> PathBuf {
     sibling_bin("lendmesh-e2e")
 }
 
-/// A binary of this package, built by cargo next to the test executables.
+/// A binary of this package, built by cargo next to the test executables (`target/<profile>/`, the tests being in
+/// its `deps/`), or next to the running binary (a binary of this package, such as `lendmesh-chaos`).
 pub fn sibling_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target profile directory");
-    let bin = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} is missing: run the tests through cargo",
-        bin.display()
-    );
-    bin
+    let file = format!("{name}{}", std::env::consts::EXE_SUFFIX);
+    let beside = exe.parent().map(|d| d.join(&file));
+    let above = exe.parent().and_then(Path::parent).map(|d| d.join(&file));
+    let bin = [beside, above].into_iter().flatten().find(|b| b.exists());
+    bin.unwrap_or_else(|| {
+        panic!(
+            "{file} is missing beside {}: build it through cargo",
+            exe.display()
+        )
+    })
 }
 
 /// Runs a CLI command to completion (30 s at most); returns (success, stdout, stderr).

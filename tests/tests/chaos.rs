@@ -3,15 +3,22 @@
 //! `LENDMESH_CHAOS_SEED` (default 1); a failure names it. Long runs: `lendmesh-chaos` (README "Reliability").
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
-use lendmesh_tests::chaos::{Config, FAKETIME, run};
+use lendmesh_tests::chaos::{Config, faketime, run};
 
 #[test]
 fn a_storm_under_faults_keeps_every_invariant() {
-    if !std::path::Path::new(FAKETIME).exists() {
+    let lib = faketime();
+    if !lib.exists() {
         if std::env::var_os("CI").is_some() {
-            panic!("{FAKETIME} is missing: install Debian's `faketime` (.ci/run does)");
+            panic!(
+                "{} is missing: install Debian's `faketime` (.ci/run does) or name it in LENDMESH_FAKETIME",
+                lib.display()
+            );
         }
-        eprintln!("skipped: {FAKETIME} is missing (Debian's `faketime`)");
+        eprintln!(
+            "skipped: {} is missing (Debian's `faketime`; or set LENDMESH_FAKETIME)",
+            lib.display()
+        );
         return;
     }
     let seed = std::env::var("LENDMESH_CHAOS_SEED")
