@@ -13,7 +13,6 @@ the median and the maximum. Linux only (/proc). Everything runs on 127.0.0.1 and
 """
 
 import argparse
-import json
 import os
 import re
 import signal
@@ -21,24 +20,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
+
+from lmnode import cli, get, rss_kib
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cli(binary, home, *args):
-    out = subprocess.run([binary, "--home", home, *args], capture_output=True, text=True, timeout=120)
-    if out.returncode != 0:
-        sys.exit(f"lendmesh {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}")
-    return out.stdout
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def cpu_s(pid):
@@ -46,11 +31,6 @@ def cpu_s(pid):
         fields = f.read().rsplit(")", 1)[1].split()
     # utime and stime are fields 14 and 15 of stat; after the ")" they are the 12th and 13th.
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def get(api, path):
-    with urllib.request.urlopen(f"{api}{path}", timeout=5) as r:
-        return json.loads(r.read())
 
 
 def main():
