@@ -173,6 +173,50 @@ fn an_answer_cut_short_by_the_relay_is_an_error_for_the_client() {
 }
 
 #[test]
+fn a_stream_whose_lender_is_removed_mid_answer_ends_at_once() {
+    // The admin relays; when it removes the lender from the group it closes its own connection to it. With yamux
+    // as released (rust-yamux#216), the relay's read of the lender's stream, pending on a connection this side
+    // closed, was never woken: the tool waited out the borrower's idle limit (90 s) for an answer that could no
+    // longer come. Each read here may take 30 s: a wait that long fails the test.
+    let upstream = ScriptedUpstream::start(Script {
+        events: 5,
+        pace: Pace::Gated,
+        head_delay: Duration::ZERO,
+        headers: vec![],
+    });
+    let Borrowed { _g: g, a, b, l } = borrowed("removed-mid-stream", &upstream.url, &[]);
+    let mut resp = StreamingResponse::send(
+        &b.gateway,
+        "POST",
+        "/v1/chat/completions",
+        CHAT,
+        Duration::from_secs(30),
+    );
+    assert_eq!(resp.status, 200);
+    let mut pending = String::new();
+    upstream.release();
+    let first = resp.next_events(&mut pending).expect("the first event");
+    assert_eq!(first.len(), 1);
+    let out = cli_ok(g.admin.path(), &["group", "remove", &g.ids[1]]);
+    assert!(out.contains("removed"), "{out}");
+    let since = std::time::Instant::now();
+    let mut outcome = Ok(Some(vec![]));
+    while let Ok(Some(_)) = outcome {
+        outcome = resp.next_piece();
+    }
+    assert!(
+        outcome.as_ref().is_err_and(|e| e.starts_with("cut short")),
+        "the answer ends as cut short, not by waiting out a limit: {outcome:?} after {:?}",
+        since.elapsed()
+    );
+    eprintln!("the client saw the cut {:?} after the removal", since.elapsed());
+    for n in [b, a] {
+        assert!(n.stop());
+    }
+    drop(l);
+}
+
+#[test]
 fn a_client_that_goes_away_stops_the_lenders_upstream_call() {
     let upstream = ScriptedUpstream::start(Script {
         events: 400,
