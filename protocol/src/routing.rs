@@ -251,6 +251,14 @@ pub fn candidates_for(need: &Need, offers: &[Offer<'_>]) -> Capable {
     out
 }
 
+/// Whether `need` is served by none of `offers` although some advertise an upstream: it names an API or model no
+/// member shares, so no retry helps (`no_capable_lender`, before any token is taken). Offers that advertise nothing
+/// are members that only borrow, or whose upstream has no capacity: when they are all there is (the lenders are
+/// away, frozen or restarting), the group has no lender now, which a retry may cure, and this is false.
+pub fn nobody_serves(need: &Need, offers: &[Offer<'_>]) -> bool {
+    offers.iter().any(|o| !o.capabilities.is_empty()) && candidates_for(need, offers).candidates.is_empty()
+}
+
 /// Chooses a relay uniformly among `connected`, never `me` nor `lender`.
 pub fn choose_relay(
     me: &PeerId,
@@ -578,5 +586,33 @@ mod tests {
                 .candidates
                 .is_empty()
         );
+        assert!(nobody_serves(&need("/api/generate", "{}"), &offers));
+        assert!(!nobody_serves(&need("/v1/messages", "{}"), &offers));
+    }
+
+    #[test]
+    fn members_that_advertise_nothing_do_not_make_a_request_unservable() {
+        let chat = [cap(crate::capability::Api::OpenAiChat, &[], HeadroomBucket::High)];
+        let borrower_only = Offer {
+            peer: pid(1),
+            capabilities: &[],
+            attestation_age_ms: 10,
+            cooling_until_ms: None,
+        };
+        let lender = Offer {
+            peer: pid(2),
+            capabilities: &chat,
+            attestation_age_ms: 10,
+            cooling_until_ms: None,
+        };
+        let n = need("/v1/chat/completions", r#"{"model":"m"}"#);
+        assert!(
+            !nobody_serves(&n, &[borrower_only]),
+            "the lenders are away: no lender now, not an unknown model"
+        );
+        assert!(!nobody_serves(&n, &[]));
+        assert!(!nobody_serves(&n, &[borrower_only, lender]));
+        let generate = need("/api/generate", "{}");
+        assert!(nobody_serves(&generate, &[borrower_only, lender]));
     }
 }

@@ -326,7 +326,7 @@ impl Borrower {
         );
         // A request no member serves is refused at once, before any token is taken.
         let first = self.peerbook.routing().await;
-        if !first.lenders.is_empty() && capable(&need, &first).candidates.is_empty() {
+        if routing_rules::nobody_serves(&need, &offers(&first)) {
             let e = BorrowError::NotServed {
                 what: need.describe(),
                 lenders: first.lenders.len(),
@@ -747,10 +747,9 @@ fn refusal(reason: BorrowRefusal, retry_after_ms: Option<u64>) -> AttemptResult 
     }
 }
 
-/// The lenders of `view` that serve `need` (`protocol::capability`).
-fn capable(need: &Need, view: &crate::roles::peerbook::RoutingView) -> routing_rules::Capable {
-    let offers: Vec<Offer<'_>> = view
-        .lenders
+/// The lenders of `view` as `protocol::routing` takes them.
+fn offers(view: &crate::roles::peerbook::RoutingView) -> Vec<Offer<'_>> {
+    view.lenders
         .iter()
         .map(|l| Offer {
             peer: l.candidate.peer,
@@ -758,8 +757,12 @@ fn capable(need: &Need, view: &crate::roles::peerbook::RoutingView) -> routing_r
             attestation_age_ms: l.candidate.attestation_age_ms,
             cooling_until_ms: l.candidate.cooling_until_ms,
         })
-        .collect();
-    routing_rules::candidates_for(need, &offers)
+        .collect()
+}
+
+/// The lenders of `view` that serve `need` (`protocol::capability`).
+fn capable(need: &Need, view: &crate::roles::peerbook::RoutingView) -> routing_rules::Capable {
+    routing_rules::candidates_for(need, &offers(view))
 }
 
 fn run_failure(why: &str) -> lendmesh_protocol::borrow::Finish {

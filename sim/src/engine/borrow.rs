@@ -2,8 +2,8 @@
 //! This file only moves data between that machine and the simulated world, and measures; it decides nothing (the
 //! lender's side is [`super::lend`]).
 //!
-//! **Borrower** ([`Sim::drive`]). A request that no fresh lender serves (`protocol::routing::candidates_for` finds
-//! none among the lenders the member holds a fresh attestation of) is refused at once as `no_capable_lender`,
+//! **Borrower** ([`Sim::drive`]). A request that no fresh lender serves (`protocol::routing::nobody_serves`: some
+//! of the lenders the member holds a fresh attestation of advertise an upstream, none for it) is refused at once as `no_capable_lender`,
 //! before any token is taken, as the node refuses it. Otherwise each step reads the member's own view (its peer
 //! table, refreshed from gossip, with its cooldowns; only the lenders that serve the request's API and model, each
 //! with the bucket of its best serving upstream; relays are the members with a fresh attestation) and asks the run
@@ -129,8 +129,8 @@ impl Sim<'_> {
         }
     }
 
-    /// Whether member `m` holds a fresh attestation of some lender and none of those lenders serves `need`
-    /// (`protocol::routing::candidates_for`, as the node's borrower asks it).
+    /// Whether none of the lenders member `m` holds a fresh attestation of serves `need`, though some advertise an
+    /// upstream (`protocol::routing::nobody_serves`, as the node's borrower asks it).
     fn nobody_serves(&self, m: usize, t: Ms, need: u16) -> bool {
         let local = self.local(m, t);
         let fresh: Vec<Offer<'_>> = self
@@ -138,10 +138,7 @@ impl Sim<'_> {
             .into_iter()
             .filter(|o| o.attestation_age_ms <= self.params.max_age_ms)
             .collect();
-        !fresh.is_empty()
-            && routing_rules::candidates_for(&self.layout.needs[usize::from(need)], &fresh)
-                .candidates
-                .is_empty()
+        routing_rules::nobody_serves(&self.layout.needs[usize::from(need)], &fresh)
     }
 
     /// Member `m`'s lenders as its table holds them at its clock `local`: attested capabilities, age, cooldown.
