@@ -2,22 +2,23 @@
 //! gateway, and a seeded schedule of faults — kill -9 and restart, SIGSTOP/SIGCONT, restarts with the clock skewed
 //! within and beyond the replay window (libfaketime), and a member removal; the group's epoch switches mid-storm
 //! (its epoch lasts as long as the storm, with as long a grace, so both epochs are still held when the run is
-//! checked). Afterwards it
-//! checks, from the nodes' own stores and APIs:
+//! checked). Afterwards it checks, from the nodes' own stores and APIs:
 //!
 //! - no member was issued more than its quota in any epoch (the issuer's quota records);
-//! - no token was served twice anywhere in the group (every lender's lend records);
+//! - no token was spent twice anywhere in the group (every lender's lend records: served, or claimed and cut
+//!   mid-answer);
 //! - every token issued is accounted for: in a wallet, in flight, expired, served, or given up with a reason (each
 //!   member's ledger, `store::ledger`), none left in flight once the storm is over and the nodes stopped, received ≤
 //!   issued ≤ received + pending + dropped batches (which the issuer may have charged), and no lender served more
 //!   tokens of an epoch than members sent;
-//! - every request the storm sent got a response, every error response a clear error code (JSON `error`), and a
-//!   streamed answer broke off only while a fault was being injected;
+//! - every request the storm sent got a response, every error response a clear error code (JSON `error`), never
+//!   `no_capable_lender` (every lender serves the storm's model), and a streamed answer broke off only while a
+//!   fault was being injected (one lender streams its answers in chunks, as an LLM does);
 //! - every node but a removed one is healthy again (`/health` ok) within [`RECOVERY`] after the faults end.
 //!
 //! `cargo run -p lendmesh-tests --bin lendmesh-chaos -- --help` runs it by hand over many seeds; `tests/chaos.rs`
 //! runs the short mode in `cargo test`.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
@@ -36,6 +37,11 @@ use crate::{RunningNode, TestGroup, cli};
 
 /// How long every node has to be healthy again once the faults are over.
 pub const RECOVERY: Duration = Duration::from_secs(90);
+/// The lend outcomes that leave a token spent at the lender (`roles::lender::LendOutcome`).
+const SPENT_AT_LENDER: [&str; 3] = ["served", "cancelled", "upstream_failed"];
+
+/// How long after a member removal began a stream cut counts as the removal's.
+const REMOVAL_SPREAD: Duration = Duration::from_secs(5);
 /// How long a storm request may wait for its answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// libfaketime, for restarts with a skewed clock: `LENDMESH_FAKETIME`, else where Debian's `faketime` package puts
@@ -188,6 +194,8 @@ struct Slot {
 struct Shared {
     gateways: Mutex<Vec<Option<String>>>,
     faults: Vec<AtomicU64>,
+    /// When the last member removal began (ms since the epoch; 0: none yet).
+    removal_ms: AtomicU64,
     stop: AtomicBool,
 }
 
@@ -248,6 +256,10 @@ pub fn run(cfg: &Config) -> Report {
             let capacity = if i < 2 { "0" } else { "40" };
             let mut args: Vec<String> = common.iter().map(|s| s.to_string()).collect();
             args.extend(["--mock-capacity".into(), capacity.into()]);
+            if i == 2 {
+                // One lender answers as a streaming LLM does, in chunks over time.
+                args.extend(["--mock-stream-chunks", "8", "--mock-chunk-interval", "50ms"].map(String::from));
+            }
             if i > 0 {
                 args.extend(["--bootstrap".into(), boot.clone()]);
             }
@@ -277,6 +289,16 @@ pub fn run(cfg: &Config) -> Report {
         slot.node = Some(node);
     }
     let n = slots.len();
+    if std::env::var_os("LENDMESH_TEST_LOG_DIR").is_some() {
+        for (i, slot) in slots.iter().enumerate() {
+            eprintln!(
+                "chaos seed {}: node {i} ({}) logs to {}.log",
+                cfg.seed,
+                short(&slot.id),
+                slot.home.file_name().unwrap_or_default().to_string_lossy()
+            );
+        }
+    }
     for slot in &mut slots {
         let node = slot.node.as_mut().unwrap();
         crate::wait_ready(node, n - 1);
@@ -291,6 +313,7 @@ pub fn run(cfg: &Config) -> Report {
                 .collect(),
         ),
         faults: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        removal_ms: AtomicU64::new(0),
         stop: AtomicBool::new(false),
     });
     let tally = Arc::new(Mutex::new(Tally::default()));
@@ -522,6 +545,8 @@ fn inject(slots: &mut [Slot], shared: &Shared, f: &Fault, rng: &mut ChaCha8Rng) 
         }
         FaultKind::Remove => {
             let id = slots[i].id.clone();
+            // Under way from the moment the admin is asked: it closes its connections to the member at once.
+            shared.removal_ms.store(lendmesh_node::now_ms(), Ordering::SeqCst);
             let (ok, out, err) = cli(&slots[0].home, &["group", "remove", &id]);
             if !ok {
                 eprintln!("chaos: member removal refused by the admin's CLI, tried again later: {out}{err}");
@@ -578,9 +603,14 @@ fn storm_client(i: usize, seed: u64, pace: Duration, shared: &Shared, tally: &Mu
             "{{\"model\":\"mock\",\"messages\":[{{\"role\":\"user\",\"content\":\"{}\"}}]}}",
             rng.r#gen::<u32>()
         );
+        let sent = clock();
         let answer = request(&gateway, "/v1/chat/completions", &body);
         let cut = shared.faults[i].load(Ordering::SeqCst) != before;
-        let any_fault = all_faults(shared) != faults_before;
+        // A removal reaches the other members by gossip: each cuts what runs through the removed member (its
+        // relay hops, its lends) when the new roster arrives, shortly after the admin did.
+        let removal = shared.removal_ms.load(Ordering::SeqCst);
+        let any_fault = all_faults(shared) != faults_before
+            || (removal > 0 && lendmesh_node::now_ms() < removal + REMOVAL_SPREAD.as_millis() as u64);
         let mut t = tally.lock().unwrap();
         t.requests += 1;
         match answer {
@@ -591,13 +621,18 @@ fn storm_client(i: usize, seed: u64, pace: Duration, shared: &Shared, tally: &Mu
                 *t.failed.entry(format!("{status} cut mid-stream")).or_default() += 1
             }
             Ok((status, _, false)) if (200..300).contains(&status) => t.violations.push(format!(
-                "node {i}: HTTP {status} stream cut while no fault was injected"
+                "node {i}: HTTP {status} stream (sent at {sent} UTC) cut while no fault was injected"
             )),
             Ok((status, body, _)) => {
                 match serde_json::from_str::<serde_json::Value>(&body)
                     .ok()
                     .and_then(|v| v["error"].as_str().map(str::to_string))
                 {
+                    // Every lender's upstream serves the storm's model: "nobody serves it" would tell the tool
+                    // to stop retrying a request a lender back from a fault will serve.
+                    Some(code) if code == "no_capable_lender" => t.violations.push(format!(
+                        "node {i}: a request sent at {sent} UTC was answered {status} {code}, though every lender serves it"
+                    )),
                     Some(code) => *t.failed.entry(format!("{status} {code}")).or_default() += 1,
                     None if cut => t.cut += 1,
                     None => t.violations.push(format!(
@@ -608,10 +643,22 @@ fn storm_client(i: usize, seed: u64, pace: Duration, shared: &Shared, tally: &Mu
             }
             Err(_) if cut => t.cut += 1,
             Err(e) => t.violations.push(format!(
-                "node {i}: a request got no answer while the node ran: {e}"
+                "node {i}: a request sent at {sent} UTC got no answer while the node ran: {e}"
             )),
         }
     }
+}
+
+/// The time of day (UTC) as the nodes' logs print it, to find a violation in them.
+fn clock() -> String {
+    let ms = lendmesh_node::now_ms() % 86_400_000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        ms / 3_600_000,
+        ms / 60_000 % 60,
+        ms / 1000 % 60,
+        ms % 1000
+    )
 }
 
 /// Faults injected so far, over every node.
@@ -763,21 +810,24 @@ fn check_stores(slots: &[Slot], quota: u32, report: &mut Report) {
             }
         }
     }
-    // Served at most once anywhere; no lender served more of an epoch's tokens than members sent.
+    // Spent at most once anywhere — served, or claimed and then cut (the tool went away, the upstream failed
+    // mid-answer): the claim stays — and no lender spent more of an epoch's tokens than members sent.
     let mut served_at: HashMap<String, usize> = HashMap::new();
+    let mut served = 0u64;
     let mut lent_per_epoch: HashMap<u32, u64> = HashMap::new();
     for (i, store) in stores.iter().enumerate() {
         let mut before = None;
         loop {
             let page = store.lends_page(before, 1000).unwrap();
             for l in &page.lends {
-                if l.outcome != "served" {
+                if !SPENT_AT_LENDER.contains(&l.outcome.as_str()) {
                     continue;
                 }
+                served += u64::from(l.outcome == "served");
                 *lent_per_epoch.entry(l.epoch).or_default() += 1;
                 if let Some(j) = served_at.insert(l.token_hash.clone(), i) {
                     report.violations.push(format!(
-                        "token {} served twice: by {} and by {}",
+                        "token {} spent twice: by {} and by {}",
                         &l.token_hash[..16],
                         short(&slots[j].id),
                         short(&slots[i].id)
@@ -790,12 +840,16 @@ fn check_stores(slots: &[Slot], quota: u32, report: &mut Report) {
             }
         }
     }
-    add("lent (lenders' served records)", served_at.len() as u64);
+    add("lent (lenders' served records)", served);
+    add(
+        "lent, cut mid-answer (lenders' cancelled and upstream_failed records)",
+        served_at.len() as u64 - served,
+    );
     for (e, lent) in lent_per_epoch {
         let sent = sent_per_epoch.get(&e).copied().unwrap_or(0);
         if lent > sent {
             report.violations.push(format!(
-                "epoch {e}: lenders served {lent} tokens, members sent only {sent}"
+                "epoch {e}: lenders spent {lent} tokens, members sent only {sent}"
             ));
         }
     }

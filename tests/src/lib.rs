@@ -69,6 +69,19 @@ pub fn cli(home: &Path, args: &[&str]) -> (bool, String, String) {
     }
 }
 
+/// With `LENDMESH_TEST_LOG_DIR` set, every node's log is also appended to `<dir>/<name of its home>.log`, across
+/// restarts: a test that fails on a long run leaves the logs behind it to read.
+fn log_copy(home: &Path) -> Option<std::fs::File> {
+    let dir = PathBuf::from(std::env::var_os("LENDMESH_TEST_LOG_DIR")?);
+    std::fs::create_dir_all(&dir).ok()?;
+    let name = home.file_name()?.to_string_lossy().into_owned();
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{name}.log")))
+        .ok()
+}
+
 /// Runs a CLI command that must succeed; returns stdout.
 pub fn cli_ok(home: &Path, args: &[&str]) -> String {
     let (ok, out, err) = cli(home, args);
@@ -165,9 +178,13 @@ impl RunningNode {
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().unwrap();
         let sink = log.clone();
+        let mut copy = log_copy(home);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
+                if let Some(f) = copy.as_mut() {
+                    let _ = writeln!(f, "{}", strip_ansi(&line));
+                }
                 let mut l = sink.lock().unwrap();
                 l.push_str(&line);
                 l.push('\n');
