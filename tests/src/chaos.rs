@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use lendmesh_node::roles::lender::LendOutcome;
 use lendmesh_node::store::Store;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -37,9 +38,6 @@ use crate::{RunningNode, TestGroup, cli};
 
 /// How long every node has to be healthy again once the faults are over.
 pub const RECOVERY: Duration = Duration::from_secs(90);
-/// The lend outcomes that leave a token spent at the lender (`roles::lender::LendOutcome`).
-const SPENT_AT_LENDER: [&str; 3] = ["served", "cancelled", "upstream_failed"];
-
 /// How long after a member removal began a stream cut counts as the removal's.
 const REMOVAL_SPREAD: Duration = Duration::from_secs(5);
 /// How long a storm request may wait for its answer.
@@ -812,7 +810,7 @@ fn check_stores(slots: &[Slot], quota: u32, report: &mut Report) {
     }
     // Spent at most once anywhere — served, or claimed and then cut (the tool went away, the upstream failed
     // mid-answer): the claim stays — and no lender spent more of an epoch's tokens than members sent.
-    let mut served_at: HashMap<String, usize> = HashMap::new();
+    let mut spent_at: HashMap<String, usize> = HashMap::new();
     let mut served = 0u64;
     let mut lent_per_epoch: HashMap<u32, u64> = HashMap::new();
     for (i, store) in stores.iter().enumerate() {
@@ -820,12 +818,12 @@ fn check_stores(slots: &[Slot], quota: u32, report: &mut Report) {
         loop {
             let page = store.lends_page(before, 1000).unwrap();
             for l in &page.lends {
-                if !SPENT_AT_LENDER.contains(&l.outcome.as_str()) {
+                if !LendOutcome::CLAIM_KEPT.contains(&l.outcome.as_str()) {
                     continue;
                 }
                 served += u64::from(l.outcome == "served");
                 *lent_per_epoch.entry(l.epoch).or_default() += 1;
-                if let Some(j) = served_at.insert(l.token_hash.clone(), i) {
+                if let Some(j) = spent_at.insert(l.token_hash.clone(), i) {
                     report.violations.push(format!(
                         "token {} spent twice: by {} and by {}",
                         &l.token_hash[..16],
@@ -843,7 +841,7 @@ fn check_stores(slots: &[Slot], quota: u32, report: &mut Report) {
     add("lent (lenders' served records)", served);
     add(
         "lent, cut mid-answer (lenders' cancelled and upstream_failed records)",
-        served_at.len() as u64 - served,
+        spent_at.len() as u64 - served,
     );
     for (e, lent) in lent_per_epoch {
         let sent = sent_per_epoch.get(&e).copied().unwrap_or(0);

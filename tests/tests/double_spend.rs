@@ -93,6 +93,11 @@ fn replayed_and_raced_tokens_are_refused_durably() {
         let at_b = borrow(&mut rogue, &b, b_peer, t2, b_id, [4; 16]).await;
         assert!(matches!(at_b, InnerBorrowResponse::Served), "{at_b:?}");
     });
+    // The lender counts a lend once its answer has gone out: the rogue can see the end of the answer before B's
+    // lender actor has counted it.
+    b.wait_until("B counted its served lends", WAIT, |n| {
+        n.get("/v1/node").1["counters"]["lends_served"].as_u64() >= Some(2)
+    });
     assert_eq!(
         b.get("/v1/node").1["counters"]["lends_served"],
         2,

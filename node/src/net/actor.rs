@@ -380,6 +380,7 @@ impl Network {
             .any(|m| to_libp2p(m) != me && roster.is_active(m, now) && !connected.contains(&to_libp2p(m)));
         if members_connected > 0 && now >= self.next_kad_bootstrap_ms {
             let _ = self.swarm.behaviour_mut().kad.bootstrap();
+            debug!(missing, "kademlia bootstrap started");
             let every = if missing {
                 KAD_BOOTSTRAP_MISSING_MS
             } else {

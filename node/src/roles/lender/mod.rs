@@ -150,6 +150,10 @@ pub enum LendOutcome {
 }
 
 impl LendOutcome {
+    /// The [`LendOutcome::kind`]s of lends whose claim this lender granted and kept: the token was spent here
+    /// (served, or cut mid-answer after the claim). A token rejected as spent elsewhere was spent elsewhere.
+    pub const CLAIM_KEPT: [&'static str; 3] = ["served", "cancelled", "upstream_failed"];
+
     /// The metric label: the outcome without its detail.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -558,6 +562,34 @@ impl Lender {
             .put_lend(&record.entry(), self.p.lend_retention, now_ms())
         {
             warn!(%e, "cannot store a lend record");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LendOutcome::{self, *};
+
+    #[test]
+    fn the_claim_kept_kinds_are_outcome_kinds() {
+        let all = [
+            Pending,
+            Served,
+            BadRequest,
+            NoHeadroom,
+            NotServed,
+            NoQuorum,
+            TokenRejected("spent_elsewhere"),
+            Internal,
+            UpstreamRefused(429),
+            UpstreamFailed,
+            Cancelled,
+        ];
+        for kind in LendOutcome::CLAIM_KEPT {
+            assert!(
+                all.iter().any(|o| o.kind() == kind),
+                "{kind} is no outcome's kind"
+            );
         }
     }
 }
